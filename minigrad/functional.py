@@ -1,0 +1,101 @@
+"""Functions on tensors that are not methods: losses, one-hot, dropout, activations.
+
+All are compositions of primitives from :mod:`minigrad.ops` (no backward code here).
+"""
+
+import numpy as np
+
+from minigrad import ops
+from minigrad.random import get_rng
+from minigrad.tensor import Tensor, _raw, apply
+
+
+def tanh(x):
+    return x.tanh()
+
+
+def sigmoid(x):
+    return x.sigmoid()
+
+
+def relu(x):
+    return x.relu()
+
+
+def softmax(x, axis=-1):
+    return x.softmax(axis)
+
+
+def log_softmax(x, axis=-1):
+    return x.log_softmax(axis)
+
+
+def cross_entropy(logits, targets, mask=None, reduction="mean"):
+    """Softmax cross-entropy ``-log softmax(logits)[target]`` with integer targets.
+
+    logits: (..., V) float; targets: (...) integers in [0, V); mask: (...) bool or None —
+    False entries (padding) contribute neither loss nor gradient and may hold any target.
+    reduction: 'mean' (over unmasked entries; 0 if there are none), 'sum' (the chapter's
+    L = Σ_t L<t>), or 'none' (shape (...)).  Fused and stable: logsumexp with the row max.
+    """
+    if not isinstance(logits, Tensor):
+        raise TypeError("cross_entropy: logits must be a Tensor")
+    t = np.asarray(_raw(targets))
+    lshape = logits.shape
+    if logits.ndim < 1 or logits.dtype not in (np.float32, np.float64):
+        raise TypeError(f"cross_entropy: logits must be float32/float64 with a class axis, "
+                        f"got shape {lshape} dtype {logits.dtype}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
+    if t.shape != lshape[:-1]:
+        raise ValueError(f"cross_entropy: targets have shape {t.shape} but logits {lshape} "
+                         f"need targets of shape {lshape[:-1]} (one class index per row)")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
+    V = lshape[-1]
+    if mask is None:
+        w = np.ones(t.shape, dtype=logits.dtype)
+    else:
+        m = np.asarray(_raw(mask))
+        if m.shape != t.shape:
+            raise ValueError(f"cross_entropy: mask has shape {m.shape}, expected {t.shape}")
+        w = m.astype(logits.dtype)
+        t = np.where(m, t, 0)
+    t = t.reshape(-1).astype(np.int64)
+    w = w.reshape(-1)
+    live = t[w != 0]
+    if live.size and (live.min() < 0 or live.max() >= V):
+        bad = live.min() if live.min() < 0 else live.max()
+        raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes")
+    rows = logits.reshape(-1, V) if logits.ndim != 2 else logits
+    loss, _ = apply(ops.CROSS_ENTROPY, rows, t, w)
+    if reduction == "none":
+        return loss.reshape(lshape[:-1])
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total * (1.0 / max(float(w.sum()), 1.0))
+
+
+def one_hot(indices, n, dtype=np.float32):
+    """(…) integers in [0, n) -> (…, n) one-hot rows (no gradient)."""
+    idx = np.asarray(_raw(indices))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"one_hot: index {idx.max() if idx.max() >= n else idx.min()} is "
+                         f"out of range for {n} classes")
+    out = np.zeros(idx.shape + (n,), dtype=dtype)
+    np.put_along_axis(out, idx[..., None], 1, axis=-1)
+    return Tensor._result(out, None, 0)
+
+
+def dropout(x, p=0.5, training=True):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    keep = get_rng().random(x.shape) >= p
+    return x * (keep / (1 - p)).astype(x.dtype)

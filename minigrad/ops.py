@@ -1,0 +1,345 @@
+"""The primitive table: every differentiable operation as a forward and its VJPs, side by side.
+
+A primitive's forward takes NumPy arrays (and Python constants such as an axis) and returns
+an array — or a tuple of arrays when ``nout > 1``.  Its vector-Jacobian products all share
+one signature, ``vjp(g, out, *inputs) -> gradient``: ``g`` is the gradient of the loss
+w.r.t. ``out`` (a tuple, with ``None`` for outputs that got no gradient, when ``nout > 1``).
+A primitive gives either one VJP per input (only those whose input requires grad are
+called) or one ``vjp_all`` returning a tuple for all inputs when they share work.
+
+Composite operations (mean, softmax cross-entropy wrappers, chunk, …) live in
+``tensor.py``/``functional.py`` and are built from these.  Nothing here knows about
+Tensors; the hot loops are Numba kernels from :mod:`minigrad.kernels`.
+"""
+
+import math
+
+import numpy as np
+
+from minigrad import kernels
+
+PRIMITIVES = {}
+
+
+class Prim:
+    """A primitive: ``fwd(*inputs)``, per-input ``vjps`` or one ``vjp_all``, ``nout`` outputs."""
+
+    __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout")
+
+    def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1):
+        self.name, self.fwd, self.vjps, self.vjp_all, self.nout = name, fwd, vjps, vjp_all, nout
+
+    def __repr__(self):
+        return f"Prim({self.name})"
+
+
+def defprim(name, fwd, *vjps, vjp_all=None, nout=1):
+    PRIMITIVES[name] = prim = Prim(name, fwd, *vjps, vjp_all=vjp_all, nout=nout)
+    return prim
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape``, undoing NumPy broadcasting (the only place this happens).
+
+    Leading axes that broadcasting added are summed away, and so are axes where ``shape``
+    has size 1 but ``g`` does not.
+    """
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead > 0 and g.shape[lead:] == shape and g.size and g.flags.c_contiguous \
+            and (g.dtype == np.float32 or g.dtype == np.float64):
+        # The common case — a bias gradient — as one column-sum kernel, no temporaries.
+        return kernels.sum_axis0(g.reshape(-1, math.prod(shape))).reshape(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return g.sum(axis=axes).reshape(shape)
+
+
+# ----------------------------------------------------------------------- arithmetic
+
+ADD = defprim(
+    "add", np.add,
+    lambda g, out, a, b: unbroadcast(g, a.shape),
+    lambda g, out, a, b: unbroadcast(g, b.shape),
+)
+SUB = defprim(
+    "sub", np.subtract,
+    lambda g, out, a, b: unbroadcast(g, a.shape),
+    lambda g, out, a, b: -unbroadcast(g, b.shape),
+)
+MUL = defprim(
+    "mul", np.multiply,
+    lambda g, out, a, b: unbroadcast(g * b, a.shape),
+    lambda g, out, a, b: unbroadcast(g * a, b.shape),
+)
+DIV = defprim(
+    "div", np.true_divide,
+    lambda g, out, a, b: unbroadcast(g / b, a.shape),
+    lambda g, out, a, b: unbroadcast(-g * out / b, b.shape),
+)
+NEG = defprim("neg", np.negative, lambda g, out, a: -g)
+POW = defprim("pow", np.power, lambda g, out, a, p: g * p * a ** (p - 1))
+ABS = defprim("abs", np.abs, lambda g, out, a: g * np.sign(a))
+EXP = defprim("exp", np.exp, lambda g, out, a: g * out)
+LOG = defprim("log", np.log, lambda g, out, a: g / a)
+
+
+def _clip_vjp(g, out, a, lo, hi):
+    keep = np.ones(a.shape, dtype=bool)
+    if lo is not None:
+        keep &= a >= lo
+    if hi is not None:
+        keep &= a <= hi
+    return g * keep
+
+
+CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp)
+
+
+# ----------------------------------------------------------------------- fused activations
+
+TANH = defprim("tanh", kernels.tanh_forward, lambda g, out, a: kernels.tanh_backward(g, out))
+SIGMOID = defprim(
+    "sigmoid", kernels.sigmoid_forward, lambda g, out, a: kernels.sigmoid_backward(g, out)
+)
+RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.relu_backward(g, out))
+
+
+# ----------------------------------------------------------------------- matmul
+
+def _mm2(a, b):
+    if a.dtype != b.dtype or a.dtype.kind != "f" or a.dtype.itemsize < 4:
+        return np.matmul(a, b)  # integer or mixed dtypes: NumPy's rules, NumPy's loop
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    return kernels.matmul(a, b)
+
+
+def _matmul(a, b):
+    """(M, K) @ (K, N); (..., M, K) @ (K, N); (B, M, K) @ (B, K, N)."""
+    if b.ndim == 2:
+        if a.ndim == 2:
+            return _mm2(a, b)
+        lead = a.shape[:-1]
+        return _mm2(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[1])
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        return np.matmul(a, b)
+    return kernels.bmm(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+def _matmul_vjp_a(g, out, a, b):
+    if b.ndim == 2:
+        return _matmul(g, b.T)
+    return _matmul(g, b.transpose(0, 2, 1))
+
+
+def _matmul_vjp_b(g, out, a, b):
+    if b.ndim == 2:  # sum over every leading axis of a: one GEMM on the flattened rows
+        return _mm2(a.reshape(-1, a.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+    return _matmul(a.transpose(0, 2, 1), g)
+
+
+MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b)
+
+
+# ----------------------------------------------------------------------- shape
+
+def _inverse_perm(axes):
+    return tuple(np.argsort(axes))
+
+
+TRANSPOSE = defprim(
+    "transpose", np.transpose,
+    lambda g, out, a, axes: np.transpose(g, None if axes is None else _inverse_perm(axes)),
+)
+RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape))
+
+
+def _getitem_vjp(g, out, a, key):
+    ga = np.zeros(a.shape, dtype=g.dtype)
+    if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and a.ndim >= 1:
+        # Integer-array indexing along axis 0 (embedding lookups): repeated indices add up.
+        idx = np.where(key < 0, key + a.shape[0], key).reshape(-1)
+        kernels.scatter_add_rows(
+            ga.reshape(a.shape[0], -1), idx,
+            np.ascontiguousarray(g).reshape(idx.size, -1),
+        )
+    elif _is_advanced(key):
+        np.add.at(ga, key, g)
+    else:
+        ga[key] = g  # basic slicing never repeats an element
+    return ga
+
+
+def _is_advanced(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list)) for k in keys)
+
+
+def _getitem(a, key):
+    if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and a.ndim >= 1 and a.size:
+        idx = key.reshape(-1)
+        lo, hi = idx.min(initial=0), idx.max(initial=0)
+        if lo < -a.shape[0] or hi >= a.shape[0]:
+            raise IndexError(
+                f"getitem: index {hi if hi >= a.shape[0] else lo} is out of range for axis 0 "
+                f"of a tensor of shape {a.shape} (valid: -{a.shape[0]} .. {a.shape[0] - 1})"
+            )
+        idx = np.where(idx < 0, idx + a.shape[0], idx)
+        rows = kernels.gather_rows(np.ascontiguousarray(a).reshape(a.shape[0], -1), idx)
+        return rows.reshape(key.shape + a.shape[1:])
+    return a[key]
+
+
+GETITEM = defprim("getitem", _getitem, _getitem_vjp)
+
+
+def _concat_vjp(g, out, axis, *arrays):
+    bounds = np.cumsum([x.shape[axis] for x in arrays])[:-1]
+    return (None, *np.split(g, bounds, axis=axis))
+
+
+CONCAT = defprim("concat", lambda axis, *xs: np.concatenate(xs, axis=axis), vjp_all=_concat_vjp)
+STACK = defprim(
+    "stack", lambda axis, *xs: np.stack(xs, axis=axis),
+    vjp_all=lambda g, out, axis, *xs: (None, *np.moveaxis(g, axis, 0)),
+)
+
+
+def _split_vjp(g, out, a, bounds, axis):
+    parts = [np.zeros(o.shape, dtype=o.dtype) if gi is None else gi for gi, o in zip(g, out)]
+    return np.concatenate(parts, axis=axis)
+
+
+def make_split(n):
+    """A split primitive with ``n`` outputs (multi-output primitives have a fixed count)."""
+    name = f"split{n}"
+    if name not in PRIMITIVES:
+        defprim(name, lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
+                _split_vjp, nout=n)
+    return PRIMITIVES[name]
+
+
+def _where_vjp(branch):
+    def vjp(g, out, cond, a, b):
+        picked = np.where(cond, g, 0) if branch else np.where(cond, 0, g)
+        return unbroadcast(picked, (a if branch else b).shape)
+    return vjp
+
+
+WHERE = defprim("where", np.where, None, _where_vjp(True), _where_vjp(False))
+
+
+# ----------------------------------------------------------------------- reductions
+
+def _norm_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in axes:
+        if not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"reduction: axis {ax} is out of range for {ndim}-D tensor")
+        out.append(ax % max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+def _reduce(rows_kernel, a, axis, keepdims):
+    """Reduce ``axis`` with a row kernel: reduced axes are moved last and flattened."""
+    axes = _norm_axes(axis, a.ndim)
+    kept = tuple(i for i in range(a.ndim) if i not in axes)
+    out_shape = tuple(1 if i in axes else a.shape[i] for i in range(a.ndim)) if keepdims \
+        else tuple(a.shape[i] for i in kept)
+    if a.dtype.kind != "f" or a.size == 0 or not axes:
+        fn = np.sum if rows_kernel is kernels.sum_axis1 else np.max
+        return fn(a, axis=axes, keepdims=keepdims)
+    if rows_kernel is kernels.sum_axis1 and axes == tuple(range(len(axes))) \
+            and a.flags.c_contiguous:
+        r = kernels.sum_axis0(a.reshape(math.prod([a.shape[i] for i in axes]), -1))
+    else:
+        moved = np.ascontiguousarray(np.transpose(a, kept + axes))
+        r = rows_kernel(moved.reshape(math.prod([a.shape[i] for i in kept]), -1))
+    return r.reshape(out_shape)
+
+
+def _expand(g, a, axis, keepdims):
+    """Broadcast a reduction's gradient back to the input's shape."""
+    if not keepdims:
+        g = np.expand_dims(g, _norm_axes(axis, a.ndim))
+    return np.broadcast_to(g, a.shape)
+
+
+def _max_vjp(g, out, a, axis, keepdims):
+    outk = _expand(out, a, axis, keepdims)
+    hit = a == outk
+    # Ties share the gradient equally (as numpy's/PyTorch's amax).
+    count = hit.sum(axis=_norm_axes(axis, a.ndim), keepdims=True)
+    return _expand(g, a, axis, keepdims) * hit / count
+
+
+SUM = defprim(
+    "sum", lambda a, axis, keepdims: _reduce(kernels.sum_axis1, a, axis, keepdims),
+    lambda g, out, a, axis, keepdims: _expand(g, a, axis, keepdims),
+)
+MAX = defprim(
+    "max", lambda a, axis, keepdims: _reduce(kernels.max_axis1, a, axis, keepdims), _max_vjp,
+)
+
+
+# ----------------------------------------------------------------------- softmax family
+
+def _rows(kern, axis, *arrays):
+    """Apply a row kernel along ``axis`` of same-shaped arrays; result has their shape."""
+    first = arrays[0]
+    axis = axis % first.ndim
+    moved = [np.ascontiguousarray(np.moveaxis(x, axis, -1)) for x in arrays]
+    r = kern(*(m.reshape(-1, m.shape[-1]) for m in moved))
+    return np.moveaxis(r.reshape(moved[0].shape), -1, axis)
+
+
+def _check_float(name, a):
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise TypeError(f"{name}: expected a float32 or float64 tensor, got {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{name}: expected at least 1 dimension, got a scalar")
+
+
+def _softmax(a, axis):
+    _check_float("softmax", a)
+    return _rows(kernels.softmax_rows, axis, a)
+
+
+def _log_softmax(a, axis):
+    _check_float("log_softmax", a)
+    return _rows(kernels.log_softmax_rows, axis, a)
+
+
+SOFTMAX = defprim(
+    "softmax", _softmax,
+    lambda g, out, a, axis: _rows(kernels.softmax_backward_rows, axis, g, out),
+)
+LOG_SOFTMAX = defprim(
+    "log_softmax", _log_softmax,
+    lambda g, out, a, axis: _rows(kernels.log_softmax_backward_rows, axis, g, out),
+)
+
+
+def _cross_entropy(logits, targets, weights):
+    """Per-row loss (N,) and the saved logsumexp (N,) of (N, V) logits."""
+    return kernels.cross_entropy_rows(np.ascontiguousarray(logits), targets, weights)
+
+
+def _cross_entropy_vjp(g, out, logits, targets, weights):
+    gl = g[0]
+    return kernels.cross_entropy_backward_rows(
+        np.ascontiguousarray(gl), np.ascontiguousarray(logits), targets, weights, out[1]
+    )
+
+
+# Inputs must be C-contiguous (N, V) float logits, (N,) int64 targets, (N,) float weights;
+# functional.cross_entropy checks and reshapes.  Output 1 (logsumexp) is auxiliary.
+CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2)

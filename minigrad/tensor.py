@@ -1,0 +1,508 @@
+"""The Tensor: a NumPy array plus what the tape needs to differentiate through it.
+
+``apply`` is the single entry point that runs a primitive from :mod:`minigrad.ops` and, when
+grad mode is on and an input requires grad, records a :class:`~minigrad.autograd.Node`.
+Every Tensor method below is a thin call to ``apply`` (or a composition of such calls).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from minigrad import autograd, ops
+from minigrad.autograd import _GradMode, record
+from minigrad.random import get_rng
+
+_FLOATS = (np.float32, np.float64)
+
+
+class Tensor:
+    """An n-dimensional array that records the operations applied to it.
+
+    Attributes: ``data`` (numpy array), ``grad`` (numpy array of the same shape and dtype,
+    or None), ``requires_grad``.  Build one with :func:`minigrad.tensor`.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_idx", "__weakref__")
+    __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operator
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.requires_grad = False
+        self._node = None
+        self._idx = 0
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _result(cls, data, node, idx):
+        t = object.__new__(Tensor)
+        t.data = data if type(data) is np.ndarray else np.asarray(data)
+        t.grad = None
+        t.requires_grad = node is not None
+        t._node = node
+        t._idx = idx
+        return t
+
+    # ------------------------------------------------------------------ basics
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._node is None)
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return len(self.data)
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.data.dtype}{extra})"
+
+    def numpy(self):
+        """The underlying array (shared, not copied)."""
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: only one-element tensors, got shape {self.data.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def requires_grad_(self, flag=True):
+        if flag and self.data.dtype not in _FLOATS:
+            raise TypeError(
+                f"requires_grad=True needs a float32 or float64 tensor, got {self.data.dtype} "
+                "(integer tensors hold indices and targets; convert with .float() first)"
+            )
+        if not flag and self._node is not None:
+            raise RuntimeError("requires_grad_(False) is only allowed on leaf tensors; "
+                               "use .detach()")
+        self.requires_grad = bool(flag)
+        return self
+
+    def detach(self):
+        """The same data, cut from the graph (shares memory, as in PyTorch)."""
+        return Tensor._result(self.data, None, 0)
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor after ``backward`` (e.g. dL/da<t>)."""
+        if self._node is None:
+            return self  # leaves keep their grad anyway
+        if self._node.retained is None:
+            self._node.retained = {}
+        self._node.retained[self._idx] = self
+        return self
+
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d self / d leaf into every leaf's ``.grad`` (see autograd.backward)."""
+        autograd.backward(self, grad, retain_graph)
+
+    def zero_grad(self):
+        self.grad = None
+
+    def astype(self, dtype):
+        dtype = np.dtype(dtype)
+        if dtype == self.data.dtype:
+            return self
+        if self.requires_grad and dtype in _FLOATS:
+            return apply(ASTYPE, self, dtype)
+        return Tensor._result(self.data.astype(dtype), None, 0)
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def long(self):
+        return self.astype(np.int64)
+
+    # ------------------------------------------------------------------ arithmetic
+    def __add__(self, other):
+        return apply(ops.ADD, self, _operand(other, "add"))
+
+    def __radd__(self, other):
+        return apply(ops.ADD, _operand(other, "add"), self)
+
+    def __sub__(self, other):
+        return apply(ops.SUB, self, _operand(other, "sub"))
+
+    def __rsub__(self, other):
+        return apply(ops.SUB, _operand(other, "sub"), self)
+
+    def __mul__(self, other):
+        return apply(ops.MUL, self, _operand(other, "mul"))
+
+    def __rmul__(self, other):
+        return apply(ops.MUL, _operand(other, "mul"), self)
+
+    def __truediv__(self, other):
+        return apply(ops.DIV, self, _operand(other, "div"))
+
+    def __rtruediv__(self, other):
+        return apply(ops.DIV, _operand(other, "div"), self)
+
+    def __neg__(self):
+        return apply(ops.NEG, self)
+
+    def __pow__(self, p):
+        if isinstance(p, Tensor) or not isinstance(p, numbers.Real):
+            raise TypeError(f"pow: the exponent must be a Python or NumPy scalar, got "
+                            f"{type(p).__name__}")
+        return apply(ops.POW, self, p)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    # comparisons give plain (non-differentiable) boolean tensors
+    def __lt__(self, other):
+        return Tensor._result(self.data < _raw(other), None, 0)
+
+    def __le__(self, other):
+        return Tensor._result(self.data <= _raw(other), None, 0)
+
+    def __gt__(self, other):
+        return Tensor._result(self.data > _raw(other), None, 0)
+
+    def __ge__(self, other):
+        return Tensor._result(self.data >= _raw(other), None, 0)
+
+    # ------------------------------------------------------------------ elementwise
+    def exp(self):
+        return apply(ops.EXP, self)
+
+    def log(self):
+        return apply(ops.LOG, self)
+
+    def tanh(self):
+        return apply(ops.TANH, self)
+
+    def sigmoid(self):
+        return apply(ops.SIGMOID, self)
+
+    def relu(self):
+        return apply(ops.RELU, self)
+
+    def abs(self):
+        return apply(ops.ABS, self)
+
+    __abs__ = abs
+
+    def clip(self, min=None, max=None):
+        if min is None and max is None:
+            raise ValueError("clip: give at least one of min and max")
+        return apply(ops.CLIP, self, min, max)
+
+    def sqrt(self):
+        return self ** 0.5
+
+    def softmax(self, axis=-1):
+        return apply(ops.SOFTMAX, self, _axis(axis, self.ndim, "softmax"))
+
+    def log_softmax(self, axis=-1):
+        return apply(ops.LOG_SOFTMAX, self, _axis(axis, self.ndim, "log_softmax"))
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims=False):
+        return apply(ops.SUM, self, _axes(axis, self.ndim, "sum"), keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        axes = _axes(axis, self.ndim, "mean")
+        picked = range(self.ndim) if axes is None else (axes,) if isinstance(axes, int) else axes
+        n = math.prod(self.shape[a] for a in picked)
+        return apply(ops.SUM, self, axes, keepdims) * (1.0 / max(n, 1))
+
+    def max(self, axis=None, keepdims=False):
+        if self.data.size == 0:
+            raise ValueError("max: the tensor is empty")
+        return apply(ops.MAX, self, _axes(axis, self.ndim, "max"), keepdims)
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        try:
+            np.empty(self.data.shape, dtype=bool).reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {self.data.shape} "
+                             f"({self.data.size} elements) into shape {tuple(shape)}") from None
+        return apply(ops.RESHAPE, self, tuple(shape))
+
+    view = reshape
+
+    def flatten(self):
+        return self.reshape(-1)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = axes[0]
+        if axes is None or axes == ():
+            return apply(ops.TRANSPOSE, self, None)
+        axes = tuple(int(a) % max(self.ndim, 1) for a in axes)
+        if len(axes) == 2 and self.ndim > 2:  # transpose(i, j) swaps two axes, as in PyTorch
+            perm = list(range(self.ndim))
+            perm[axes[0]], perm[axes[1]] = perm[axes[1]], perm[axes[0]]
+            axes = tuple(perm)
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of the "
+                             f"{self.ndim} axes of a tensor of shape {self.shape}")
+        return apply(ops.TRANSPOSE, self, axes)
+
+    @property
+    def T(self):
+        return apply(ops.TRANSPOSE, self, None)
+
+    def __getitem__(self, key):
+        key = _index_key(key)
+        try:
+            return apply(ops.GETITEM, self, key)
+        except IndexError as e:
+            if str(e).startswith("getitem:"):
+                raise
+            raise IndexError(f"getitem: {e} (tensor shape {self.data.shape})") from None
+
+    def split(self, split_size_or_sections, axis=0):
+        return split(self, split_size_or_sections, axis)
+
+    def chunk(self, chunks, axis=0):
+        return chunk(self, chunks, axis)
+
+
+# ------------------------------------------------------------------ apply: the one entry point
+
+def apply(prim, *inputs):
+    """Run ``prim`` on the inputs' arrays and record it if any input requires grad."""
+    args = []
+    needs = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, Tensor):
+            args.append(x.data)
+            if x.requires_grad:
+                needs.append(i)
+        else:
+            args.append(x)
+    try:
+        out = prim.fwd(*args)
+    except ValueError as e:
+        if "broadcast" not in str(e):
+            raise
+        shapes = " and ".join(str(np.shape(a)) for a in args if isinstance(a, np.ndarray))
+        raise ValueError(f"{prim.name}: shapes {shapes} are not broadcastable (NumPy rules: "
+                         "trailing dimensions must be equal or 1)") from None
+    node = None
+    if needs and _GradMode.enabled:
+        node = record(prim, args, needs, [inputs[i] for i in needs], out)
+    if prim.nout == 1:
+        t = _new(Tensor)
+        t.data = out if type(out) is np.ndarray else np.asarray(out)
+        t.grad = None
+        t.requires_grad = node is not None
+        t._node = node
+        t._idx = 0
+        return t
+    return tuple(Tensor._result(o, node, i) for i, o in enumerate(out))
+
+
+_new = object.__new__
+
+
+def _identity_cast_vjp(g, out, a, dtype):
+    return g.astype(a.dtype)
+
+
+ASTYPE = ops.defprim("astype", lambda a, dtype: a.astype(dtype), _identity_cast_vjp)
+
+
+# ------------------------------------------------------------------ helpers
+
+def _as_array(data, dtype=None):
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return np.array(data, dtype=dtype)
+    if isinstance(data, np.ndarray):
+        return data.copy()
+    arr = np.array(data)
+    if arr.dtype == np.float64 and not isinstance(data, np.generic):
+        arr = arr.astype(np.float32)  # Python floats: float32 by default, as PyTorch
+    elif arr.dtype.kind == "O" or arr.dtype.kind in "USV":
+        raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
+                        f"(got numpy dtype {arr.dtype})")
+    return arr
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _operand(x, op):
+    if isinstance(x, Tensor) or type(x) is float or type(x) is int:
+        return x
+    if isinstance(x, numbers.Number):
+        return x
+    if isinstance(x, np.ndarray):
+        return Tensor._result(x, None, 0)
+    if isinstance(x, (list, tuple)):
+        return Tensor(x)
+    raise TypeError(f"{op}: unsupported operand of type {type(x).__name__}")
+
+
+def _axis(axis, ndim, op):
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < max(ndim, 1):
+        raise ValueError(f"{op}: axis {axis} is out of range for a {ndim}-D tensor")
+    return int(axis) % max(ndim, 1)
+
+
+def _axes(axis, ndim, op):
+    if axis is None:
+        return None
+    if isinstance(axis, (list, tuple)):
+        return tuple(_axis(a, ndim, op) for a in axis)
+    return _axis(axis, ndim, op)
+
+
+def _index_key(key):
+    """Normalise an index: Tensors and lists of ints become integer arrays."""
+    if isinstance(key, tuple):
+        return tuple(_index_key(k) for k in key)
+    if isinstance(key, Tensor):
+        key = key.data
+    if isinstance(key, list):
+        key = np.asarray(key)
+    if isinstance(key, np.ndarray) and key.dtype.kind not in "iub":
+        raise IndexError(f"getitem: index arrays must be integer or boolean, got {key.dtype}")
+    return key
+
+
+# ------------------------------------------------------------------ functions on tensors
+
+def tensor(data, requires_grad=False, dtype=None):
+    """Make a tensor: Python floats -> float32, NumPy arrays keep their dtype (float64 kept),
+    integers stay integers (indices, targets)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _shape_arg(shape):
+    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+
+
+def zeros(*shape, dtype=np.float32, requires_grad=False):
+    return Tensor(np.zeros(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, requires_grad=False):
+    return Tensor(np.ones(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def zeros_like(t, requires_grad=False):
+    return Tensor(np.zeros_like(_raw(t)), requires_grad=requires_grad)
+
+
+def ones_like(t, requires_grad=False):
+    return Tensor(np.ones_like(_raw(t)), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=np.float32, requires_grad=False):
+    """Standard normal samples from minigrad's generator (see ``mg.manual_seed``)."""
+    data = get_rng().standard_normal(_shape_arg(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=np.float32, requires_grad=False):
+    data = get_rng().random(_shape_arg(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(*args, dtype=None):
+    return Tensor(np.arange(*args, dtype=dtype))
+
+
+def matmul(a, b):
+    """``a @ b``: (M, K) @ (K, N), (..., M, K) @ (K, N) or batched (B, M, K) @ (B, K, N)."""
+    a, b = _operand(a, "matmul"), _operand(b, "matmul")
+    sa, sb = np.shape(_raw(a)), np.shape(_raw(b))
+    ok = len(sa) >= 2 and (len(sb) == 2 or (len(sb) == 3 and len(sa) == 3 and sa[0] == sb[0]))
+    if not ok or sa[-1] != sb[-2]:
+        raise ValueError(
+            f"matmul: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N), "
+            f"(..., M, K) @ (K, N) or (B, M, K) @ (B, K, N) with equal K"
+            + (f", got K={sa[-1]} and {sb[-2]}" if len(sa) >= 2 and len(sb) >= 2 else "")
+        )
+    return apply(ops.MATMUL, a, b)
+
+
+def concat(tensors, axis=0):
+    """Join tensors along an existing axis (``np.concatenate``)."""
+    tensors = [_operand(t, "concat") for t in tensors]
+    if not tensors:
+        raise ValueError("concat: expected a non-empty sequence of tensors")
+    shapes = [np.shape(_raw(t)) for t in tensors]
+    ndim = len(shapes[0])
+    axis = _axis(axis, ndim, "concat")
+    for s in shapes:
+        if len(s) != ndim or any(s[i] != shapes[0][i] for i in range(ndim) if i != axis):
+            raise ValueError(f"concat: shapes {shapes} must agree except along axis {axis}")
+    return apply(ops.CONCAT, axis, *tensors)
+
+
+def stack(tensors, axis=0):
+    """Join same-shaped tensors along a new axis (``np.stack``)."""
+    tensors = [_operand(t, "stack") for t in tensors]
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    shapes = {np.shape(_raw(t)) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    axis = _axis(axis, len(shapes.pop()) + 1, "stack")
+    return apply(ops.STACK, axis, *tensors)
+
+
+def split(t, split_size_or_sections, axis=0):
+    """Split into pieces of ``split_size`` (last may be smaller) or of the listed sizes."""
+    axis = _axis(axis, t.ndim, "split")
+    n = t.shape[axis]
+    if isinstance(split_size_or_sections, (int, np.integer)):
+        size = int(split_size_or_sections)
+        if size <= 0:
+            raise ValueError(f"split: split_size must be positive, got {size}")
+        sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if sum(sizes) != n or any(s < 0 for s in sizes):
+            raise ValueError(f"split: sizes {sizes} must be non-negative and sum to {n}, "
+                             f"the size of axis {axis}")
+    if len(sizes) == 1:
+        return (t,)
+    bounds = tuple(np.cumsum(sizes)[:-1].tolist())
+    out = apply(ops.make_split(len(sizes)), t, bounds, axis)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def chunk(t, chunks, axis=0):
+    """Split into ``chunks`` pieces of (nearly) equal size, as ``torch.chunk``."""
+    if chunks <= 0:
+        raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    n = t.shape[_axis(axis, t.ndim, "chunk")]
+    size = max(1, -(-n // chunks))
+    return split(t, size, axis)
+
+
+def where(cond, a, b):
+    """Elementwise ``a`` where ``cond`` else ``b``; gradients flow to the chosen branch."""
+    cond = np.asarray(_raw(cond), dtype=bool)
+    a, b = _operand(a, "where"), _operand(b, "where")
+    try:
+        np.broadcast_shapes(cond.shape, np.shape(_raw(a)), np.shape(_raw(b)))
+    except ValueError:
+        raise ValueError(f"where: shapes {cond.shape}, {np.shape(_raw(a))} and "
+                         f"{np.shape(_raw(b))} are not broadcastable") from None
+    return apply(ops.WHERE, cond, a, b)

@@ -1,0 +1,1 @@
+"""Recurrent models in the chapter's notation, built only from minigrad's public API."""

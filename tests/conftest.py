@@ -1,0 +1,14 @@
+"""Test configuration: hypothesis profiles (small shapes, no deadline: JIT compile time)."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", deadline=None, max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=15)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=200)
+_default = "ci" if os.environ.get("CI") else "default"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
