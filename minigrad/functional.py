@@ -78,6 +78,22 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     return total * (1.0 / max(float(w.sum()), 1.0))
 
 
+def lstm_cell(z, c_prev, peepholes=None):
+    """Fused LSTM gate math (see ``kernels.lstm_forward``): returns ``(a<t>, c<t>)``.
+
+    z: (B, 4H) pre-activations [c~, Γu, Γf, Γo]; c_prev: (B, H); peepholes: (3, H) tensor
+    [p_u, p_f, p_o] or None.  Equal in value and gradient to the composed equations.
+    """
+    B, H = c_prev.shape
+    if z.shape != (B, 4 * H):
+        raise ValueError(f"lstm_cell: z has shape {z.shape}, expected {(B, 4 * H)} "
+                         f"for c_prev of shape {(B, H)}")
+    if peepholes is None:
+        peepholes = np.zeros((3, H), dtype=z.dtype)
+    a, c, _ = apply(ops.LSTM_CELL, z, c_prev, peepholes)
+    return a, c
+
+
 def one_hot(indices, n, dtype=np.float32):
     """(…) integers in [0, n) -> (…, n) one-hot rows (no gradient)."""
     idx = np.asarray(_raw(indices))

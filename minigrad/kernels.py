@@ -320,3 +320,75 @@ def bmm(a, b):
     for i in range(a.shape[0]):
         out[i] = np.dot(a[i], b[i])
     return out
+
+
+# ---------------------------------------------------------------------------- recurrent cells
+# The pointwise part of a recurrent step, fused: one pass instead of ~15 kernel calls.
+# Each is verified in the tests against the cell written with composed primitives.
+
+@kernel
+def lstm_forward(z, c_prev, p):
+    """LSTM gate math for one step.
+
+    z: (B, 4H) pre-activations in the order [c~, Γu, Γf, Γo]; c_prev: (B, H);
+    p: (3, H) peephole weights [p_u, p_f, p_o] (zeros for a plain LSTM).
+        c~ = tanh(z_c)          Γu = σ(z_u + p_u*c<t-1>)     Γf = σ(z_f + p_f*c<t-1>)
+        c<t> = Γu*c~ + Γf*c<t-1>     Γo = σ(z_o + p_o*c<t>)     a<t> = Γo*tanh(c<t>)
+    Returns a (B, H), c (B, H) and acts (B, 5H) = [c~, Γu, Γf, Γo, tanh(c)] for the VJP.
+    """
+    B, H = c_prev.shape
+    a = np.empty((B, H), dtype=z.dtype)
+    c = np.empty((B, H), dtype=z.dtype)
+    acts = np.empty((B, 5 * H), dtype=z.dtype)
+    pu, pf, po = p[0], p[1], p[2]
+    for b in range(B):
+        zc, zu, zf, zo = z[b, :H], z[b, H:2 * H], z[b, 2 * H:3 * H], z[b, 3 * H:]
+        cp, ab, cb = c_prev[b], a[b], c[b]
+        s_c, s_u, s_f = acts[b, :H], acts[b, H:2 * H], acts[b, 2 * H:3 * H]
+        s_o, s_t = acts[b, 3 * H:4 * H], acts[b, 4 * H:]
+        for j in range(H):
+            ct = tanh(zc[j])
+            u = sigmoid(zu[j] + pu[j] * cp[j])
+            f = sigmoid(zf[j] + pf[j] * cp[j])
+            cn = u * ct + f * cp[j]
+            o = sigmoid(zo[j] + po[j] * cn)
+            tc = tanh(cn)
+            ab[j] = o * tc
+            cb[j] = cn
+            s_c[j], s_u[j], s_f[j], s_o[j], s_t[j] = ct, u, f, o, tc
+    return a, c, acts
+
+
+@kernel
+def lstm_backward(ga, gc, acts, c_prev, c, p):
+    """VJP of :func:`lstm_forward`: (dz (B, 4H), dc_prev (B, H), dp (3, H)).
+
+    ga, gc: gradients w.r.t. a<t> and c<t> (zeros where none flowed).
+    """
+    B, H = c_prev.shape
+    dz = np.empty((B, 4 * H), dtype=ga.dtype)
+    dcp = np.empty((B, H), dtype=ga.dtype)
+    dp = np.zeros((3, H), dtype=ga.dtype)
+    pu, pf, po = p[0], p[1], p[2]
+    dpu, dpf, dpo = dp[0], dp[1], dp[2]
+    for b in range(B):
+        s_c, s_u, s_f = acts[b, :H], acts[b, H:2 * H], acts[b, 2 * H:3 * H]
+        s_o, s_t = acts[b, 3 * H:4 * H], acts[b, 4 * H:]
+        dzc, dzu, dzf, dzo = dz[b, :H], dz[b, H:2 * H], dz[b, 2 * H:3 * H], dz[b, 3 * H:]
+        gab, gcb, cp, cb, dcpb = ga[b], gc[b], c_prev[b], c[b], dcp[b]
+        for j in range(H):
+            ct, u, f, o, tc = s_c[j], s_u[j], s_f[j], s_o[j], s_t[j]
+            da = gab[j]
+            do_ = da * tc * o * (1 - o)
+            dc = gcb[j] + da * o * (1 - tc * tc) + do_ * po[j]
+            du = dc * ct * u * (1 - u)
+            df = dc * cp[j] * f * (1 - f)
+            dzc[j] = dc * u * (1 - ct * ct)
+            dzu[j] = du
+            dzf[j] = df
+            dzo[j] = do_
+            dcpb[j] = dc * f + du * pu[j] + df * pf[j]
+            dpu[j] += du * cp[j]
+            dpf[j] += df * cp[j]
+            dpo[j] += do_ * cb[j]
+    return dz, dcp, dp

@@ -145,6 +145,14 @@ def _matmul_vjp_b(g, out, a, b):
 
 MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b)
 
+# c + a @ b for 2-D a, b: the recurrent step's "input projection + state term" in one op.
+ADDMM = defprim(
+    "addmm", lambda c, a, b: c + _mm2(a, b),
+    lambda g, out, c, a, b: unbroadcast(g, c.shape),
+    lambda g, out, c, a, b: _mm2(g, b.T),
+    lambda g, out, c, a, b: _mm2(a.T, g),
+)
+
 
 # ----------------------------------------------------------------------- shape
 
@@ -157,6 +165,7 @@ TRANSPOSE = defprim(
     lambda g, out, a, axes: np.transpose(g, None if axes is None else _inverse_perm(axes)),
 )
 RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape))
+CONTIGUOUS = defprim("contiguous", np.ascontiguousarray, lambda g, out, a: g)
 
 
 def _getitem_vjp(g, out, a, key):
@@ -221,6 +230,19 @@ def make_split(n):
     if name not in PRIMITIVES:
         defprim(name, lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
                 _split_vjp, nout=n)
+    return PRIMITIVES[name]
+
+
+def _unstack_vjp(g, out, a, axis):
+    parts = [np.zeros(o.shape, dtype=o.dtype) if gi is None else gi for gi, o in zip(g, out)]
+    return np.stack(parts, axis=axis)
+
+
+def make_unstack(n):
+    """A primitive that removes an axis of size ``n``, returning its ``n`` slices (views)."""
+    name = f"unstack{n}"
+    if name not in PRIMITIVES:
+        defprim(name, lambda a, axis: tuple(np.moveaxis(a, axis, 0)), _unstack_vjp, nout=n)
     return PRIMITIVES[name]
 
 
@@ -343,3 +365,27 @@ def _cross_entropy_vjp(g, out, logits, targets, weights):
 # Inputs must be C-contiguous (N, V) float logits, (N,) int64 targets, (N,) float weights;
 # functional.cross_entropy checks and reshapes.  Output 1 (logsumexp) is auxiliary.
 CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2)
+
+
+# ----------------------------------------------------------------------- fused recurrent cells
+
+def _zeros_if_none(g, like):
+    return np.zeros(like.shape, dtype=like.dtype) if g is None else np.ascontiguousarray(g)
+
+
+def _lstm_cell(z, c_prev, p):
+    return kernels.lstm_forward(np.ascontiguousarray(z), np.ascontiguousarray(c_prev), p)
+
+
+def _lstm_cell_vjp(g, out, z, c_prev, p):
+    a, c, acts = out
+    dz, dcp, dp = kernels.lstm_backward(
+        _zeros_if_none(g[0], a), _zeros_if_none(g[1], c), acts,
+        np.ascontiguousarray(c_prev), c, p,
+    )
+    return dz, dcp, dp
+
+
+# z (B, 4H) = [c~, Γu, Γf, Γo] pre-activations, c_prev (B, H), p (3, H) peepholes ->
+# a (B, H), c (B, H), acts (B, 5H) (auxiliary: saved activations).
+LSTM_CELL = defprim("lstm_cell", _lstm_cell, vjp_all=_lstm_cell_vjp, nout=3)

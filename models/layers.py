@@ -1,0 +1,351 @@
+"""Recurrent layers: unroll a cell over time, both directions, deep stacks, heads.
+
+Backpropagation through time is nowhere in this file: the forward pass is a plain Python
+loop over time steps and the tape records it; ``loss.backward()`` walks it in reverse.
+
+Shapes are batch-first: x is (B, T, I) floats, or (B, T) integer ids standing for one-hot
+vectors of size I (a row lookup instead of a dense matmul).  Outputs are (B, T, H·D) with
+D = 2 for bidirectional layers.  Final states follow PyTorch: (L·D, B, H), and for the LSTM
+a pair (a_n, c_n) of that shape.
+"""
+
+import numpy as np
+
+import minigrad as mg
+from minigrad import functional as F
+from minigrad.nn import Linear, Module, ModuleList, Parameter, Sequential, Tanh
+from models.cells import CELLS, GRUCell, LSTMCell, RNNCell
+
+
+def _check_input(name, x, input_size):
+    if not isinstance(x, mg.Tensor):
+        x = mg.tensor(x)
+    integer = np.issubdtype(x.dtype, np.integer)
+    want = 2 if integer else 3
+    if x.ndim != want:
+        raise ValueError(
+            f"{name}: expected input of shape (B, T, {input_size}) (floats) or (B, T) "
+            f"(integer ids), got shape {x.shape} with dtype {x.dtype}"
+        )
+    if not integer and x.shape[2] != input_size:
+        raise ValueError(f"{name}: input feature size (dimension 2) is {x.shape[2]}, "
+                         f"expected input_size={input_size}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: the input has no time steps (T = 0)")
+    if integer and x.size and (x.data.min() < 0 or x.data.max() >= input_size):
+        raise IndexError(f"{name}: token id {x.data.max()} out of range for input_size="
+                         f"{input_size}")
+    return x
+
+
+def _check_lengths(name, lengths, B, T):
+    lengths = np.asarray(getattr(lengths, "data", lengths))
+    if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+        raise ValueError(f"{name}: lengths must be {B} integers (one per sequence), got "
+                         f"shape {lengths.shape} dtype {lengths.dtype}")
+    if lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"{name}: every length must be in 1..T={T}, got min "
+                         f"{lengths.min()} max {lengths.max()}")
+    return lengths
+
+
+class Recurrent(Module):
+    """Unrolls any cell over time:  a<t> = cell(x<t>, a<t-1>),  t = 1..T (or T..1).
+
+    ``layer(x, state=None, lengths=None) -> (outputs (B, T, H), final_state)``.
+
+    * ``state``: the initial state — zeros if None, or a learned Parameter
+      (``learn_initial_state=True``), or given: (B, H), or (a, c) for an LSTM.
+    * ``lengths``: (B,) true lengths of a padded batch: each sequence's state stops
+      updating after its own end, padded outputs are zero, the final state is each
+      sequence's true last state.  With ``reverse=True`` each sequence starts at its own
+      last element, never at padding.
+    * ``retain_states=True`` keeps every a<t> in ``self.states`` with ``retain_grad()``, so
+      after ``backward`` :func:`gradient_flow` can read ‖∂L/∂a<t>‖.
+    """
+
+    def __init__(self, cell, reverse=False, learn_initial_state=False):
+        super().__init__()
+        self.cell = cell
+        self.reverse = bool(reverse)
+        self.learn_initial_state = bool(learn_initial_state)
+        self.retain_states = False
+        self.states = []
+        if learn_initial_state:
+            H = cell.hidden_size
+            self.a0 = Parameter(np.zeros(H, dtype=cell.dtype))
+            if cell.state_arity == 2:
+                self.c0 = Parameter(np.zeros(H, dtype=cell.dtype))
+
+    @property
+    def hidden_size(self):
+        return self.cell.hidden_size
+
+    def extra_repr(self):
+        return f"reverse={self.reverse}" if self.reverse else ""
+
+    def initial_state(self, batch_size, state=None):
+        cell, H = self.cell, self.cell.hidden_size
+        if state is None:
+            if not self.learn_initial_state:
+                return cell.init_state(batch_size)
+            zero = mg.zeros(batch_size, H, dtype=cell.dtype)
+            return (self.a0 + zero if cell.state_arity == 1
+                    else (self.a0 + zero, self.c0 + zero))
+        parts = (state,) if cell.state_arity == 1 else tuple(state) \
+            if isinstance(state, (tuple, list)) else None
+        if parts is None or len(parts) != cell.state_arity:
+            raise ValueError(f"{type(cell).__name__}: the state must be "
+                             + ("a tensor a (B, H)" if cell.state_arity == 1
+                                else "a pair (a, c) of (B, H) tensors"))
+        out = []
+        for p in parts:
+            p = p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=cell.dtype)
+            if p.shape != (batch_size, H):
+                raise ValueError(f"{type(cell).__name__}: initial state has shape {p.shape}, "
+                                 f"expected (B, H) = {(batch_size, H)}")
+            out.append(p)
+        return out[0] if cell.state_arity == 1 else tuple(out)
+
+    def forward(self, x, state=None, lengths=None):
+        cell = self.cell
+        name = type(self).__name__
+        x = _check_input(name, x, cell.input_size)
+        B, T = x.shape[:2]
+        state = self.initial_state(B, state)
+        masks = None
+        if lengths is not None:
+            lengths = _check_lengths(name, lengths, B, T)
+            valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
+            masks = [valid[:, t:t + 1] for t in range(T)]
+        W, b = cell.stacked()
+        R = cell.prepare(W)
+        time_major = x.T if x.ndim == 2 else x.transpose(1, 0, 2)  # (T, B[, I])
+        xs = mg.unstack(cell.project_inputs(time_major, W, b), axis=0)  # T × (B, G·H)
+        outs = [None] * T
+        self.states = []
+        for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
+            new = cell.step(xs[t], state, R)
+            if masks is not None:  # past a sequence's end its state stays as it was
+                new = _select(masks[t], new, state)
+            state = new
+            a = cell.output(state)
+            if self.retain_states:
+                self.states.append(a.retain_grad())
+            outs[t] = a
+        if self.reverse:
+            self.states.reverse()
+        outputs = mg.stack(outs, axis=1)
+        if masks is not None:
+            outputs = outputs * valid[:, :, None].astype(outputs.dtype)
+        return outputs, state
+
+
+def _select(mask, new, old):
+    if isinstance(new, mg.Tensor):
+        return mg.where(mask, new, old)
+    return tuple(mg.where(mask, n, o) for n, o in zip(new, old))
+
+
+class Bidirectional(Module):
+    """Two independent cells, one reading left to right and one right to left:
+    outputs ``[a→<t>, a←<t>]`` (B, T, 2H) and final states ``(state→, state←)``.
+
+    A BRNN's prediction at time t sees the whole sequence — the past through a→ and the
+    future through a←.  With ``lengths`` the backward direction starts at each sequence's
+    own last element.
+    """
+
+    def __init__(self, forward_cell, backward_cell, learn_initial_state=False):
+        super().__init__()
+        if forward_cell.hidden_size != backward_cell.hidden_size or \
+                forward_cell.input_size != backward_cell.input_size:
+            raise ValueError("Bidirectional: both cells need the same input and hidden sizes")
+        self.fwd = Recurrent(forward_cell, learn_initial_state=learn_initial_state)
+        self.bwd = Recurrent(backward_cell, reverse=True,
+                             learn_initial_state=learn_initial_state)
+
+    @property
+    def hidden_size(self):
+        return self.fwd.hidden_size
+
+    def forward(self, x, state=None, lengths=None):
+        s_f, s_b = (None, None) if state is None else state
+        out_f, fin_f = self.fwd(x, s_f, lengths)
+        out_b, fin_b = self.bwd(x, s_b, lengths)
+        return mg.concat([out_f, out_b], axis=2), (fin_f, fin_b)
+
+
+class _Stack(Module):
+    """A deep RNN: layer l reads a[l-1]<t> (the layer below at the same t) and its own
+    a[l]<t-1>; any layer may be bidirectional; optional dropout between layers and an
+    optional per-time-step head (no horizontal connections) on top."""
+
+    cell_class = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dropout=0.0, learn_initial_state=False, head=None, **cell_options):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+            raise ValueError(f"{name}: num_layers must be a positive integer, got {num_layers!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_layers, self.bidirectional, self.dropout = num_layers, bidirectional, dropout
+        self.layers = ModuleList()
+        D = 2 if bidirectional else 1
+        for l in range(num_layers):
+            n_in = input_size if l == 0 else hidden_size * D
+            cells = [self.cell_class(n_in, hidden_size, **cell_options) for _ in range(D)]
+            self.layers.append(Bidirectional(*cells, learn_initial_state) if bidirectional
+                               else Recurrent(cells[0], learn_initial_state=learn_initial_state))
+        self.head = head
+
+    def _split_state(self, state, B):
+        """(L·D, B, H) [or a pair of them] -> per layer: state, or (fwd, bwd) states."""
+        if state is None:
+            return [None] * self.num_layers
+        lstm = self.cell_class.state_arity == 2
+        D = 2 if self.bidirectional else 1
+        want = (self.num_layers * D, B, self.hidden_size)
+        parts = state if lstm else (state,)
+        if lstm and (not isinstance(state, (tuple, list)) or len(state) != 2):
+            raise ValueError(f"{type(self).__name__}: the state must be a pair (a_0, c_0)")
+        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p) for p in parts]
+        for p in parts:
+            if p.shape != want:
+                raise ValueError(f"{type(self).__name__}: initial state has shape {p.shape}, "
+                                 f"expected (num_layers·directions, B, H) = {want}")
+        slices = [mg.unstack(p, 0) if want[0] > 1 else (p.reshape(want[1:]),) for p in parts]
+        per = [tuple(s[i] for s in slices) if lstm else slices[0][i] for i in range(want[0])]
+        if self.bidirectional:
+            return [(per[2 * l], per[2 * l + 1]) for l in range(self.num_layers)]
+        return per
+
+    def forward(self, x, state=None, lengths=None):
+        x = x if isinstance(x, mg.Tensor) else mg.tensor(x)
+        states = self._split_state(state, x.shape[0])
+        finals = []
+        out = x
+        for l, layer in enumerate(self.layers):
+            out, fin = layer(out, states[l], lengths)
+            finals.extend(fin if self.bidirectional else [fin])
+            if self.dropout and l < self.num_layers - 1:
+                out = F.dropout(out, self.dropout, self.training)
+        if self.head is not None:
+            out = self.head(out)
+        if self.cell_class.state_arity == 2:
+            final = (mg.stack([f[0] for f in finals]), mg.stack([f[1] for f in finals]))
+        else:
+            final = mg.stack(finals)
+        return out, final
+
+    def extra_repr(self):
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}")
+
+
+class RNN(_Stack):
+    """Stacked vanilla RNN layers (cell options: ``nonlinearity='tanh'|'relu'``)."""
+
+    cell_class = RNNCell
+
+
+class GRU(_Stack):
+    """Stacked GRU layers (cell options: ``full=True``, ``reset_after=False``)."""
+
+    cell_class = GRUCell
+
+
+class LSTM(_Stack):
+    """Stacked LSTM layers (cell options: ``peephole=False``, ``forget_bias=0.0``)."""
+
+    cell_class = LSTMCell
+
+
+LAYERS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
+
+
+def make_layer(cell, *args, **kwargs):
+    """``make_layer('lstm', 10, 32, num_layers=2)`` — a stacked layer by cell name."""
+    if cell not in LAYERS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(LAYERS)}")
+    return LAYERS[cell](*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- heads: RNN types
+
+def deep_head(in_features, hidden_sizes, out_features, dtype=np.float32):
+    """A small MLP applied at every time step, with no horizontal connections."""
+    layers, n = [], in_features
+    for h in hidden_sizes:
+        layers += [Linear(n, h, dtype=dtype), Tanh()]
+        n = h
+    layers.append(Linear(n, out_features, dtype=dtype))
+    return Sequential(*layers)
+
+
+def _out_features(rnn):
+    D = 2 if getattr(rnn, "bidirectional", False) or isinstance(rnn, Bidirectional) else 1
+    return rnn.hidden_size * D
+
+
+class SequenceTagger(Module):
+    """Many-to-many with T_x = T_y (e.g. named-entity tagging): ŷ<t> = W_y a<t> + b_y at
+    every t.  Returns logits (B, T, C); train with ``mg.cross_entropy(logits, y, mask)``."""
+
+    def __init__(self, rnn, num_classes):
+        super().__init__()
+        self.rnn = rnn
+        self.out = Linear(_out_features(rnn), num_classes)
+
+    def forward(self, x, lengths=None):
+        outputs, _ = self.rnn(x, lengths=lengths)
+        return self.out(outputs)
+
+
+class SequenceClassifier(Module):
+    """Many-to-one (e.g. sentiment from a sentence): one prediction from the last state.
+
+    With ``lengths`` the last state is each sequence's true last state; for a bidirectional
+    top layer it is ``[a→<T_x>, a←<1>]``.  Returns logits (B, C).
+    """
+
+    def __init__(self, rnn, num_classes):
+        super().__init__()
+        self.rnn = rnn
+        self.out = Linear(_out_features(rnn), num_classes)
+
+    def forward(self, x, lengths=None):
+        _, final = self.rnn(x, lengths=lengths)
+        a = final[0] if isinstance(final, tuple) else final  # LSTM: (a_n, c_n)
+        if isinstance(self.rnn, _Stack) and self.rnn.bidirectional:
+            last = mg.concat([a[-2], a[-1]], axis=1)
+        elif isinstance(self.rnn, _Stack):
+            last = a[-1]
+        else:
+            last = a
+        return self.out(last)
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+def gradient_flow(layer):
+    """‖∂L/∂a<t>‖ for every t of the last run of a :class:`Recurrent` layer, as an array (T,).
+
+    Usage: ``layer.retain_states = True``; run the model; ``loss.backward()``;
+    ``gradient_flow(layer)``.  A vanishing gradient shows as norms that decay
+    geometrically from the last steps back to the first.
+    """
+    if not isinstance(layer, Recurrent):
+        raise TypeError(f"gradient_flow: expected a Recurrent layer, got {type(layer).__name__}")
+    if not layer.states:
+        raise RuntimeError("gradient_flow: set layer.retain_states = True before the forward pass")
+    return np.array([0.0 if a.grad is None else float(np.linalg.norm(a.grad.astype(np.float64)))
+                     for a in layer.states])
+
+
+__all__ = ["CELLS", "GRU", "LSTM", "RNN", "Bidirectional", "GRUCell", "LSTMCell", "RNNCell",
+           "Recurrent", "SequenceClassifier", "SequenceTagger", "deep_head", "gradient_flow",
+           "make_layer"]

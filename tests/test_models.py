@@ -1,0 +1,381 @@
+"""Recurrent cells and layers: gradient checks, fast path = chapter equations, masking,
+bidirectional, deep stacks, truncated BPTT, errors, and learning."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigrad as mg
+from models.cells import GRUCell, LSTMCell, RNNCell
+from models.layers import (
+    GRU,
+    LSTM,
+    RNN,
+    Bidirectional,
+    Recurrent,
+    SequenceClassifier,
+    SequenceTagger,
+    deep_head,
+    gradient_flow,
+)
+
+F64 = np.float64
+
+CELL_OPTIONS = [
+    ("rnn-tanh", RNNCell, {"nonlinearity": "tanh"}),
+    ("rnn-relu", RNNCell, {"nonlinearity": "relu"}),
+    ("gru-simplified", GRUCell, {"full": False}),
+    ("gru-full", GRUCell, {"full": True}),
+    ("gru-reset-after", GRUCell, {"full": True, "reset_after": True}),
+    ("lstm", LSTMCell, {}),
+    ("lstm-peephole", LSTMCell, {"peephole": True}),
+]
+IDS = [c[0] for c in CELL_OPTIONS]
+
+sizes = st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4))
+
+
+def _x(rng, B, T, I):
+    return mg.tensor(rng.standard_normal((B, T, I)), requires_grad=True)
+
+
+def _loss_weights(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def _run_layer(layer, x, **kw):
+    out, final = layer(x, **kw)
+    return out
+
+
+# ------------------------------------------------------------------------ fast path = equations
+
+@pytest.mark.parametrize("name,cls,opts", CELL_OPTIONS, ids=IDS)
+def test_fast_path_equals_chapter_equations(name, cls, opts):
+    """The layer's fused/stacked step gives the same states and gradients as cell(x, s)."""
+    rng = np.random.default_rng(0)
+    mg.manual_seed(0)
+    B, T, I, H = 3, 5, 4, 6
+    cell = cls(I, H, dtype=F64, **opts)
+    x = rng.standard_normal((B, T, I))
+    w = rng.standard_normal((B, T, H))
+
+    layer = Recurrent(cell)
+    xt = mg.tensor(x, requires_grad=True)
+    out, _ = layer(xt)
+    (out * w).sum().backward()
+    fast = {n: p.grad.copy() for n, p in cell.named_parameters()}
+    fast_x = xt.grad.copy()
+    cell.zero_grad()
+
+    xr = mg.tensor(x, requires_grad=True)
+    state = cell.init_state(B)
+    outs = []
+    for t in range(T):
+        state = cell(xr[:, t], state)
+        outs.append(cell.output(state))
+    ref = mg.stack(outs, axis=1)
+    (ref * w).sum().backward()
+
+    np.testing.assert_allclose(out.data, ref.data, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(fast_x, xr.grad, rtol=1e-10, atol=1e-12)
+    for n, p in cell.named_parameters():
+        np.testing.assert_allclose(fast[n], p.grad, rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+@pytest.mark.parametrize("name,cls,opts", CELL_OPTIONS, ids=IDS)
+def test_float32_fast_path_close_to_float64(name, cls, opts):
+    """float32 training path (fast tanh/sigmoid) stays close to exact float64."""
+    rng = np.random.default_rng(1)
+    mg.manual_seed(1)
+    cell64 = cls(5, 8, dtype=F64, **opts)
+    cell32 = cls(5, 8, dtype=np.float32, **opts)
+    cell32.load_state_dict(cell64.state_dict())
+    x = rng.standard_normal((4, 12, 5))
+    o64, _ = Recurrent(cell64)(mg.tensor(x))
+    o32, _ = Recurrent(cell32)(mg.tensor(x.astype(np.float32)))
+    assert o32.dtype == np.float32
+    np.testing.assert_allclose(o32.data, o64.data, atol=2e-5)
+
+
+# ------------------------------------------------------------------------ gradient checks
+
+@pytest.mark.parametrize("name,cls,opts", CELL_OPTIONS, ids=IDS)
+@given(sizes=sizes, seed=st.integers(0, 2**16))
+def test_cell_gradcheck(name, cls, opts, sizes, seed):
+    B, T, I, H = sizes
+    rng = np.random.default_rng(seed)
+    mg.manual_seed(seed)
+    layer = Recurrent(cls(I, H, dtype=F64, **opts))
+    x = _x(rng, B, T, I)
+    mg.check_grads(lambda x, *ps: _run_layer(layer, x), x, *layer.parameters())
+
+
+@pytest.mark.parametrize("name,cls,opts", CELL_OPTIONS, ids=IDS)
+def test_cell_reference_path_gradcheck(name, cls, opts):
+    rng = np.random.default_rng(3)
+    mg.manual_seed(3)
+    cell = cls(3, 4, dtype=F64, **opts)
+    x = mg.tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    s = cell.init_state(2)
+    s = mg.tensor(rng.standard_normal((2, 4)), requires_grad=True) if cell.state_arity == 1 \
+        else tuple(mg.tensor(rng.standard_normal((2, 4)), requires_grad=True) for _ in "ac")
+    flat = (s,) if cell.state_arity == 1 else s
+
+    def f(x, *args):
+        st_ = args[0] if cell.state_arity == 1 else (args[0], args[1])
+        return mg.concat([t.reshape(-1) for t in
+                          ([cell(x, st_)] if cell.state_arity == 1 else list(cell(x, st_)))])
+    mg.check_grads(f, x, *flat, *cell.parameters())
+
+
+@given(sizes=sizes, seed=st.integers(0, 2**16), cell=st.sampled_from(["rnn", "gru", "lstm"]))
+def test_bidirectional_gradcheck(sizes, seed, cell):
+    B, T, I, H = sizes
+    rng = np.random.default_rng(seed)
+    mg.manual_seed(seed)
+    cls = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}[cell]
+    layer = Bidirectional(cls(I, H, dtype=F64), cls(I, H, dtype=F64))
+    x = _x(rng, B, T, I)
+    mg.check_grads(lambda x, *ps: _run_layer(layer, x), x, *layer.parameters())
+
+
+@given(seed=st.integers(0, 2**16), cls=st.sampled_from([RNN, GRU, LSTM]),
+       bidirectional=st.booleans())
+def test_deep_stack_gradcheck(seed, cls, bidirectional):
+    rng = np.random.default_rng(seed)
+    mg.manual_seed(seed)
+    layer = cls(3, 3, num_layers=2, bidirectional=bidirectional, dtype=F64)
+    x = _x(rng, 2, 4, 3)
+
+    def f(x, *ps):
+        out, final = layer(x)
+        a = final[0] if isinstance(final, tuple) else final
+        return mg.concat([out.reshape(-1), a.reshape(-1)])
+    mg.check_grads(f, x, *layer.parameters())
+
+
+@given(seed=st.integers(0, 2**16), cell=st.sampled_from(["rnn", "gru", "lstm"]),
+       bidirectional=st.booleans())
+def test_lengths_masking_gradcheck(seed, cell, bidirectional):
+    rng = np.random.default_rng(seed)
+    mg.manual_seed(seed)
+    cls = {"rnn": RNN, "gru": GRU, "lstm": LSTM}[cell]
+    layer = cls(2, 3, bidirectional=bidirectional, dtype=F64)
+    x = _x(rng, 3, 5, 2)
+    lengths = rng.integers(1, 6, size=3)
+
+    def f(x, *ps):
+        out, final = layer(x, lengths=lengths)
+        a = final[0] if isinstance(final, tuple) else final
+        return mg.concat([out.reshape(-1), a.reshape(-1)])
+    mg.check_grads(f, x, *layer.parameters())
+
+
+@pytest.mark.parametrize("cls", [RNNCell, LSTMCell])
+def test_learned_initial_state_gradcheck(cls):
+    rng = np.random.default_rng(5)
+    mg.manual_seed(5)
+    layer = Recurrent(cls(2, 3, dtype=F64), learn_initial_state=True)
+    with mg.no_grad():  # move the learned state away from zero
+        for p in (layer.a0, getattr(layer, "c0", layer.a0)):
+            p.data[:] = rng.standard_normal(3)
+    x = _x(rng, 2, 3, 2)
+    mg.check_grads(lambda x, *ps: _run_layer(layer, x), x, *layer.parameters())
+    out, _ = layer(x)
+    out.sum().backward()
+    assert np.abs(layer.a0.grad).sum() > 0
+
+
+def test_deep_head_gradcheck():
+    rng = np.random.default_rng(6)
+    mg.manual_seed(6)
+    head = deep_head(3, [4], 2, dtype=F64)
+    layer = GRU(2, 3, num_layers=2, head=head, dtype=F64)
+    x = _x(rng, 2, 3, 2)
+    out, _ = layer(x)
+    assert out.shape == (2, 3, 2)
+    mg.check_grads(lambda x, *ps: _run_layer(layer, x), x, *layer.parameters())
+
+
+# ------------------------------------------------------------------------ masking semantics
+
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lengths_equal_running_each_sequence_alone(cls, bidirectional):
+    """A padded batch with lengths = each sequence run alone, unpadded."""
+    rng = np.random.default_rng(7)
+    mg.manual_seed(7)
+    layer = cls(3, 4, bidirectional=bidirectional, dtype=F64)
+    B, T = 3, 6
+    lengths = np.array([6, 2, 4])
+    x = rng.standard_normal((B, T, 3))
+    x_padded = x.copy()
+    for b, n in enumerate(lengths):
+        x_padded[b, n:] = 99.0  # garbage in the padding must not leak anywhere
+    out, final = layer(mg.tensor(x_padded), lengths=lengths)
+    a_n = final[0] if isinstance(final, tuple) else final
+    for b, n in enumerate(lengths):
+        alone, fin = layer(mg.tensor(x[b:b + 1, :n]))
+        fin_a = fin[0] if isinstance(fin, tuple) else fin
+        np.testing.assert_allclose(out.data[b, :n], alone.data[0], rtol=1e-12, atol=1e-13)
+        assert np.all(out.data[b, n:] == 0), "padded outputs must be zero"
+        np.testing.assert_allclose(a_n.data[:, b], fin_a.data[:, 0], rtol=1e-12, atol=1e-13)
+
+
+def test_padding_gets_no_gradient():
+    rng = np.random.default_rng(8)
+    layer = LSTM(2, 3, bidirectional=True, dtype=F64)
+    x = mg.tensor(rng.standard_normal((2, 5, 2)), requires_grad=True)
+    out, _ = layer(x, lengths=np.array([5, 3]))
+    out.sum().backward()
+    assert np.all(x.grad[1, 3:] == 0)
+    assert np.all(x.grad[1, :3] != 0)
+
+
+# ------------------------------------------------------------------------ truncated BPTT
+
+def test_truncated_bptt_state_carries_and_gradient_stops():
+    rng = np.random.default_rng(9)
+    mg.manual_seed(9)
+    layer = LSTM(2, 3, dtype=F64)
+    x = rng.standard_normal((2, 8, 2))
+    full, _ = layer(mg.tensor(x))
+
+    x1 = mg.tensor(x[:, :4], requires_grad=True)
+    out1, state = layer(x1)
+    state = tuple(s.detach() for s in state)          # cut the graph at the boundary
+    out2, _ = layer(mg.tensor(x[:, 4:]), state=state)
+    # the state carried over: the two chunks reproduce the full run
+    np.testing.assert_allclose(np.concatenate([out1.data, out2.data], axis=1), full.data,
+                               rtol=1e-12, atol=1e-13)
+    out2.sum().backward()
+    assert x1.grad is None, "gradient crossed the detached chunk boundary"
+    assert layer.layers[0].cell.W_c.grad is not None
+
+    # without detach, the same loss does reach the first chunk
+    x1b = mg.tensor(x[:, :4], requires_grad=True)
+    _, state = layer(x1b)
+    out2b, _ = layer(mg.tensor(x[:, 4:]), state=state)
+    out2b.sum().backward()
+    assert np.abs(x1b.grad).sum() > 0
+
+
+def test_given_initial_state_is_used():
+    rng = np.random.default_rng(10)
+    layer = GRU(2, 3, num_layers=2, dtype=F64)
+    x = mg.tensor(rng.standard_normal((4, 3, 2)))
+    h0 = mg.tensor(rng.standard_normal((2, 4, 3)), requires_grad=True)
+    out, h_n = layer(x, state=h0)
+    zero_out, _ = layer(x)
+    assert h_n.shape == (2, 4, 3)
+    assert not np.allclose(out.data, zero_out.data)
+    out.sum().backward()
+    assert h0.grad.shape == (2, 4, 3) and np.abs(h0.grad).sum() > 0
+
+
+# ------------------------------------------------------------------------ shapes and heads
+
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+def test_stack_shapes(cls):
+    layer = cls(5, 7, num_layers=3, bidirectional=True)
+    out, final = layer(mg.randn(2, 4, 5))
+    assert out.shape == (2, 4, 14)
+    finals = final if isinstance(final, tuple) else (final,)
+    for f in finals:
+        assert f.shape == (6, 2, 7)
+
+
+def test_integer_input_equals_one_hot():
+    rng = np.random.default_rng(11)
+    mg.manual_seed(11)
+    layer = LSTM(6, 4, dtype=F64)
+    ids = rng.integers(0, 6, (3, 5))
+    out_ids, _ = layer(mg.tensor(ids))
+    out_ids.sum().backward()
+    g_ids = layer.layers[0].cell.W_u.grad.copy()
+    layer.zero_grad()
+    out_oh, _ = layer(mg.one_hot(ids, 6, dtype=F64))
+    out_oh.sum().backward()
+    np.testing.assert_allclose(out_ids.data, out_oh.data, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(g_ids, layer.layers[0].cell.W_u.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_tagger_and_classifier_shapes():
+    tagger = SequenceTagger(GRU(3, 5, bidirectional=True), 4)
+    assert tagger(mg.randn(2, 6, 3)).shape == (2, 6, 4)
+    clf = SequenceClassifier(LSTM(3, 5, num_layers=2, bidirectional=True), 2)
+    assert clf(mg.randn(2, 6, 3), lengths=np.array([6, 2])).shape == (2, 2)
+
+
+# ------------------------------------------------------------------------ gradient flow
+
+def test_gradient_flow_shows_vanishing_gradients():
+    """With small recurrent weights ‖∂L/∂a<t>‖ for a loss on the last step decays backwards."""
+    mg.manual_seed(12)
+    cell = RNNCell(4, 16, dtype=F64)
+    with mg.no_grad():
+        cell.W_a.data *= 0.5
+    layer = Recurrent(cell)
+    layer.retain_states = True
+    out, _ = layer(mg.randn(2, 20, 4, dtype=F64))
+    out[:, -1].sum().backward()
+    norms = gradient_flow(layer)
+    assert norms.shape == (20,)
+    assert norms[-1] > 0
+    assert norms[0] < 1e-3 * norms[-1]
+    assert np.all(np.diff(norms[:-1]) > 0), "norms should grow towards the loss"
+
+
+# ------------------------------------------------------------------------ bad input
+
+def test_bad_input_errors():
+    layer = LSTM(3, 4)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, T, 3\)"):
+        layer(mg.randn(2, 3))
+    with pytest.raises(ValueError, match="feature size .dimension 2. is 5, expected input_size=3"):
+        layer(mg.randn(2, 6, 5))
+    with pytest.raises(ValueError, match="every length must be in 1..T=6, got min 2 max 7"):
+        layer(mg.randn(2, 6, 3), lengths=np.array([7, 2]))
+    with pytest.raises(ValueError, match="every length must be in 1..T=6"):
+        layer(mg.randn(2, 6, 3), lengths=np.array([0, 2]))
+    with pytest.raises(ValueError, match="lengths must be 2 integers"):
+        layer(mg.randn(2, 6, 3), lengths=np.array([3]))
+    with pytest.raises(ValueError, match=r"initial state has shape \(1, 5, 4\), expected"):
+        layer(mg.randn(2, 6, 3), state=(mg.zeros(1, 5, 4), mg.zeros(1, 5, 4)))
+    with pytest.raises(ValueError, match="state must be a pair"):
+        layer(mg.randn(2, 6, 3), state=mg.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"state has shape \(3, 4\), expected \(B, H\)"):
+        Recurrent(RNNCell(3, 4))(mg.randn(2, 6, 3), state=mg.zeros(3, 4))
+    with pytest.raises(ValueError, match="unknown nonlinearity 'sigmoid'"):
+        RNNCell(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="reset_after=True needs full=True"):
+        GRUCell(3, 4, full=False, reset_after=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'peepholes'"):
+        LSTM(3, 4, peepholes=True)
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+        LSTMCell(3, 0)
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        GRU(3, 4, num_layers=0)
+
+
+# ------------------------------------------------------------------------ learning
+
+@pytest.mark.parametrize("cls", [GRU, LSTM])
+def test_learns_to_remember_the_first_token(cls):
+    """Many-to-one: the label is the first of 8 random bits — it must be carried 7 steps."""
+    mg.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = SequenceClassifier(cls(2, 16), 2)
+    opt = mg.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        bits = rng.integers(0, 2, (32, 8))
+        loss = mg.cross_entropy(model(mg.tensor(bits)), bits[:, 0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bits = rng.integers(0, 2, (256, 8))
+    with mg.no_grad():
+        acc = (model(mg.tensor(bits)).data.argmax(1) == bits[:, 0]).mean()
+    assert acc > 0.95, f"accuracy {acc:.2f} (chance is 0.5)"
