@@ -1,12 +1,15 @@
 """minigrad: a small, fast, honest tape-based autodiff framework for sequence models."""
 
-from minigrad import functional, kernels, ops
+from minigrad import functional, kernels, nn, ops, optim
 from minigrad.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from minigrad.functional import cross_entropy, dropout, one_hot
 from minigrad.gradcheck import GradcheckError, check_grads
+from minigrad.nn import Module, Parameter
 from minigrad.random import get_rng, manual_seed
+from minigrad.serialization import load, save
 from minigrad.tensor import (
     Tensor,
+    addmm,
     arange,
     chunk,
     concat,
@@ -18,16 +21,20 @@ from minigrad.tensor import (
     split,
     stack,
     tensor,
+    unstack,
     where,
     zeros,
     zeros_like,
 )
+from minigrad.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradcheckError", "Tensor", "arange", "check_grads", "chunk", "concat", "cross_entropy",
-    "dropout", "enable_grad", "functional", "get_rng", "is_grad_enabled", "kernels",
-    "manual_seed", "matmul", "no_grad", "one_hot", "ones", "ones_like", "ops", "rand",
-    "randn", "set_grad_enabled", "split", "stack", "tensor", "where", "zeros", "zeros_like",
+    "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "check_grads",
+    "chunk", "concat", "cross_entropy", "dropout", "enable_grad", "functional",
+    "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
+    "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",
+    "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "unstack", "where",
+    "zeros", "zeros_like",
 ]

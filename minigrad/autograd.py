@@ -28,13 +28,16 @@ class set_grad_enabled(contextlib.ContextDecorator):
 
     def __init__(self, mode):
         self.mode = bool(mode)
+        # A stack, not one slot: a decorated function may call itself (re-entering this
+        # same instance), and each exit must restore what its own enter saw.
+        self.prev = []
 
     def __enter__(self):
-        self.prev = _GradMode.enabled
+        self.prev.append(_GradMode.enabled)
         _GradMode.enabled = self.mode
 
     def __exit__(self, *exc):
-        _GradMode.enabled = self.prev
+        _GradMode.enabled = self.prev.pop()
 
 
 class no_grad(set_grad_enabled):

@@ -94,6 +94,38 @@ def lstm_cell(z, c_prev, peepholes=None):
     return a, c
 
 
+def gru_update(z_c, G_u, c_prev):
+    """Fused ``Γu * tanh(z_c) + (1 - Γu) * c<t-1>`` (all (B, H)): the GRU's new memory cell."""
+    _same_shape("gru_update", z_c, G_u, c_prev)
+    return apply(ops.GRU_UPDATE, z_c, G_u, c_prev)[0]
+
+
+def gru_gates(z_ur, c_prev):
+    """Fused ``Γu = σ(z_u)``, ``Γr = σ(z_r)`` from z_ur (B, 2H) = [z_u, z_r]; returns
+    ``(Γu, Γr * c<t-1>)`` — the update gate and the relevance-gated state."""
+    B, H = c_prev.shape
+    if z_ur.shape != (B, 2 * H):
+        raise ValueError(f"gru_gates: z_ur has shape {z_ur.shape}, expected {(B, 2 * H)}")
+    u, rc, _ = apply(ops.GRU_GATES, z_ur, c_prev)
+    return u, rc
+
+
+def gru_reset_after(xp, h, c_prev):
+    """Fused reset-after GRU gate math (see ``kernels.gru_reset_after_forward``) -> c<t>."""
+    B, H = c_prev.shape
+    if xp.shape != (B, 3 * H) or h.shape != (B, 3 * H):
+        raise ValueError(f"gru_reset_after: xp {xp.shape} and h {h.shape} must be "
+                         f"{(B, 3 * H)} for c_prev of shape {(B, H)}")
+    return apply(ops.GRU_RESET_AFTER, xp, h, c_prev)[0]
+
+
+def _same_shape(name, *ts):
+    shapes = {t.shape for t in ts}
+    if len(shapes) != 1:
+        raise ValueError(f"{name}: all inputs must have the same shape, got "
+                         f"{[t.shape for t in ts]}")
+
+
 def one_hot(indices, n, dtype=np.float32):
     """(…) integers in [0, n) -> (…, n) one-hot rows (no gradient)."""
     idx = np.asarray(_raw(indices))

@@ -75,17 +75,20 @@ def _vjp(f, inputs, wrt, u):
 
 def _numeric(f, inputs, x, k, eps, u=None):
     """Central difference of f (or of <u, f>) w.r.t. flat element k of x's data."""
-    flat = x.data.reshape(-1)
-    orig = flat[k]
-    with no_grad():
-        flat[k] = orig + eps
-        hi = _call(f, inputs)
-        flat[k] = orig - eps
-        lo = _call(f, inputs)
-    flat[k] = orig
+    # NOTE: index x.data itself: reshape(-1) copies a non-contiguous array, and perturbing
+    # a copy would silently leave the input unchanged.
+    idx = np.unravel_index(k, x.shape)
+    orig = x.data[idx]
+    try:
+        with no_grad():
+            x.data[idx] = orig + eps
+            hi = _call(f, inputs)
+            x.data[idx] = orig - eps
+            lo = _call(f, inputs)
+    finally:
+        x.data[idx] = orig
     d = (hi - lo) / (2 * eps)
     return d if u is None else float(np.sum(d * u))
-
 
 
 def _check_full(f, inputs, wrt, out0, eps, atol, rtol):
@@ -97,8 +100,6 @@ def _check_full(f, inputs, wrt, out0, eps, atol, rtol):
         rows.append(_vjp(f, inputs, wrt, e.reshape(out0.shape)))
     for pos, i in enumerate(wrt):
         x = inputs[i]
-        if not x.data.flags.c_contiguous:
-            raise ValueError(f"check_grads: input {i} must be C-contiguous")
         for k in range(x.data.size):
             numeric = _numeric(f, inputs, x, k, eps).reshape(-1)
             analytic = np.array([rows[j][pos].reshape(-1)[k] for j in range(n_out)])
@@ -107,16 +108,17 @@ def _check_full(f, inputs, wrt, out0, eps, atol, rtol):
 
 def _check_projected(f, inputs, i, g, u, rng, eps, atol, rtol, n_projections):
     x = inputs[i]
-    flat = x.data.reshape(-1)
     for _ in range(n_projections):
         v = rng.standard_normal(x.data.shape)
         orig = x.data.copy()
-        with no_grad():
-            flat[:] = (orig + eps * v).reshape(-1)
-            hi = _call(f, inputs)
-            flat[:] = (orig - eps * v).reshape(-1)
-            lo = _call(f, inputs)
-        flat[:] = orig.reshape(-1)
+        try:
+            with no_grad():
+                x.data[...] = orig + eps * v
+                hi = _call(f, inputs)
+                x.data[...] = orig - eps * v
+                lo = _call(f, inputs)
+        finally:
+            x.data[...] = orig
         numeric = float(np.sum((hi - lo) * u) / (2 * eps))
         analytic = float(np.sum(g * v))
         if not np.isclose(analytic, numeric, atol=atol * np.sqrt(v.size), rtol=rtol):
@@ -136,7 +138,7 @@ def _compare(i, x, k, analytic, numeric, atol, rtol, what):
     if bad.any():
         err = np.abs(analytic - numeric)
         j = int(np.argmax(np.where(bad, err, -1)))
-        elem = np.unravel_index(k, x.shape) if x.ndim else ()
+        elem = tuple(int(e) for e in np.unravel_index(k, x.shape))
         out_part = f" w.r.t. output element {j}" if analytic.size > 1 else ""
         raise GradcheckError(
             f"check_grads: input {i} (shape {x.shape}, dtype {x.dtype}) element {elem}"

@@ -392,3 +392,120 @@ def lstm_backward(ga, gc, acts, c_prev, c, p):
             dpf[j] += df * cp[j]
             dpo[j] += do_ * cb[j]
     return dz, dcp, dp
+
+
+@kernel
+def gru_update_forward(zc, u, c_prev):
+    """c<t> = Γu * tanh(z_c) + (1 - Γu) * c<t-1>, all (B, H).  Returns (c, c~)."""
+    B, H = c_prev.shape
+    c = np.empty((B, H), dtype=zc.dtype)
+    ct = np.empty((B, H), dtype=zc.dtype)
+    for b in range(B):
+        zb, ub, cp, cb, tb = zc[b], u[b], c_prev[b], c[b], ct[b]
+        for j in range(H):
+            t = tanh(zb[j])
+            tb[j] = t
+            cb[j] = ub[j] * t + (1 - ub[j]) * cp[j]
+    return c, ct
+
+
+@kernel
+def gru_update_backward(gc, ct, u, c_prev):
+    """VJP of :func:`gru_update_forward`: (dz_c, dΓu, dc<t-1>)."""
+    B, H = c_prev.shape
+    dzc = np.empty((B, H), dtype=gc.dtype)
+    du = np.empty((B, H), dtype=gc.dtype)
+    dcp = np.empty((B, H), dtype=gc.dtype)
+    for b in range(B):
+        g, tb, ub, cp = gc[b], ct[b], u[b], c_prev[b]
+        dzb, dub, dcb = dzc[b], du[b], dcp[b]
+        for j in range(H):
+            dzb[j] = g[j] * ub[j] * (1 - tb[j] * tb[j])
+            dub[j] = g[j] * (tb[j] - cp[j])
+            dcb[j] = g[j] * (1 - ub[j])
+    return dzc, du, dcp
+
+
+@kernel
+def gru_gates_forward(zur, c_prev):
+    """Γu = σ(z_u), Γr = σ(z_r) from zur (B, 2H) = [z_u, z_r]; returns (Γu, Γr * c<t-1>, Γr)."""
+    B, H = c_prev.shape
+    u = np.empty((B, H), dtype=zur.dtype)
+    rc = np.empty((B, H), dtype=zur.dtype)
+    r = np.empty((B, H), dtype=zur.dtype)
+    for b in range(B):
+        zu, zr, cp = zur[b, :H], zur[b, H:], c_prev[b]
+        ub, rcb, rb = u[b], rc[b], r[b]
+        for j in range(H):
+            ub[j] = sigmoid(zu[j])
+            rv = sigmoid(zr[j])
+            rb[j] = rv
+            rcb[j] = rv * cp[j]
+    return u, rc, r
+
+
+@kernel
+def gru_gates_backward(gu, grc, u, r, c_prev):
+    """VJP of :func:`gru_gates_forward`: (dzur (B, 2H), dc<t-1>)."""
+    B, H = c_prev.shape
+    dzur = np.empty((B, 2 * H), dtype=gu.dtype)
+    dcp = np.empty((B, H), dtype=gu.dtype)
+    for b in range(B):
+        dzu, dzr = dzur[b, :H], dzur[b, H:]
+        gub, grb, ub, rb, cp, dcb = gu[b], grc[b], u[b], r[b], c_prev[b], dcp[b]
+        for j in range(H):
+            dzu[j] = gub[j] * ub[j] * (1 - ub[j])
+            dzr[j] = grb[j] * cp[j] * rb[j] * (1 - rb[j])
+            dcb[j] = grb[j] * rb[j]
+    return dzur, dcp
+
+
+@kernel
+def gru_reset_after_forward(xp, h, c_prev):
+    """The reset-after GRU's gate math (PyTorch/cuDNN/Keras).
+
+    xp: (B, 3H) input terms [x_c, x_u, x_r] (biases included); h: (B, 3H) state terms
+    [W_cc c + b_cc, W_uc c, W_rc c]; c_prev: (B, H).
+        Γu = σ(x_u + h_u)   Γr = σ(x_r + h_r)   c~ = tanh(x_c + Γr * h_c)
+        c<t> = Γu * c~ + (1 - Γu) * c<t-1>
+    Returns c (B, H) and acts (B, 3H) = [c~, Γu, Γr].
+    """
+    B, H = c_prev.shape
+    c = np.empty((B, H), dtype=xp.dtype)
+    acts = np.empty((B, 3 * H), dtype=xp.dtype)
+    for b in range(B):
+        xc, xu, xr = xp[b, :H], xp[b, H:2 * H], xp[b, 2 * H:]
+        hc, hu, hr = h[b, :H], h[b, H:2 * H], h[b, 2 * H:]
+        s_c, s_u, s_r = acts[b, :H], acts[b, H:2 * H], acts[b, 2 * H:]
+        cp, cb = c_prev[b], c[b]
+        for j in range(H):
+            u = sigmoid(xu[j] + hu[j])
+            r = sigmoid(xr[j] + hr[j])
+            t = tanh(xc[j] + r * hc[j])
+            cb[j] = u * t + (1 - u) * cp[j]
+            s_c[j], s_u[j], s_r[j] = t, u, r
+    return c, acts
+
+
+@kernel
+def gru_reset_after_backward(gc, acts, h, c_prev):
+    """VJP of :func:`gru_reset_after_forward`: (dxp (B, 3H), dh (B, 3H), dc<t-1>)."""
+    B, H = c_prev.shape
+    dxp = np.empty((B, 3 * H), dtype=gc.dtype)
+    dh = np.empty((B, 3 * H), dtype=gc.dtype)
+    dcp = np.empty((B, H), dtype=gc.dtype)
+    for b in range(B):
+        s_c, s_u, s_r = acts[b, :H], acts[b, H:2 * H], acts[b, 2 * H:]
+        hc = h[b, :H]
+        dxc, dxu, dxr = dxp[b, :H], dxp[b, H:2 * H], dxp[b, 2 * H:]
+        dhc, dhu, dhr = dh[b, :H], dh[b, H:2 * H], dh[b, 2 * H:]
+        g, cp, dcb = gc[b], c_prev[b], dcp[b]
+        for j in range(H):
+            t, u, r = s_c[j], s_u[j], s_r[j]
+            dzc = g[j] * u * (1 - t * t)
+            dzu = g[j] * (t - cp[j]) * u * (1 - u)
+            dzr = dzc * hc[j] * r * (1 - r)
+            dxc[j], dxu[j], dxr[j] = dzc, dzu, dzr
+            dhc[j], dhu[j], dhr[j] = dzc * r, dzu, dzr
+            dcb[j] = g[j] * (1 - u)
+    return dxp, dh, dcp

@@ -165,7 +165,10 @@ TRANSPOSE = defprim(
     lambda g, out, a, axes: np.transpose(g, None if axes is None else _inverse_perm(axes)),
 )
 RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape))
-CONTIGUOUS = defprim("contiguous", np.ascontiguousarray, lambda g, out, a: g)
+CONTIGUOUS = defprim(
+    "contiguous", lambda a: a if a.flags.c_contiguous else a.copy(order="C"),
+    lambda g, out, a: g,
+)
 
 
 def _getitem_vjp(g, out, a, key):
@@ -173,9 +176,9 @@ def _getitem_vjp(g, out, a, key):
     if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and a.ndim >= 1:
         # Integer-array indexing along axis 0 (embedding lookups): repeated indices add up.
         idx = np.where(key < 0, key + a.shape[0], key).reshape(-1)
+        row = math.prod(a.shape[1:])
         kernels.scatter_add_rows(
-            ga.reshape(a.shape[0], -1), idx,
-            np.ascontiguousarray(g).reshape(idx.size, -1),
+            ga.reshape(a.shape[0], row), idx, np.ascontiguousarray(g).reshape(idx.size, row)
         )
     elif _is_advanced(key):
         np.add.at(ga, key, g)
@@ -389,3 +392,45 @@ def _lstm_cell_vjp(g, out, z, c_prev, p):
 # z (B, 4H) = [c~, Γu, Γf, Γo] pre-activations, c_prev (B, H), p (3, H) peepholes ->
 # a (B, H), c (B, H), acts (B, 5H) (auxiliary: saved activations).
 LSTM_CELL = defprim("lstm_cell", _lstm_cell, vjp_all=_lstm_cell_vjp, nout=3)
+
+
+def _c(x):
+    return np.ascontiguousarray(x)
+
+
+def _gru_update_vjp(g, out, zc, u, c_prev):
+    c, ct = out
+    return kernels.gru_update_backward(_zeros_if_none(g[0], c), ct, _c(u), _c(c_prev))
+
+
+# c<t> = Γu * tanh(z_c) + (1 - Γu) * c<t-1>; outputs (c, c~) with c~ auxiliary.
+GRU_UPDATE = defprim(
+    "gru_update", lambda zc, u, c_prev: kernels.gru_update_forward(_c(zc), _c(u), _c(c_prev)),
+    vjp_all=_gru_update_vjp, nout=2,
+)
+
+
+def _gru_gates_vjp(g, out, zur, c_prev):
+    u, rc, r = out
+    return kernels.gru_gates_backward(_zeros_if_none(g[0], u), _zeros_if_none(g[1], rc), u, r,
+                                      _c(c_prev))
+
+
+# zur (B, 2H) = [z_u, z_r], c_prev -> (Γu, Γr * c<t-1>, Γr) with Γr auxiliary.
+GRU_GATES = defprim(
+    "gru_gates", lambda zur, c_prev: kernels.gru_gates_forward(_c(zur), _c(c_prev)),
+    vjp_all=_gru_gates_vjp, nout=3,
+)
+
+
+def _gru_reset_after_vjp(g, out, xp, h, c_prev):
+    c, acts = out
+    return kernels.gru_reset_after_backward(_zeros_if_none(g[0], c), acts, _c(h), _c(c_prev))
+
+
+# xp (B, 3H), h (B, 3H), c_prev (B, H) -> (c, acts (B, 3H)) with acts auxiliary.
+GRU_RESET_AFTER = defprim(
+    "gru_reset_after",
+    lambda xp, h, c_prev: kernels.gru_reset_after_forward(_c(xp), _c(h), _c(c_prev)),
+    vjp_all=_gru_reset_after_vjp, nout=2,
+)

@@ -58,6 +58,11 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return len(self.data)
 
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self.data)))
+
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
         body = np.array2string(self.data, separator=", ", prefix="tensor(")
@@ -239,16 +244,23 @@ class Tensor:
 
     view = reshape
 
+    def contiguous(self):
+        """A C-contiguous copy if needed (a no-op value-wise; BLAS prefers it)."""
+        return apply(ops.CONTIGUOUS, self)
+
     def flatten(self):
         return self.reshape(-1)
 
     def transpose(self, *axes):
-        if len(axes) == 1 and not isinstance(axes[0], int):
+        """``transpose()`` reverses the axes (like ``.T``); ``transpose(i, j)`` swaps two axes
+        (PyTorch); ``transpose((p0, p1, ...))`` or three or more ints permute (NumPy)."""
+        swap = len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes)
+        if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
             axes = axes[0]
         if axes is None or axes == ():
             return apply(ops.TRANSPOSE, self, None)
-        axes = tuple(int(a) % max(self.ndim, 1) for a in axes)
-        if len(axes) == 2 and self.ndim > 2:  # transpose(i, j) swaps two axes, as in PyTorch
+        axes = tuple(_axis(a, self.ndim, "transpose") for a in axes)
+        if swap:
             perm = list(range(self.ndim))
             perm[axes[0]], perm[axes[1]] = perm[axes[1]], perm[axes[0]]
             axes = tuple(perm)
@@ -366,7 +378,10 @@ def _axes(axis, ndim, op):
     if axis is None:
         return None
     if isinstance(axis, (list, tuple)):
-        return tuple(_axis(a, ndim, op) for a in axis)
+        axes = tuple(_axis(a, ndim, op) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"{op}: repeated axis in {tuple(axis)}")
+        return axes
     return _axis(axis, ndim, op)
 
 
@@ -485,6 +500,26 @@ def split(t, split_size_or_sections, axis=0):
     bounds = tuple(np.cumsum(sizes)[:-1].tolist())
     out = apply(ops.make_split(len(sizes)), t, bounds, axis)
     return out if isinstance(out, tuple) else (out,)
+
+
+def unstack(t, axis=0):
+    """The slices of ``t`` along ``axis`` as a tuple (the inverse of :func:`stack`)."""
+    axis = _axis(axis, t.ndim, "unstack")
+    n = t.shape[axis]
+    if n == 1:
+        return (t.reshape(t.shape[:axis] + t.shape[axis + 1:]),)
+    return apply(ops.make_unstack(n), t, axis)
+
+
+def addmm(c, a, b):
+    """``c + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``c`` broadcasts to (M, N)."""
+    sa, sb, sc = a.shape, b.shape, np.shape(_raw(c))
+    if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
+        raise ValueError(f"addmm: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N)")
+    if len(sc) > 2 or any(n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0]))):
+        raise ValueError(f"addmm: c of shape {sc} does not broadcast to (M, N) = "
+                         f"{(sa[0], sb[1])}")
+    return apply(ops.ADDMM, c, a, b)
 
 
 def chunk(t, chunks, axis=0):

@@ -195,18 +195,13 @@ class GRUCell(RecurrentCell):
         H = self.hidden_size
         if not self.full:
             z_c, z_u = mg.split(mg.addmm(xp_t, c_prev, R), H, axis=1)
-            G_u, c_tilde = z_u.sigmoid(), z_c.tanh()
-        elif not self.reset_after:
-            xp_c, xp_ur = mg.split(xp_t, [H, 2 * H], axis=1)
-            G_u, G_r = mg.split(mg.addmm(xp_ur, c_prev, R[0]).sigmoid(), H, axis=1)
-            c_tilde = mg.addmm(xp_c, G_r * c_prev, R[1]).tanh()
-        else:
+            return F.gru_update(z_c, z_u.sigmoid(), c_prev)
+        if self.reset_after:
             W_T, b_rec = R
-            xp_c, xp_ur = mg.split(xp_t, [H, 2 * H], axis=1)
-            h_c, h_ur = mg.split(mg.addmm(b_rec, c_prev, W_T), [H, 2 * H], axis=1)
-            G_u, G_r = mg.split((xp_ur + h_ur).sigmoid(), H, axis=1)
-            c_tilde = (xp_c + G_r * h_c).tanh()
-        return G_u * c_tilde + (1 - G_u) * c_prev
+            return F.gru_reset_after(xp_t, mg.addmm(b_rec, c_prev, W_T), c_prev)
+        xp_c, xp_ur = mg.split(xp_t, [H, 2 * H], axis=1)
+        G_u, rc = F.gru_gates(mg.addmm(xp_ur, c_prev, R[0]), c_prev)  # Γu, Γr * c<t-1>
+        return F.gru_update(mg.addmm(xp_c, rc, R[1]), G_u, c_prev)
 
 
 class LSTMCell(RecurrentCell):

@@ -4,6 +4,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+import minigrad as mg
+
+# Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
+mg.set_num_threads(1)
+
 settings.register_profile(
     "default", deadline=None, max_examples=25,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

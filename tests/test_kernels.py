@@ -1,0 +1,367 @@
+"""Every Numba kernel against a plain-NumPy reference (the references live here, as stumpy's
+``naive.py``), on hypothesis-drawn shapes including size-1 dims, in float32 and float64.
+
+References compute in float64.  Tolerances: float64 1e-12; float32 1e-5 relative with an
+absolute term scaled by the number of summed terms.  The float32 ``tanh``/``sigmoid`` are a
+rational approximation (abs error <= 3e-7); float64 is exact (<= 1e-15).
+"""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minigrad import kernels, ops
+
+FLOATS = st.sampled_from([np.float32, np.float64])
+sides = st.integers(1, 5)
+matrix_shapes = st.tuples(sides, sides)
+
+
+def rand(data, shape, dtype, lo=-2.0, hi=2.0):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    return rng.uniform(lo, hi, shape).astype(dtype)
+
+
+def close(actual, ref, dtype, terms=1):
+    """Compare with the dtype's tolerance; ``terms`` = values summed into each result."""
+    assert actual.dtype == dtype
+    assert actual.shape == np.shape(ref)
+    if dtype == np.float64:
+        np.testing.assert_allclose(actual, ref, rtol=1e-12, atol=1e-12 * terms)
+    else:
+        np.testing.assert_allclose(actual, ref, rtol=1e-5, atol=1e-6 * terms)
+
+
+# ----------------------------------------------------------------------------- references
+
+def f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def tanh_ref(x):
+    return np.tanh(f64(x))
+
+
+def sigmoid_ref(x):
+    return 0.5 * (1 + np.tanh(f64(x) / 2))  # = 1 / (1 + e^-x), without overflow
+
+
+def tanh_backward_ref(g, y):
+    return f64(g) * (1 - f64(y) ** 2)
+
+
+def sigmoid_backward_ref(g, y):
+    return f64(g) * f64(y) * (1 - f64(y))
+
+
+def relu_backward_ref(g, y):
+    return np.where(f64(y) > 0, f64(g), 0.0)
+
+
+def sum_axis0_ref(x):
+    return f64(x).sum(axis=0)
+
+
+def sum_axis1_ref(x):
+    return f64(x).sum(axis=1)
+
+
+def max_axis1_ref(x):
+    return f64(x).max(axis=1)  # NumPy's max propagates NaN
+
+
+def log_softmax_rows_ref(x):
+    x = f64(x)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def softmax_rows_ref(x):
+    return np.exp(log_softmax_rows_ref(x))
+
+
+def softmax_backward_rows_ref(g, y):
+    g, y = f64(g), f64(y)
+    return y * (g - (g * y).sum(axis=1, keepdims=True))
+
+
+def log_softmax_backward_rows_ref(g, y):
+    g, y = f64(g), f64(y)
+    return g - np.exp(y) * g.sum(axis=1, keepdims=True)
+
+
+def cross_entropy_rows_ref(x, t, w):
+    x = f64(x)
+    lse = x.max(axis=1) + np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1))
+    loss = np.where(w != 0, f64(w) * (lse - x[np.arange(len(t)), t]), 0.0)
+    return loss, lse
+
+
+def cross_entropy_backward_rows_ref(g, x, t, w, lse):
+    p = np.exp(f64(x) - f64(lse)[:, None])
+    p[np.arange(len(t)), t] -= 1
+    return (f64(g) * f64(w))[:, None] * p
+
+
+def gather_rows_ref(w, idx):
+    return w[idx]
+
+
+def scatter_add_rows_ref(out, idx, g):
+    out = f64(out).copy()
+    np.add.at(out, idx, f64(g))
+    return out
+
+
+def matmul_ref(a, b):
+    return f64(a) @ f64(b)
+
+
+def unbroadcast_ref(g, shape):
+    """Sum ``g`` over the axes broadcasting added or stretched from 1, one axis at a time."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(axis=i, keepdims=True)
+    return g
+
+
+# ----------------------------------------------------------------------------- coverage
+
+TESTED = {
+    "tanh_forward", "sigmoid_forward", "tanh_backward", "sigmoid_backward", "relu_backward",
+    "sum_axis0", "sum_axis1", "max_axis1", "log_softmax_rows", "softmax_rows",
+    "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
+    "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows", "matmul", "bmm",
+}
+# Fused recurrent-cell kernels are checked against the composed cells in their own tests.
+EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
+
+
+def test_every_kernel_has_a_reference_test():
+    compiled = {
+        name for name, v in vars(kernels).items()
+        if not name.startswith("_") and not name.startswith(EXCLUDED_PREFIXES)
+        and isinstance(v, (np.ufunc, numba.core.dispatcher.Dispatcher))
+    }
+    assert compiled - TESTED == set(), "kernels without a NumPy reference test"
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+UNARY = {"tanh_forward": tanh_ref, "sigmoid_forward": sigmoid_ref}
+BINARY = {"tanh_backward": tanh_backward_ref, "sigmoid_backward": sigmoid_backward_ref,
+          "relu_backward": relu_backward_ref}
+
+
+def elementwise_tol(name, dtype):
+    if name in UNARY:
+        return 1e-15 if dtype == np.float64 else 3e-7
+    return 1e-12 if dtype == np.float64 else 1e-6
+
+
+def lay_out(x, kind):
+    """The same values as ``x`` in a non-contiguous (or contiguous) array."""
+    if kind == "strided":
+        big = np.zeros(tuple(2 * n for n in x.shape), dtype=x.dtype)
+        big[tuple(slice(None, None, 2) for _ in x.shape)] = x
+        return big[tuple(slice(None, None, 2) for _ in x.shape)]
+    if kind == "transposed":
+        return x.T.copy().T  # NOTE: not np.ascontiguousarray, which makes 0-d arrays 1-d
+    return x
+
+
+@pytest.mark.parametrize("name", UNARY)
+@given(data=st.data(), dtype=FLOATS, shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+       kind=st.sampled_from(["c", "strided", "transposed"]))
+def test_unary_ufunc(name, data, dtype, shape, kind):
+    x = rand(data, shape, dtype, -10, 10)
+    out = getattr(kernels, name)(lay_out(x, kind))
+    out = np.asarray(out)
+    assert out.dtype == dtype and out.shape == shape
+    np.testing.assert_allclose(out, UNARY[name](x), rtol=0, atol=elementwise_tol(name, dtype))
+
+
+@pytest.mark.parametrize("name", BINARY)
+@given(data=st.data(), dtype=FLOATS,
+       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=5),
+       kind=st.sampled_from(["c", "strided", "transposed"]))
+def test_binary_ufunc(name, data, dtype, shapes, kind):
+    sg, sy = shapes.input_shapes
+    g = rand(data, sg, dtype)
+    y = rand(data, sy, dtype, -1, 1)
+    out = np.asarray(getattr(kernels, name)(lay_out(g, kind), y))
+    assert out.dtype == dtype and out.shape == shapes.result_shape
+    ref = BINARY[name](g, y)
+    np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=elementwise_tol(name, dtype))
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_float32_activation_error_bound_on_a_dense_grid(name):
+    x = np.linspace(-20, 20, 400_001, dtype=np.float32)
+    y = getattr(kernels, name)(x)
+    err = np.abs(y - UNARY[name](x))
+    assert err.max() <= 3e-7
+    lo = -1 if name == "tanh_forward" else 0
+    assert y.min() >= lo and y.max() <= 1  # never outside the range (log(σ) stays finite)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_at_special_values(dtype):
+    x = np.array([-np.inf, -1000, 0, 1000, np.inf], dtype=dtype)
+    tol = 3e-7 if dtype == np.float32 else 0
+    np.testing.assert_allclose(kernels.tanh_forward(x), [-1, -1, 0, 1, 1], atol=tol)
+    np.testing.assert_allclose(kernels.sigmoid_forward(x), [0, 0, 0.5, 1, 1], atol=tol)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(kernels.tanh_forward(np.array([np.nan], dtype=dtype))).all()
+        assert np.isnan(kernels.sigmoid_forward(np.array([np.nan], dtype=dtype))).all()
+
+
+# ----------------------------------------------------------------------------- reductions
+
+@pytest.mark.parametrize("name, ref, axis", [("sum_axis0", sum_axis0_ref, 0),
+                                             ("sum_axis1", sum_axis1_ref, 1),
+                                             ("max_axis1", max_axis1_ref, 1)])
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes)
+def test_row_reductions(name, ref, axis, data, dtype, shape):
+    x = rand(data, shape, dtype)
+    close(getattr(kernels, name)(x), ref(x), dtype, terms=shape[axis])
+
+
+@given(data=st.data(), dtype=FLOATS, shape=st.tuples(sides, st.integers(2, 5)))
+def test_max_axis1_propagates_nan(data, dtype, shape):
+    x = rand(data, shape, dtype)
+    rows = np.arange(shape[0])
+    cols = data.draw(st.lists(st.integers(0, shape[1] - 1), min_size=shape[0],
+                              max_size=shape[0]))
+    nan_rows = rows[data.draw(hnp.arrays(np.bool_, shape[0]))]
+    x[nan_rows, np.array(cols)[nan_rows]] = np.nan
+    out = kernels.max_axis1(x)
+    ref = max_axis1_ref(x)
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    assert np.isnan(out[nan_rows]).all()
+    close(out[~np.isnan(ref)], ref[~np.isnan(ref)], dtype)
+
+
+# ----------------------------------------------------------------------------- softmax family
+
+@pytest.mark.parametrize("name, ref", [("softmax_rows", softmax_rows_ref),
+                                       ("log_softmax_rows", log_softmax_rows_ref)])
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes)
+def test_softmax_rows(name, ref, data, dtype, shape):
+    x = rand(data, shape, dtype, -5, 5)
+    close(getattr(kernels, name)(x), ref(x), dtype, terms=10)  # log-sum-exp: magnitude ~10
+
+
+@pytest.mark.parametrize("name, forward, ref", [
+    ("softmax_backward_rows", softmax_rows_ref, softmax_backward_rows_ref),
+    ("log_softmax_backward_rows", log_softmax_rows_ref, log_softmax_backward_rows_ref),
+])
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes)
+def test_softmax_backward_rows(name, forward, ref, data, dtype, shape):
+    y = forward(rand(data, shape, dtype, -5, 5)).astype(dtype)
+    g = rand(data, shape, dtype)
+    close(getattr(kernels, name)(g, y), ref(g, y), dtype, terms=2 * shape[1])
+
+
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes)
+def test_cross_entropy_rows(data, dtype, shape):
+    n, v = shape
+    x = rand(data, shape, dtype, -5, 5)
+    t = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, v - 1)), label="targets")
+    w = data.draw(hnp.arrays(dtype, n, elements=st.sampled_from([0.0, 0.5, 1.0, 2.0])))
+    loss, lse = kernels.cross_entropy_rows(x, t, w)
+    ref_loss, ref_lse = cross_entropy_rows_ref(x, t, w)
+    close(lse, ref_lse, dtype, terms=10)
+    close(loss, ref_loss, dtype, terms=20)
+    assert np.all(loss[w == 0] == 0)  # masked rows: exactly nothing
+
+    g = rand(data, n, dtype)
+    gx = kernels.cross_entropy_backward_rows(g, x, t, w, lse)
+    close(gx, cross_entropy_backward_rows_ref(g, x, t, w, lse), dtype, terms=4)
+    assert np.all(gx[w == 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_rows_extreme_logits(dtype):
+    x = np.array([[-1000, 0, 1000], [1000, 1000, -1000]], dtype=dtype)
+    t = np.array([0, 2])
+    w = np.ones(2, dtype=dtype)
+    loss, lse = kernels.cross_entropy_rows(x, t, w)
+    np.testing.assert_allclose(loss, [2000, 2000 + np.log(2)], rtol=1e-6)
+    gx = kernels.cross_entropy_backward_rows(np.ones(2, dtype=dtype), x, t, w, lse)
+    # NOTE: softmax = exp(x - lse) with lse ~ 1000 rounded to the dtype: float32 keeps ~3e-5.
+    tol = 4 * float(np.spacing(dtype(1000)))
+    np.testing.assert_allclose(gx, [[-1, 0, 1], [0.5, 0.5, -1]], atol=tol)
+
+
+# ----------------------------------------------------------------------------- gather / scatter
+
+@st.composite
+def rows_and_indices(draw):
+    n, d = draw(sides), draw(sides)
+    idx = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8))
+    return (n, d), np.array([*idx, idx[-1]], dtype=np.int64)  # always one repeated index
+
+
+@given(data=st.data(), dtype=FLOATS, drawn=rows_and_indices())
+def test_gather_rows(data, dtype, drawn):
+    shape, idx = drawn
+    w = rand(data, shape, dtype)
+    out = kernels.gather_rows(w, idx)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, gather_rows_ref(w, idx))
+
+
+@given(data=st.data(), dtype=FLOATS, drawn=rows_and_indices())
+def test_scatter_add_rows_accumulates_repeated_indices(data, dtype, drawn):
+    (n, d), idx = drawn
+    out = rand(data, (n, d), dtype)
+    g = rand(data, (idx.size, d), dtype)
+    ref = scatter_add_rows_ref(out, idx, g)
+    res = kernels.scatter_add_rows(out, idx, g)
+    assert res is out  # in place
+    close(out, ref, dtype, terms=idx.size + 1)
+
+
+# ----------------------------------------------------------------------------- matmul
+
+@pytest.mark.parametrize("a_t, b_t", [(False, False), (True, False), (False, True), (True, True)])
+@given(data=st.data(), dtype=FLOATS, mkn=st.tuples(sides, sides, sides))
+def test_matmul_with_transposed_views(a_t, b_t, data, dtype, mkn):
+    m, k, n = mkn
+    # a.T of a C-contiguous (K, M) array is an F-contiguous (M, K) view: BLAS takes it as is.
+    a = rand(data, (k, m), dtype).T if a_t else rand(data, (m, k), dtype)
+    b = rand(data, (n, k), dtype).T if b_t else rand(data, (k, n), dtype)
+    assert a.flags.f_contiguous == a_t or m == 1 or k == 1
+    close(kernels.matmul(a, b), matmul_ref(a, b), dtype, terms=4 * k)
+
+
+@given(data=st.data(), dtype=FLOATS, bmkn=st.tuples(sides, sides, sides, sides))
+def test_bmm(data, dtype, bmkn):
+    bsz, m, k, n = bmkn
+    a, b = rand(data, (bsz, m, k), dtype), rand(data, (bsz, k, n), dtype)
+    close(kernels.bmm(a, b), matmul_ref(a, b), dtype, terms=4 * k)
+
+
+# ----------------------------------------------------------------------------- unbroadcast
+
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=4, max_side=4),
+       kind=st.sampled_from(["c", "strided", "transposed"]))
+def test_unbroadcast(data, dtype, shapes, kind):
+    target = shapes.input_shapes[0]
+    g = (rand(data, shapes.result_shape, np.float64) * 4).astype(dtype)
+    out = ops.unbroadcast(lay_out(g, kind), target)
+    assert out.shape == target
+    assert out.dtype == dtype
+    ref = unbroadcast_ref(g.astype(np.float64), target)
+    if dtype == np.int64:
+        np.testing.assert_array_equal(out, ref)
+    else:
+        close(np.asarray(out), ref, dtype, terms=g.size)
