@@ -89,17 +89,20 @@ def main():
     ap.add_argument("--cells", default="rnn,gru,lstm")
     ap.add_argument("--configs", default="A,B")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="BLAS threads for minigrad and intra-op threads for torch")
     args = ap.parse_args()
+    mg.set_num_threads(args.threads)
     seconds = 0.5 if args.quick else 2.0
     try:
         if args.no_torch:
             raise ImportError
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         have_torch = True
     except ImportError:
         have_torch = False
-    print(f"# bench_rnn: training step (fwd + bwd + SGD), float32, {os.cpu_count()} cores, "
+    print(f"# bench_rnn: training step (fwd + bwd + SGD), float32, {args.threads} threads, "
           f"torch {torch.__version__ if have_torch else 'not installed (column skipped)'}")
     print()
     print("| config | cell | minigrad ms/step | minigrad tokens/s | torch ms/step | "

@@ -115,7 +115,9 @@ class LanguageModel(Module):
     def log_prob(self, sequence, add_eos=True):
         """log P(y<1>, …, y<Ty>) = Σ_t log P(y<t> | y<1..t-1>), including the <EOS> term.
 
-        ``sequence``: text (needs ``vocab``) or ids.  Natural log; a float.
+        ``sequence``: text (needs ``vocab``) or ids.  Natural log; a float.  Tokens not in
+        the vocabulary count as <UNK> (so held-out text can be scored, as for perplexity);
+        ``sample``'s prime, which would steer generation, rejects them instead.
         """
         was = self.training
         self.eval()
@@ -165,7 +167,8 @@ class LanguageModel(Module):
         if temperature < 0 or not math.isfinite(temperature):
             raise ValueError(f"sample: temperature must be >= 0 (0 means greedy), got "
                              f"{temperature}")
-        if top_k is not None and not 1 <= top_k <= V:
+        if top_k is not None and (not isinstance(top_k, (int, np.integer))
+                                  or not 1 <= top_k <= V):
             raise ValueError(f"sample: top_k must be in 1..{V} (the vocabulary size), "
                              f"got {top_k}")
         rng = np.random.default_rng(seed) if seed is not None else mg.get_rng()
@@ -181,14 +184,14 @@ class LanguageModel(Module):
             last = logits.data[:, -1].astype(np.float64)
             out = [list(prime_ids) for _ in range(n)]
             alive = np.ones(n, dtype=bool)
-            for _ in range(max_len):
+            for step in range(max_len):
                 nxt = self._draw(last, temperature, top_k, banned, rng)
                 for i in np.flatnonzero(alive):
                     if nxt[i] == self.start_id:
                         alive[i] = False
                     else:
                         out[i].append(int(nxt[i]))
-                if not alive.any():
+                if not alive.any() or step == max_len - 1:
                     break
                 logits, state = self(nxt[:, None], state)
                 last = logits.data[:, -1].astype(np.float64)
@@ -224,8 +227,9 @@ class LanguageModel(Module):
             np.put_along_axis(logits, drop, -np.inf, axis=1)
         if temperature == 0:
             return logits.argmax(axis=1)
-        z = logits / temperature
-        z -= z.max(axis=1, keepdims=True)
+        # NOTE: shift before dividing: a tiny temperature then sends every non-maximal logit
+        # to -inf (probability 0) instead of overflowing to inf/inf = NaN.
+        z = (logits - logits.max(axis=1, keepdims=True)) / temperature
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
         return np.array([rng.choice(len(row), p=row) for row in p])

@@ -1,0 +1,160 @@
+"""Write new sentences: a word-level recurrent language model on a small generated corpus.
+
+Each sentence of ``data/sentences.txt`` is a sequence of word and punctuation tokens
+ending with <EOS>.  The vocabulary keeps words seen at least twice in the training split;
+the rarer ones (and unseen words in the held-out split) become <UNK>, as a real word-level
+model must do with an open vocabulary.  An embedding layer feeds the recurrent layer; the
+loss is the per-token cross-entropy, and the held-out perplexity exp(loss) says how many
+equally likely words the model is choosing between at each step.
+
+    python demos/words.py                  # LSTM, well under a minute on 2 cores
+    python demos/words.py --cell gru --steps 2000
+    python demos/words.py --resume --steps 2000
+
+Writes ``loss.png`` (training and held-out loss) and ``checkpoint.npz`` to ``--out``.
+"""
+
+import math
+import os
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minigrad as mg  # noqa: E402
+from demos import common  # noqa: E402
+from minigrad.data import SequenceBatches, Vocab, tokenize_words  # noqa: E402
+from minigrad.optim import Adam  # noqa: E402
+from models.language_model import LanguageModel  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentences.txt")
+HELD_OUT = 300  # the last sentences of the file; never trained on, never in the vocabulary
+MIN_COUNT = 2
+ARCH = ("cell", "hidden", "layers", "embed", "dropout")
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__)
+    common.add_training_args(parser, steps=1000, lr=3e-3, batch=32, out="runs/words")
+    parser.add_argument("--embed", type=int, default=64, help="embedding size (%(default)s)")
+    parser.add_argument("--dropout", type=float, default=0.4,
+                        help="dropout on embeddings and hidden states (%(default)s)")
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="print a few samples every N steps (default: 5 times per run)")
+    args = common.parse(parser, argv, dict(hidden=64, embed=32, steps=200, lr=1e-2,
+                                           batch=32, dropout=0.0))
+    common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch", "embed")
+    if args.clip < 0 or args.temperature < 0 or not 0 <= args.dropout < 1:
+        parser.error("--clip and --temperature must be >= 0, --dropout in [0, 1)")
+    return args
+
+
+def load_sentences(path=DATA):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def unk_report(vocab, sentences):
+    """(rare types, their tokens, all tokens) of ``sentences`` that encode as <UNK>."""
+    counts = Counter(t for s in sentences for t in tokenize_words(s))
+    rare = {t: c for t, c in counts.items() if t not in vocab}
+    return len(rare), sum(rare.values()), sum(counts.values()), len(counts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    mg.manual_seed(args.seed)
+    sentences = load_sentences()
+    train_s, held_s = sentences[:-HELD_OUT], sentences[-HELD_OUT:]
+
+    ckpt = common.read_checkpoint(args.out) if args.resume else None
+    vocab = (Vocab(ckpt["meta"]["vocab"], level="word") if ckpt
+             else Vocab.build(train_s, level="word", min_count=MIN_COUNT))
+    arch = common.model_args(args, ARCH, ckpt)
+    model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
+                          num_layers=arch["layers"], embedding_dim=arch["embed"],
+                          dropout=arch["dropout"], vocab=vocab)
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    history = common.restore(ckpt, model, optimizer) if ckpt else common.History()
+    optimizer.lr = args.lr
+    start = len(history.losses)
+    log_v = math.log(len(vocab))
+
+    train_ids = [vocab.encode(s, add_eos=True) for s in train_s]
+    held_ids = [vocab.encode(s, add_eos=True) for s in held_s]
+    batches = common.forever(SequenceBatches(train_ids, args.batch,
+                                             rng=np.random.default_rng([args.seed, start])))
+
+    rare_types, rare_tokens, n_tokens, n_types = unk_report(vocab, train_s)
+    _, held_unk, held_tokens, _ = unk_report(vocab, held_s)
+    print(f"Word-level {arch['cell'].upper()} language model on generated sentences")
+    print(f"  corpus: {len(sentences)} sentences ({len(train_s)} to train on, {len(held_s)} "
+          f"held out); {n_tokens} training tokens of {n_types} types")
+    print(f"  vocab:  {len(vocab)} tokens (words seen >= {MIN_COUNT} times + <PAD> <UNK> "
+          f"<EOS>); log V = {log_v:.3f} nats")
+    print(f"  <UNK>:  {rare_types} rare types = {rare_tokens} training tokens "
+          f"({100 * rare_tokens / n_tokens:.1f}%); {held_unk} of {held_tokens} held-out tokens "
+          f"({100 * held_unk / held_tokens:.1f}%)")
+    print(f"  model:  embedding {arch['embed']}, {arch['layers']} {arch['cell'].upper()} "
+          f"layer{'s' if arch['layers'] > 1 else ''}, hidden {arch['hidden']}, "
+          f"{model.num_parameters():,} parameters; Adam lr {args.lr}, clip {args.clip}, "
+          f"batch {args.batch}, {args.steps} steps")
+    if start:
+        print(f"  resumed from step {start} (smoothed loss {history.smooth:.3f})")
+    held_before = common.evaluate(model, held_ids)
+    if not start:
+        history.evals.append((0, held_before))
+
+    def loss_fn(batch):
+        ids, lengths, _ = batch
+        return model.loss(ids, lengths)[0]
+
+    def show_samples(step, hist):
+        hist.evals.append((step, common.evaluate(model, held_ids)))
+        s = model.sample(1, max_len=30, temperature=args.temperature, seed=args.seed + step)
+        tqdm.write(f"step {step:5d}  loss {hist.smooth:.3f}  held-out perplexity "
+                   f"{math.exp(hist.evals[-1][1]):7.1f} | {s[0]}")
+
+    every = args.sample_every or max(1, args.steps // 5)
+    t0 = time.perf_counter()
+    common.train(model, optimizer, loss_fn, batches, args.steps, history=history,
+                 clip=args.clip, every=every, on_every=show_samples, desc=arch["cell"],
+                 progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    path = common.save_checkpoint(args.out, model, optimizer, history, vocab=vocab.itos,
+                                  args=common.describe_args(args))
+    plot = os.path.join(args.out, common.PLOT)
+    common.plot_losses(history, plot, baseline=log_v, evals_label="held-out sentences",
+                       title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss")
+
+    samples = model.sample(8, max_len=30, temperature=args.temperature, seed=args.seed)
+    print(f"\nSampled sentences (temperature {args.temperature}, <UNK> never drawn):")
+    for s in samples:
+        print(f"  {s}")
+    greedy = model.sample(1, max_len=30, temperature=0)[0]
+    print(f"Greedy (temperature 0): {greedy}")
+
+    final = history.smooth
+    held_after = common.evaluate(model, held_ids)
+    print(f"\nLoss per token (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f}) "
+          f"-> final smoothed {final:.3f} after {len(history.losses)} steps "
+          f"({len(history.losses) - start} in {seconds:.1f} s)")
+    print(f"Held-out perplexity: {math.exp(held_before):.1f} -> {math.exp(held_after):.1f} "
+          f"(a uniform guess over the vocabulary: {len(vocab)})")
+    print(f"Saved {plot} and {path}")
+    return {"initial_loss": history.losses[0], "final_loss": final, "log_v": log_v,
+            "start_step": start, "step": len(history.losses), "losses": history.losses,
+            "samples": samples, "greedy": greedy,
+            "perplexity": (math.exp(held_before), math.exp(held_after)),
+            "held_out": held_s, "vocab": vocab, "model": model, "checkpoint": path,
+            "plot": plot}
+
+
+if __name__ == "__main__":
+    main()
