@@ -1,7 +1,7 @@
 """Training-step throughput of minigrad's RNN/GRU/LSTM, side by side with PyTorch (CPU).
 
 A training step is forward + backward + SGD update of a character language model:
-one-hot input (ids), one recurrent layer, a linear read-out, cross-entropy summed over all
+one-hot input (ids), one recurrent layer, a linear read-out, mean cross-entropy over all
 steps.  Both frameworks run in the same process, interleaved, and the table reports
 tokens/s and the ratio minigrad / torch (> 1 means minigrad is faster).  Absolute times
 move ±20–40 % between runs on this shared 2-core machine; the ratios are what to compare.
@@ -34,14 +34,14 @@ def minigrad_step_fn(cell, V, H, B, T):
     rnn = make_layer(cell, V, H)
     head = Linear(H, V)
     params = list(rnn.parameters()) + list(head.parameters())
-    opt = mg.optim.SGD(params, lr=0.01)
+    opt = mg.optim.SGD(params, lr=0.1)
     rng = np.random.default_rng(0)
     x = mg.tensor(rng.integers(0, V, (B, T)))
     y = rng.integers(0, V, (B, T))
 
     def step():
         out, _ = rnn(x)
-        loss = mg.cross_entropy(head(out), y, reduction="sum")
+        loss = mg.cross_entropy(head(out), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -55,12 +55,12 @@ def torch_step_fn(cell, V, H, B, T):
     rnn = cls(V, H, batch_first=True)
     head = torch.nn.Linear(H, V)
     params = list(rnn.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=0.01)
+    opt = torch.optim.SGD(params, lr=0.1)
     rng = np.random.default_rng(0)
     ids = torch.tensor(rng.integers(0, V, (B, T)))
     x = torch.nn.functional.one_hot(ids, V).float()
     y = torch.tensor(rng.integers(0, V, (B, T)))
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
         out, _ = rnn(x)

@@ -13,6 +13,8 @@ import itertools
 
 import numpy as np
 
+from minigrad.ops import OuterSum
+
 
 class _GradMode:
     enabled = True
@@ -136,6 +138,7 @@ def backward(root, grad=None, retain_graph=False):
     node.grads[root._idx] = grad
     heap = [(-node.seq, node)]
     seen = {node}
+    pending = {}  # leaf id -> (leaf, OuterSum): formed once, after the walk
     push, pop = heapq.heappush, heapq.heappop
     ndarray = np.ndarray
     while heap:
@@ -143,6 +146,9 @@ def backward(root, grad=None, retain_graph=False):
         prim = node.prim
         grads = node.grads
         node.grads = None
+        for j, gj in enumerate(grads):
+            if type(gj) is OuterSum:
+                grads[j] = gj.materialize()
         g = grads[0] if prim.nout == 1 else tuple(grads)
         if node.retained is not None:
             for j, t in node.retained.items():
@@ -164,7 +170,11 @@ def backward(root, grad=None, retain_graph=False):
             if gi is None:
                 continue
             xd = x.data
-            if type(gi) is not ndarray or gi.dtype is not xd.dtype:
+            deferred = type(gi) is OuterSum
+            if deferred:
+                if gi.dtype != xd.dtype:
+                    gi, deferred = gi.materialize().astype(xd.dtype), False
+            elif type(gi) is not ndarray or gi.dtype is not xd.dtype:
                 gi = np.asarray(gi, dtype=xd.dtype)
             if gi.shape != xd.shape:
                 raise RuntimeError(
@@ -173,7 +183,10 @@ def backward(root, grad=None, retain_graph=False):
                 )
             parent = x._node
             if parent is None:  # a leaf
-                if x.grad is None:
+                if deferred:
+                    prev = pending.get(id(x))
+                    pending[id(x)] = (x, gi if prev is None else prev[1].add(gi))
+                elif x.grad is None:
                     x.grad = gi.copy()
                 else:
                     x.grad += gi
@@ -188,12 +201,22 @@ def backward(root, grad=None, retain_graph=False):
             j = x._idx
             cur = parent.grads[j]
             if cur is None:
-                parent.grads[j] = gi
-            elif parent.owned >> j & 1:
-                cur += gi
+                parent.grads[j] = gi  # an OuterSum is fresh from its VJP: ours to extend
+            elif type(cur) is OuterSum and deferred:
+                cur.add(gi)
             else:
-                parent.grads[j] = cur + gi
-                parent.owned |= 1 << j
+                if type(cur) is OuterSum:
+                    cur, parent.owned = cur.materialize(), parent.owned | 1 << j
+                if deferred:
+                    gi = gi.materialize()
+                if parent.owned >> j & 1:
+                    cur += gi
+                    parent.grads[j] = cur
+                else:
+                    parent.grads[j] = cur + gi
+                    parent.owned |= 1 << j
+    for x, gsum in pending.values():
+        _accumulate_leaf(x, gsum.materialize())
 
 
 def _accumulate_leaf(t, g):

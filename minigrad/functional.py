@@ -3,6 +3,8 @@
 All are compositions of primitives from :mod:`minigrad.ops` (no backward code here).
 """
 
+import functools
+
 import numpy as np
 
 from minigrad import ops
@@ -84,14 +86,21 @@ def lstm_cell(z, c_prev, peepholes=None):
     z: (B, 4H) pre-activations [c~, Γu, Γf, Γo]; c_prev: (B, H); peepholes: (3, H) tensor
     [p_u, p_f, p_o] or None.  Equal in value and gradient to the composed equations.
     """
-    B, H = c_prev.shape
-    if z.shape != (B, 4 * H):
+    B, H = c_prev.data.shape
+    if z.data.shape != (B, 4 * H):
         raise ValueError(f"lstm_cell: z has shape {z.shape}, expected {(B, 4 * H)} "
                          f"for c_prev of shape {(B, H)}")
     if peepholes is None:
-        peepholes = np.zeros((3, H), dtype=z.dtype)
+        peepholes = _zero_peepholes(H, z.dtype)
     a, c, _ = apply(ops.LSTM_CELL, z, c_prev, peepholes)
     return a, c
+
+
+@functools.lru_cache(maxsize=32)
+def _zero_peepholes(H, dtype):
+    p = np.zeros((3, H), dtype=dtype)
+    p.flags.writeable = False  # shared between calls: never written
+    return p
 
 
 def gru_update(z_c, G_u, c_prev):

@@ -110,13 +110,41 @@ RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.rel
 # ----------------------------------------------------------------------- matmul
 
 def _mm2(a, b):
+    """2-D GEMM through NumPy's BLAS (transposed views are passed to BLAS as they are)."""
     if a.dtype != b.dtype or a.dtype.kind != "f" or a.dtype.itemsize < 4:
         return np.matmul(a, b)  # integer or mixed dtypes: NumPy's rules, NumPy's loop
     if not (a.flags.c_contiguous or a.flags.f_contiguous):
         a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
-    return kernels.matmul(a, b)
+    return np.dot(a, b)
+
+
+class OuterSum:
+    """A weight gradient Σ_i a_iᵀ g_i kept as its factors until it is needed.
+
+    A recurrent weight is used by one matmul per time step, so its gradient is a sum of T
+    small products.  Returned by the matmul VJPs and merged (not added) by ``backward``,
+    it becomes one GEMM on the stacked factors, ``[a_1; …; a_T]ᵀ [g_1; …; g_T]`` — the
+    "weight gradient as one GEMM after the loop" of a hand-written BPTT, found by the tape.
+    """
+
+    __slots__ = ("lefts", "rights", "shape", "dtype")
+
+    def __init__(self, a, g):  # a (N, K), g (N, M): a.T @ g of shape (K, M)
+        self.lefts, self.rights = [a], [g]
+        self.shape = (a.shape[1], g.shape[1])
+        self.dtype = a.dtype if a.dtype == g.dtype else np.result_type(a, g)
+
+    def add(self, other):
+        self.lefts += other.lefts
+        self.rights += other.rights
+        return self
+
+    def materialize(self):
+        if len(self.lefts) == 1:
+            return _mm2(self.lefts[0].T, self.rights[0])
+        return _mm2(np.concatenate(self.lefts).T, np.concatenate(self.rights))
 
 
 def _matmul(a, b):
@@ -126,9 +154,7 @@ def _matmul(a, b):
             return _mm2(a, b)
         lead = a.shape[:-1]
         return _mm2(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[1])
-    if a.dtype != b.dtype or a.dtype.kind != "f":
-        return np.matmul(a, b)
-    return kernels.bmm(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return np.matmul(a, b)  # batched: NumPy loops BLAS GEMMs over the batch
 
 
 def _matmul_vjp_a(g, out, a, b):
@@ -139,7 +165,7 @@ def _matmul_vjp_a(g, out, a, b):
 
 def _matmul_vjp_b(g, out, a, b):
     if b.ndim == 2:  # sum over every leading axis of a: one GEMM on the flattened rows
-        return _mm2(a.reshape(-1, a.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+        return OuterSum(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1]))
     return _matmul(a.transpose(0, 2, 1), g)
 
 
@@ -150,7 +176,7 @@ ADDMM = defprim(
     "addmm", lambda c, a, b: c + _mm2(a, b),
     lambda g, out, c, a, b: unbroadcast(g, c.shape),
     lambda g, out, c, a, b: _mm2(g, b.T),
-    lambda g, out, c, a, b: _mm2(a.T, g),
+    lambda g, out, c, a, b: OuterSum(a, g),
 )
 
 

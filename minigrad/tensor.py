@@ -513,10 +513,13 @@ def unstack(t, axis=0):
 
 def addmm(c, a, b):
     """``c + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``c`` broadcasts to (M, N)."""
-    sa, sb, sc = a.shape, b.shape, np.shape(_raw(c))
+    c, a, b = (t if isinstance(t, Tensor) else Tensor._result(np.asarray(t), None, 0)
+               for t in (c, a, b))
+    sa, sb, sc = a.data.shape, b.data.shape, c.data.shape
     if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
         raise ValueError(f"addmm: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N)")
-    if len(sc) > 2 or any(n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0]))):
+    if sc != (sa[0], sb[1]) and (len(sc) > 2 or any(
+            n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0])))):
         raise ValueError(f"addmm: c of shape {sc} does not broadcast to (M, N) = "
                          f"{(sa[0], sb[1])}")
     return apply(ops.ADDMM, c, a, b)

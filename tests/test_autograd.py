@@ -377,3 +377,39 @@ def test_iterating_a_tensor():
         list(mg.tensor(3.0))
     rows = list(mg.tensor(np.arange(6.0).reshape(3, 2)))
     assert len(rows) == 3 and rows[2].shape == (2,)
+
+
+@pytest.mark.parametrize("through_node", [False, True])
+def test_weight_used_at_every_step_gets_the_summed_gradient(through_node):
+    """A weight used by T matmuls (and once elementwise) gets Σ_t a_tᵀ g_t + the elementwise
+    term, whether its deferred OuterSum lands on a leaf or on an intermediate node."""
+    rng = np.random.default_rng(0)
+    W = mg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    xs = [mg.tensor(rng.standard_normal((2, 3))) for _ in range(5)]
+    mg.check_grads(lambda W: _weight_loss(W, xs, through_node), W)
+
+
+def _weight_loss(W, xs, through_node):
+    Wn = W * 1.0 if through_node else W
+    h = mg.zeros(2, 4, dtype=np.float64)
+    for x in xs:
+        h = mg.addmm(h, x, Wn).tanh()
+    return h.sum() + (Wn * Wn).sum() + (xs[0] @ Wn).sum()
+
+
+def test_deferred_weight_gradient_matches_direct_sum():
+    rng = np.random.default_rng(1)
+    W = mg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    xs = [rng.standard_normal((2, 3)) for _ in range(4)]
+    gs = [rng.standard_normal((2, 4)) for _ in range(4)]
+    total = sum(((mg.tensor(x) @ W) * g).sum() for x, g in zip(xs, gs))
+    total.backward()
+    np.testing.assert_allclose(W.grad, sum(x.T @ g for x, g in zip(xs, gs)), rtol=1e-12)
+
+
+def test_float32_weight_with_float64_activations_keeps_its_dtype():
+    W = mg.tensor(np.ones((3, 2), dtype=np.float32), requires_grad=True)
+    x = mg.tensor(np.ones((4, 3)))  # float64
+    (x @ W.double()).sum().backward()
+    assert W.grad.dtype == np.float32
+    np.testing.assert_allclose(W.grad, 4.0)

@@ -136,7 +136,7 @@ TESTED = {
     "tanh_forward", "sigmoid_forward", "tanh_backward", "sigmoid_backward", "relu_backward",
     "sum_axis0", "sum_axis1", "max_axis1", "log_softmax_rows", "softmax_rows",
     "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
-    "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows", "matmul", "bmm",
+    "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows",
 }
 # Fused recurrent-cell kernels are checked against the composed cells in their own tests.
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
@@ -330,6 +330,8 @@ def test_scatter_add_rows_accumulates_repeated_indices(data, dtype, drawn):
 
 
 # ----------------------------------------------------------------------------- matmul
+# GEMMs go through NumPy's BLAS (benchmarks/bench_engine.py measured it faster here than
+# Numba's np.dot, which calls SciPy's BLAS); what is ours is the routing and OuterSum.
 
 @pytest.mark.parametrize("a_t, b_t", [(False, False), (True, False), (False, True), (True, True)])
 @given(data=st.data(), dtype=FLOATS, mkn=st.tuples(sides, sides, sides))
@@ -339,14 +341,28 @@ def test_matmul_with_transposed_views(a_t, b_t, data, dtype, mkn):
     a = rand(data, (k, m), dtype).T if a_t else rand(data, (m, k), dtype)
     b = rand(data, (n, k), dtype).T if b_t else rand(data, (k, n), dtype)
     assert a.flags.f_contiguous == a_t or m == 1 or k == 1
-    close(kernels.matmul(a, b), matmul_ref(a, b), dtype, terms=4 * k)
+    close(ops._mm2(a, b), matmul_ref(a, b), dtype, terms=4 * k)
 
 
 @given(data=st.data(), dtype=FLOATS, bmkn=st.tuples(sides, sides, sides, sides))
-def test_bmm(data, dtype, bmkn):
+def test_batched_matmul(data, dtype, bmkn):
     bsz, m, k, n = bmkn
     a, b = rand(data, (bsz, m, k), dtype), rand(data, (bsz, k, n), dtype)
-    close(kernels.bmm(a, b), matmul_ref(a, b), dtype, terms=4 * k)
+    close(ops._matmul(a, b), matmul_ref(a, b), dtype, terms=4 * k)
+
+
+@given(data=st.data(), dtype=FLOATS, parts=st.lists(st.integers(1, 4), min_size=1, max_size=5),
+       kn=st.tuples(sides, sides))
+def test_outer_sum_is_the_sum_of_its_products(data, dtype, parts, kn):
+    """OuterSum([a_1..a_T], [g_1..g_T]) = Σ_t a_tᵀ g_t, formed as one stacked GEMM."""
+    k, n = kn
+    pairs = [(rand(data, (r, k), dtype), rand(data, (r, n), dtype)) for r in parts]
+    total = ops.OuterSum(*pairs[0])
+    for a, g in pairs[1:]:
+        total.add(ops.OuterSum(a, g))
+    assert total.shape == (k, n) and total.dtype == dtype
+    ref = sum(matmul_ref(a.T, g) for a, g in pairs)
+    close(total.materialize(), ref, dtype, terms=4 * sum(parts))
 
 
 # ----------------------------------------------------------------------------- unbroadcast
