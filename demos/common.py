@@ -46,6 +46,9 @@ def add_training_args(parser, *, steps, lr, batch, hidden=128, cell="lstm", out=
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run of a few seconds (used by the tests)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads (%(default)s: these matrices are small, and spare "
+                        "BLAS threads busy-wait against anything else running)")
     return parser
 
 
@@ -56,6 +59,10 @@ def parse(parser, argv, quick):
     if args.quick:
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be positive, got {args.threads}")
+        mg.set_num_threads(args.threads)
     return args
 
 
