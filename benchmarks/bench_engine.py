@@ -63,11 +63,11 @@ class Cfg:
     def __init__(self, quick):
         self.quick = quick
         self.repeats = 5 if quick else 7          # timed repeats per measurement
-        self.min_time = 0.01 if quick else 0.03   # seconds per repeat (calls are batched)
-        self.warmup = 0.03 if quick else 0.1      # seconds of warm-up calls per block
+        self.min_time = 0.005 if quick else 0.03  # seconds per repeat (calls are batched)
+        self.warmup = 0.02 if quick else 0.1      # seconds of warm-up calls per block
         self.settle = 0.2                         # pause before a BLAS block (see section 1)
         self.chain = 1000                         # ops per chain in section 2
-        self.chain_repeats = 10 if quick else 40
+        self.chain_repeats = 8 if quick else 40
         self.warm_runs = 1 if quick else 3        # warm subprocess runs in section 4
         self.mm_rounds = 1 if quick else 2        # ours-block/numpy-block rounds, section 1
 

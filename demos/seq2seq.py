@@ -12,9 +12,15 @@ greedy predictions when translating).  Dates are drawn from 1950-01-01 .. 2049-1
 held-out dates are never seen in training, in any format, so exact-match accuracy on them
 measures real generalisation.  Chance is ~0: there are 36 525 possible answers.
 
-    python demos/seq2seq.py                   # LSTM encoder-decoder, about a minute
+    python demos/seq2seq.py                   # LSTM encoder-decoder, under a minute
     python demos/seq2seq.py --attention       # + Luong attention over the encoder outputs
     python demos/seq2seq.py --resume --steps 3000
+
+Without attention the whole date must squeeze through the encoder's one final state, and
+the longest format ("the 24th of march 1969") is clearly the hardest (about 86 % exact
+match overall by the end of the default run, under 40 % on that format); with
+``--attention`` each output character looks straight at the source characters it needs
+(``attention.png`` shows where), and the same budget reaches about 97 %.
 
 Prints held-out translations marked ✓/✗, the exact-match accuracy before and after, and
 writes ``loss.png`` (training and held-out loss; ``attention.png`` with --attention) and
@@ -67,7 +73,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=0,
                         help="held-out loss every N steps (default: 10 times per run)")
     # --quick: a few seconds — a small model, few steps, a small held-out set
-    args = common.parse(parser, argv, dict(hidden=64, steps=250, lr=1e-2, batch=32,
+    args = common.parse(parser, argv, dict(hidden=64, steps=150, lr=2e-2, batch=32,
                                            held_out=200, show=5))
     common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch", "held_out")
     if args.clip < 0 or args.temperature < 0 or args.embed < 0 or args.show < 0:

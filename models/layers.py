@@ -212,7 +212,9 @@ class _Stack(Module):
         parts = state if lstm else (state,)
         if lstm and (not isinstance(state, (tuple, list)) or len(state) != 2):
             raise ValueError(f"{type(self).__name__}: the state must be a pair (a_0, c_0)")
-        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p) for p in parts]
+        first = self.layers[0]
+        dtype = (first.fwd if isinstance(first, Bidirectional) else first).cell.dtype
+        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=dtype) for p in parts]
         for p in parts:
             if p.shape != want:
                 raise ValueError(f"{type(self).__name__}: initial state has shape {p.shape}, "
