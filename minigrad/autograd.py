@@ -174,7 +174,7 @@ def backward(root, grad=None, retain_graph=False):
             if deferred:
                 if gi.dtype != xd.dtype:
                     gi, deferred = gi.materialize().astype(xd.dtype), False
-            elif type(gi) is not ndarray or gi.dtype is not xd.dtype:
+            elif type(gi) is not ndarray or gi.dtype != xd.dtype:
                 gi = np.asarray(gi, dtype=xd.dtype)
             if gi.shape != xd.shape:
                 raise RuntimeError(

@@ -55,24 +55,28 @@ class RecurrentCell(Module):
 
     # ---------------------------------------------------------------- fast path
     def stacked(self):
-        """All gate weights and biases stacked: W (G·H, H+I), b (G·H,) — one op each."""
+        """All gates' weights and biases stacked (G·H rows), the weight split by what it
+        acts on: W_state (G·H, H) on a<t-1>, W_in (G·H, I) on x<t>, and b (G·H,)."""
         if len(self.gates) == 1:
             g = self.gates[0]
-            return getattr(self, f"W_{g}"), getattr(self, f"b_{g}")
-        W = mg.concat([getattr(self, f"W_{g}") for g in self.gates], axis=0)
-        b = mg.concat([getattr(self, f"b_{g}") for g in self.gates], axis=0)
-        return W, b
+            W, b = getattr(self, f"W_{g}"), getattr(self, f"b_{g}")
+        else:
+            W = mg.concat([getattr(self, f"W_{g}") for g in self.gates], axis=0)
+            b = mg.concat([getattr(self, f"b_{g}") for g in self.gates], axis=0)
+        # one split (its gradient is one concatenation) rather than two slices (two
+        # zero-filled full-size gradients added together)
+        W_state, W_in = mg.split(W, [self.hidden_size, self.input_size], axis=1)
+        return W_state, W_in, b
 
-    def project_inputs(self, x, W, b):
+    def project_inputs(self, x, W_in, b):
         """The input term of every gate for all time steps at once: (T, B, G·H).
 
         x: (T, B, I) float, or (T, B) integer token ids standing for one-hot vectors of size
         I — then the product with the one-hot is a row lookup (no dense matmul).
         """
-        W_x_T = W[:, self.hidden_size:].T  # (I, G·H)
         if np.issubdtype(x.dtype, np.integer):
-            return W_x_T[x] + b
-        return x @ W_x_T + b
+            return W_in.T[x] + b
+        return x @ W_in.T + b
 
     def init_state(self, batch_size):
         z = mg.zeros(batch_size, self.hidden_size, dtype=self.dtype)
@@ -90,9 +94,10 @@ class RecurrentCell(Module):
             return F.one_hot(x_t, self.input_size, dtype=self.dtype)
         return x_t
 
-    def _state_weight(self, W):
+    @staticmethod
+    def _state_weight(W_state):
         """W_aa^T as a contiguous (H, ·) array, built once per forward for BLAS."""
-        return W[:, :self.hidden_size].T.contiguous()
+        return W_state.T.contiguous()
 
 
 class RNNCell(RecurrentCell):
@@ -117,8 +122,8 @@ class RNNCell(RecurrentCell):
         ax = mg.concat([a_prev, self._input(x_t)], axis=1)  # [a<t-1>, x<t>]  (B, H+I)
         return self._g(ax @ self.W_a.T + self.b_a)
 
-    def prepare(self, W):
-        return self._state_weight(W)
+    def prepare(self, W_state):
+        return self._state_weight(W_state)
 
     def step(self, xp_t, a_prev, W_aa_T):
         return self._g(mg.addmm(xp_t, a_prev, W_aa_T))
@@ -180,16 +185,17 @@ class GRUCell(RecurrentCell):
             c_tilde = (x_t @ W_cx.T + self.b_c + G_r * (c_prev @ W_cc.T + self.b_cc)).tanh()
         return G_u * c_tilde + (1 - G_u) * c_prev
 
-    def prepare(self, W):
+    def prepare(self, W_state):
         H = self.hidden_size
         if not self.full or self.reset_after:
-            R = self._state_weight(W)  # (H, G·H): every gate's state term in one matmul
+            R = self._state_weight(W_state)  # (H, G·H): every gate's state term in one matmul
             if self.reset_after:
                 zero = mg.zeros(2 * H, dtype=self.dtype)
                 return R, mg.concat([self.b_cc, zero])  # b_cc acts on the c~ block only
             return R
         # reset-before: Γu, Γr from one matmul; c~ needs Γr * c first, so a second one.
-        return W[H:, :H].T.contiguous(), W[:H, :H].T.contiguous()
+        W_cc, W_urc = mg.split(W_state, [H, 2 * H], axis=0)
+        return self._state_weight(W_urc), self._state_weight(W_cc)
 
     def step(self, xp_t, c_prev, R):
         H = self.hidden_size
@@ -259,9 +265,9 @@ class LSTMCell(RecurrentCell):
         a = G_o * c.tanh()
         return a, c
 
-    def prepare(self, W):
+    def prepare(self, W_state):
         P = mg.stack([self.p_u, self.p_f, self.p_o]) if self.peephole else None
-        return self._state_weight(W), P
+        return self._state_weight(W_state), P
 
     def step(self, xp_t, state, R):
         a_prev, c_prev = state

@@ -118,10 +118,10 @@ class Recurrent(Module):
             lengths = _check_lengths(name, lengths, B, T)
             valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
             masks = [valid[:, t:t + 1] for t in range(T)]
-        W, b = cell.stacked()
-        R = cell.prepare(W)
+        W_state, W_in, b = cell.stacked()
+        R = cell.prepare(W_state)
         time_major = x.T if x.ndim == 2 else x.transpose(1, 0, 2)  # (T, B[, I])
-        xs = mg.unstack(cell.project_inputs(time_major, W, b), axis=0)  # T × (B, G·H)
+        xs = mg.unstack(cell.project_inputs(time_major, W_in, b), axis=0)  # T × (B, G·H)
         outs = [None] * T
         self.states = []
         for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
