@@ -16,7 +16,8 @@ several repeats.  Four sections, each printed as a markdown table with its goal 
    second small table shows what alternating the two libraries call by call costs.
 2. per-op overhead (µs) of the tape on 16-element float32 tensors: a chain of ~1000
    ``add``/``mul``/``tanh``/``exp``/``sigmoid`` ops, then one ``backward``; against the
-   plain-NumPy cost of the same forward + backward arithmetic, with GC on and off.
+   plain-NumPy cost of the same forward + backward arithmetic; with the garbage
+   collector on (its share shown apart), off (``gc.disable()``) and frozen (``gc.freeze()``).
    Goal: ≤ 5 µs total (record + forward + backward) per tiny elementwise op.
 3. every Numba kernel against the equivalent NumPy expression on a (256, 1024) float32
    array, in ns/element.  Goal: each kernel at least as fast as NumPy (speed-up ≥ 1.0).
@@ -283,10 +284,11 @@ def bench_blas_switch(cfg, sizes):
 
 # Why GC matters: every recorded op allocates a handful of GC-tracked containers (the
 # output Tensor, its Node, the args/needs/parents lists).  CPython runs a generation-0
-# collection every ~700 net allocations of such objects, and a live tape of thousands of
-# nodes survives into the older generations, whose collections traverse the whole graph —
-# so the collector's cost grows with the size of the tape and lands on the per-op time.
-# The "gc off" column shows how much of the per-op cost is the collector's.
+# collection every ~700 net allocations of such objects; a live tape of thousands of nodes
+# survives into the older generations, and once enough objects have been promoted a full
+# (generation-2) collection walks *every* tracked object in the process — with Numba
+# loaded that is ~10⁵ objects, tens of ms per collection, amortised as µs per op.  The
+# "gc off" and "gc frozen" columns show how much of the per-op cost is the collector's.
 
 OVERHEAD_OPS = ("add", "mul", "tanh", "exp", "sigmoid")
 
@@ -312,53 +314,82 @@ def _np_fwd_bwd(c):
     }
 
 
-def _time_chain_mg(op, cfg, gc_mode="on"):
-    """Mean seconds per op: (record+forward, backward, total) over ``chain_repeats`` chains.
+class _GCClock:
+    """Seconds spent inside the cyclic garbage collector, via ``gc.callbacks``."""
 
-    The mean, not the median: a full (generation-2) collection lands on roughly one chain
-    in twenty and costs tens of ms, and that amortised cost is part of what an op costs.
+    def __init__(self):
+        self.total, self._t0 = 0.0, 0.0
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._t0 = perf()
+        else:
+            self.total += perf() - self._t0
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+
+def _time_chain_mg(op, cfg, gc_mode="on"):
+    """Seconds per op: (record+forward, backward, GC, total) over ``chain_repeats`` chains.
+
+    The time outside the collector is the median over chains (robust to the shared
+    machine's hiccups); the collector's own time is the mean (a full collection lands on
+    roughly one chain in twenty and costs tens of ms: that amortised cost is part of what
+    an op costs).  ``gc_mode``: "on", "off" (gc.disable()) or "frozen" (gc.freeze()).
     """
     rng = np.random.default_rng(2)
     x0 = mg.tensor(rng.uniform(-0.5, 0.5, 16).astype(F32), requires_grad=True)
     c = mg.tensor(np.full(16, 1.0001, F32))  # a constant: its gradient is not wanted
     step = _mg_steps(c)[op]
     seed = np.ones(16, F32)
-    fwd = bwd = 0.0
+    fwd, bwd, gct = [], [], []
     gc.collect()  # once per series, not per chain: a collect costs ~0.1 s with Numba loaded
     if gc_mode == "frozen":
         gc.freeze()  # everything alive now (Numba's ~10⁵ objects) leaves the GC's view
-    for r in range(cfg.chain_repeats + 2):  # the first two are warm-up
-        x0.grad = None
-        if gc_mode == "off":
-            gc.disable()
-        try:
-            t0 = perf()
-            y = x0
-            for _ in range(cfg.chain):
-                y = step(y)
-            t1 = perf()
-            y.backward(seed)
-            del y  # freeing the graph is part of the cost of an op
-            t2 = perf()
-        finally:
-            gc.enable()
-        if r >= 2:
-            fwd += t1 - t0
-            bwd += t2 - t1
+    with _GCClock() as clock:
+        for r in range(cfg.chain_repeats + 2):  # the first two are warm-up
+            x0.grad = None
+            if gc_mode == "off":
+                gc.disable()
+            try:
+                g0 = clock.total
+                t0 = perf()
+                y = x0
+                for _ in range(cfg.chain):
+                    y = step(y)
+                t1 = perf()
+                g1 = clock.total
+                y.backward(seed)
+                del y  # freeing the graph is part of the cost of an op
+                t2 = perf()
+                g2 = clock.total
+            finally:
+                gc.enable()
+            if r >= 2:
+                fwd.append(t1 - t0 - (g1 - g0))
+                bwd.append(t2 - t1 - (g2 - g1))
+                gct.append(g2 - g0)
     if gc_mode == "frozen":
         gc.unfreeze()
-    n = cfg.chain * cfg.chain_repeats
-    return fwd / n, bwd / n, (fwd + bwd) / n
+    n = cfg.chain
+    f, b, g = statistics.median(fwd) / n, statistics.median(bwd) / n, statistics.mean(gct) / n
+    return f, b, g, statistics.median(x + y for x, y in zip(fwd, bwd)) / n + g
 
 
 def _time_chain_np(op, cfg):
-    """Mean seconds per op of the same arithmetic on plain arrays, a list as the tape."""
+    """Seconds per op (median over chains) of the same arithmetic on plain arrays, with a
+    list as the tape."""
     rng = np.random.default_rng(2)
     x0 = rng.uniform(-0.5, 0.5, 16).astype(F32)
     c = np.full(16, 1.0001, F32)
     fwd_fn, bwd_fn = _np_fwd_bwd(c)[op]
     seed = np.ones(16, F32)
-    total = 0.0
+    times = []
     gc.collect()
     for r in range(cfg.chain_repeats + 2):
         t0 = perf()
@@ -373,34 +404,35 @@ def _time_chain_np(op, cfg):
         del tape, y
         t1 = perf()
         if r >= 2:
-            total += t1 - t0
-    return total / (cfg.chain * cfg.chain_repeats)
+            times.append(t1 - t0)
+    return statistics.median(times) / cfg.chain
 
 
 def bench_overhead(cfg):
     heading(f"2. per-op overhead, 16-element float32 tensors, chain of {cfg.chain} ops "
-            f"+ one backward (µs per op, mean of {cfg.chain_repeats} chains)")
+            f"+ one backward (µs per op, {cfg.chain_repeats} chains)")
     rows = []
     # exp of exp of … overflows to inf after a few steps; inf costs NumPy the same as any
     # float (no slow path), so silence the warnings on both sides alike.
     with np.errstate(all="ignore"):
         for op in OVERHEAD_OPS:
-            f, b, tot = _time_chain_mg(op, cfg)
-            _, _, tot_off = _time_chain_mg(op, cfg, "off")
-            _, _, tot_frozen = _time_chain_mg(op, cfg, "frozen")
+            f, b, g, tot = _time_chain_mg(op, cfg)
+            tot_off = _time_chain_mg(op, cfg, "off")[3]
+            tot_frozen = _time_chain_mg(op, cfg, "frozen")[3]
             ref = _time_chain_np(op, cfg)
-            rows.append([op, f"{f * 1e6:.2f}", f"{b * 1e6:.2f}", f"{tot * 1e6:.2f}",
-                         f"{tot_off * 1e6:.2f}", f"{tot_frozen * 1e6:.2f}", f"{ref * 1e6:.2f}",
-                         f"{(tot - ref) * 1e6:.2f}", f"{tot / ref:.1f}×", "≤ 5 µs",
-                         mark(tot <= 5e-6)])
-    print(table(["op", "record+fwd", "backward", "total", "total, gc off", "total, gc frozen",
-                 "numpy fwd+bwd", "tape overhead", "total / numpy", "goal", ""], rows))
-    print(f"\n{len(gc.get_objects())} GC-tracked objects live in this process. "
-          "`gc off` = gc.disable() around each chain; `gc frozen` = gc.freeze() before the "
-          "series (the live heap leaves the collector's view, new objects are still "
-          "collected). `numpy fwd+bwd` runs the same arithmetic on plain arrays with a list "
-          "as the tape; `tape overhead` = total − numpy (negative: the fused kernels save "
-          "more than the tape costs). `backward` includes freeing the graph.")
+            rows.append([op, f"{f * 1e6:.2f}", f"{b * 1e6:.2f}", f"{g * 1e6:.2f}",
+                         f"{tot * 1e6:.2f}", f"{tot_off * 1e6:.2f}", f"{tot_frozen * 1e6:.2f}",
+                         f"{ref * 1e6:.2f}", f"{tot / ref:.1f}×", "≤ 5 µs", mark(tot <= 5e-6)])
+    print(table(["op", "record+fwd", "backward", "GC", "total", "total, gc off",
+                 "total, gc frozen", "numpy fwd+bwd", "total / numpy", "goal", ""], rows))
+    print(f"\n`record+fwd` and `backward` (which includes freeing the graph) are medians over "
+          f"chains of the time outside the garbage collector; `GC` is the collector's time "
+          f"(measured with gc.callbacks), averaged: a full collection walks all "
+          f"{len(gc.get_objects())} objects alive in this process and hits about one chain "
+          f"in twenty. `total` = their sum. `gc off` = gc.disable() around each chain; "
+          f"`gc frozen` = gc.freeze() first, so collections skip the objects alive before "
+          f"the run. `numpy fwd+bwd` = the same arithmetic on plain arrays with a list as the "
+          f"tape.")
     return rows
 
 

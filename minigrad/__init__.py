@@ -1,5 +1,7 @@
 """minigrad: a small, fast, honest tape-based autodiff framework for sequence models."""
 
+import gc
+
 from minigrad import functional, kernels, nn, ops, optim
 from minigrad.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from minigrad.functional import cross_entropy, dropout, one_hot
@@ -29,6 +31,11 @@ from minigrad.tensor import (
 from minigrad.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
+
+# NOTE: move the ~100k long-lived objects that importing Numba creates out of the garbage
+# collector's sight: otherwise every full collection walks them all, which cost ~2 µs per
+# recorded op in a training loop (benchmarks/bench_engine.py, section 2).
+gc.freeze()
 
 __all__ = [
     "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "check_grads",

@@ -100,9 +100,13 @@ CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp)
 
 # ----------------------------------------------------------------------- fused activations
 
-TANH = defprim("tanh", kernels.tanh_forward, lambda g, out, a: kernels.tanh_backward(g, out))
+# NOTE: look the ufuncs up at call time: they are built on first use (kernels.LazyUfunc).
+TANH = defprim(
+    "tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: kernels.tanh_backward(g, out)
+)
 SIGMOID = defprim(
-    "sigmoid", kernels.sigmoid_forward, lambda g, out, a: kernels.sigmoid_backward(g, out)
+    "sigmoid", lambda a: kernels.sigmoid_forward(a),
+    lambda g, out, a: kernels.sigmoid_backward(g, out),
 )
 RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.relu_backward(g, out))
 
