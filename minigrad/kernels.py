@@ -194,23 +194,80 @@ def max_axis1(x):
 
 
 # ---------------------------------------------------------------------------- softmax family
+# Row kernels work on one row at a time in a scratch buffer: ``x - max`` into it, exp in
+# place (:func:`exp_row`), then one more pass.  Each loop stays short enough to vectorise.
+
+_LOG2E = 1.44269504088896341
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so k·ln2 is exact in float32
+_EXP_LO = -87.3  # below this float32 exp underflows; clamped (gives ~1e-38, not 0)
+_E1, _E2, _E3 = 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3  # Cephes expf
+_E4, _E5, _E6 = 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1
+
+
+def exp_row(v, ibuf):
+    """v[:] = exp(v) in place on a 1-D array; ``ibuf`` is int32 scratch of the same size.
+
+    For use inside kernels.  float64 is exact; float32 uses a vectorisable polynomial with
+    relative error < 1e-7 on [-87, 88] (the kernels only call it on x - max <= 0).
+    """
+    for j in range(v.size):
+        v[j] = np.exp(v[j])
+
+
+@overload(exp_row, inline="always", jit_options={"fastmath": set(FASTMATH)})
+def _exp_row_impl(v, ibuf):
+    if v.dtype != numba.float32:
+        def exact(v, ibuf):
+            for j in range(v.size):
+                v[j] = np.exp(v[j])
+        return exact
+
+    def fast(v, ibuf):
+        # exp(x) = 2^k · exp(r), k = round(x / ln 2), |r| <= ln2 / 2: a polynomial for exp(r)
+        # and 2^k built from its exponent bits — all vectorisable (libm's expf is not).
+        for j in range(v.size):
+            x = max(v[j], np.float32(_EXP_LO))
+            k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))
+            r = x - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)
+            p = np.float32(_E1)
+            p = p * r + np.float32(_E2)
+            p = p * r + np.float32(_E3)
+            p = p * r + np.float32(_E4)
+            p = p * r + np.float32(_E5)
+            p = p * r + np.float32(_E6)
+            v[j] = p * r * r + r + np.float32(1)
+            ibuf[j] = (np.int32(k) + np.int32(127)) << np.int32(23)
+        scale = ibuf.view(np.float32)
+        for j in range(v.size):
+            v[j] *= scale[j]
+    return fast
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+def _row_max(x):
+    m = x[0]
+    for j in range(1, x.size):
+        m = max(m, x[j])
+    return m
+
 
 @kernel
 def log_softmax_rows(x):
     """(N, V) -> (N, V): x - logsumexp(x) per row, shifted by the row max for stability."""
     n, v = x.shape
     out = np.empty_like(x)
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    buf = np.empty(v, dtype=x.dtype)
+    ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
-        m = x[i, 0]
-        for j in range(1, v):
-            m = max(m, x[i, j])
-        s = zero
+        xi = x[i]
+        m = _row_max(xi)
         for j in range(v):
-            s += np.exp(x[i, j] - m)
-        lse = m + np.log(s)
+            buf[j] = xi[j] - m
+        exp_row(buf, ibuf)
+        lse = m + np.log(buf.sum())
+        oi = out[i]
         for j in range(v):
-            out[i, j] = x[i, j] - lse
+            oi[j] = xi[j] - lse
     return out
 
 
@@ -219,19 +276,16 @@ def softmax_rows(x):
     """(N, V) -> (N, V): exp(x - max) / Σ exp(x - max) per row."""
     n, v = x.shape
     out = np.empty_like(x)
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
-        m = x[i, 0]
-        for j in range(1, v):
-            m = max(m, x[i, j])
-        s = zero
+        xi, oi = x[i], out[i]
+        m = _row_max(xi)
         for j in range(v):
-            e = np.exp(x[i, j] - m)
-            out[i, j] = e
-            s += e
-        r = 1 / s
+            oi[j] = xi[j] - m
+        exp_row(oi, ibuf)
+        r = 1 / oi.sum()
         for j in range(v):
-            out[i, j] *= r
+            oi[j] *= r
     return out
 
 
@@ -255,13 +309,14 @@ def log_softmax_backward_rows(g, y):
     """VJP of log-softmax from its output y: g - exp(y) * Σ g per row."""
     n, v = g.shape
     out = np.empty_like(g)
-    zero = np.zeros(1, dtype=g.dtype)[0]
+    ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
-        s = zero
+        gi, oi = g[i], out[i]
+        s = gi.sum()
+        oi[:] = y[i]
+        exp_row(oi, ibuf)
         for j in range(v):
-            s += g[i, j]
-        for j in range(v):
-            out[i, j] = g[i, j] - np.exp(y[i, j]) * s
+            oi[j] = gi[j] - oi[j] * s
     return out
 
 
@@ -276,16 +331,16 @@ def cross_entropy_rows(x, t, w):
     n, v = x.shape
     loss = np.empty(n, dtype=x.dtype)
     lse = np.empty(n, dtype=x.dtype)
-    zero = np.zeros(1, dtype=x.dtype)[0]
+    buf = np.empty(v, dtype=x.dtype)
+    ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
-        m = x[i, 0]
-        for j in range(1, v):
-            m = max(m, x[i, j])
-        s = zero
+        xi = x[i]
+        m = _row_max(xi)
         for j in range(v):
-            s += np.exp(x[i, j] - m)
-        lse[i] = m + np.log(s)
-        loss[i] = w[i] * (lse[i] - x[i, t[i]]) if w[i] != 0 else 0
+            buf[j] = xi[j] - m
+        exp_row(buf, ibuf)
+        lse[i] = m + np.log(buf.sum())
+        loss[i] = w[i] * (lse[i] - xi[t[i]]) if w[i] != 0 else 0
     return loss, lse
 
 
@@ -294,14 +349,20 @@ def cross_entropy_backward_rows(g, x, t, w, lse):
     """VJP of :func:`cross_entropy_rows` w.r.t. x: g_i w_i (softmax(x_i) - onehot(t_i))."""
     n, v = x.shape
     out = np.empty_like(x)
+    ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
         c = g[i] * w[i]
+        oi = out[i]
         if c == 0:
-            out[i] = 0
+            oi[:] = 0
             continue
+        xi, li = x[i], lse[i]
         for j in range(v):
-            out[i, j] = c * np.exp(x[i, j] - lse[i])
-        out[i, t[i]] -= c
+            oi[j] = xi[j] - li
+        exp_row(oi, ibuf)
+        for j in range(v):
+            oi[j] *= c
+        oi[t[i]] -= c
     return out
 
 

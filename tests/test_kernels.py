@@ -381,3 +381,19 @@ def test_unbroadcast(data, dtype, shapes, kind):
         np.testing.assert_array_equal(out, ref)
     else:
         close(np.asarray(out), ref, dtype, terms=g.size)
+
+
+@numba.njit
+def _exp_row_via_kernel(v):
+    out = v.copy()
+    kernels.exp_row(out, np.empty(v.size, dtype=np.int32))
+    return out
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 2e-7), (np.float64, 1e-15)])
+def test_exp_row_matches_numpy(dtype, rtol):
+    """The row exp used by the softmax family: float32 polynomial, float64 exact."""
+    v = np.concatenate([np.linspace(-87, 0, 20001), [-1e-30, 0.0, -0.5, -80.25]]).astype(dtype)
+    ref = np.exp(v.astype(np.float64))
+    np.testing.assert_allclose(_exp_row_via_kernel(v), ref, rtol=rtol, atol=0)
+    assert _exp_row_via_kernel(np.zeros(3, dtype))[0] == 1.0
