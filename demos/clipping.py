@@ -22,8 +22,8 @@ Three runs from the same initial weights, the same batches and the same learning
 The norm recorded every step is the one *before* clipping (``clip_grad_norm_`` returns it;
 with ``max_norm=inf`` it only measures).
 
-    python demos/clipping.py               # ~5 s
-    python demos/clipping.py --gain 1.0    # an IRNN at the edge: all three runs learn
+    python demos/clipping.py               # ~6 s
+    python demos/clipping.py --gain 1.0    # an IRNN at the edge: here all three runs learn
 
 Writes ``clipping.png`` to ``--out``.
 """
@@ -129,7 +129,7 @@ def run(mode, args):
     bar.close()
     return {"norms": np.array(norms), "applied": np.array(applied),
             "losses": np.array(losses), "nonfinite_step": nonfinite,
-            "num_weights": sum(p.size for p in params)}
+            "num_weights": sum(p.size for p in params), "model": model}
 
 
 def summary(h, log_v):
@@ -224,9 +224,12 @@ def main(argv=None):
     first = hist["none"]["norms"][0]
     print("\nWhat to see:")
     print(f"  * The first gradient already has norm {first:.0f}; without clipping one SGD step "
-          f"of length lr·‖∇L‖ = {args.lr * first:.0f} throws the weights far away, and the "
-          f"next gradients reach {none['max_norm']:.1e}, the loss {none['max_loss']:.1e}.")
-    print(f"    Outcome without clipping: {none['outcome']}.")
+          f"of length lr·‖∇L‖ = {args.lr * first:.0f} throws the weights far away: the "
+          f"gradient norm reaches {none['max_norm']:.1e} and the loss {none['max_loss']:.1e}"
+          + (", then both turn NaN/inf." if hist["none"]["nonfinite_step"] else "."))
+    print(f"    Outcome without clipping: {none['outcome']}"
+          + (" — every ReLU unit is off, the output is a constant guess, and the only "
+             "gradient left (on the output bias) cannot revive them." if none["dead"] else "."))
     print(f"  * clip_grad_norm_ rescales every step to norm ≤ {args.clip:g} (same direction): "
           f"the loss goes {norm['initial_loss']:.2f} → {norm['final_loss']:.3f}.")
     print(f"  * clip_grad_value_(±{args.clip:g}) clips each element; with "
