@@ -75,7 +75,9 @@ class RecurrentCell(Module):
         I — then the product with the one-hot is a row lookup (no dense matmul).
         """
         if np.issubdtype(x.dtype, np.integer):
-            return W_in.T[x] + b
+            # one-hot rows pick one row of (W_inᵀ + b): add b to the small table, not to
+            # every (t, b) row of the result
+            return (W_in.T + b)[x]
         return x @ W_in.T + b
 
     def init_state(self, batch_size):
