@@ -11,6 +11,7 @@ continues where a run stopped — even one stopped with Ctrl-C.
 import argparse
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -237,3 +238,33 @@ def describe_args(args):
 def make_parser(description):
     return argparse.ArgumentParser(description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def train_language_model(model, optimizer, history, batches, args, *, start, held_ids,
+                         vocab, describe, baseline, evals_label, title):
+    """The shared middle of the language-model demos: measure the held-out loss, train
+    with ``describe(step, history)`` printed every few steps, save the checkpoint and the
+    plot.  ``batches`` yields ``(ids, lengths, mask)``.  Returns
+    ``(held-out loss before, seconds, checkpoint path, plot path)``."""
+    held_before = evaluate(model, held_ids)
+    if not start:
+        history.evals.append((0, held_before))
+
+    def loss_fn(batch):
+        ids, lengths, _ = batch
+        return model.loss(ids, lengths)[0]
+
+    def on_every(step, hist):
+        hist.evals.append((step, evaluate(model, held_ids)))
+        tqdm.write(describe(step, hist))
+
+    every = args.sample_every or max(1, args.steps // 5)
+    t0 = time.perf_counter()
+    train(model, optimizer, loss_fn, batches, args.steps, history=history, clip=args.clip,
+          every=every, on_every=on_every, desc=model.cell_type, progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    path = save_checkpoint(args.out, model, optimizer, history, vocab=vocab.itos,
+                           args=describe_args(args))
+    plot = os.path.join(args.out, PLOT)
+    plot_losses(history, plot, baseline=baseline, evals_label=evals_label, title=title)
+    return held_before, seconds, path, plot

@@ -17,11 +17,9 @@ Writes ``loss.png`` (training and held-out loss) and ``checkpoint.npz`` to ``--o
 import math
 import os
 import sys
-import time
 from collections import Counter
 
 import numpy as np
-from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,31 +105,15 @@ def main(argv=None):
           f"batch {args.batch}, {args.steps} steps")
     if start:
         print(f"  resumed from step {start} (smoothed loss {history.smooth:.3f})")
-    held_before = common.evaluate(model, held_ids)
-    if not start:
-        history.evals.append((0, held_before))
-
-    def loss_fn(batch):
-        ids, lengths, _ = batch
-        return model.loss(ids, lengths)[0]
-
-    def show_samples(step, hist):
-        hist.evals.append((step, common.evaluate(model, held_ids)))
+    def describe(step, hist):
         s = model.sample(1, max_len=30, temperature=args.temperature, seed=args.seed + step)
-        tqdm.write(f"step {step:5d}  loss {hist.smooth:.3f}  held-out perplexity "
-                   f"{math.exp(hist.evals[-1][1]):7.1f} | {s[0]}")
+        return (f"step {step:5d}  loss {hist.smooth:.3f}  held-out perplexity "
+                f"{math.exp(hist.evals[-1][1]):7.1f} | {s[0]}")
 
-    every = args.sample_every or max(1, args.steps // 5)
-    t0 = time.perf_counter()
-    common.train(model, optimizer, loss_fn, batches, args.steps, history=history,
-                 clip=args.clip, every=every, on_every=show_samples, desc=arch["cell"],
-                 progress=not args.no_progress)
-    seconds = time.perf_counter() - t0
-    path = common.save_checkpoint(args.out, model, optimizer, history, vocab=vocab.itos,
-                                  args=common.describe_args(args))
-    plot = os.path.join(args.out, common.PLOT)
-    common.plot_losses(history, plot, baseline=log_v, evals_label="held-out sentences",
-                       title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss")
+    held_before, seconds, path, plot = common.train_language_model(
+        model, optimizer, history, batches, args, start=start, held_ids=held_ids, vocab=vocab,
+        describe=describe, baseline=log_v, evals_label="held-out sentences",
+        title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss")
 
     samples = model.sample(8, max_len=30, temperature=args.temperature, seed=args.seed)
     print(f"\nSampled sentences (temperature {args.temperature}, <UNK> never drawn):")

@@ -251,6 +251,16 @@ def _row_max(x):
     return m
 
 
+@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+def _row_logsumexp(xi, buf, ibuf):
+    """log Σ_j exp(x_j), shifted by the row max; ``buf``/``ibuf`` are scratch rows."""
+    m = _row_max(xi)
+    for j in range(xi.size):
+        buf[j] = xi[j] - m
+    exp_row(buf, ibuf)
+    return m + np.log(buf.sum())
+
+
 @kernel
 def log_softmax_rows(x):
     """(N, V) -> (N, V): x - logsumexp(x) per row, shifted by the row max for stability."""
@@ -259,13 +269,8 @@ def log_softmax_rows(x):
     buf = np.empty(v, dtype=x.dtype)
     ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
-        xi = x[i]
-        m = _row_max(xi)
-        for j in range(v):
-            buf[j] = xi[j] - m
-        exp_row(buf, ibuf)
-        lse = m + np.log(buf.sum())
-        oi = out[i]
+        xi, oi = x[i], out[i]
+        lse = _row_logsumexp(xi, buf, ibuf)
         for j in range(v):
             oi[j] = xi[j] - lse
     return out
@@ -335,11 +340,7 @@ def cross_entropy_rows(x, t, w):
     ibuf = np.empty(v, dtype=np.int32)
     for i in range(n):
         xi = x[i]
-        m = _row_max(xi)
-        for j in range(v):
-            buf[j] = xi[j] - m
-        exp_row(buf, ibuf)
-        lse[i] = m + np.log(buf.sum())
+        lse[i] = _row_logsumexp(xi, buf, ibuf)
         loss[i] = w[i] * (lse[i] - xi[t[i]]) if w[i] != 0 else 0
     return loss, lse
 
