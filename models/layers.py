@@ -338,7 +338,8 @@ def gradient_flow(layer):
 
     Usage: ``layer.retain_states = True``; run the model; ``loss.backward()``;
     ``gradient_flow(layer)``.  A vanishing gradient shows as norms that decay
-    geometrically from the last steps back to the first.
+    geometrically from the last steps back to the first.  For an LSTM this is the gradient
+    w.r.t. the hidden state a<t> only, not the memory cell c<t>.
     """
     if not isinstance(layer, Recurrent):
         raise TypeError(f"gradient_flow: expected a Recurrent layer, got {type(layer).__name__}")
