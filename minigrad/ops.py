@@ -175,9 +175,17 @@ def _matmul_vjp_b(g, out, a, b):
 
 MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b)
 
+def _addmm(c, a, b):
+    out = _mm2(a, b)
+    if type(c) is np.ndarray and c.dtype == out.dtype and c.shape == out.shape:
+        out += c  # into the fresh product: no second (B, N) allocation
+        return out
+    return c + out
+
+
 # c + a @ b for 2-D a, b: the recurrent step's "input projection + state term" in one op.
 ADDMM = defprim(
-    "addmm", lambda c, a, b: c + _mm2(a, b),
+    "addmm", lambda c, a, b: _addmm(c, a, b),
     lambda g, out, c, a, b: unbroadcast(g, c.shape),
     lambda g, out, c, a, b: _mm2(g, b.T),
     lambda g, out, c, a, b: OuterSum(a, g),
