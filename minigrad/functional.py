@@ -103,6 +103,24 @@ def _zero_peepholes(H, dtype):
     return p
 
 
+def lstm_step(xp_t, a_prev, c_prev, W_aa_T, peepholes=None):
+    """One fused LSTM step: ``lstm_cell(xp_t + a_prev @ W_aa_T, c_prev, peepholes)``.
+
+    xp_t: (B, 4H) input terms (biases included); a_prev, c_prev: (B, H); W_aa_T: (H, 4H).
+    Returns ``(a<t>, c<t>)``; one recorded op (the GEMM and the gate math together).
+    """
+    B, H = c_prev.data.shape
+    if xp_t.data.shape != (B, 4 * H) or a_prev.data.shape != (B, H) \
+            or W_aa_T.data.shape != (H, 4 * H):
+        raise ValueError(f"lstm_step: expected xp_t {(B, 4 * H)}, a_prev {(B, H)}, W_aa_T "
+                         f"{(H, 4 * H)} for c_prev {(B, H)}; got {xp_t.shape}, "
+                         f"{a_prev.shape}, {W_aa_T.shape}")
+    if peepholes is None:
+        peepholes = _zero_peepholes(H, xp_t.dtype)
+    a, c, _ = apply(ops.LSTM_STEP, xp_t, a_prev, c_prev, W_aa_T, peepholes)
+    return a, c
+
+
 def gru_update(z_c, G_u, c_prev):
     """Fused ``Γu * tanh(z_c) + (1 - Γu) * c<t-1>`` (all (B, H)): the GRU's new memory cell."""
     _same_shape("gru_update", z_c, G_u, c_prev)

@@ -432,6 +432,20 @@ def _lstm_cell_vjp(g, out, z, c_prev, p):
 LSTM_CELL = defprim("lstm_cell", _lstm_cell, vjp_all=_lstm_cell_vjp, nout=3)
 
 
+def _lstm_step(xp, a_prev, c_prev, W_T, p):
+    return _lstm_cell(_addmm(xp, a_prev, W_T), c_prev, p)
+
+
+def _lstm_step_vjp(g, out, xp, a_prev, c_prev, W_T, p):
+    dz, dcp, dp = _lstm_cell_vjp(g, out, None, c_prev, p)
+    return dz, _mm2(dz, W_T.T), dcp, OuterSum(a_prev, dz), dp
+
+
+# One whole LSTM time step as one op: z = xp<t> + a<t-1> @ W_aaᵀ, then the gate math of
+# LSTM_CELL.  Same outputs as LSTM_CELL; one tape entry per step instead of two.
+LSTM_STEP = defprim("lstm_step", _lstm_step, vjp_all=_lstm_step_vjp, nout=3)
+
+
 def _c(x):
     return np.ascontiguousarray(x)
 

@@ -274,7 +274,7 @@ class LSTMCell(RecurrentCell):
     def step(self, xp_t, state, R):
         a_prev, c_prev = state
         W_aa_T, P = R
-        return F.lstm_cell(mg.addmm(xp_t, a_prev, W_aa_T), c_prev, P)
+        return F.lstm_step(xp_t, a_prev, c_prev, W_aa_T, P)  # addmm + lstm_cell, one op
 
 
 CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
