@@ -723,7 +723,7 @@ def bench_import(cfg):
     print(table(["run", "process wall", "import numpy", "import numba", "import minigrad",
                  "first op", "goal", ""], rows))
     print("\n`process wall` includes interpreter start-up; `import minigrad` is what is left "
-          "after numpy and numba are imported (scipy, kernels, eager ufunc builds).")
+          "after numpy and numba are imported (the kernels module; ufuncs are built on first use).")
     return rows
 
 
