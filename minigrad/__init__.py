@@ -2,7 +2,7 @@
 
 import gc
 
-from minigrad import functional, kernels, nn, ops, optim
+from minigrad import data, functional, kernels, nn, ops, optim
 from minigrad.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from minigrad.functional import cross_entropy, dropout, one_hot
 from minigrad.gradcheck import GradcheckError, check_grads
@@ -39,7 +39,7 @@ gc.freeze()
 
 __all__ = [
     "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "check_grads",
-    "chunk", "concat", "cross_entropy", "dropout", "enable_grad", "functional",
+    "chunk", "concat", "cross_entropy", "data", "dropout", "enable_grad", "functional",
     "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
     "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",
     "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "unstack", "where",
