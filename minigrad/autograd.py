@@ -59,9 +59,9 @@ class enable_grad(set_grad_enabled):
 class Node:
     """One recorded primitive application.
 
-    ``args`` are the primitive's inputs as arrays (or Python constants), ``needs`` the
-    positions of the inputs whose gradient is wanted, ``parents`` the Tensors at those
-    positions, ``out`` the output array (a tuple for multi-output primitives), ``seq`` a
+    ``args`` are the primitive's inputs as arrays (or Python constants), ``parents`` the
+    inputs as given (Tensors or constants), ``needs`` the positions of the inputs whose
+    gradient is wanted, ``out`` the output array (a tuple for multi-output primitives), ``seq`` a
     creation counter: a node's inputs are always older than the node, so processing nodes
     by decreasing ``seq`` is a reverse topological order.  During ``backward``, ``grads``
     collects the incoming gradient of each output and ``owned`` is a bit mask of the slots
@@ -162,10 +162,8 @@ def backward(root, grad=None, retain_graph=False):
         if prim.vjp_all is not None:
             all_grads = prim.vjp_all(g, out, *args)
         vjps = prim.vjps
-        k = 0
         for i in node.needs:
-            x = parents[k]
-            k += 1
+            x = parents[i]
             gi = all_grads[i] if prim.vjp_all is not None else vjps[i](g, out, *args)
             if gi is None:
                 continue

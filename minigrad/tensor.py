@@ -5,6 +5,7 @@ grad mode is on and an input requires grad, records a :class:`~minigrad.autograd
 Every Tensor method below is a thin call to ``apply`` (or a composition of such calls).
 """
 
+import functools
 import math
 import numbers
 
@@ -294,12 +295,12 @@ class Tensor:
 def apply(prim, *inputs):
     """Run ``prim`` on the inputs' arrays and record it if any input requires grad."""
     args = []
-    needs = []
+    needs = 0  # bit i set: input i requires grad
     for i, x in enumerate(inputs):
         if isinstance(x, Tensor):
             args.append(x.data)
             if x.requires_grad:
-                needs.append(i)
+                needs |= 1 << i
         else:
             args.append(x)
     try:
@@ -312,7 +313,7 @@ def apply(prim, *inputs):
                          "trailing dimensions must be equal or 1)") from None
     node = None
     if needs and _GradMode.enabled:
-        node = record(prim, args, needs, [inputs[i] for i in needs], out)
+        node = record(prim, args, _positions(needs), inputs, out)
     if prim.nout == 1:
         t = _new(Tensor)
         t.data = out if type(out) is np.ndarray else np.asarray(out)
@@ -325,6 +326,12 @@ def apply(prim, *inputs):
 
 
 _new = object.__new__
+
+
+@functools.lru_cache(maxsize=256)
+def _positions(mask):
+    """The set bits of ``mask`` as a tuple — shared, so recording allocates no list."""
+    return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
 
 
 def _identity_cast_vjp(g, out, a, dtype):

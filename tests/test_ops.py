@@ -415,7 +415,7 @@ def tape_prims(t):
             continue
         seen.add(id(node))
         names.add(family(node.prim.name))
-        todo.extend(p._node for p in node.parents)
+        todo.extend(getattr(p, "_node", None) for p in node.parents)
     return names
 
 
