@@ -503,7 +503,6 @@ def _kernel_cases(shape=(256, 1024)):
          lambda: kernels.cross_entropy_backward_rows(gl, x, t, w, lse), ce_bwd_np, size),
         ("sum_axis0", lambda: kernels.sum_axis0(x), lambda: np.sum(x, axis=0), size),
         ("sum_axis1", lambda: kernels.sum_axis1(x), lambda: np.sum(x, axis=1), size),
-        ("max_axis1", lambda: kernels.max_axis1(x), lambda: np.max(x, axis=1), size),
         ("gather_rows", lambda: kernels.gather_rows(table_, idx), lambda: table_[idx], size),
         ("scatter_add_rows", lambda: kernels.scatter_add_rows(acc_ours, idx, g),
          lambda: np.add.at(acc_np, idx, g), size),

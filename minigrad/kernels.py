@@ -178,21 +178,6 @@ def sum_axis1(x):
     return out
 
 
-@kernel
-def max_axis1(x):
-    """(N, M) -> (N,): row maxima (NaN propagates)."""
-    n, m = x.shape
-    out = np.empty(n, dtype=x.dtype)
-    for i in range(n):
-        s = x[i, 0]
-        for j in range(1, m):
-            v = x[i, j]
-            if v > s or v != v:
-                s = v
-        out[i] = s
-    return out
-
-
 # ---------------------------------------------------------------------------- softmax family
 # Row kernels work on one row at a time in a scratch buffer: ``x - max`` into it, exp in
 # place (:func:`exp_row`), then one more pass.  Each loop stays short enough to vectorise.

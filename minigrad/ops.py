@@ -311,21 +311,20 @@ def _norm_axes(axis, ndim):
     return tuple(sorted(set(out)))
 
 
-def _reduce(rows_kernel, a, axis, keepdims):
-    """Reduce ``axis`` with a row kernel: reduced axes are moved last and flattened."""
+def _sum(a, axis, keepdims):
+    """Sum over ``axis``: leading axes of a C-contiguous array as one column-sum kernel,
+    otherwise the reduced axes are moved last and summed by the row kernel."""
     axes = _norm_axes(axis, a.ndim)
     kept = tuple(i for i in range(a.ndim) if i not in axes)
     out_shape = tuple(1 if i in axes else a.shape[i] for i in range(a.ndim)) if keepdims \
         else tuple(a.shape[i] for i in kept)
     if a.dtype.kind != "f" or a.size == 0 or not axes:
-        fn = np.sum if rows_kernel is kernels.sum_axis1 else np.max
-        return fn(a, axis=axes, keepdims=keepdims)
-    if rows_kernel is kernels.sum_axis1 and axes == tuple(range(len(axes))) \
-            and a.flags.c_contiguous:
+        return np.sum(a, axis=axes, keepdims=keepdims)
+    if axes == tuple(range(len(axes))) and a.flags.c_contiguous:
         r = kernels.sum_axis0(a.reshape(math.prod([a.shape[i] for i in axes]), -1))
     else:
         moved = np.ascontiguousarray(np.transpose(a, kept + axes))
-        r = rows_kernel(moved.reshape(math.prod([a.shape[i] for i in kept]), -1))
+        r = kernels.sum_axis1(moved.reshape(math.prod([a.shape[i] for i in kept]), -1))
     return r.reshape(out_shape)
 
 
@@ -345,11 +344,14 @@ def _max_vjp(g, out, a, axis, keepdims):
 
 
 SUM = defprim(
-    "sum", lambda a, axis, keepdims: _reduce(kernels.sum_axis1, a, axis, keepdims),
+    "sum", _sum,
     lambda g, out, a, axis, keepdims: _expand(g, a, axis, keepdims),
 )
 MAX = defprim(
-    "max", lambda a, axis, keepdims: _reduce(kernels.max_axis1, a, axis, keepdims), _max_vjp,
+    # NumPy's max: vectorised and NaN-propagating (a Numba loop with a NaN-aware compare
+    # does not vectorise; it measured 0.2x).
+    "max", lambda a, axis, keepdims: np.max(a, axis=_norm_axes(axis, a.ndim), keepdims=keepdims),
+    _max_vjp,
 )
 
 
