@@ -67,13 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=32, help="sentences per batch (%(default)s)")
     parser.add_argument("--eval-every", type=int, default=25,
                         help="measure held-out accuracy every N steps (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    parser.add_argument("--out", default="runs/bidirectional",
-                        help="output directory (%(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a run of a few seconds (150 steps; used by the tests)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (%(default)s)")
+    common.add_run_args(parser, "runs/bidirectional", quick="a run of a few seconds (150 steps)")
     args = common.parse(parser, argv, dict(steps=150))
     common.positive(parser, args, "hidden", "steps", "lr", "batch", "eval_every")
     return args
@@ -132,10 +126,7 @@ def evaluate(model, test):
 
 
 def plot(path, curves, histories, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     colors = {"unidirectional": "tab:red", "bidirectional": "tab:blue"}
@@ -156,9 +147,7 @@ def plot(path, curves, histories, args):
         ax.legend(fontsize=8)
     fig.suptitle(f"{args.cell.upper()} tagger, hidden {args.hidden} per direction: "
                  "left-to-right only vs bidirectional")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def show(words, tags):

@@ -61,12 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--length", type=int, default=20, help="sequence length T (%(default)s)")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size (%(default)s)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    parser.add_argument("--out", default="runs/clipping", help="output directory (%(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a run of a few seconds (400 steps; used by the tests)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (%(default)s)")
+    common.add_run_args(parser, "runs/clipping", quick="a run of a few seconds (400 steps)")
     args = common.parse(parser, argv, dict(steps=400))
     common.positive(parser, args, "steps", "lr", "gain", "clip", "hidden", "batch")
     if args.length < 2:
@@ -149,10 +144,7 @@ def summary(h, log_v):
 
 
 def plot(path, hist, args, log_v):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     colors = {"none": "tab:red", "norm": "tab:green", "value": "tab:orange"}
     # the value-clipped run may retrace the unclipped one exactly: draw it dashed on top
@@ -180,9 +172,7 @@ def plot(path, hist, args, log_v):
         ax.legend(fontsize=8)
     fig.suptitle(f"ReLU RNN, W_aa = {args.gain:g}·I at init, plain SGD lr {args.lr:g}: "
                  "exploding gradients with and without clipping")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):

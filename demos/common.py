@@ -40,13 +40,17 @@ def add_training_args(parser, *, steps, lr, batch, hidden=128, cell="lstm", out=
     parser.add_argument("--batch", type=int, default=batch, help="batch size (%(default)s)")
     parser.add_argument("--temperature", type=float, default=0.8,
                         help="sampling temperature (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    parser.add_argument("--out", default=out, help="output directory (%(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --out (model, optimizer, step)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny run of a few seconds (used by the tests)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return add_run_args(parser, out)
+
+
+def add_run_args(parser, out, quick="a tiny run of a few seconds"):
+    """The flags of every demo: --seed, --out, --quick, --no-progress, --threads."""
+    parser.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    parser.add_argument("--out", default=out, help="output directory (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help=f"{quick} (used by the tests)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS threads (%(default)s: these matrices are small, and spare "
                         "BLAS threads busy-wait against anything else running)")
@@ -161,14 +165,27 @@ def evaluate(model, seqs, batch_size=256):
     return total / count
 
 
-def plot_losses(history, path, baseline=None, title="training loss", evals_label="held-out"):
-    """Save the loss curve (raw and smoothed) as a PNG, with ``log V`` drawn as a line and
-    ``history.evals`` as marked points."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported late: it is slow to load)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path, dpi=120):
+    """Lay out, write as PNG and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+def plot_losses(history, path, baseline=None, title="training loss", evals_label="held-out"):
+    """Save the loss curve (raw and smoothed) as a PNG, with ``log V`` drawn as a line and
+    ``history.evals`` as marked points."""
+    plt = pyplot()
     steps = np.arange(1, len(history.losses) + 1)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, history.losses, color="tab:blue", alpha=0.25, lw=0.8, label="loss per step")
@@ -182,9 +199,7 @@ def plot_losses(history, path, baseline=None, title="training loss", evals_label
     ax.set(xlabel="step", ylabel="cross-entropy per token (nats)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_checkpoint(directory, model, optimizer, history, **meta):
@@ -268,3 +283,46 @@ def train_language_model(model, optimizer, history, batches, args, *, start, hel
     plot = os.path.join(args.out, PLOT)
     plot_losses(history, plot, baseline=baseline, evals_label=evals_label, title=title)
     return held_before, seconds, path, plot
+
+
+def report_losses(model, history, held_ids, *, start, seconds, log_v, unit):
+    """Print the initial vs final training loss per ``unit``.  Returns the held-out loss now
+    and the result fields every language-model demo returns."""
+    print(f"\nLoss per {unit} (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f}) "
+          f"-> final smoothed {history.smooth:.3f} after {len(history.losses)} steps "
+          f"({len(history.losses) - start} in {seconds:.1f} s)")
+    result = {"initial_loss": history.losses[0], "final_loss": history.smooth, "log_v": log_v,
+              "start_step": start, "step": len(history.losses), "losses": history.losses}
+    return evaluate(model, held_ids), result
+
+
+def check_sampling_args(parser, args):
+    """--clip and --temperature must be >= 0, --dropout in [0, 1)."""
+    if args.clip < 0 or args.temperature < 0 or not 0 <= args.dropout < 1:
+        parser.error("--clip and --temperature must be >= 0, --dropout in [0, 1)")
+
+
+def read_lines(path):
+    """The non-empty lines of a bundled UTF-8 corpus, stripped."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def setup_language_model(model, args, ckpt, vocab, train_texts, held_texts):
+    """Adam (restored from ``ckpt`` when resuming), the history, the start step, log V,
+    the encoded held-out texts and an endless stream of padded training batches.
+
+    The shuffling stream is seeded by (seed, start step), so a resumed run is reproducible.
+    """
+    from minigrad.data import SequenceBatches
+    from minigrad.optim import Adam
+
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    history = restore(ckpt, model, optimizer) if ckpt else History()
+    optimizer.lr = args.lr  # a resumed run may change the learning rate
+    start = len(history.losses)
+    train_ids = [vocab.encode(t, add_eos=True) for t in train_texts]
+    held_ids = [vocab.encode(t, add_eos=True) for t in held_texts]
+    batches = forever(SequenceBatches(train_ids, args.batch,
+                                      rng=np.random.default_rng([args.seed, start])))
+    return optimizer, history, start, math.log(len(vocab)), held_ids, batches

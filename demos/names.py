@@ -18,15 +18,12 @@ import math
 import os
 import sys
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigrad as mg  # noqa: E402
 from demos import common  # noqa: E402
-from minigrad.data import SequenceBatches, Vocab  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
+from minigrad.data import Vocab  # noqa: E402
 from models.language_model import LanguageModel  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "names.txt")
@@ -48,14 +45,12 @@ def parse_args(argv=None):
     # --quick: a few seconds — a small model, a high learning rate, few steps
     args = common.parse(parser, argv, dict(hidden=64, steps=300, lr=1e-2, batch=32, dropout=0.0))
     common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch")
-    if args.clip < 0 or args.temperature < 0 or not 0 <= args.dropout < 1:
-        parser.error("--clip and --temperature must be >= 0, --dropout in [0, 1)")
+    common.check_sampling_args(parser, args)
     return args
 
 
 def load_names(path=DATA):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return common.read_lines(path)
 
 
 def shown(name, seen=()):
@@ -82,17 +77,8 @@ def main(argv=None):
     arch = common.model_args(args, ARCH, ckpt)
     model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
                           num_layers=arch["layers"], dropout=arch["dropout"], vocab=vocab)
-    optimizer = Adam(model.parameters(), lr=args.lr)
-    history = common.restore(ckpt, model, optimizer) if ckpt else common.History()
-    optimizer.lr = args.lr  # a resumed run may change the learning rate
-    start = len(history.losses)
-    log_v = math.log(len(vocab))
-
-    train_ids = [vocab.encode(n, add_eos=True) for n in train_names]
-    held_ids = [vocab.encode(n, add_eos=True) for n in held_out]
-    # A fresh shuffling stream per (seed, start step): a resumed run is reproducible too.
-    batches = common.forever(SequenceBatches(train_ids, args.batch,
-                                             rng=np.random.default_rng([args.seed, start])))
+    optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
+        model, args, ckpt, vocab, train_names, held_out)
 
     print(f"Character-level {arch['cell'].upper()} language model on first names")
     print(f"  corpus: {len(names)} US census names ({len(train_names)} to train on, "
@@ -132,18 +118,14 @@ def main(argv=None):
             scores[name] = score(model, name)
             print(f"  {name:12s} {scores[name][0]:8.2f} {scores[name][1]:11.2f}   {label}")
 
-    final = history.smooth
-    held_after = common.evaluate(model, held_ids)
-    print(f"\nLoss per letter (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f}) "
-          f"-> final smoothed {final:.3f} after {len(history.losses)} steps "
-          f"({len(history.losses) - start} in {seconds:.1f} s)")
+    held_after, result = common.report_losses(model, history, held_ids, start=start,
+                                              seconds=seconds, log_v=log_v, unit="letter")
     print(f"Held-out names: {held_before:.3f} -> {held_after:.3f} nats per letter "
           f"(perplexity {math.exp(held_before):.1f} -> {math.exp(held_after):.1f})")
     print(f"Saved {plot} and {path}")
-    return {"initial_loss": history.losses[0], "final_loss": final, "log_v": log_v,
-            "start_step": start, "step": len(history.losses), "losses": history.losses,
-            "samples": samples, "scores": scores, "held_out_loss": (held_before, held_after),
-            "vocab": vocab, "model": model, "checkpoint": path, "plot": plot}
+    return {**result, "samples": samples, "scores": scores,
+            "held_out_loss": (held_before, held_after), "vocab": vocab, "model": model,
+            "checkpoint": path, "plot": plot}
 
 
 if __name__ == "__main__":

@@ -172,10 +172,7 @@ def char_accuracy(predictions, pairs):
 def plot_attention(model, pair, src_vocab, tgt_vocab, path):
     """A heat map of α<t,t'> for one translation: which source characters each output
     character looked at (teacher-forced on the model's own greedy output)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     src_text = pair[0]
     pred = translate(model, [src_text], src_vocab, tgt_vocab)[0]
@@ -192,9 +189,7 @@ def plot_attention(model, pair, src_vocab, tgt_vocab, path):
     ax.set_yticks(range(len(pred) + 1), [*pred, "<EOS>"])
     ax.set(xlabel="source character t'", ylabel="output character t",
            title=f"attention α<t,t'>: {src_text!r} -> {pred!r}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------- main

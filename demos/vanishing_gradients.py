@@ -68,13 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--gate-bias", type=float, default=3.0,
                         help="initial memory-gate bias b: LSTM forget bias +b, GRU update bias "
                              "-b; 0 = the default init (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    parser.add_argument("--out", default="runs/vanishing_gradients",
-                        help="output directory (%(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a run of a few seconds (T = 10, 40; 100 steps; used by the tests)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (%(default)s)")
+    common.add_run_args(parser, "runs/vanishing_gradients",
+                        quick="a run of a few seconds (T = 10, 40; 100 steps)")
     args = common.parse(parser, argv, dict(lengths=[10, 40], steps=100))
     common.positive(parser, args, "steps", "hidden", "batch", "lr")
     if min(args.lengths) < 2 or args.gate_bias < 0:
@@ -133,10 +128,7 @@ def per_step(norms):
 
 
 def plot(path, init_flow, trained_flow, accs, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     colors = {"rnn": "tab:red", "gru": "tab:blue", "lstm": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -165,9 +157,7 @@ def plot(path, init_flow, trained_flow, accs, args):
     ax.legend(fontsize=8, loc="upper center", ncol=4)
     fig.suptitle("Vanishing gradients: how much of ∂L reaches early time steps, and what "
                  "each cell can learn")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):

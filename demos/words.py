@@ -19,15 +19,12 @@ import os
 import sys
 from collections import Counter
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigrad as mg  # noqa: E402
 from demos import common  # noqa: E402
-from minigrad.data import SequenceBatches, Vocab, tokenize_words  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
+from minigrad.data import Vocab, tokenize_words  # noqa: E402
 from models.language_model import LanguageModel  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentences.txt")
@@ -47,14 +44,12 @@ def parse_args(argv=None):
     args = common.parse(parser, argv, dict(hidden=64, embed=32, steps=200, lr=1e-2,
                                            batch=32, dropout=0.0))
     common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch", "embed")
-    if args.clip < 0 or args.temperature < 0 or not 0 <= args.dropout < 1:
-        parser.error("--clip and --temperature must be >= 0, --dropout in [0, 1)")
+    common.check_sampling_args(parser, args)
     return args
 
 
 def load_sentences(path=DATA):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return common.read_lines(path)
 
 
 def unk_report(vocab, sentences):
@@ -78,16 +73,8 @@ def main(argv=None):
     model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
                           num_layers=arch["layers"], embedding_dim=arch["embed"],
                           dropout=arch["dropout"], vocab=vocab)
-    optimizer = Adam(model.parameters(), lr=args.lr)
-    history = common.restore(ckpt, model, optimizer) if ckpt else common.History()
-    optimizer.lr = args.lr
-    start = len(history.losses)
-    log_v = math.log(len(vocab))
-
-    train_ids = [vocab.encode(s, add_eos=True) for s in train_s]
-    held_ids = [vocab.encode(s, add_eos=True) for s in held_s]
-    batches = common.forever(SequenceBatches(train_ids, args.batch,
-                                             rng=np.random.default_rng([args.seed, start])))
+    optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
+        model, args, ckpt, vocab, train_s, held_s)
 
     rare_types, rare_tokens, n_tokens, n_types = unk_report(vocab, train_s)
     _, held_unk, held_tokens, _ = unk_report(vocab, held_s)
@@ -122,17 +109,12 @@ def main(argv=None):
     greedy = model.sample(1, max_len=30, temperature=0)[0]
     print(f"Greedy (temperature 0): {greedy}")
 
-    final = history.smooth
-    held_after = common.evaluate(model, held_ids)
-    print(f"\nLoss per token (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f}) "
-          f"-> final smoothed {final:.3f} after {len(history.losses)} steps "
-          f"({len(history.losses) - start} in {seconds:.1f} s)")
+    held_after, result = common.report_losses(model, history, held_ids, start=start,
+                                              seconds=seconds, log_v=log_v, unit="token")
     print(f"Held-out perplexity: {math.exp(held_before):.1f} -> {math.exp(held_after):.1f} "
           f"(a uniform guess over the vocabulary: {len(vocab)})")
     print(f"Saved {plot} and {path}")
-    return {"initial_loss": history.losses[0], "final_loss": final, "log_v": log_v,
-            "start_step": start, "step": len(history.losses), "losses": history.losses,
-            "samples": samples, "greedy": greedy,
+    return {**result, "samples": samples, "greedy": greedy,
             "perplexity": (math.exp(held_before), math.exp(held_after)),
             "held_out": held_s, "vocab": vocab, "model": model, "checkpoint": path,
             "plot": plot}

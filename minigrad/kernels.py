@@ -459,6 +459,13 @@ def lstm_backward(ga, gc, acts, c_prev, c, p):
     return dz, dcp, dp
 
 
+@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+def _gru_blend(c, u, c_tilde, c_prev):
+    """c<t> = Γu * c~ + (1 - Γu) * c<t-1>, written into the row ``c``."""
+    for j in range(c.size):
+        c[j] = u[j] * c_tilde[j] + (1 - u[j]) * c_prev[j]
+
+
 @kernel
 def gru_update_forward(zc, u, c_prev):
     """c<t> = Γu * tanh(z_c) + (1 - Γu) * c<t-1>, all (B, H).  Returns (c, c~)."""
@@ -469,8 +476,7 @@ def gru_update_forward(zc, u, c_prev):
         zb, ub, cp, cb, tb = zc[b], u[b], c_prev[b], c[b], ct[b]
         for j in range(H):
             tb[j] = tanh(zb[j])
-        for j in range(H):
-            cb[j] = ub[j] * tb[j] + (1 - ub[j]) * cp[j]
+        _gru_blend(cb, ub, tb, cp)
     return c, ct
 
 
@@ -554,8 +560,7 @@ def gru_reset_after_forward(xp, h, c_prev):
             s_r[j] = sigmoid(xr[j] + hr[j])
         for j in range(H):
             s_c[j] = tanh(xc[j] + s_r[j] * hc[j])
-        for j in range(H):
-            cb[j] = s_u[j] * s_c[j] + (1 - s_u[j]) * cp[j]
+        _gru_blend(cb, s_u, s_c, cp)
     return c, acts
 
 

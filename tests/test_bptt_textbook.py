@@ -88,18 +88,24 @@ def lstm_bptt_reference(x, y, W, b, W_ya, b_y):
     return loss, gW, gb, g_ya, g_by
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rnn_tape_equals_textbook_bptt(seed):
+def _tape_bptt(cell_class, seed, B, T, I, H, V):
+    """The model side: a float64 layer + read-out, L = Σ_t CE, one ``backward()``."""
     rng = np.random.default_rng(seed)
-    B, T, I, H, V = 3, 7, 4, 5, 6
     mg.manual_seed(seed)
-    layer = Recurrent(RNNCell(I, H, dtype=np.float64))
+    layer = Recurrent(cell_class(I, H, dtype=np.float64))
     head = Linear(H, V, dtype=np.float64)
     x = rng.standard_normal((B, T, I))
     y = rng.integers(0, V, (B, T))
     out, _ = layer(mg.tensor(x))
     loss = mg.cross_entropy(head(out), y, reduction="sum")
     loss.backward()
+    return layer, head, x, y, loss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rnn_tape_equals_textbook_bptt(seed):
+    H = 5
+    layer, head, x, y, loss = _tape_bptt(RNNCell, seed, B=3, T=7, I=4, H=H, V=6)
 
     W_a = layer.cell.W_a.data
     ref_loss, g = rnn_bptt_reference(x, y, W_a[:, :H], W_a[:, H:], layer.cell.b_a.data,
@@ -115,16 +121,7 @@ def test_rnn_tape_equals_textbook_bptt(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lstm_tape_equals_textbook_bptt(seed):
-    rng = np.random.default_rng(seed)
-    B, T, I, H, V = 2, 6, 3, 4, 5
-    mg.manual_seed(seed)
-    layer = Recurrent(LSTMCell(I, H, dtype=np.float64))
-    head = Linear(H, V, dtype=np.float64)
-    x = rng.standard_normal((B, T, I))
-    y = rng.integers(0, V, (B, T))
-    out, _ = layer(mg.tensor(x))
-    loss = mg.cross_entropy(head(out), y, reduction="sum")
-    loss.backward()
+    layer, head, x, y, loss = _tape_bptt(LSTMCell, seed, B=2, T=6, I=3, H=4, V=5)
 
     cell = layer.cell
     W = {k: getattr(cell, f"W_{k}").data for k in "cufo"}
