@@ -161,9 +161,7 @@ def one_hot(indices, n, dtype=np.float32):
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise IndexError(f"one_hot: index {idx.max() if idx.max() >= n else idx.min()} is "
                          f"out of range for {n} classes")
-    out = np.zeros(idx.shape + (n,), dtype=dtype)
-    np.put_along_axis(out, idx[..., None], 1, axis=-1)
-    return Tensor._result(out, None, 0)
+    return apply(ops.ONE_HOT, indices if isinstance(indices, Tensor) else idx, n, dtype)
 
 
 def dropout(x, p=0.5, training=True):

@@ -24,17 +24,22 @@ PRIMITIVES = {}
 class Prim:
     """A primitive: ``fwd(*inputs)``, per-input ``vjps`` or one ``vjp_all``, ``nout`` outputs."""
 
-    __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout")
+    __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout", "scalar")
 
-    def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1):
+    def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1, scalar=None):
         self.name, self.fwd, self.vjps, self.vjp_all, self.nout = name, fwd, vjps, vjp_all, nout
+        self.scalar = scalar
 
     def __repr__(self):
         return f"Prim({self.name})"
 
 
-def defprim(name, fwd, *vjps, vjp_all=None, nout=1):
-    PRIMITIVES[name] = prim = Prim(name, fwd, *vjps, vjp_all=vjp_all, nout=nout)
+def defprim(name, fwd, *vjps, vjp_all=None, nout=1, scalar=None):
+    """Add a row to the table.  ``scalar`` (elementwise primitives only) is the same rule
+    for one element, as source text for the recurrence compiler's generated kernels:
+    ``(fwd(*args) -> str, (vjp_i(g, out, *args) -> str, ...))`` over the names of the
+    values (``ONE``/``ZERO`` are constants of the kernel's dtype)."""
+    PRIMITIVES[name] = prim = Prim(name, fwd, *vjps, vjp_all=vjp_all, nout=nout, scalar=scalar)
     return prim
 
 
@@ -63,27 +68,39 @@ ADD = defprim(
     "add", np.add,
     lambda g, out, a, b: unbroadcast(g, a.shape),
     lambda g, out, a, b: unbroadcast(g, b.shape),
+    scalar=(lambda a, b: f"{a} + {b}", (lambda g, o, a, b: g, lambda g, o, a, b: g)),
 )
 SUB = defprim(
     "sub", np.subtract,
     lambda g, out, a, b: unbroadcast(g, a.shape),
     lambda g, out, a, b: -unbroadcast(g, b.shape),
+    scalar=(lambda a, b: f"{a} - {b}", (lambda g, o, a, b: g, lambda g, o, a, b: f"-{g}")),
 )
 MUL = defprim(
     "mul", np.multiply,
     lambda g, out, a, b: unbroadcast(g * b, a.shape),
     lambda g, out, a, b: unbroadcast(g * a, b.shape),
+    scalar=(lambda a, b: f"{a} * {b}",
+            (lambda g, o, a, b: f"{g} * {b}", lambda g, o, a, b: f"{g} * {a}")),
 )
 DIV = defprim(
     "div", np.true_divide,
     lambda g, out, a, b: unbroadcast(g / b, a.shape),
     lambda g, out, a, b: unbroadcast(-g * out / b, b.shape),
+    scalar=(lambda a, b: f"{a} / {b}",
+            (lambda g, o, a, b: f"{g} / {b}", lambda g, o, a, b: f"-{g} * {o} / {b}")),
 )
-NEG = defprim("neg", np.negative, lambda g, out, a: -g)
-POW = defprim("pow", np.power, lambda g, out, a, p: g * p * a ** (p - 1))
-ABS = defprim("abs", np.abs, lambda g, out, a: g * np.sign(a))
-EXP = defprim("exp", np.exp, lambda g, out, a: g * out)
-LOG = defprim("log", np.log, lambda g, out, a: g / a)
+NEG = defprim("neg", np.negative, lambda g, out, a: -g,
+              scalar=(lambda a: f"-{a}", (lambda g, o, a: f"-{g}",)))
+POW = defprim("pow", np.power, lambda g, out, a, p: g * p * a ** (p - 1),
+              scalar=(lambda a, p: f"{a} ** {p}",
+                      (lambda g, o, a, p: f"{g} * {p} * {a} ** ({p} - ONE)", None)))
+ABS = defprim("abs", np.abs, lambda g, out, a: g * np.sign(a),
+              scalar=(lambda a: f"abs({a})", (lambda g, o, a: f"{g} * np.sign({a})",)))
+EXP = defprim("exp", np.exp, lambda g, out, a: g * out,
+              scalar=(lambda a: f"np.exp({a})", (lambda g, o, a: f"{g} * {o}",)))
+LOG = defprim("log", np.log, lambda g, out, a: g / a,
+              scalar=(lambda a: f"np.log({a})", (lambda g, o, a: f"{g} / {a}",)))
 
 
 def _clip_vjp(g, out, a, lo, hi):
@@ -95,20 +112,45 @@ def _clip_vjp(g, out, a, lo, hi):
     return g * keep
 
 
-CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp)
+def _clip_scalar(a, lo, hi):
+    x = a if lo == "None" else f"max({a}, {lo})"
+    return x if hi == "None" else f"min({x}, {hi})"
+
+
+def _clip_scalar_vjp(g, out, a, lo, hi):
+    inside = " and ".join([f"{a} >= {lo}"] * (lo != "None") + [f"{a} <= {hi}"] * (hi != "None"))
+    return f"({g} if {inside} else ZERO)"
+
+
+CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp,
+               scalar=(_clip_scalar, (_clip_scalar_vjp, None, None)))
 
 
 # ----------------------------------------------------------------------- fused activations
 
 # NOTE: look the ufuncs up at call time: they are built on first use (kernels.LazyUfunc).
 TANH = defprim(
-    "tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: kernels.tanh_backward(g, out)
+    "tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: kernels.tanh_backward(g, out),
+    scalar=(lambda a: f"tanh({a})", (lambda g, o, a: f"{g} * (ONE - {o} * {o})",)),
 )
 SIGMOID = defprim(
     "sigmoid", lambda a: kernels.sigmoid_forward(a),
     lambda g, out, a: kernels.sigmoid_backward(g, out),
+    scalar=(lambda a: f"sigmoid({a})", (lambda g, o, a: f"{g} * {o} * (ONE - {o})",)),
 )
-RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.relu_backward(g, out))
+RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.relu_backward(g, out),
+               scalar=(lambda a: f"max({a}, ZERO)",
+                       (lambda g, o, a: f"({g} if {o} > ZERO else ZERO)",)))
+
+
+def _one_hot(ids, n, dtype):
+    out = np.zeros(ids.shape + (n,), dtype=dtype)
+    np.put_along_axis(out, ids[..., None], 1, axis=-1)
+    return out
+
+
+# (…) integer ids -> (…, n) one-hot rows; no gradient (the ids are not differentiable).
+ONE_HOT = defprim("one_hot", _one_hot, None)
 
 
 # ----------------------------------------------------------------------- matmul

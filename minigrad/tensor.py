@@ -321,8 +321,18 @@ def apply(prim, *inputs):
         t.requires_grad = node is not None
         t._node = node
         t._idx = 0
+        if _TRACER is not None:
+            _TRACER(prim, inputs, (t,))
         return t
-    return tuple(Tensor._result(o, node, i) for i, o in enumerate(out))
+    outs = tuple(Tensor._result(o, node, i) for i, o in enumerate(out))
+    if _TRACER is not None:
+        _TRACER(prim, inputs, outs)
+    return outs
+
+
+# The recurrence compiler's tracer (minigrad.compiler.ir.trace) sees every primitive
+# application while it is set; None otherwise.
+_TRACER = None
 
 
 _new = object.__new__

@@ -1,0 +1,211 @@
+"""A cell compiled once per signature and run over a whole sequence as one tape node.
+
+``compile_step(cell, x_t, state)`` traces the cell, rewrites the program and generates its
+loops; calling the result on a sequence
+
+1. runs the equations that depend only on parameters once, and those that depend only on
+   the inputs for all T steps at once (the hoisted input projection), as ordinary tensor ops
+   recorded on the tape, then
+2. records **one** tape node for the loop: its forward is the generated forward loop and its
+   VJP the generated reverse loop — BPTT, derived from the table's rules.
+
+``scan(cell, xs, init)`` is the public entry point; :class:`models.layers.Recurrent` uses it.
+"""
+
+import weakref
+
+import numpy as np
+
+from minigrad.compiler import codegen
+from minigrad.compiler.ir import TraceError, Var, trace
+from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
+from minigrad.ops import OuterSum, Prim
+from minigrad.tensor import Tensor, apply
+
+
+def prev_states(init, hist, reverse):
+    """The state each step started from, in time order: (T, B, H)."""
+    if reverse:
+        return np.concatenate([hist[1:], init[None]])
+    return np.concatenate([init[None], hist[:-1]])
+
+
+def outer(lefts, grads):
+    """Σ_t left_tᵀ dy_t as one deferred GEMM on the stacked steps."""
+    return OuterSum(lefts.reshape(-1, lefts.shape[-1]), grads.reshape(-1, grads.shape[-1]))
+
+
+def add_outer(dense, outers):
+    total = outers[0]
+    for o in outers[1:]:
+        total = total.add(o)
+    return total if dense is None else total.materialize() + dense
+
+
+def vjp(prim, g, out, args, needs):
+    """A generic equation's input cotangents, from the table (zeros for missing g)."""
+    g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
+    g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
+    if prim.vjp_all is not None:
+        allg = prim.vjp_all(g, out, *args)
+        gs = [allg[i] for i in needs]
+    else:
+        gs = [prim.vjps[i](g, out, *args) for i in needs]
+    return [gi.materialize() if isinstance(gi, OuterSum) else gi for gi in gs]
+
+
+class CompiledStep:
+    """``cell.forward`` traced, rewritten and compiled for one signature."""
+
+    def __init__(self, cell, x_t, state):
+        self.traced = trace(cell, x_t, state)
+        self.program = optimize(self.traced)
+        self.plan = codegen.Plan(self.program)
+        parts = (state,) if isinstance(state, Tensor) else tuple(state)
+        self.dtype = parts[0].dtype
+        self.source, kernel_source = codegen.generate(self.plan, self.dtype)
+        self.kernel_source = kernel_source
+        ns = {"np": np, "DT": self.dtype.type, "outer": outer, "add_outer": add_outer,
+              "prev_states": prev_states, "vjp": vjp}
+        module = codegen.load_kernels(kernel_source)
+        ns.update({k: getattr(module, k) for k in dir(module) if k.startswith("fused")})
+        for j, (kind, op) in enumerate(self.plan.ops):
+            if kind == "generic":
+                ns[f"PRIM{j}"] = op.prim
+                for i, a in enumerate(op.args):
+                    if not isinstance(a, Var):
+                        ns[f"A{j}_{i}"] = a
+        exec(compile(self.source, f"<compiled {type(cell).__name__}>", "exec"), ns)
+        self._forward, self._backward = ns["forward"], ns["backward"]
+        self.n_state = len(parts)
+        n_saved = len(self._saved_names())
+        self.prim = Prim(f"scan[{type(cell).__name__}]", self._fwd, vjp_all=self._vjp,
+                         nout=self.n_state + n_saved)
+
+    def _saved_names(self):
+        return [v for v in self.plan.needed if v not in self.plan.outs
+                and any(v in (op.outs if k != "generic" else op.outs) for k, op in self.plan.ops)
+                and self.plan.stored(v)]
+
+    def __repr__(self):
+        return f"{self.program!r}\n\n{self.source}"
+
+    # -------------------------------------------------------------- the one tape node
+    def _fwd(self, *arrays):
+        *arrays, mask, reverse, retain, T = arrays
+        out = self._forward(arrays[-1].shape[0], T, *arrays, mask, reverse)
+        return out if len(out) > 1 else out[0]
+
+    def _vjp(self, g, out, *arrays):
+        *arrays, mask, reverse, retain, T = arrays
+        g, out = (g, out) if isinstance(out, tuple) else ((g,), (out,))
+        G = tuple(g[:self.n_state])
+        grads = self._backward(arrays[-1].shape[0], T, G, *arrays, out, mask, reverse, retain)
+        return (*grads, None, None, None, None)
+
+    # -------------------------------------------------------------- run a sequence
+    def __call__(self, params, x_seq, init, mask=None, reverse=False, retain=None):
+        """params: the cell's parameters (``named_parameters`` order); x_seq (T, B, I) or
+        (T, B) ids; init: the state parts (B, H); mask: (T, B) bool (False = padding).
+        Returns the state parts at every step, (T, B, H) each, as tensors."""
+        prog = self.program
+        env = dict(zip(prog.params, params))
+        for c in prog.consts:
+            env[c] = Tensor._result(c.value, None, 0)
+        env[prog.xs[0]] = x_seq
+        for e in prog.eqns:
+            lv = prog.level[e.outs[0]]
+            if lv in (INVARIANT, INPUT):
+                args = e.args if lv == INVARIANT else batched_args(e)
+                out = apply(e.prim, *[env[a] if isinstance(a, Var) else a for a in args])
+                for v, o in zip(e.outs, out if e.prim.nout > 1 else (out,)):
+                    env[v] = o
+        xs = [_contiguous(env[v]) for v in self.plan.xs]
+        consts = [_contiguous(env[v]) for v in self.plan.consts]
+        m = None if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)[:, :, None]
+        outs = apply(self.prim, *xs, *consts, *init, m, bool(reverse), retain,
+                     x_seq.shape[0])
+        return outs[:self.n_state] if isinstance(outs, tuple) else (outs,)
+
+
+def _contiguous(t):
+    return t if t.data.flags.c_contiguous else t.contiguous()
+
+
+def _examples(x_t, parts, batch, seed):
+    """Random inputs of the signature of (x_t, parts) with another batch size."""
+    rng = np.random.default_rng(seed)  # NOTE: never the user's generator (reproducibility)
+    if x_t.dtype.kind in "iu":
+        x = Tensor(rng.integers(0, max(int(x_t.data.max(initial=0)) + 1, 2), size=(batch,)))
+    else:
+        x = Tensor(rng.standard_normal((batch, *x_t.shape[1:])).astype(x_t.dtype))
+    s = tuple(Tensor(0.5 * rng.standard_normal((batch, *p.shape[1:])).astype(p.dtype))
+              for p in parts)
+    return x, s
+
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def compile_step(cell, x_t, state):
+    """The :class:`CompiledStep` of ``cell`` for the signature of ``x_t`` and ``state``
+    (cached per cell and signature).  Raises :class:`TraceError` with the cause when the
+    cell cannot be compiled, or when the compiled step does not reproduce ``cell(x_t, s)``
+    on fresh inputs (Python control flow or NumPy on tensor values, a batch size built in)."""
+    parts = (state,) if isinstance(state, Tensor) else tuple(state)
+    key = (x_t.dtype.str, x_t.shape[1:], tuple((p.shape[1:], p.dtype.str) for p in parts))
+    per_cell = _CACHE.setdefault(cell, {})
+    if key not in per_cell:
+        try:
+            wrap = (lambda s: s[0]) if isinstance(state, Tensor) else tuple
+            x2, s2 = _examples(x_t, parts, 2, 0)
+            step = CompiledStep(cell, x2, wrap(s2))
+            _verify(step, cell, x_t, parts, wrap)
+            per_cell[key] = step
+        except TraceError as e:
+            per_cell[key] = e
+    hit = per_cell[key]
+    if isinstance(hit, Exception):
+        raise hit
+    return hit
+
+
+def _verify(step, cell, x_t, parts, wrap):
+    from minigrad.autograd import no_grad
+    xs, states = zip(*[_examples(x_t, parts, 3, seed) for seed in (1, 2)])
+    with no_grad():
+        s = states[0]
+        want = []
+        for x in xs:
+            s = cell(x, wrap(s))
+            s = (s,) if isinstance(s, Tensor) else tuple(s)
+            want.append(s)
+        x_seq = Tensor(np.stack([x.data for x in xs]))
+        params = [p for _, p in cell.named_parameters()]
+        got = step(params, x_seq, states[0])
+    tol = 1e-9 if step.dtype == np.float64 else 2e-4
+    for t in range(len(xs)):
+        for w, h in zip(want[t], got):
+            if not np.allclose(w.data, h.data[t], rtol=tol, atol=tol):
+                raise TraceError(
+                    f"{type(cell).__name__}: the compiled step differs from the cell's forward "
+                    f"on fresh inputs (max difference {np.abs(w.data - h.data[t]).max():.3g}); "
+                    "the forward probably branches on tensor values, computes with NumPy on "
+                    ".data, or builds in a batch size — run it with compiled=False")
+
+
+def scan(cell, xs, init, mask=None, reverse=False, retain=None):
+    """Run ``cell`` over a time-major sequence as one tape node.
+
+    xs: (T, B, I) floats or (T, B) integer ids (tensors); init: a (B, H) tensor or a tuple
+    of them; mask: (T, B) bool, False where a sequence has ended (its state is kept);
+    ``reverse``: run t = T..1.  Returns the state at every step, (T, B, H) (a tuple of them
+    for a tuple state).  ``retain``: a list of T tensors whose ``.grad`` the backward fills
+    with ∂L/∂a<t> (the first state part).
+    """
+    parts = (init,) if isinstance(init, Tensor) else tuple(init)
+    example = Tensor._result(xs.data[0], None, 0)
+    step = compile_step(cell, example, init)
+    params = [p for _, p in cell.named_parameters()]
+    hist = step(params, xs, parts, mask, reverse, retain)
+    return hist[0] if isinstance(init, Tensor) else hist
