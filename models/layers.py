@@ -9,10 +9,13 @@ D = 2 for bidirectional layers.  Final states follow PyTorch: (L·D, B, H), and 
 a pair (a_n, c_n) of that shape.
 """
 
+import warnings
+
 import numpy as np
 
 import minigrad as mg
 from minigrad import functional as F
+from minigrad.compiler import TraceError, scan
 from minigrad.nn import Linear, Module, ModuleList, Parameter, Sequential, Tanh
 from models.cells import CELLS, GRUCell, LSTMCell, RNNCell
 
@@ -54,58 +57,78 @@ class Recurrent(Module):
 
     ``layer(x, state=None, lengths=None) -> (outputs (B, T, H), final_state)``.
 
+    * ``compiled=True`` (default): the cell's ``forward`` is traced once per signature and
+      compiled (:mod:`minigrad.compiler`): the input projection of all steps is hoisted out of
+      the loop, GEMMs are merged, the gate math is one generated Numba kernel, and the whole
+      sequence is one tape node whose backward (BPTT) is derived from the primitive table.
+      A cell the compiler cannot handle runs eagerly, with a warning naming the cause.
+      ``compiled=False``: the eager path — one tape entry per primitive per step, so BPTT is
+      literally what the tape records (the teaching path; proven equal in the tests).
     * ``state``: the initial state — zeros if None, or a learned Parameter
       (``learn_initial_state=True``), or given: (B, H), or (a, c) for an LSTM.
     * ``lengths``: (B,) true lengths of a padded batch: each sequence's state stops
       updating after its own end, padded outputs are zero, the final state is each
       sequence's true last state.  With ``reverse=True`` each sequence starts at its own
       last element, never at padding.
-    * ``retain_states=True`` keeps every a<t> in ``self.states`` with ``retain_grad()``, so
-      after ``backward`` :func:`gradient_flow` can read ‖∂L/∂a<t>‖.
+    * ``retain_states=True`` keeps every a<t> in ``self.states`` (in time order), whose
+      ``.grad`` after ``backward`` is ∂L/∂a<t>; :func:`gradient_flow` reads their norms.
     """
 
-    def __init__(self, cell, reverse=False, learn_initial_state=False):
+    def __init__(self, cell, reverse=False, learn_initial_state=False, compiled=True):
         super().__init__()
+        for attr in ("input_size", "hidden_size", "forward"):
+            if not hasattr(cell, attr):
+                raise TypeError(f"Recurrent: a cell needs input_size, hidden_size and "
+                                f"forward(x_t, state); {type(cell).__name__} has no {attr!r}")
         self.cell = cell
         self.reverse = bool(reverse)
         self.learn_initial_state = bool(learn_initial_state)
+        self.compiled = bool(compiled)
         self.retain_states = False
         self.states = []
         if learn_initial_state:
             H = cell.hidden_size
-            self.a0 = Parameter(np.zeros(H, dtype=cell.dtype))
-            if cell.state_arity == 2:
-                self.c0 = Parameter(np.zeros(H, dtype=cell.dtype))
+            self.a0 = Parameter(np.zeros(H, dtype=_dtype(cell)))
+            if _arity(cell) == 2:
+                self.c0 = Parameter(np.zeros(H, dtype=_dtype(cell)))
 
     @property
     def hidden_size(self):
         return self.cell.hidden_size
 
     def extra_repr(self):
-        return f"reverse={self.reverse}" if self.reverse else ""
+        return ", ".join(([f"reverse={self.reverse}"] if self.reverse else [])
+                         + ([] if self.compiled else ["compiled=False"]))
 
     def initial_state(self, batch_size, state=None):
-        cell, H = self.cell, self.cell.hidden_size
+        cell, H, arity, dtype = self.cell, self.cell.hidden_size, _arity(self.cell), \
+            _dtype(self.cell)
         if state is None:
             if not self.learn_initial_state:
-                return cell.init_state(batch_size)
-            zero = mg.zeros(batch_size, H, dtype=cell.dtype)
-            return (self.a0 + zero if cell.state_arity == 1
-                    else (self.a0 + zero, self.c0 + zero))
-        parts = (state,) if cell.state_arity == 1 else tuple(state) \
+                if hasattr(cell, "init_state"):
+                    return cell.init_state(batch_size)
+                zeros = tuple(mg.zeros(batch_size, H, dtype=dtype) for _ in range(arity))
+                return zeros[0] if arity == 1 else zeros
+            zero = mg.zeros(batch_size, H, dtype=dtype)
+            return self.a0 + zero if arity == 1 else (self.a0 + zero, self.c0 + zero)
+        name = type(cell).__name__
+        if arity == 1 and isinstance(state, (tuple, list)):
+            raise ValueError(f"{name}: the state must be a tensor a (B, H), got a tuple of "
+                             f"{len(state)} (an LSTM's (a, c) pair?)")
+        parts = (state,) if arity == 1 else tuple(state) \
             if isinstance(state, (tuple, list)) else None
-        if parts is None or len(parts) != cell.state_arity:
-            raise ValueError(f"{type(cell).__name__}: the state must be "
-                             + ("a tensor a (B, H)" if cell.state_arity == 1
-                                else "a pair (a, c) of (B, H) tensors"))
+        if parts is None or len(parts) != arity:
+            raise ValueError(f"{name}: the state must be "
+                             + ("a tensor a (B, H)" if arity == 1
+                                else f"a tuple of {arity} (B, H) tensors, e.g. (a, c)"))
         out = []
         for p in parts:
-            p = p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=cell.dtype)
+            p = p if isinstance(p, mg.Tensor) else mg.tensor(np.asarray(p), dtype=dtype)
             if p.shape != (batch_size, H):
-                raise ValueError(f"{type(cell).__name__}: initial state has shape {p.shape}, "
+                raise ValueError(f"{name}: initial state has shape {p.shape}, "
                                  f"expected (B, H) = {(batch_size, H)}")
             out.append(p)
-        return out[0] if cell.state_arity == 1 else tuple(out)
+        return out[0] if arity == 1 else tuple(out)
 
     def forward(self, x, state=None, lengths=None):
         cell = self.cell
@@ -113,32 +136,71 @@ class Recurrent(Module):
         x = _check_input(name, x, cell.input_size)
         B, T = x.shape[:2]
         state = self.initial_state(B, state)
-        masks = None
+        valid = None
         if lengths is not None:
             lengths = _check_lengths(name, lengths, B, T)
             valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
-            masks = [valid[:, t:t + 1] for t in range(T)]
-        W_state, W_in, b = cell.stacked()
-        R = cell.prepare(W_state)
-        time_major = x.T if x.ndim == 2 else x.transpose(1, 0, 2)  # (T, B[, I])
-        xs = mg.unstack(cell.project_inputs(time_major, W_in, b), axis=0)  # T × (B, G·H)
+        if self.compiled:
+            try:
+                outputs, state = self._compiled(x, state, valid)
+            except TraceError as e:
+                warnings.warn(f"{name}: running {type(cell).__name__} eagerly: {e}",
+                              stacklevel=2)
+                self.compiled = False
+        if not self.compiled:
+            outputs, state = self._eager(x, state, valid)
+        if valid is not None:
+            outputs = outputs * valid[:, :, None].astype(outputs.dtype)
+        return outputs, state
+
+    def _compiled(self, x, state, valid):
+        """The whole sequence as one tape node (see :func:`minigrad.compiler.scan`)."""
+        T = x.shape[1]
+        xs = mg.tensor(np.ascontiguousarray(x.data.T)) if x.ndim == 2 else x.transpose(1, 0, 2)
+        retain = None
+        if self.retain_states:
+            retain = [None] * T
+        hist = scan(self.cell, xs, state, None if valid is None else valid.T, self.reverse,
+                    retain)
+        parts = (hist,) if isinstance(hist, mg.Tensor) else hist
+        if retain is not None:
+            for t in range(T):
+                retain[t] = mg.Tensor(parts[0].data[t])
+            self.states = retain
+        last = 0 if self.reverse else T - 1
+        final = tuple(h[last] for h in parts)
+        return parts[0].transpose(1, 0, 2), final[0] if len(final) == 1 else final
+
+    def _eager(self, x, state, valid):
+        """The chapter's loop, one tape entry per primitive per step."""
+        cell, T = self.cell, x.shape[1]
+        if np.issubdtype(x.dtype, np.integer):  # ids stand for one-hot vectors
+            x = F.one_hot(x, cell.input_size, dtype=_dtype(cell))
         outs = [None] * T
         self.states = []
         for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
-            new = cell.step(xs[t], state, R)
-            if masks is not None:  # past a sequence's end its state stays as it was
-                new = _select(masks[t], new, state)
+            new = cell(x[:, t], state)
+            if valid is not None:  # past a sequence's end its state stays as it was
+                new = _select(valid[:, t:t + 1], new, state)
             state = new
-            a = cell.output(state)
+            a = state if isinstance(state, mg.Tensor) else state[0]
             if self.retain_states:
                 self.states.append(a.retain_grad())
             outs[t] = a
         if self.reverse:
             self.states.reverse()
-        outputs = mg.stack(outs, axis=1)
-        if masks is not None:
-            outputs = outputs * valid[:, :, None].astype(outputs.dtype)
-        return outputs, state
+        return mg.stack(outs, axis=1), state
+
+
+def _arity(cell):
+    return getattr(cell, "state_arity", 1)
+
+
+def _dtype(cell):
+    dtype = getattr(cell, "dtype", None)
+    if dtype is None:
+        dtype = next((p.dtype for p in cell.parameters()), np.float32)
+    return np.dtype(dtype)
 
 
 def _select(mask, new, old):
@@ -156,14 +218,15 @@ class Bidirectional(Module):
     own last element.
     """
 
-    def __init__(self, forward_cell, backward_cell, learn_initial_state=False):
+    def __init__(self, forward_cell, backward_cell, learn_initial_state=False, compiled=True):
         super().__init__()
         if forward_cell.hidden_size != backward_cell.hidden_size or \
                 forward_cell.input_size != backward_cell.input_size:
             raise ValueError("Bidirectional: both cells need the same input and hidden sizes")
-        self.fwd = Recurrent(forward_cell, learn_initial_state=learn_initial_state)
+        self.fwd = Recurrent(forward_cell, learn_initial_state=learn_initial_state,
+                             compiled=compiled)
         self.bwd = Recurrent(backward_cell, reverse=True,
-                             learn_initial_state=learn_initial_state)
+                             learn_initial_state=learn_initial_state, compiled=compiled)
 
     @property
     def hidden_size(self):
@@ -184,7 +247,8 @@ class _Stack(Module):
     cell_class = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 dropout=0.0, learn_initial_state=False, head=None, **cell_options):
+                 dropout=0.0, learn_initial_state=False, head=None, compiled=True,
+                 **cell_options):
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
@@ -198,8 +262,10 @@ class _Stack(Module):
         for l in range(num_layers):
             n_in = input_size if l == 0 else hidden_size * D
             cells = [self.cell_class(n_in, hidden_size, **cell_options) for _ in range(D)]
-            self.layers.append(Bidirectional(*cells, learn_initial_state) if bidirectional
-                               else Recurrent(cells[0], learn_initial_state=learn_initial_state))
+            self.layers.append(Bidirectional(*cells, learn_initial_state, compiled)
+                               if bidirectional else
+                               Recurrent(cells[0], learn_initial_state=learn_initial_state,
+                                         compiled=compiled))
         self.head = head
 
     def _split_state(self, state, B):

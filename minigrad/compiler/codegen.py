@@ -53,7 +53,7 @@ class Group:
 
     def __init__(self, eqns):
         self.eqns = eqns
-        made = {v for e in eqns for v in e.outs}
+        made = dict.fromkeys(v for e in eqns for v in e.outs)  # ordered: stable source
         self.ins = list(dict.fromkeys(a for e in eqns for a in e.ins if a not in made))
         self.made = made
 
@@ -300,7 +300,7 @@ def generate(plan, dtype):
         else:
             cot[v] = f"D_{_ident(v)}"
             bw(1, f"D_{_ident(v)} = np.empty((B, {v.shape[1]}), DT)")
-    viewed = {plan.views[v][0] for v in plan.views}
+    viewed = dict.fromkeys(plan.views[v][0] for v in plan.views)
     bw(1, "for s in range(T - 1, -1, -1):")
     bw(2, "t = T - 1 - s if reverse else s")
     for i in range(ns):
@@ -325,7 +325,7 @@ def generate(plan, dtype):
     bw(2, "if M is not None:")
     for i in range(ns):
         bw(3, f"BP{i} = DN{i} * (M[t] == 0); DN{i} *= M[t]")
-    assigned = set(Hk) | viewed
+    assigned = set(Hk) | set(viewed)
 
     k_used = set()  # constants that got a cotangent inside the loop
 
@@ -474,7 +474,7 @@ def _fused_backward(ks, j, op, n, douts, values, grads, modes):
         ks(3, f"g_{_ident(v)} = ZERO")
     for v in douts:
         ks(3, f"g_{_ident(v)} = gr_{_ident(v)}[j]")
-    wanted = set(grads) | op.made
+    wanted = set(grads) | set(op.made)
     for e in reversed(op.eqns):
         g = f"g_{_ident(e.outs[0])}"
         for i, a in enumerate(e.args):

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from minigrad import ops
 from minigrad.tensor import Tensor, apply
 
 _tensor = sys.modules["minigrad.tensor"]  # the module (``minigrad.tensor`` is also a function)
@@ -181,7 +182,10 @@ def trace(cell, x_t, state):
         raise TraceError("trace: already tracing (a cell's forward may not compile another)")
     _tensor._TRACER = rec
     try:
-        new = cell(x_t, state if not isinstance(state, Tensor) else parts[0])
+        x_in = x_t
+        if x_t.dtype.kind in "iu":  # ids stand for one-hot vectors (a lookup, once rewritten)
+            x_in = apply(ops.ONE_HOT, x_t, cell.input_size, parts[0].dtype)
+        new = cell(x_in, state if not isinstance(state, Tensor) else parts[0])
     finally:
         _tensor._TRACER = None
     new_parts = (new,) if isinstance(new, Tensor) else tuple(new) \

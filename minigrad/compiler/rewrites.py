@@ -154,6 +154,8 @@ REWRITES = (split_concat_matmul, gather_one_hot, hoist, merge_gemms, hoist)
 
 
 def optimize(prog):
+    global _names
+    _names = itertools.count(1)  # the same cell gives the same names: the same kernel source
     for rewrite in REWRITES:
         prog = rewrite(prog)
     return prog

@@ -16,6 +16,7 @@ import weakref
 
 import numpy as np
 
+from minigrad import ops
 from minigrad.compiler import codegen
 from minigrad.compiler.ir import TraceError, Var, trace
 from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
@@ -132,11 +133,11 @@ def _contiguous(t):
     return t if t.data.flags.c_contiguous else t.contiguous()
 
 
-def _examples(x_t, parts, batch, seed):
+def _examples(cell, x_t, parts, batch, seed):
     """Random inputs of the signature of (x_t, parts) with another batch size."""
     rng = np.random.default_rng(seed)  # NOTE: never the user's generator (reproducibility)
     if x_t.dtype.kind in "iu":
-        x = Tensor(rng.integers(0, max(int(x_t.data.max(initial=0)) + 1, 2), size=(batch,)))
+        x = Tensor(rng.integers(0, cell.input_size, size=(batch,)).astype(x_t.dtype))
     else:
         x = Tensor(rng.standard_normal((batch, *x_t.shape[1:])).astype(x_t.dtype))
     s = tuple(Tensor(0.5 * rng.standard_normal((batch, *p.shape[1:])).astype(p.dtype))
@@ -158,7 +159,7 @@ def compile_step(cell, x_t, state):
     if key not in per_cell:
         try:
             wrap = (lambda s: s[0]) if isinstance(state, Tensor) else tuple
-            x2, s2 = _examples(x_t, parts, 2, 0)
+            x2, s2 = _examples(cell, x_t, parts, 2, 0)
             step = CompiledStep(cell, x2, wrap(s2))
             _verify(step, cell, x_t, parts, wrap)
             per_cell[key] = step
@@ -172,11 +173,13 @@ def compile_step(cell, x_t, state):
 
 def _verify(step, cell, x_t, parts, wrap):
     from minigrad.autograd import no_grad
-    xs, states = zip(*[_examples(x_t, parts, 3, seed) for seed in (1, 2)])
+    xs, states = zip(*[_examples(cell, x_t, parts, 3, seed) for seed in (1, 2)])
     with no_grad():
         s = states[0]
         want = []
         for x in xs:
+            if x.dtype.kind in "iu":
+                x = Tensor(ops.ONE_HOT.fwd(x.data, cell.input_size, step.dtype))
             s = cell(x, wrap(s))
             s = (s,) if isinstance(s, Tensor) else tuple(s)
             want.append(s)
