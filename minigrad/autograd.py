@@ -10,8 +10,8 @@ its factors until it is needed.
 """
 
 import contextlib
-import heapq
 import itertools
+from heapq import heappop, heappush
 
 import numpy as np
 
@@ -89,6 +89,7 @@ def record(prim, args, needs, parents, out):
 
 
 _new = object.__new__
+_ndarray = np.ndarray
 
 
 class OuterSum:
@@ -136,10 +137,10 @@ def backward(root, grad=None, retain_graph=False):
     consumed its outputs (all newer) has passed its gradient on, so its VJP runs once.
     """
     leaves, heap = {}, []  # leaf -> _Leaf slot; (-seq, node) for nodes reached, not yet run
-    _accumulate(root, _seed(root, grad), "backward", leaves, heap)
+    _accumulate(root, _seed(root, grad), None, leaves, heap)
     try:
         while heap:
-            node = heapq.heappop(heap)[1]
+            node = heappop(heap)[1]
             prim, grads, node.grads = node.prim, node.grads, None
             for j, gj in enumerate(grads):
                 if type(gj) is OuterSum:
@@ -157,7 +158,7 @@ def backward(root, grad=None, retain_graph=False):
             for i in node.needs:
                 gi = vjps[i](g, out, *args)
                 if gi is not None:
-                    _accumulate(parents[i], gi, prim.name, leaves, heap)
+                    _accumulate(parents[i], gi, prim, leaves, heap)
     finally:
         for _, node in heap:  # only after an error: forget the half-summed gradients
             node.grads = None
@@ -191,8 +192,8 @@ def _seed(root, grad):
     return grad
 
 
-def _accumulate(x, g, origin, leaves, heap):
-    """Add the cotangent ``g`` (from ``origin``, a primitive's name) into ``x``'s slot.
+def _accumulate(x, g, prim, leaves, heap):
+    """Add the cotangent ``g`` (from ``prim``'s VJP, or the seed) into ``x``'s slot.
 
     The one place gradients meet: a node output's slot (the node goes on the heap when its
     first gradient arrives) or a leaf's slot in ``leaves``.  The first array is kept as
@@ -203,11 +204,11 @@ def _accumulate(x, g, origin, leaves, heap):
     if type(g) is OuterSum:
         if g.dtype != xd.dtype:
             g = g.materialize().astype(xd.dtype)
-    elif type(g) is not np.ndarray or g.dtype != xd.dtype:
+    elif type(g) is not _ndarray or g.dtype != xd.dtype:
         g = np.asarray(g, dtype=xd.dtype)
     if g.shape != xd.shape:
-        raise RuntimeError(f"internal error: VJP of '{origin}' returned shape {g.shape} for "
-                           f"an input of shape {xd.shape}")
+        raise RuntimeError(f"internal error: VJP of '{prim.name}' returned shape {g.shape} "
+                           f"for an input of shape {xd.shape}")
     slot, j = x._node, x._idx
     if slot is None:
         slot = leaves.get(x) or leaves.setdefault(x, _Leaf())
@@ -216,7 +217,7 @@ def _accumulate(x, g, origin, leaves, heap):
             raise _freed(slot)
         slot.grads = [None] * (1 if slot.prim.nout == 1 else len(slot.out))
         slot.owned = 0
-        heapq.heappush(heap, (-slot.seq, slot))
+        heappush(heap, (-slot.seq, slot))
     cur = slot.grads[j]
     if cur is None:
         slot.grads[j] = g
