@@ -169,26 +169,19 @@ def backward(root, grad=None, retain_graph=False):
 def _seed(root, grad):
     """The gradient the walk starts from: ones for a scalar root, else ``grad``, checked."""
     data = root.data
-    if grad is None:
-        if data.size != 1:
-            raise RuntimeError(
-                f"backward: grad can be implicitly created only for a scalar output, but "
-                f"the tensor has shape {data.shape}; call t.backward(grad) with a gradient "
-                f"array of shape {data.shape}, or reduce first (e.g. t.sum().backward())."
-            )
-        grad = np.ones_like(data)
-    else:
-        grad = np.asarray(grad)
-        if grad.shape != data.shape:
-            raise ValueError(
-                f"backward: gradient has shape {grad.shape} but the tensor has shape "
-                f"{data.shape}; they must match."
-            )
-    if not root.requires_grad:
+    if grad is None and data.size != 1:
         raise RuntimeError(
-            "backward: the tensor does not require grad and has no graph (was it computed "
-            "under no_grad, or from inputs none of which has requires_grad=True?)."
-        )
+            f"backward: grad can be implicitly created only for a scalar output, but the tensor "
+            f"has shape {data.shape}; call t.backward(grad) with a gradient array of shape "
+            f"{data.shape}, or reduce first (e.g. t.sum().backward()).")
+    grad = np.ones_like(data) if grad is None else np.asarray(grad)
+    if grad.shape != data.shape:
+        raise ValueError(f"backward: gradient has shape {grad.shape} but the tensor has shape "
+                         f"{data.shape}; they must match.")
+    if not root.requires_grad:
+        raise RuntimeError("backward: the tensor does not require grad and has no graph (was it "
+                           "computed under no_grad, or from inputs none of which has "
+                           "requires_grad=True?).")
     return grad
 
 
@@ -221,21 +214,16 @@ def _accumulate(x, g, prim, leaves, heap):
     cur = slot.grads[j]
     if cur is None:
         slot.grads[j] = g
-        return
-    if type(cur) is OuterSum:
-        if type(g) is OuterSum:
-            cur.add(g)
-            return
-        cur = cur.materialize()
-        slot.owned |= 1 << j
-    if type(g) is OuterSum:
-        g = g.materialize()
-    if slot.owned >> j & 1:
-        cur += g
+    elif type(cur) is OuterSum and type(g) is OuterSum:
+        cur.add(g)
     else:
-        cur = cur + g
-        slot.owned |= 1 << j
-    slot.grads[j] = cur
+        if type(g) is OuterSum:
+            g = g.materialize()
+        if slot.owned >> j & 1:
+            cur += g
+        else:  # the first sum allocates; from then on the slot's array is ours to add into
+            slot.grads[j] = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            slot.owned |= 1 << j
 
 
 def _given(grads):

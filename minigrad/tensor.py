@@ -501,8 +501,6 @@ def split(t, split_size_or_sections, axis=0):
         if sum(sizes) != n or any(s < 0 for s in sizes):
             raise ValueError(f"split: sizes {sizes} must be non-negative and sum to {n}, "
                              f"the size of axis {axis}")
-    if len(sizes) == 1:
-        return (t,)
     return apply(ops.SPLIT, t, tuple(np.cumsum(sizes)[:-1].tolist()), axis)
 
 
