@@ -1,7 +1,7 @@
 """The primitive table: every differentiable operation as a forward and its VJPs, side by side.
 
 A primitive's forward takes NumPy arrays (and Python constants such as an axis) and returns
-an array — or a tuple of arrays when ``nout > 1``.  Its vector-Jacobian products all share
+an array — or a tuple of arrays when ``nout`` is not 1.  Its vector-Jacobian products all share
 one signature, ``vjp(g, out, *inputs) -> gradient``: ``g`` is the gradient of the loss
 w.r.t. ``out`` (a tuple, with ``None`` for outputs that got no gradient, when the primitive
 has several outputs).  A primitive gives one VJP per input (only those whose input requires
@@ -31,6 +31,8 @@ class Prim:
     __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout")
 
     def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1):
+        if vjps and vjp_all is not None:
+            raise TypeError(f"defprim {name!r}: give per-input VJPs or vjp_all, not both")
         self.name, self.fwd, self.vjps, self.vjp_all, self.nout = name, fwd, vjps, vjp_all, nout
 
     def __repr__(self):
