@@ -13,6 +13,7 @@ from minigrad.tensor import (
     Tensor,
     addmm,
     arange,
+    as_array,
     chunk,
     concat,
     matmul,
@@ -38,7 +39,8 @@ __version__ = "0.1.0"
 gc.freeze()
 
 __all__ = [
-    "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "check_grads",
+    "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "as_array",
+    "check_grads",
     "chunk", "concat", "cross_entropy", "data", "dropout", "enable_grad", "functional",
     "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
     "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",

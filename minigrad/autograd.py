@@ -2,18 +2,18 @@
 
 Every differentiable operation that runs while grad mode is on, with at least one input
 that requires grad, records a :class:`Node`: the primitive, its inputs' arrays and its
-output(s).  ``backward`` sorts the nodes reachable from the root in reverse topological
-order — without recursion, so a 100 000-op chain is fine — and calls each primitive's
-vector-Jacobian product once, accumulating into leaves' ``.grad`` with ``+=``.
+output(s).  ``backward`` visits the nodes reachable from the root newest first — without
+recursion, so a 100 000-op chain is fine — and calls each primitive's vector-Jacobian
+product once; :func:`_accumulate` sums the gradients that meet at a node or a leaf.
+:class:`OuterSum` is the one cotangent that is not an array: a weight gradient kept as
+its factors until it is needed.
 """
 
 import contextlib
-import heapq
 import itertools
+from heapq import heappop, heappush
 
 import numpy as np
-
-from minigrad.ops import OuterSum
 
 
 class _GradMode:
@@ -63,9 +63,9 @@ class Node:
     inputs as given (Tensors or constants), ``needs`` the positions of the inputs whose
     gradient is wanted, ``out`` the output array (a tuple for multi-output primitives), ``seq`` a
     creation counter: a node's inputs are always older than the node, so processing nodes
-    by decreasing ``seq`` is a reverse topological order.  During ``backward``, ``grads``
-    collects the incoming gradient of each output and ``owned`` is a bit mask of the slots
-    whose array the walk allocated itself (safe to ``+=`` into).
+    by decreasing ``seq`` is a reverse topological order.  ``grads`` is ``None`` until the
+    walk reaches the node; then it collects the incoming gradient of each output and
+    ``owned`` is a bit mask of the slots whose array the walk allocated itself.
     """
 
     __slots__ = ("prim", "args", "needs", "parents", "out", "seq", "grads", "owned",
@@ -84,11 +84,161 @@ def record(prim, args, needs, parents, out):
     node.parents = parents
     node.out = out
     node.seq = next(_counter)
-    node.retained = None
+    node.grads = node.retained = None
     return node
 
 
 _new = object.__new__
+_ndarray = np.ndarray
+
+
+class OuterSum:
+    """A weight gradient Σ_i a_iᵀ g_i kept as its factors until it is needed.
+
+    A recurrent weight is used by one matmul per time step, so its gradient is a sum of T
+    small products.  Returned by the matmul VJPs and merged (not added) by
+    :func:`_accumulate`, it becomes one GEMM on the stacked factors,
+    ``[a_1; …; a_T]ᵀ [g_1; …; g_T]`` — the "weight gradient as one GEMM after the loop" of a
+    hand-written BPTT, found by the tape.
+    """
+
+    __slots__ = ("lefts", "rights", "shape", "dtype")
+
+    def __init__(self, a, g):  # a (N, K), g (N, M): a.T @ g of shape (K, M)
+        self.lefts, self.rights = [a], [g]
+        self.shape = (a.shape[1], g.shape[1])
+        self.dtype = a.dtype if a.dtype == g.dtype else np.result_type(a, g)
+
+    def add(self, other):
+        self.lefts += other.lefts
+        self.rights += other.rights
+        return self
+
+    def materialize(self):
+        # np.dot hands transposed views to BLAS as they are and copies other strides itself.
+        if len(self.lefts) == 1:
+            return np.dot(self.lefts[0].T, self.rights[0])
+        return np.dot(np.concatenate(self.lefts).T, np.concatenate(self.rights))
+
+
+class _Leaf:
+    """A leaf's gradient slot during one walk, summed like a node's output slot."""
+
+    __slots__ = ("grads", "owned")
+
+    def __init__(self):
+        self.grads, self.owned = [None], 0
+
+
+def backward(root, grad=None, retain_graph=False):
+    """Accumulate d(root)/d(leaf), contracted with ``grad``, into every leaf's ``.grad``.
+
+    Nodes come off a heap keyed by ``-seq``: a node is popped only after every node that
+    consumed its outputs (all newer) has passed its gradient on, so its VJP runs once.
+    """
+    leaves, heap = {}, []  # leaf -> _Leaf slot; (-seq, node) for nodes reached, not yet run
+    _accumulate(root, _seed(root, grad), None, leaves, heap)
+    try:
+        while heap:
+            node = heappop(heap)[1]
+            prim, grads, node.grads = node.prim, node.grads, None
+            for j, gj in enumerate(grads):
+                if type(gj) is OuterSum:
+                    grads[j] = gj.materialize()
+            if node.retained is not None:
+                for j, t in node.retained.items():
+                    _deposit(t, grads[j])
+            args, out, parents = node.args, node.out, node.parents
+            if not retain_graph:
+                node.args = node.parents = node.out = node.retained = None
+            g = grads[0] if prim.nout == 1 else tuple(grads)
+            if g is None:
+                continue
+            vjps = prim.vjps or _given(prim.vjp_all(g, out, *args))
+            for i in node.needs:
+                gi = vjps[i](g, out, *args)
+                if gi is not None:
+                    _accumulate(parents[i], gi, prim, leaves, heap)
+    finally:
+        for _, node in heap:  # only after an error: forget the half-summed gradients
+            node.grads = None
+    for x, slot in leaves.items():
+        _deposit(x, slot.grads[0], slot.owned)
+
+
+def _seed(root, grad):
+    """The gradient the walk starts from: ones for a scalar root, else ``grad``, checked."""
+    data = root.data
+    if grad is None and data.size != 1:
+        raise RuntimeError(
+            f"backward: grad can be implicitly created only for a scalar output, but the tensor "
+            f"has shape {data.shape}; call t.backward(grad) with a gradient array of shape "
+            f"{data.shape}, or reduce first (e.g. t.sum().backward()).")
+    grad = np.ones_like(data) if grad is None else np.asarray(grad)
+    if grad.shape != data.shape:
+        raise ValueError(f"backward: gradient has shape {grad.shape} but the tensor has shape "
+                         f"{data.shape}; they must match.")
+    if not root.requires_grad:
+        raise RuntimeError("backward: the tensor does not require grad and has no graph (was it "
+                           "computed under no_grad, or from inputs none of which has "
+                           "requires_grad=True?).")
+    return grad
+
+
+def _accumulate(x, g, prim, leaves, heap):
+    """Add the cotangent ``g`` (from ``prim``'s VJP, or the seed) into ``x``'s slot.
+
+    The one place gradients meet: a node output's slot (the node goes on the heap when its
+    first gradient arrives) or a leaf's slot in ``leaves``.  The first array is kept as
+    given (a VJP may return a view of its own ``g``); the first sum allocates, later ones
+    add in place.  OuterSums merge their factors until an array has to be added to them.
+    """
+    xd = x.data
+    if type(g) is OuterSum:
+        if g.dtype != xd.dtype:
+            g = g.materialize().astype(xd.dtype)
+    elif type(g) is not _ndarray or g.dtype != xd.dtype:
+        g = np.asarray(g, dtype=xd.dtype)
+    if g.shape != xd.shape:
+        raise RuntimeError(f"internal error: VJP of '{prim.name}' returned shape {g.shape} "
+                           f"for an input of shape {xd.shape}")
+    slot, j = x._node, x._idx
+    if slot is None:
+        slot = leaves.get(x) or leaves.setdefault(x, _Leaf())
+    elif slot.grads is None:
+        if slot.parents is None:
+            raise _freed(slot)
+        slot.grads = [None] * (1 if slot.prim.nout == 1 else len(slot.out))
+        slot.owned = 0
+        heappush(heap, (-slot.seq, slot))
+    cur = slot.grads[j]
+    if cur is None:
+        slot.grads[j] = g
+    elif type(cur) is OuterSum and type(g) is OuterSum:
+        cur.add(g)
+    else:
+        if type(g) is OuterSum:
+            g = g.materialize()
+        if slot.owned >> j & 1:
+            cur += g
+        else:  # the first sum allocates; from then on the slot's array is ours to add into
+            slot.grads[j] = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            slot.owned |= 1 << j
+
+
+def _given(grads):
+    """Per-input VJPs from a ``vjp_all`` row's results: input ``i`` is handed ``grads[i]``."""
+    return [lambda *_, gi=gi: gi for gi in grads]
+
+
+def _deposit(t, g, owned=False):
+    """Add a finished gradient to ``t.grad`` (a leaf, or a non-leaf that retains its grad)."""
+    if type(g) is OuterSum:
+        g, owned = g.materialize(), True
+    if t.grad is None:
+        t.grad = g if owned else g.copy()
+    else:
+        t.grad += g
 
 
 def _freed(node):
@@ -97,128 +247,3 @@ def _freed(node):
         f"'{node.prim.name}'); its saved arrays were freed after the first backward. "
         "Pass retain_graph=True to the first backward if you need to call it twice."
     )
-
-
-def backward(root, grad=None, retain_graph=False):
-    """Accumulate d(root)/d(leaf), contracted with ``grad``, into every leaf's ``.grad``.
-
-    One pass over a heap keyed by ``-seq``: a node is popped only after every node that
-    consumed its outputs (all newer) has passed its gradient on.
-    """
-    data = root.data
-    if grad is None:
-        if data.size != 1:
-            raise RuntimeError(
-                f"backward: grad can be implicitly created only for a scalar output, but "
-                f"the tensor has shape {data.shape}; call t.backward(grad) with a gradient "
-                f"array of shape {data.shape}, or reduce first (e.g. t.sum().backward())."
-            )
-        grad = np.ones_like(data)
-    else:
-        grad = np.asarray(getattr(grad, "data", grad))
-        if grad.shape != data.shape:
-            raise ValueError(
-                f"backward: gradient has shape {grad.shape} but the tensor has shape "
-                f"{data.shape}; they must match."
-            )
-        grad = grad.astype(data.dtype, copy=False)
-    if not root.requires_grad:
-        raise RuntimeError(
-            "backward: the tensor does not require grad and has no graph (was it computed "
-            "under no_grad, or from inputs none of which has requires_grad=True?)."
-        )
-    node = root._node
-    if node is None:  # a leaf: d root / d root = grad
-        _accumulate_leaf(root, grad)
-        return
-    if node.parents is None:
-        raise _freed(node)
-    node.grads = [None] * node.prim.nout
-    node.owned = 0
-    node.grads[root._idx] = grad
-    heap = [(-node.seq, node)]
-    seen = {node}
-    pending = {}  # leaf id -> (leaf, OuterSum): formed once, after the walk
-    push, pop = heapq.heappush, heapq.heappop
-    ndarray = np.ndarray
-    while heap:
-        node = pop(heap)[1]
-        prim = node.prim
-        grads = node.grads
-        node.grads = None
-        for j, gj in enumerate(grads):
-            if type(gj) is OuterSum:
-                grads[j] = gj.materialize()
-        g = grads[0] if prim.nout == 1 else tuple(grads)
-        if node.retained is not None:
-            for j, t in node.retained.items():
-                if grads[j] is not None:
-                    _accumulate_leaf(t, grads[j])
-        args, out, parents = node.args, node.out, node.parents
-        if not retain_graph:
-            node.args = node.parents = node.out = node.retained = None
-        if g is None:
-            continue
-        if prim.vjp_all is not None:
-            all_grads = prim.vjp_all(g, out, *args)
-        vjps = prim.vjps
-        for i in node.needs:
-            x = parents[i]
-            gi = all_grads[i] if prim.vjp_all is not None else vjps[i](g, out, *args)
-            if gi is None:
-                continue
-            xd = x.data
-            deferred = type(gi) is OuterSum
-            if deferred:
-                if gi.dtype != xd.dtype:
-                    gi, deferred = gi.materialize().astype(xd.dtype), False
-            elif type(gi) is not ndarray or gi.dtype != xd.dtype:
-                gi = np.asarray(gi, dtype=xd.dtype)
-            if gi.shape != xd.shape:
-                raise RuntimeError(
-                    f"internal error: VJP of '{prim.name}' returned shape "
-                    f"{gi.shape} for an input of shape {xd.shape}"
-                )
-            parent = x._node
-            if parent is None:  # a leaf
-                if deferred:
-                    prev = pending.get(id(x))
-                    pending[id(x)] = (x, gi if prev is None else prev[1].add(gi))
-                elif x.grad is None:
-                    x.grad = gi.copy()
-                else:
-                    x.grad += gi
-                continue
-            if parent not in seen:
-                if parent.parents is None:
-                    raise _freed(parent)
-                seen.add(parent)
-                parent.grads = [None] * parent.prim.nout
-                parent.owned = 0
-                push(heap, (-parent.seq, parent))
-            j = x._idx
-            cur = parent.grads[j]
-            if cur is None:
-                parent.grads[j] = gi  # an OuterSum is fresh from its VJP: ours to extend
-            elif type(cur) is OuterSum and deferred:
-                cur.add(gi)
-            else:
-                if type(cur) is OuterSum:
-                    cur, parent.owned = cur.materialize(), parent.owned | 1 << j
-                if deferred:
-                    gi = gi.materialize()
-                if parent.owned >> j & 1:
-                    cur += gi
-                    parent.grads[j] = cur
-                else:
-                    parent.grads[j] = cur + gi
-                    parent.owned |= 1 << j
-    for x, gsum in pending.values():
-        _accumulate_leaf(x, gsum.materialize())
-
-
-def _accumulate_leaf(t, g):
-    if t.grad is None:
-        t.grad = np.array(g, dtype=t.data.dtype, copy=True)
-    else:
-        t.grad += g

@@ -1,6 +1,6 @@
 """Functions on tensors that are not methods: losses, one-hot, dropout, activations.
 
-All are compositions of primitives from :mod:`minigrad.ops` (no backward code here).
+All are compositions of Tensor operations (no backward code here).
 """
 
 import functools
@@ -9,7 +9,7 @@ import numpy as np
 
 from minigrad import ops
 from minigrad.random import get_rng
-from minigrad.tensor import Tensor, _raw, apply
+from minigrad.tensor import Tensor, apply, as_array, cross_entropy_rows
 
 
 def tanh(x):
@@ -42,7 +42,7 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     """
     if not isinstance(logits, Tensor):
         raise TypeError("cross_entropy: logits must be a Tensor")
-    t = np.asarray(_raw(targets))
+    t = as_array(targets)
     lshape = logits.shape
     if logits.ndim < 1 or logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"cross_entropy: logits must be float32/float64 with a class axis, "
@@ -59,7 +59,7 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     if mask is None:
         w = np.ones(t.shape, dtype=logits.dtype)
     else:
-        m = np.asarray(_raw(mask))
+        m = as_array(mask)
         if m.shape != t.shape:
             raise ValueError(f"cross_entropy: mask has shape {m.shape}, expected {t.shape}")
         w = m.astype(logits.dtype)
@@ -71,7 +71,7 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
         bad = live.min() if live.min() < 0 else live.max()
         raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes")
     rows = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    loss, _ = apply(ops.CROSS_ENTROPY, rows, t, w)
+    loss = cross_entropy_rows(rows, t, w)
     if reduction == "none":
         return loss.reshape(lshape[:-1])
     total = loss.sum()
@@ -155,7 +155,7 @@ def _same_shape(name, *ts):
 
 def one_hot(indices, n, dtype=np.float32):
     """(…) integers in [0, n) -> (…, n) one-hot rows (no gradient)."""
-    idx = np.asarray(_raw(indices))
+    idx = as_array(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
     if idx.size and (idx.min() < 0 or idx.max() >= n):

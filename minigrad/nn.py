@@ -23,7 +23,7 @@ import numpy as np
 from minigrad import functional
 from minigrad.autograd import no_grad
 from minigrad.random import get_rng
-from minigrad.tensor import Tensor
+from minigrad.tensor import Tensor, as_array
 
 __all__ = [
     "Dropout", "Embedding", "Linear", "Module", "ModuleList", "Parameter", "ReLU", "Sequential",
@@ -387,7 +387,7 @@ class Embedding(Module):
             self.weight.data[padding_idx] = 0
 
     def forward(self, idx):
-        ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        ids = as_array(idx)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding: indices must be integers, got dtype {ids.dtype}")
         if ids.size:
@@ -397,10 +397,6 @@ class Embedding(Module):
                 raise IndexError(f"Embedding: index {bad} is out of range for "
                                  f"num_embeddings={self.num_embeddings} "
                                  f"(valid: 0 .. {self.num_embeddings - 1})")
-        if ids.size == 0:
-            # NOTE: works around the engine's getitem VJP, which cannot reshape the gradient
-            # of an empty integer index; an empty basic slice has the same (zero) gradient.
-            return self.weight[:0].reshape(*ids.shape, self.embedding_dim)
         out = self.weight[ids]
         if self.padding_idx is not None:
             # Zeroing the padded positions also zeroes the gradient they send to that row.

@@ -1,11 +1,13 @@
 """The primitive table: every differentiable operation as a forward and its VJPs, side by side.
 
 A primitive's forward takes NumPy arrays (and Python constants such as an axis) and returns
-an array — or a tuple of arrays when ``nout > 1``.  Its vector-Jacobian products all share
+an array — or a tuple of arrays when ``nout`` is not 1.  Its vector-Jacobian products all share
 one signature, ``vjp(g, out, *inputs) -> gradient``: ``g`` is the gradient of the loss
-w.r.t. ``out`` (a tuple, with ``None`` for outputs that got no gradient, when ``nout > 1``).
-A primitive gives either one VJP per input (only those whose input requires grad are
-called) or one ``vjp_all`` returning a tuple for all inputs when they share work.
+w.r.t. ``out`` (a tuple, with ``None`` for outputs that got no gradient, when the primitive
+has several outputs).  A primitive gives one VJP per input (only those whose input requires
+grad are called); where the inputs share work it may instead give one ``vjp_all`` returning
+a tuple for all inputs, and the walk hands each input its entry.  ``nout=None`` declares a
+variable output count: as many outputs as the forward returns (``split``, ``unstack``).
 
 Composite operations (mean, softmax cross-entropy wrappers, chunk, …) live in
 ``tensor.py``/``functional.py`` and are built from these.  Nothing here knows about
@@ -17,16 +19,20 @@ import math
 import numpy as np
 
 from minigrad import kernels
+from minigrad.autograd import OuterSum
 
 PRIMITIVES = {}
 
 
 class Prim:
-    """A primitive: ``fwd(*inputs)``, per-input ``vjps`` or one ``vjp_all``, ``nout`` outputs."""
+    """A primitive: ``fwd(*inputs)``, per-input ``vjps`` or one ``vjp_all``, ``nout`` outputs
+    (``None``: as many as the forward returns)."""
 
     __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout", "scalar")
 
     def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1, scalar=None):
+        if vjps and vjp_all is not None:
+            raise TypeError(f"defprim {name!r}: give per-input VJPs or vjp_all, not both")
         self.name, self.fwd, self.vjps, self.vjp_all, self.nout = name, fwd, vjps, vjp_all, nout
         self.scalar = scalar
 
@@ -128,7 +134,7 @@ CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp,
 
 # ----------------------------------------------------------------------- fused activations
 
-# NOTE: look the ufuncs up at call time: they are built on first use (kernels.LazyUfunc).
+# kernels.tanh_forward & co. are kernels.Ufunc objects: NumPy ufuncs built on first call.
 TANH = defprim(
     "tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: kernels.tanh_backward(g, out),
     scalar=(lambda a: f"tanh({a})", (lambda g, o, a: f"{g} * (ONE - {o} * {o})",)),
@@ -164,33 +170,6 @@ def _mm2(a, b):
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     return np.dot(a, b)
-
-
-class OuterSum:
-    """A weight gradient Σ_i a_iᵀ g_i kept as its factors until it is needed.
-
-    A recurrent weight is used by one matmul per time step, so its gradient is a sum of T
-    small products.  Returned by the matmul VJPs and merged (not added) by ``backward``,
-    it becomes one GEMM on the stacked factors, ``[a_1; …; a_T]ᵀ [g_1; …; g_T]`` — the
-    "weight gradient as one GEMM after the loop" of a hand-written BPTT, found by the tape.
-    """
-
-    __slots__ = ("lefts", "rights", "shape", "dtype")
-
-    def __init__(self, a, g):  # a (N, K), g (N, M): a.T @ g of shape (K, M)
-        self.lefts, self.rights = [a], [g]
-        self.shape = (a.shape[1], g.shape[1])
-        self.dtype = a.dtype if a.dtype == g.dtype else np.result_type(a, g)
-
-    def add(self, other):
-        self.lefts += other.lefts
-        self.rights += other.rights
-        return self
-
-    def materialize(self):
-        if len(self.lefts) == 1:
-            return _mm2(self.lefts[0].T, self.rights[0])
-        return _mm2(np.concatenate(self.lefts).T, np.concatenate(self.rights))
 
 
 def _matmul(a, b):
@@ -245,6 +224,8 @@ TRANSPOSE = defprim(
     lambda g, out, a, axes: np.transpose(g, None if axes is None else _inverse_perm(axes)),
 )
 RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape))
+ASTYPE = defprim("astype", lambda a, dtype: a.astype(dtype),
+                 lambda g, out, a, dtype: g.astype(a.dtype))
 CONTIGUOUS = defprim(
     "contiguous", lambda a: a if a.flags.c_contiguous else a.copy(order="C"),
     lambda g, out, a: g,
@@ -302,31 +283,20 @@ STACK = defprim(
 )
 
 
-def _split_vjp(g, out, a, bounds, axis):
-    parts = [np.zeros(o.shape, dtype=o.dtype) if gi is None else gi for gi, o in zip(g, out)]
-    return np.concatenate(parts, axis=axis)
+def _pieces(g, out):
+    """A multi-output VJP's gradients, zeros for the outputs that got none."""
+    return [np.zeros(o.shape, dtype=o.dtype) if gi is None else gi for gi, o in zip(g, out)]
 
 
-def make_split(n):
-    """A split primitive with ``n`` outputs (multi-output primitives have a fixed count)."""
-    name = f"split{n}"
-    if name not in PRIMITIVES:
-        defprim(name, lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
-                _split_vjp, nout=n)
-    return PRIMITIVES[name]
-
-
-def _unstack_vjp(g, out, a, axis):
-    parts = [np.zeros(o.shape, dtype=o.dtype) if gi is None else gi for gi, o in zip(g, out)]
-    return np.stack(parts, axis=axis)
-
-
-def make_unstack(n):
-    """A primitive that removes an axis of size ``n``, returning its ``n`` slices (views)."""
-    name = f"unstack{n}"
-    if name not in PRIMITIVES:
-        defprim(name, lambda a, axis: tuple(np.moveaxis(a, axis, 0)), _unstack_vjp, nout=n)
-    return PRIMITIVES[name]
+SPLIT = defprim(
+    "split", lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
+    lambda g, out, a, bounds, axis: np.concatenate(_pieces(g, out), axis=axis), nout=None,
+)
+# The slices along ``axis`` (views), one output each.
+UNSTACK = defprim(
+    "unstack", lambda a, axis: tuple(np.moveaxis(a, axis, 0)),
+    lambda g, out, a, axis: np.stack(_pieces(g, out), axis=axis), nout=None,
+)
 
 
 def _where_vjp(branch):

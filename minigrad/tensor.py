@@ -108,7 +108,7 @@ class Tensor:
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d self / d leaf into every leaf's ``.grad`` (see autograd.backward)."""
-        autograd.backward(self, grad, retain_graph)
+        autograd.backward(self, None if grad is None else as_array(grad), retain_graph)
 
     def zero_grad(self):
         self.grad = None
@@ -118,7 +118,7 @@ class Tensor:
         if dtype == self.data.dtype:
             return self
         if self.requires_grad and dtype in _FLOATS:
-            return apply(ASTYPE, self, dtype)
+            return apply(ops.ASTYPE, self, dtype)
         return Tensor._result(self.data.astype(dtype), None, 0)
 
     def float(self):
@@ -344,13 +344,6 @@ def _positions(mask):
     return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
 
 
-def _identity_cast_vjp(g, out, a, dtype):
-    return g.astype(a.dtype)
-
-
-ASTYPE = ops.defprim("astype", lambda a, dtype: a.astype(dtype), _identity_cast_vjp)
-
-
 # ------------------------------------------------------------------ helpers
 
 def _as_array(data, dtype=None):
@@ -371,6 +364,12 @@ def _as_array(data, dtype=None):
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+def as_array(x, dtype=None):
+    """The NumPy array behind ``x``: a Tensor's ``.data`` (shared, not copied), anything
+    else (lists, ids, masks, lengths) through ``np.asarray``."""
+    return np.asarray(x.data if isinstance(x, Tensor) else x, dtype=dtype)
 
 
 def _operand(x, op):
@@ -512,20 +511,12 @@ def split(t, split_size_or_sections, axis=0):
         if sum(sizes) != n or any(s < 0 for s in sizes):
             raise ValueError(f"split: sizes {sizes} must be non-negative and sum to {n}, "
                              f"the size of axis {axis}")
-    if len(sizes) == 1:
-        return (t,)
-    bounds = tuple(np.cumsum(sizes)[:-1].tolist())
-    out = apply(ops.make_split(len(sizes)), t, bounds, axis)
-    return out if isinstance(out, tuple) else (out,)
+    return apply(ops.SPLIT, t, tuple(np.cumsum(sizes)[:-1].tolist()), axis)
 
 
 def unstack(t, axis=0):
     """The slices of ``t`` along ``axis`` as a tuple (the inverse of :func:`stack`)."""
-    axis = _axis(axis, t.ndim, "unstack")
-    n = t.shape[axis]
-    if n == 1:
-        return (t.reshape(t.shape[:axis] + t.shape[axis + 1:]),)
-    return apply(ops.make_unstack(n), t, axis)
+    return apply(ops.UNSTACK, t, _axis(axis, t.ndim, "unstack"))
 
 
 def addmm(c, a, b):
@@ -561,3 +552,10 @@ def where(cond, a, b):
         raise ValueError(f"where: shapes {cond.shape}, {np.shape(_raw(a))} and "
                          f"{np.shape(_raw(b))} are not broadcastable") from None
     return apply(ops.WHERE, cond, a, b)
+
+
+def cross_entropy_rows(logits, targets, weights):
+    """Per-row ``weights * -log softmax(logits)[targets]`` of (N, V) logits: the fused
+    primitive behind :func:`minigrad.functional.cross_entropy`, which checks its inputs
+    ((N,) int64 targets in range, (N,) float weights)."""
+    return apply(ops.CROSS_ENTROPY, logits, targets, weights)[0]

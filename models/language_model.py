@@ -82,12 +82,11 @@ class LanguageModel(Module):
         ``reduction='mean'`` averages over real tokens (what the optimizer sees and what is
         reported); ``'sum'`` is the chapter's L = Σ_t L<t>, summed over the batch too.
         """
-        targets = np.asarray(getattr(targets, "data", targets))
+        targets = mg.as_array(targets)
         if targets.ndim != 2:
             raise ValueError(f"LanguageModel.loss: targets must be (B, T) ids, got shape "
                              f"{targets.shape}")
-        inputs = self.shift(targets) if inputs is None else np.asarray(
-            getattr(inputs, "data", inputs))
+        inputs = self.shift(targets) if inputs is None else mg.as_array(inputs)
         if inputs.shape != targets.shape:
             raise ValueError(f"LanguageModel.loss: inputs {inputs.shape} and targets "
                              f"{targets.shape} must have the same shape")

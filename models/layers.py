@@ -42,7 +42,7 @@ def _check_input(name, x, input_size):
 
 
 def _check_lengths(name, lengths, B, T):
-    lengths = np.asarray(getattr(lengths, "data", lengths))
+    lengths = mg.as_array(lengths)
     if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
         raise ValueError(f"{name}: lengths must be {B} integers (one per sequence), got "
                          f"shape {lengths.shape} dtype {lengths.dtype}")

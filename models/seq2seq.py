@@ -57,7 +57,7 @@ _MASKED_SCORE = -1e9  # NOTE: finite, not -inf: exp underflows to exactly 0, no 
 
 def _ids(name, x, vocab_size, what):
     """A (B, T) integer id array (from a Tensor, list or array), with a clear error."""
-    x = np.asarray(getattr(x, "data", x))
+    x = mg.as_array(x)
     if x.ndim != 2 or x.dtype.kind not in "iu":
         raise ValueError(f"Seq2Seq.{name}: {what} must be (B, T) integer token ids, got shape "
                          f"{x.shape} dtype {x.dtype}")
@@ -74,7 +74,7 @@ def _lengths(name, lengths, B, T, what):
     """(B,) integer lengths in 1..T; None means every sequence is T long."""
     if lengths is None:
         return np.full(B, T, dtype=np.int64)
-    lengths = np.asarray(getattr(lengths, "data", lengths))
+    lengths = mg.as_array(lengths)
     if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
         raise ValueError(f"Seq2Seq.{name}: {what} must be a 1-D array of integers, got shape "
                          f"{lengths.shape} dtype {lengths.dtype}")
@@ -228,7 +228,7 @@ class Seq2Seq(Module):
 
     def shift(self, tgt):
         """Teacher-forcing inputs: y<0> = <EOS> (the start token), then y<1..T_y-1>."""
-        tgt = np.asarray(getattr(tgt, "data", tgt))
+        tgt = mg.as_array(tgt)
         start = np.full((tgt.shape[0], 1), self.start_id, dtype=tgt.dtype)
         return np.concatenate([start, tgt[:, :-1]], axis=1)
 

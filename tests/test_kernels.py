@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
-from minigrad import kernels, ops
+from minigrad import autograd, kernels, ops
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 sides = st.integers(1, 5)
@@ -143,7 +143,7 @@ def test_every_kernel_has_a_reference_test():
     compiled = {
         name for name, v in vars(kernels).items()
         if not name.startswith("_") and not name.startswith(EXCLUDED_PREFIXES)
-        and isinstance(v, (np.ufunc, numba.core.dispatcher.Dispatcher, kernels.LazyUfunc))
+        and isinstance(v, (np.ufunc, numba.core.dispatcher.Dispatcher, kernels.Ufunc))
     }
     assert compiled - TESTED == set(), "kernels without a NumPy reference test"
 
@@ -344,9 +344,9 @@ def test_outer_sum_is_the_sum_of_its_products(data, dtype, parts, kn):
     """OuterSum([a_1..a_T], [g_1..g_T]) = Σ_t a_tᵀ g_t, formed as one stacked GEMM."""
     k, n = kn
     pairs = [(rand(data, (r, k), dtype), rand(data, (r, n), dtype)) for r in parts]
-    total = ops.OuterSum(*pairs[0])
+    total = autograd.OuterSum(*pairs[0])
     for a, g in pairs[1:]:
-        total.add(ops.OuterSum(a, g))
+        total.add(autograd.OuterSum(a, g))
     assert total.shape == (k, n) and total.dtype == dtype
     ref = sum(matmul_ref(a.T, g) for a, g in pairs)
     close(total.materialize(), ref, dtype, terms=4 * sum(parts))
@@ -384,3 +384,17 @@ def test_exp_row_matches_numpy(dtype, rtol):
     ref = np.exp(v.astype(np.float64))
     np.testing.assert_allclose(_exp_row_via_kernel(v), ref, rtol=rtol, atol=0)
     assert _exp_row_via_kernel(np.zeros(3, dtype))[0] == 1.0
+
+
+# ----------------------------------------------------------------------------- ufuncs
+
+def test_an_elementwise_kernel_is_one_object_with_a_ufunc_accessor():
+    """Building the ufunc on first use leaves the module attribute the same object (no module
+    globals rewritten); ``.ufunc()`` gives the NumPy ufunc itself."""
+    before = kernels.sigmoid_backward
+    g, y = np.array([1.0, 2.0]), np.array([0.25, 0.5])
+    np.testing.assert_allclose(before(g, y), sigmoid_backward_ref(g, y), rtol=1e-12)
+    assert kernels.sigmoid_backward is before
+    assert isinstance(before.ufunc(), np.ufunc) and before.ufunc() is before.ufunc()
+    out = np.empty(2)
+    assert before(g, y, out=out) is out  # ufunc keywords pass through

@@ -13,7 +13,6 @@ line is checked three ways, over hypothesis-drawn small shapes:
 ``rnn_*``/``lstm_*``/``gru_*``, have their own tests).
 """
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -378,11 +377,6 @@ CASES = [
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
 
 
-def family(name):
-    """split2, split3, ... (and unstack2, ...) are one primitive made per output count."""
-    return re.sub(r"^(split|unstack)\d+$", r"\1", name)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 def sample(rng, shp, domain, avoid, distinct):
@@ -414,7 +408,7 @@ def tape_prims(t):
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        names.add(family(node.prim.name))
+        names.add(node.prim.name)
         todo.extend(getattr(p, "_node", None) for p in node.parents)
     return names
 
@@ -426,9 +420,9 @@ IDS = [c.name for c in CASES]
 
 def test_table_covers_every_primitive():
     listed = {c.prim for c in CASES}
-    wanted = {family(n) for n in ops.PRIMITIVES if not n.startswith(EXCLUDED_PREFIXES)}
+    wanted = {n for n in ops.PRIMITIVES if not n.startswith(EXCLUDED_PREFIXES)}
     # (The other direction — a line names a real primitive — is checked on the tape by
-    # test_gradient; split<n>/unstack<n> only enter PRIMITIVES once first used.)
+    # test_gradient.)
     assert wanted - listed == set(), "primitives without a line in the op table"
 
 

@@ -245,9 +245,9 @@ def generate(plan, dtype):
             a = ", ".join(val(x) if isinstance(x, Var) else f"A{j}_{i}"
                           for i, x in enumerate(op.args))
             fw(2, f"r = PRIM{j}.fwd({a})")
-            outs = op.outs if op.prim.nout > 1 else [op.outs[0]]
+            outs = op.outs
             for i, v in enumerate(outs):
-                r = f"r[{i}]" if op.prim.nout > 1 else "r"
+                r = f"r[{i}]" if op.prim.nout != 1 else "r"
                 if plan.stored(v):
                     fw(2, f"np.copyto({_ident(v)}, {r})")
                 else:

@@ -100,7 +100,7 @@ class Program:
             env.setdefault(c, Tensor._result(c.value, None, 0))
         for e in self.eqns:
             out = apply(e.prim, *[env[a] if isinstance(a, Var) else a for a in e.args])
-            for v, o in zip(e.outs, out if e.prim.nout > 1 else (out,)):
+            for v, o in zip(e.outs, out if isinstance(out, tuple) else (out,)):
                 env[v] = o
         return [env[v] for v in self.outs]
 

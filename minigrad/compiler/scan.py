@@ -17,10 +17,11 @@ import weakref
 import numpy as np
 
 from minigrad import ops
+from minigrad.autograd import OuterSum
 from minigrad.compiler import codegen
 from minigrad.compiler.ir import TraceError, Var, trace
 from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
-from minigrad.ops import OuterSum, Prim
+from minigrad.ops import Prim
 from minigrad.tensor import Tensor, apply
 
 
@@ -119,7 +120,7 @@ class CompiledStep:
             if lv in (INVARIANT, INPUT):
                 args = e.args if lv == INVARIANT else batched_args(e)
                 out = apply(e.prim, *[env[a] if isinstance(a, Var) else a for a in args])
-                for v, o in zip(e.outs, out if e.prim.nout > 1 else (out,)):
+                for v, o in zip(e.outs, out if isinstance(out, tuple) else (out,)):
                     env[v] = o
         xs = [_contiguous(env[v]) for v in self.plan.xs]
         consts = [_contiguous(env[v]) for v in self.plan.consts]
