@@ -52,21 +52,22 @@ PLOT = "clipping.png"
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=600, help="SGD steps per run (%(default)s)")
-    parser.add_argument("--lr", type=float, default=0.2, help="SGD learning rate (%(default)s)")
-    parser.add_argument("--gain", type=float, default=1.2,
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=600,
+                        help="SGD steps per run (%(default)s)")
+    parser.add_argument("--lr", type=common.POSITIVE, default=0.2,
+                        help="SGD learning rate (%(default)s)")
+    parser.add_argument("--gain", type=common.POSITIVE, default=1.2,
                         help="initial W_aa = gain·I, its spectral radius (%(default)s)")
-    parser.add_argument("--clip", type=float, default=5.0,
+    parser.add_argument("--clip", type=common.POSITIVE, default=5.0,
                         help="max_norm and clip_value of the clipped runs (%(default)s)")
-    parser.add_argument("--length", type=int, default=20, help="sequence length T (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (%(default)s)")
+    parser.add_argument("--length", type=common.number(int, 2), default=20,
+                        help="sequence length T (%(default)s)")
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=64,
+                        help="hidden size (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
+                        help="batch size (%(default)s)")
     common.add_run_args(parser, "runs/clipping", quick="a run of a few seconds (400 steps)")
-    args = common.parse(parser, argv, dict(steps=400))
-    common.positive(parser, args, "steps", "lr", "gain", "clip", "hidden", "batch")
-    if args.length < 2:
-        parser.error("--length must be at least 2")
-    return args
+    return common.parse(parser, argv, dict(steps=400))
 
 
 def make_data(rng, batch, T):

@@ -324,6 +324,14 @@ def test_matmul_shape_mismatch_names_both_shapes(sa, sb):
         a @ b
 
 
+def test_batched_matmul_names_the_batch_dimension():
+    # K agrees (3 and 3); the batch sizes 2 and 4 do not: the message used to blame K.
+    a, b = mg.tensor(np.ones((2, 5, 3))), mg.tensor(np.ones((4, 3, 6)))
+    with pytest.raises(ValueError, match=r"matmul: batch dimensions differ: .* batch sizes "
+                                         r"B=2 and 4 \(dimension 0\)"):
+        a @ b
+
+
 def re_shape(s):
     return str(s).replace("(", r"\(").replace(")", r"\)")
 
