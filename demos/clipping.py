@@ -20,7 +20,7 @@ Three runs from the same initial weights, the same batches and the same learning
   not enough.
 
 The norm recorded every step is the one *before* clipping (``clip_grad_norm_`` returns it;
-with ``max_norm=inf`` it only measures).
+``grad_norm`` only measures).
 
     python demos/clipping.py               # ~6 s
     python demos/clipping.py --gain 1.0    # an IRNN at the edge: here all three runs learn
@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import minigrad as mg  # noqa: E402
 from demos import common  # noqa: E402
-from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_  # noqa: E402
+from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_, grad_norm  # noqa: E402
 from models.layers import RNN, SequenceTagger  # noqa: E402
 
 VOCAB = 8
@@ -109,10 +109,10 @@ def run(mode, args):
             if mode == "norm":
                 norm = clip_grad_norm_(params, args.clip)
             else:
-                norm = clip_grad_norm_(params, math.inf)  # max_norm=inf: measure, never scale
+                norm = grad_norm(params)
                 if mode == "value":
                     clip_grad_value_(params, args.clip)
-            applied.append(clip_grad_norm_(params, math.inf) if mode != "none" else norm)
+            applied.append(grad_norm(params) if mode != "none" else norm)
             norms.append(norm)
             losses.append(float(loss.data))
             if not (math.isfinite(losses[-1]) and math.isfinite(norm)):

@@ -161,14 +161,15 @@ class History:
         return math.fsum(tail) / len(tail) if tail else math.nan
 
     def smoothed(self):
-        """A centred moving average over ``window`` steps (shorter at both ends), as an
-        array: no lag in the middle, half a window's at the last step."""
+        """A centred moving average over ``window`` steps (narrower near both ends, still
+        centred), as an array: it never lags behind the data."""
         x = np.asarray(self.losses, dtype=np.float64)
-        n, half = len(x), self.window // 2
-        c = np.concatenate([[0.0], np.cumsum(x)])
+        n = len(x)
         i = np.arange(n)
-        lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, n)
-        return (c[hi] - c[lo]) / (hi - lo)
+        # The window shrinks symmetrically near both ends, so it stays centred (no lag).
+        half = np.minimum(np.minimum(i, n - 1 - i), self.window // 2)
+        c = np.concatenate([[0.0], np.cumsum(x)])
+        return (c[i + half + 1] - c[i - half]) / (2 * half + 1)
 
 
 def forever(batches):

@@ -453,9 +453,9 @@ def matmul(a, b):
     a, b = _operand(a, "matmul"), _operand(b, "matmul")
     sa, sb = np.shape(_raw(a)), np.shape(_raw(b))
     if len(sa) == 3 and len(sb) == 3 and sa[0] != sb[0]:
-        raise ValueError(f"matmul: batch dimensions differ: shapes {sa} and {sb} have batch "
-                         f"sizes B={sa[0]} and {sb[0]} (dimension 0); expected "
-                         "(B, M, K) @ (B, K, N) with equal B")
+        raise ValueError(f"matmul: shapes {sa} and {sb} have different batch sizes B={sa[0]} "
+                         f"and {sb[0]} (dimension 0); expected (B, M, K) @ (B, K, N) with "
+                         "equal B")
     ok = len(sa) >= 2 and (len(sb) == 2 or (len(sb) == 3 and len(sa) == 3))
     if not ok or sa[-1] != sb[-2]:
         raise ValueError(
