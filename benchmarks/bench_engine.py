@@ -739,6 +739,7 @@ def main(argv=None):
                    help="limit both BLAS pools to N threads (threadpoolctl); default: "
                         "OpenBLAS's own choice. N=1 gives steadier numbers on a busy machine")
     args = p.parse_args(argv)
+    mg.freeze_gc()  # opt-in: keep full collections from walking Numba's objects (see README)
     cfg = Cfg(args.quick)
     if args.blas_threads is not None:
         import threadpoolctl  # a dependency of minigrad.threads; imported here only if asked

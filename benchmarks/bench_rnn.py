@@ -93,6 +93,7 @@ def main():
                     help="BLAS threads for minigrad and intra-op threads for torch")
     args = ap.parse_args()
     mg.set_num_threads(args.threads)
+    mg.freeze_gc()  # opt-in: keep full collections from walking Numba's objects (see README)
     seconds = 0.5 if args.quick else 2.0
     try:
         if args.no_torch:

@@ -60,17 +60,18 @@ def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     parser.add_argument("--cell", choices=["gru", "lstm"], default="gru",
                         help="recurrent cell of both taggers (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=32,
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=32,
                         help="hidden size per direction (%(default)s)")
-    parser.add_argument("--steps", type=int, default=400, help="Adam steps (%(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (%(default)s)")
-    parser.add_argument("--batch", type=int, default=32, help="sentences per batch (%(default)s)")
-    parser.add_argument("--eval-every", type=int, default=25,
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=400,
+                        help="Adam steps (%(default)s)")
+    parser.add_argument("--lr", type=common.POSITIVE, default=1e-2,
+                        help="Adam learning rate (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
+                        help="sentences per batch (%(default)s)")
+    parser.add_argument("--eval-every", type=common.POSITIVE_INT, default=25,
                         help="measure held-out accuracy every N steps (%(default)s)")
     common.add_run_args(parser, "runs/bidirectional", quick="a run of a few seconds (150 steps)")
-    args = common.parse(parser, argv, dict(steps=150))
-    common.positive(parser, args, "hidden", "steps", "lr", "batch", "eval_every")
-    return args
+    return common.parse(parser, argv, dict(steps=150))
 
 
 def make_sentence(rng):

@@ -20,7 +20,7 @@ Three runs from the same initial weights, the same batches and the same learning
   not enough.
 
 The norm recorded every step is the one *before* clipping (``clip_grad_norm_`` returns it;
-with ``max_norm=inf`` it only measures).
+``grad_norm`` only measures).
 
     python demos/clipping.py               # ~6 s
     python demos/clipping.py --gain 1.0    # an IRNN at the edge: here all three runs learn
@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import minigrad as mg  # noqa: E402
 from demos import common  # noqa: E402
-from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_  # noqa: E402
+from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_, grad_norm  # noqa: E402
 from models.layers import RNN, SequenceTagger  # noqa: E402
 
 VOCAB = 8
@@ -52,21 +52,22 @@ PLOT = "clipping.png"
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=600, help="SGD steps per run (%(default)s)")
-    parser.add_argument("--lr", type=float, default=0.2, help="SGD learning rate (%(default)s)")
-    parser.add_argument("--gain", type=float, default=1.2,
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=600,
+                        help="SGD steps per run (%(default)s)")
+    parser.add_argument("--lr", type=common.POSITIVE, default=0.2,
+                        help="SGD learning rate (%(default)s)")
+    parser.add_argument("--gain", type=common.POSITIVE, default=1.2,
                         help="initial W_aa = gain·I, its spectral radius (%(default)s)")
-    parser.add_argument("--clip", type=float, default=5.0,
+    parser.add_argument("--clip", type=common.POSITIVE, default=5.0,
                         help="max_norm and clip_value of the clipped runs (%(default)s)")
-    parser.add_argument("--length", type=int, default=20, help="sequence length T (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (%(default)s)")
+    parser.add_argument("--length", type=common.number(int, 2), default=20,
+                        help="sequence length T (%(default)s)")
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=64,
+                        help="hidden size (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
+                        help="batch size (%(default)s)")
     common.add_run_args(parser, "runs/clipping", quick="a run of a few seconds (400 steps)")
-    args = common.parse(parser, argv, dict(steps=400))
-    common.positive(parser, args, "steps", "lr", "gain", "clip", "hidden", "batch")
-    if args.length < 2:
-        parser.error("--length must be at least 2")
-    return args
+    return common.parse(parser, argv, dict(steps=400))
 
 
 def make_data(rng, batch, T):
@@ -108,10 +109,10 @@ def run(mode, args):
             if mode == "norm":
                 norm = clip_grad_norm_(params, args.clip)
             else:
-                norm = clip_grad_norm_(params, math.inf)  # max_norm=inf: measure, never scale
+                norm = grad_norm(params)
                 if mode == "value":
                     clip_grad_value_(params, args.clip)
-            applied.append(clip_grad_norm_(params, math.inf) if mode != "none" else norm)
+            applied.append(grad_norm(params) if mode != "none" else norm)
             norms.append(norm)
             losses.append(float(loss.data))
             if not (math.isfinite(losses[-1]) and math.isfinite(norm)):

@@ -14,7 +14,6 @@ At the end it prints samples at two temperatures, scores real names the model ne
 against implausible strings, and writes ``loss.png`` and ``checkpoint.npz`` to ``--out``.
 """
 
-import math
 import os
 import sys
 
@@ -33,20 +32,18 @@ UNSEEN_REAL = ["liam", "chloe", "aiden", "harper", "zoe"]
 # ... and strings no one would name a child.
 IMPLAUSIBLE = ["xqzvt", "bbbbbbbb", "qqq", "aaaaaaaaaa", "zxcvbn"]
 ARCH = ("cell", "hidden", "layers", "dropout")
+DEMO = "names"
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     common.add_training_args(parser, steps=1000, lr=3e-3, batch=64, out="runs/names")
-    parser.add_argument("--dropout", type=float, default=0.2,
+    parser.add_argument("--dropout", type=common.FRACTION, default=0.2,
                         help="dropout on the hidden states before the softmax (%(default)s)")
-    parser.add_argument("--sample-every", type=int, default=0,
+    parser.add_argument("--sample-every", type=common.COUNT, default=0,
                         help="print a few samples every N steps (default: 5 times per run)")
     # --quick: a few seconds — a small model, a high learning rate, few steps
-    args = common.parse(parser, argv, dict(hidden=64, steps=300, lr=1e-2, batch=32, dropout=0.0))
-    common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch")
-    common.check_sampling_args(parser, args)
-    return args
+    return common.parse(parser, argv, dict(hidden=64, steps=300, lr=1e-2, batch=32, dropout=0.0))
 
 
 def load_names(path=DATA):
@@ -66,19 +63,20 @@ def score(model, name):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    ckpt = common.prepare_out(args, DEMO)
     mg.manual_seed(args.seed)
     names = load_names()
     train_names, held_out = names[:-HELD_OUT], names[-HELD_OUT:]
     seen = set(train_names)
 
-    ckpt = common.read_checkpoint(args.out) if args.resume else None
     vocab = Vocab(ckpt["meta"]["vocab"]) if ckpt else Vocab.build(train_names, level="char")
     arch = common.model_args(args, ARCH, ckpt)
     model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
                           num_layers=arch["layers"], dropout=arch["dropout"], vocab=vocab)
     optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
         model, args, ckpt, vocab, train_names, held_out)
+    checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
+                                   vocab=vocab.itos)
 
     print(f"Character-level {arch['cell'].upper()} language model on first names")
     print(f"  corpus: {len(names)} US census names ({len(train_names)} to train on, "
@@ -90,15 +88,15 @@ def main(argv=None):
           f"{model.num_parameters():,} parameters; Adam lr {args.lr}, clip {args.clip}, "
           f"batch {args.batch}, {args.steps} steps")
     if start:
-        print(f"  resumed from step {start} (smoothed loss {history.smooth:.3f})")
+        print(f"  resumed from step {start} (recent loss {history.recent():.3f})")
     def describe(step, hist):
         s = model.sample(8, max_len=20, temperature=args.temperature, seed=args.seed + step)
-        return (f"step {step:5d}  loss {hist.smooth:.3f}  held-out {hist.evals[-1][1]:.3f}"
+        return (f"step {step:5d}  loss {hist.recent():.3f}  held-out {hist.evals[-1][1]:.3f}"
                 " | " + " ".join(shown(n) for n in s))
 
     held_before, seconds, path, plot = common.train_language_model(
-        model, optimizer, history, batches, args, start=start, held_ids=held_ids, vocab=vocab,
-        describe=describe, baseline=log_v, evals_label="held-out names",
+        model, optimizer, history, batches, args, checkpoint=checkpoint, start=start,
+        held_ids=held_ids, describe=describe, baseline=log_v, evals_label="held-out names",
         title=f"names: {arch['cell']} {arch['hidden']}, per-letter loss")
 
     samples = {}
@@ -121,7 +119,8 @@ def main(argv=None):
     held_after, result = common.report_losses(model, history, held_ids, start=start,
                                               seconds=seconds, log_v=log_v, unit="letter")
     print(f"Held-out names: {held_before:.3f} -> {held_after:.3f} nats per letter "
-          f"(perplexity {math.exp(held_before):.1f} -> {math.exp(held_after):.1f})")
+          f"(perplexity {common.perplexity(held_before):.1f} -> "
+          f"{common.perplexity(held_after):.1f})")
     print(f"Saved {plot} and {path}")
     return {**result, "samples": samples, "scores": scores,
             "held_out_loss": (held_before, held_after), "vocab": vocab, "model": model,

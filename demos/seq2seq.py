@@ -53,6 +53,7 @@ FORMATS = ("{d} {month} {y}", "{month} {d}, {y}", "the {nth} of {month} {y}",
 SRC_CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789 ,."))
 TGT_CHARS = sorted(set("0123456789-"))
 ARCH = ("cell", "hidden", "layers", "embed", "attention", "bidirectional")
+DEMO = "seq2seq"
 
 
 def parse_args(argv=None):
@@ -60,25 +61,21 @@ def parse_args(argv=None):
     common.add_training_args(parser, steps=1200, lr=5e-3, batch=64, hidden=128,
                              out="runs/seq2seq")
     parser.set_defaults(temperature=0.0)  # translations are greedy unless asked otherwise
-    parser.add_argument("--embed", type=int, default=0,
+    parser.add_argument("--embed", type=common.COUNT, default=0,
                         help="embedding size; 0 = one-hot characters (%(default)s)")
     parser.add_argument("--attention", action="store_true",
                         help="Luong attention over the encoder outputs")
     parser.add_argument("--bidirectional", action="store_true",
                         help="a bidirectional encoder (its final states are projected)")
-    parser.add_argument("--held-out", type=int, default=500,
+    parser.add_argument("--held-out", type=common.POSITIVE_INT, default=500,
                         help="held-out dates, never trained on (%(default)s)")
-    parser.add_argument("--show", type=int, default=10,
+    parser.add_argument("--show", type=common.COUNT, default=10,
                         help="held-out translations to print (%(default)s)")
-    parser.add_argument("--eval-every", type=int, default=0,
+    parser.add_argument("--eval-every", type=common.COUNT, default=0,
                         help="held-out loss every N steps (default: 10 times per run)")
     # --quick: a few seconds — a small model, few steps, a small held-out set
-    args = common.parse(parser, argv, dict(hidden=64, steps=150, lr=2e-2, batch=32,
+    return common.parse(parser, argv, dict(hidden=64, steps=150, lr=2e-2, batch=32,
                                            held_out=200, show=5))
-    common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch", "held_out")
-    if args.clip < 0 or args.temperature < 0 or args.embed < 0 or args.show < 0:
-        parser.error("--clip, --temperature, --embed and --show must be >= 0")
-    return args
 
 
 # ---------------------------------------------------------------------------- the data
@@ -196,14 +193,13 @@ def plot_attention(model, pair, src_vocab, tgt_vocab, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    ckpt = common.prepare_out(args, DEMO)
     mg.manual_seed(args.seed)
     src_vocab, tgt_vocab = Vocab(SRC_CHARS), Vocab(TGT_CHARS)
     train_dates, test_dates = split_dates(args.held_out, args.seed)
     test_pairs = make_pairs(test_dates, np.random.default_rng([args.seed, 2]))
     test_data = encode_pairs(test_pairs, src_vocab, tgt_vocab)
 
-    ckpt = common.read_checkpoint(args.out) if args.resume else None
     arch = common.model_args(args, ARCH, ckpt)
     model = Seq2Seq(len(src_vocab), len(tgt_vocab), arch["hidden"], cell=arch["cell"],
                     num_layers=arch["layers"], embedding_dim=arch["embed"] or None,
@@ -213,6 +209,8 @@ def main(argv=None):
     optimizer.lr = args.lr  # a resumed run may change the learning rate
     start = len(history.losses)
     log_v = math.log(len(tgt_vocab))
+    checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
+                                   vocab=[src_vocab.itos, tgt_vocab.itos])
     # A fresh data stream per (seed, start step): a resumed run is reproducible too.
     stream = batches(train_dates, args.batch, src_vocab, tgt_vocab,
                      np.random.default_rng([args.seed, 3, start]))
@@ -230,32 +228,36 @@ def main(argv=None):
           f"hidden {arch['hidden']}, {model.num_parameters():,} parameters; Adam lr "
           f"{args.lr}, clip {args.clip}, batch {args.batch}, {args.steps} steps")
     if start:
-        print(f"  resumed from step {start} (smoothed loss {history.smooth:.3f})")
+        print(f"  resumed from step {start} (recent loss {history.recent():.3f})")
     test_sources = [s for s, _ in test_pairs]
     before = translate(model, test_sources, src_vocab, tgt_vocab)
     acc_before, chars_before = accuracy(before, test_pairs), char_accuracy(before, test_pairs)
+    max_loss = common.DIVERGED * log_v
     if not start:
         history.evals.append((0, held_out_loss(model, test_data)))
+        checkpoint.save_first(history)
 
     def loss_fn(batch):
         return model.loss(*batch)
 
     def report(step, hist):
-        hist.evals.append((step, held_out_loss(model, test_data)))
+        held = held_out_loss(model, test_data)
+        if not held <= max_loss:  # e.g. weights gone to inf after a finite loss
+            raise common.Diverged(step, f"the held-out loss is {held:.4g}")
+        hist.evals.append((step, held))
         pair = test_pairs[step % len(test_pairs)]
         pred = translate(model, [pair[0]], src_vocab, tgt_vocab)[0]
-        tqdm.write(f"step {step:5d}  loss {hist.smooth:.3f}  held-out {hist.evals[-1][1]:.3f}"
+        tqdm.write(f"step {step:5d}  loss {hist.recent():.3f}  held-out {held:.3f}"
                    f" | {pair[0]!r} -> {pred!r} {'✓' if pred == pair[1] else '✗'}")
 
     every = args.eval_every or max(1, args.steps // 10)
     t0 = time.perf_counter()
     common.train(model, optimizer, loss_fn, stream, args.steps, history=history,
                  clip=args.clip, every=every, on_every=report, desc=arch["cell"],
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, checkpoint=checkpoint,
+                 save_every=args.save_every, max_loss=max_loss)
     seconds = time.perf_counter() - t0
-    path = common.save_checkpoint(args.out, model, optimizer, history,
-                                  vocab=[src_vocab.itos, tgt_vocab.itos],
-                                  args=common.describe_args(args))
+    path = checkpoint.save_final(history)
     plot = os.path.join(args.out, common.PLOT)
     common.plot_losses(history, plot, baseline=log_v, evals_label="held-out dates",
                        title=f"dates: {arch['cell']} {arch['hidden']}, per-character loss")
@@ -287,10 +289,11 @@ def main(argv=None):
     print("\nExact-match accuracy by source format: " + ", ".join(
         f"{f!r} {a:.0%}" for f, a in per_format.items()))
 
-    final = history.smooth
+    final = history.recent()
     held = held_out_loss(model, test_data)
     print(f"\nLoss per character (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f})"
-          f" -> final smoothed {final:.3f}, held-out {held:.3f}, after "
+          f" -> final {final:.3f} (mean of the last {history.window} steps), held-out "
+          f"{held:.3f}, after "
           f"{len(history.losses)} steps ({len(history.losses) - start} in {seconds:.1f} s)")
     print(f"Held-out exact-match accuracy: {acc_before:.1%} -> {acc_after:.1%} "
           f"({len(test_pairs)} dates; chance is about 1/{(LAST - FIRST).days + 1}); "

@@ -14,7 +14,6 @@ equally likely words the model is choosing between at each step.
 Writes ``loss.png`` (training and held-out loss) and ``checkpoint.npz`` to ``--out``.
 """
 
-import math
 import os
 import sys
 from collections import Counter
@@ -31,21 +30,20 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentenc
 HELD_OUT = 300  # the last sentences of the file; never trained on, never in the vocabulary
 MIN_COUNT = 2
 ARCH = ("cell", "hidden", "layers", "embed", "dropout")
+DEMO = "words"
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     common.add_training_args(parser, steps=1000, lr=3e-3, batch=32, out="runs/words")
-    parser.add_argument("--embed", type=int, default=64, help="embedding size (%(default)s)")
-    parser.add_argument("--dropout", type=float, default=0.4,
+    parser.add_argument("--embed", type=common.POSITIVE_INT, default=64,
+                        help="embedding size (%(default)s)")
+    parser.add_argument("--dropout", type=common.FRACTION, default=0.4,
                         help="dropout on embeddings and hidden states (%(default)s)")
-    parser.add_argument("--sample-every", type=int, default=0,
+    parser.add_argument("--sample-every", type=common.COUNT, default=0,
                         help="print a few samples every N steps (default: 5 times per run)")
-    args = common.parse(parser, argv, dict(hidden=64, embed=32, steps=200, lr=1e-2,
+    return common.parse(parser, argv, dict(hidden=64, embed=32, steps=200, lr=1e-2,
                                            batch=32, dropout=0.0))
-    common.positive(parser, args, "hidden", "layers", "steps", "lr", "batch", "embed")
-    common.check_sampling_args(parser, args)
-    return args
 
 
 def load_sentences(path=DATA):
@@ -61,12 +59,11 @@ def unk_report(vocab, sentences):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    ckpt = common.prepare_out(args, DEMO)
     mg.manual_seed(args.seed)
     sentences = load_sentences()
     train_s, held_s = sentences[:-HELD_OUT], sentences[-HELD_OUT:]
 
-    ckpt = common.read_checkpoint(args.out) if args.resume else None
     vocab = (Vocab(ckpt["meta"]["vocab"], level="word") if ckpt
              else Vocab.build(train_s, level="word", min_count=MIN_COUNT))
     arch = common.model_args(args, ARCH, ckpt)
@@ -75,6 +72,8 @@ def main(argv=None):
                           dropout=arch["dropout"], vocab=vocab)
     optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
         model, args, ckpt, vocab, train_s, held_s)
+    checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
+                                   vocab=vocab.itos)
 
     rare_types, rare_tokens, n_tokens, n_types = unk_report(vocab, train_s)
     _, held_unk, held_tokens, _ = unk_report(vocab, held_s)
@@ -91,15 +90,15 @@ def main(argv=None):
           f"{model.num_parameters():,} parameters; Adam lr {args.lr}, clip {args.clip}, "
           f"batch {args.batch}, {args.steps} steps")
     if start:
-        print(f"  resumed from step {start} (smoothed loss {history.smooth:.3f})")
+        print(f"  resumed from step {start} (recent loss {history.recent():.3f})")
     def describe(step, hist):
         s = model.sample(1, max_len=30, temperature=args.temperature, seed=args.seed + step)
-        return (f"step {step:5d}  loss {hist.smooth:.3f}  held-out perplexity "
-                f"{math.exp(hist.evals[-1][1]):7.1f} | {s[0]}")
+        return (f"step {step:5d}  loss {hist.recent():.3f}  held-out perplexity "
+                f"{common.perplexity(hist.evals[-1][1]):7.1f} | {s[0]}")
 
     held_before, seconds, path, plot = common.train_language_model(
-        model, optimizer, history, batches, args, start=start, held_ids=held_ids, vocab=vocab,
-        describe=describe, baseline=log_v, evals_label="held-out sentences",
+        model, optimizer, history, batches, args, checkpoint=checkpoint, start=start,
+        held_ids=held_ids, describe=describe, baseline=log_v, evals_label="held-out sentences",
         title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss")
 
     samples = model.sample(8, max_len=30, temperature=args.temperature, seed=args.seed)
@@ -111,11 +110,12 @@ def main(argv=None):
 
     held_after, result = common.report_losses(model, history, held_ids, start=start,
                                               seconds=seconds, log_v=log_v, unit="token")
-    print(f"Held-out perplexity: {math.exp(held_before):.1f} -> {math.exp(held_after):.1f} "
+    ppl = common.perplexity(held_before), common.perplexity(held_after)
+    print(f"Held-out perplexity: {ppl[0]:.1f} -> {ppl[1]:.1f} "
           f"(a uniform guess over the vocabulary: {len(vocab)})")
     print(f"Saved {plot} and {path}")
     return {**result, "samples": samples, "greedy": greedy,
-            "perplexity": (math.exp(held_before), math.exp(held_after)),
+            "perplexity": ppl,
             "held_out": held_s, "vocab": vocab, "model": model, "checkpoint": path,
             "plot": plot}
 

@@ -33,17 +33,28 @@ from minigrad.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-# NOTE: move the ~100k long-lived objects that importing Numba creates out of the garbage
-# collector's sight: otherwise every full collection walks them all, which cost ~2 µs per
-# recorded op in a training loop (benchmarks/bench_engine.py, section 2).
-gc.freeze()
+
+def freeze_gc():
+    """Opt in: move every object alive now out of the cyclic garbage collector's sight.
+
+    Importing Numba leaves ~100k long-lived objects that every full collection walks
+    again, which costs ~2 µs per recorded op in a training loop
+    (benchmarks/bench_engine.py, section 2).  Call this once after your imports and data
+    loading, before training; the demos and benchmarks do.  It is not done on import: a
+    library must not change the interpreter's collection behind your back (objects frozen
+    are never collected, even cycles that become garbage later).  ``gc.unfreeze()`` undoes
+    it.  Returns the number of objects frozen.
+    """
+    gc.collect()  # free what is garbage already, rather than freezing it forever
+    gc.freeze()
+    return gc.get_freeze_count()
+
 
 __all__ = [
-    "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "as_array",
-    "check_grads",
-    "chunk", "concat", "cross_entropy", "data", "dropout", "enable_grad", "functional",
-    "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
-    "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",
-    "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "unstack", "where",
-    "zeros", "zeros_like",
+    "GradcheckError", "Module", "Parameter", "Tensor", "addmm", "arange", "as_array", "check_grads",
+    "chunk", "concat", "cross_entropy", "data", "dropout", "enable_grad", "freeze_gc",
+    "functional", "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load",
+    "manual_seed", "matmul", "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim",
+    "rand", "randn", "save", "set_grad_enabled", "set_num_threads", "split", "stack", "tensor",
+    "unstack", "where", "zeros", "zeros_like",
 ]

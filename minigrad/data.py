@@ -4,7 +4,9 @@ Everything a sequence model needs between raw text and integer arrays:
 
 - `tokenize_words` splits text into lowercase words and punctuation tokens.
 - `Vocab` maps tokens to ids and back (character or word level), with the special
-  tokens `<PAD>` = 0, `<UNK>` = 1 and `<EOS>` = 2, and saves/loads itself as JSON.
+  tokens `<PAD>` = 0, `<UNK>` = 1 and `<EOS>` = 2 (`PAD_ID`, `UNK_ID`, `EOS_ID`), and
+  saves/loads itself as JSON.
+- `check_ids` is the one range check for token ids (layers, embeddings, targets).
 - `pad_batch` pads variable-length id sequences into one `(B, T)` array plus lengths
   and a mask.
 - `BPTTBatches` cuts one long id stream into `(B, T)` chunks for truncated
@@ -12,23 +14,52 @@ Everything a sequence model needs between raw text and integer arrays:
 - `SequenceBatches` batches many short sequences (names, sentences), reshuffled
   every epoch from a seeded `numpy.random.Generator`.
 
-The module is pure NumPy on purpose: it imports nothing else from minigrad, so it can
-be used (and tested) without the autodiff engine.
+The module is pure NumPy on purpose: it imports nothing else from minigrad but the
+standard-library `atomic` helper, so it can be used (and tested) without the autodiff
+engine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["BPTTBatches", "SequenceBatches", "Vocab", "pad_batch", "tokenize_words"]
+from minigrad.atomic import atomic_write
+
+__all__ = ["EOS_ID", "PAD_ID", "UNK_ID", "BPTTBatches", "SequenceBatches", "Vocab", "check_ids",
+           "pad_batch", "tokenize_words"]
+
+# The special ids, defined once: every Vocab has <PAD>, <UNK>, <EOS> at 0, 1, 2.
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+
+
+def check_ids(where, ids, n, what="token id", size="vocabulary size"):
+    """The one range rule for integer ids: every id must be in ``0 .. n-1``.
+
+    Raises IndexError naming ``where``, the offending id (the most negative one if any is
+    negative, else the largest) and the valid range, e.g. ``Embedding: index -1 is out of
+    range (negative): expected 0..9 for num_embeddings=10``.  ``ids``: an integer ndarray.
+    """
+    if ids.size == 0:
+        return ids
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n:
+        bad, kind = (lo, "negative") if lo < 0 else (hi, "too large")
+        raise IndexError(f"{where}: {what} {bad} is out of range ({kind}): expected "
+                         f"0..{n - 1} for {size}={n}")
+    return ids
+    lo, hi = ids.min(), ids.max()
+    if lo < 0:
+        raise IndexError(f"{where}: {what} {int(lo)} is negative; expected ids in 0..{n - 1}")
+    if hi >= n:
+        raise IndexError(f"{where}: {what} {int(hi)} is out of range: expected ids in "
+                         f"0..{n - 1} ({n} in all)")
+    return ids
 
 # A word is a run of letters/digits; an apostrophe or hyphen *between* two such runs
 # stays inside it ("don't", "well-known"). Any other non-space character is a token
@@ -179,15 +210,15 @@ class Vocab:
 
     @property
     def pad_id(self) -> int:
-        return 0
+        return PAD_ID
 
     @property
     def unk_id(self) -> int:
-        return 1
+        return UNK_ID
 
     @property
     def eos_id(self) -> int:
-        return 2
+        return EOS_ID
 
     def tokenize(self, text: str) -> list[str]:
         """Split `text` the way this vocabulary does: characters or `tokenize_words`."""
@@ -283,25 +314,16 @@ class Vocab:
         """Write the vocabulary as JSON, atomically.
 
         The file is `{"format": "minigrad-vocab", "version": 1, "level": ...,
-        "tokens": [...]}`. It is written to a temporary file in the same directory and
-        moved into place with `os.replace`, so a crash never leaves a half-written file.
+        "tokens": [...]}`. It is written with `minigrad.atomic.atomic_write` (a temporary
+        file moved into place), so a crash never leaves a half-written file.
         """
-        path = os.fspath(path)
         payload = {"format": _FORMAT, "version": _VERSION, "level": self.level, "tokens": self.itos}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".vocab-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            # Leave nothing behind: the target is untouched, the temp file is removed.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+
+        def write(f):
+            json.dump(payload, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+
+        atomic_write(path, write, mode="w", encoding="utf-8", where="Vocab.save")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:
@@ -355,6 +377,9 @@ class Vocab:
 
 def _as_id_array(seq: object, where: str) -> np.ndarray:
     """A non-empty 1-D integer array, or a clear error saying which input was wrong."""
+    if isinstance(seq, (str, bytes)):
+        raise TypeError(f"{where} is a {type(seq).__name__} ({seq[:20]!r}): got strings, not "
+                        "ids; encode text first with vocab.encode(text)")
     arr = np.asarray(seq)
     if arr.ndim != 1:
         raise ValueError(f"{where} must be 1-D, got shape {arr.shape}")

@@ -8,6 +8,7 @@ import functools
 import numpy as np
 
 from minigrad import ops
+from minigrad.data import check_ids
 from minigrad.random import get_rng
 from minigrad.tensor import Tensor, apply, as_array, cross_entropy_rows
 
@@ -66,10 +67,7 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
         t = np.where(m, t, 0)
     t = t.reshape(-1).astype(np.int64)
     w = w.reshape(-1)
-    live = t[w != 0]
-    if live.size and (live.min() < 0 or live.max() >= V):
-        bad = live.min() if live.min() < 0 else live.max()
-        raise IndexError(f"cross_entropy: target {bad} is out of range for {V} classes")
+    check_ids("cross_entropy", t[w != 0], V, what="target", size="classes")
     rows = logits.reshape(-1, V) if logits.ndim != 2 else logits
     loss = cross_entropy_rows(rows, t, w)
     if reduction == "none":
@@ -158,9 +156,7 @@ def one_hot(indices, n, dtype=np.float32):
     idx = as_array(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise IndexError(f"one_hot: index {idx.max() if idx.max() >= n else idx.min()} is "
-                         f"out of range for {n} classes")
+    check_ids("one_hot", idx, n, what="index", size="classes")
     return apply(ops.ONE_HOT, indices if isinstance(indices, Tensor) else idx, n, dtype)
 
 

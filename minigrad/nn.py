@@ -22,6 +22,7 @@ import numpy as np
 
 from minigrad import functional
 from minigrad.autograd import no_grad
+from minigrad.data import check_ids
 from minigrad.random import get_rng
 from minigrad.tensor import Tensor, as_array
 
@@ -100,11 +101,14 @@ class Module:
             params[name] = None
         elif value is None and name in mods:
             mods[name] = None
-        elif name in params and params[name] is not None and isinstance(value, Tensor):
+        elif name in params:
+            # As PyTorch: replacing a parameter by anything but a Parameter (or None) would
+            # silently drop it from parameters() and state_dict().
             raise TypeError(
-                f"cannot assign a plain Tensor to parameter {name!r} of "
-                f"{type(self).__name__}: wrap it in nn.Parameter(...), or update the values "
-                f"in place with `{name}.data[...] = ...`"
+                f"cannot assign a {type(value).__name__} to parameter {name!r} of "
+                f"{type(self).__name__} (nn.Parameter or None expected): wrap it in "
+                f"nn.Parameter(...), or update the values in place with "
+                f"`{name}.data[...] = ...`"
             )
         else:
             params.pop(name, None)
@@ -350,6 +354,13 @@ class Linear(Module):
         if x.dtype.kind != "f":
             raise TypeError(f"Linear: expected a float input, got dtype {x.dtype} (token ids? "
                             "look them up with nn.Embedding first)")
+        if x.dtype != self.weight.dtype:
+            # NOTE: as PyTorch: no silent promotion (float64 data would make the rest of the
+            # model run in float64, ~3x slower) and no silent downcast either.
+            raise TypeError(f"Linear: input has dtype {x.dtype} but the layer's weight is "
+                            f"{self.weight.dtype}; convert the input "
+                            f"(x.astype(np.{self.weight.dtype})) or build the layer with "
+                            f"dtype=np.{x.dtype}")
         if x.ndim == 1:  # a single vector: matmul needs a row
             y = x.reshape(1, self.in_features) @ self.weight.T
             y = y.reshape(self.out_features)
@@ -390,13 +401,7 @@ class Embedding(Module):
         ids = as_array(idx)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding: indices must be integers, got dtype {ids.dtype}")
-        if ids.size:
-            lo, hi = ids.min(), ids.max()
-            if lo < 0 or hi >= self.num_embeddings:
-                bad = lo if lo < 0 else hi
-                raise IndexError(f"Embedding: index {bad} is out of range for "
-                                 f"num_embeddings={self.num_embeddings} "
-                                 f"(valid: 0 .. {self.num_embeddings - 1})")
+        check_ids("Embedding", ids, self.num_embeddings, what="index", size="num_embeddings")
         out = self.weight[ids]
         if self.padding_idx is not None:
             # Zeroing the padded positions also zeroes the gradient they send to that row.

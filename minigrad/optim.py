@@ -28,7 +28,7 @@ from minigrad.tensor import Tensor
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AdamW", "LambdaLR", "Optimizer", "RMSprop", "StepLR",
-    "clip_grad_norm_", "clip_grad_value_",
+    "clip_grad_norm_", "clip_grad_value_", "grad_norm",
 ]
 
 
@@ -37,6 +37,8 @@ def _number(owner, name, v, lo=0.0, hi=math.inf, hi_open=False):
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(v).__name__}")
     v = float(v)
+    if not math.isfinite(v):  # lr=inf would turn every weight into inf/NaN on the first step
+        raise ValueError(f"{owner}: {name} must be a finite number, got {v}")
     if not (lo <= v <= hi) or (hi_open and v == hi):
         interval = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
         raise ValueError(f"{owner}: {name} must be in {interval}, got {v}")
@@ -391,50 +393,58 @@ def _grads(owner, params):
     return [p.grad for p in params if p.grad is not None]
 
 
+def grad_norm(params, norm_type=2.0):
+    """The global norm of all gradients at once (as if concatenated into one vector), of
+    order ``norm_type`` = 2, 1 or ``inf``, as a Python float; 0.0 with no gradients.
+    Parameters whose grad is None are skipped.  NaN or inf gradients give a non-finite norm.
+    """
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real) \
+            or float(norm_type) not in (1.0, 2.0, math.inf):
+        raise ValueError(f"grad_norm: norm_type must be 1, 2 or inf, got {norm_type!r}")
+    norm_type = float(norm_type)
+    grads = _grads("grad_norm", params)
+    # NOTE: accumulate in float64 — a float32 sum of squares over millions of entries loses
+    # digits (and overflows past 3e38 where the float64 total is still finite).  Not np.dot:
+    # a float64 BLAS dot of a few thousand elements stalls on thread start-up (~80 µs).
+    if not grads:
+        return 0.0
+    if norm_type == 2.0:
+        total = 0.0
+        for g in grads:
+            d = g.astype(np.float64, copy=False)
+            total += float(np.multiply(d, d).sum())
+        return math.sqrt(total)
+    if norm_type == 1.0:
+        return sum(float(np.abs(g).sum(dtype=np.float64)) for g in grads)
+    return max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
+
+
 def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so that their global norm is at most ``max_norm``.
 
-    The norm is taken over all gradients at once (as if concatenated into one vector);
-    ``norm_type`` is 2, 1 or ``inf``.  If the total exceeds ``max_norm`` every gradient is
-    multiplied in place by ``max_norm / (total + 1e-6)``.  Parameters whose grad is None are
-    skipped; with no gradients at all the norm is 0.  Returns the norm *before* clipping,
-    as a Python float.
+    The norm is :func:`grad_norm`'s (``norm_type`` 2, 1 or ``inf``).  If the total exceeds
+    ``max_norm`` (a finite positive number) every gradient is multiplied in place by
+    ``max_norm / (total + 1e-6)``.  Parameters whose grad is None are skipped; with no
+    gradients at all the norm is 0.  Returns the norm *before* clipping, as a Python float.
 
     A non-finite total (a NaN or inf gradient) raises RuntimeError if ``error_if_nonfinite``,
     else it is returned and the gradients are left exactly as they were (scaling could only
     spread the NaN); check the returned value to skip such a step.
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) \
-            or not float(max_norm) > 0:
-        raise ValueError(f"clip_grad_norm_: max_norm must be a positive number, got {max_norm!r}")
-    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real) \
-            or float(norm_type) not in (1.0, 2.0, math.inf):
-        raise ValueError(f"clip_grad_norm_: norm_type must be 1, 2 or inf, got {norm_type!r}")
-    norm_type = float(norm_type)
-    grads = _grads("clip_grad_norm_", params)
-    if not grads:
-        return 0.0
-    # NOTE: accumulate in float64 — a float32 sum of squares over millions of entries loses
-    # digits (and overflows past 3e38 where the float64 total is still finite).  Not np.dot:
-    # a float64 BLAS dot of a few thousand elements stalls on thread start-up (~80 µs).
-    if norm_type == 2.0:
-        total = 0.0
-        for g in grads:
-            d = g.astype(np.float64, copy=False)
-            total += float(np.multiply(d, d).sum())
-        total = math.sqrt(total)
-    elif norm_type == 1.0:
-        total = sum(float(np.abs(g).sum(dtype=np.float64)) for g in grads)
-    else:
-        total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
+            or not 0 < float(max_norm) < math.inf:
+        raise ValueError(f"clip_grad_norm_: max_norm must be a finite positive number, got "
+                         f"{max_norm!r}")
+    params = [params] if isinstance(params, Tensor) else _param_list("clip_grad_norm_", params)
+    total = grad_norm(params, norm_type)
     if not math.isfinite(total):
         if error_if_nonfinite:
-            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the "
-                               f"gradients is {total}; gradients were left unchanged")
+            raise RuntimeError(f"clip_grad_norm_: the total norm of order {float(norm_type)} "
+                               f"of the gradients is {total}; gradients were left unchanged")
         return total
     if total > max_norm:
         coef = float(max_norm) / (total + 1e-6)
-        for g in grads:
+        for g in _grads("clip_grad_norm_", params):
             g *= coef
     return total
 
@@ -443,8 +453,8 @@ def clip_grad_value_(params, clip_value):
     """Clip every gradient element to [−clip_value, clip_value] in place (min-char-rnn's
     ``np.clip(dparam, -5, 5, out=dparam)``).  Parameters whose grad is None are skipped."""
     if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real) \
-            or not float(clip_value) > 0:
-        raise ValueError(f"clip_grad_value_: clip_value must be a positive number, got "
+            or not 0 < float(clip_value) < math.inf:
+        raise ValueError(f"clip_grad_value_: clip_value must be a finite positive number, got "
                          f"{clip_value!r}")
     c = float(clip_value)
     for g in _grads("clip_grad_value_", params):

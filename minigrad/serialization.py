@@ -15,21 +15,25 @@ dicts/lists with every non-array leaf, and each array's key, shape and dtype.  `
 returns the same tree (Modules and optimizers come back as their state dicts, Tensors as
 arrays, tuples as tuples, dict keys keep their int/str type).
 
-It is written to a temporary file in the target's directory and moved into place with
-``os.replace``, so an interrupted save never leaves a half-written checkpoint: the old file
-(if any) stays intact and the temporary file is removed.
+It is written with :func:`minigrad.atomic.atomic_write`: a temporary file in the target's
+directory, moved into place with ``os.replace``, so an interrupted save never leaves a
+half-written checkpoint (the old file stays intact), and temporary files of writers that
+were killed are swept by the next save.  A failed save raises OSError naming the target.
+
+``load`` trusts nothing in the file: nesting depth and every array's size are checked
+against bounds and the file's own size *before* anything is allocated, so a crafted or
+corrupted file gives ValueError, never RecursionError or MemoryError.
 """
 
-import contextlib
 import json
+import math
 import numbers
 import os
-import tempfile
 import zipfile
-import zlib
 
 import numpy as np
 
+from minigrad.atomic import atomic_write
 from minigrad.tensor import Tensor
 
 __all__ = ["FORMAT", "VERSION", "load", "save"]
@@ -37,6 +41,9 @@ __all__ = ["FORMAT", "VERSION", "load", "save"]
 FORMAT = "minigrad-checkpoint"
 VERSION = 1
 META_KEY = "__minigrad__"
+MAX_DEPTH = 100  # nesting of dicts/lists; a training checkpoint uses about 5
+# Deflate cannot expand data more than ~1032:1, so a member can never honestly hold more.
+_MAX_RATIO = 1100
 
 
 # ------------------------------------------------------------------ save
@@ -56,19 +63,7 @@ def save(obj, path):
     tree = _encode(obj, [], arrays)
     meta = {"format": FORMAT, "version": VERSION, "tree": tree}
     arrays[META_KEY] = np.array(json.dumps(meta, allow_nan=True))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".minigrad-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _chmod_like_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: _write_npz(f, arrays))
 
 
 def _write_npz(f, arrays):
@@ -77,15 +72,6 @@ def _write_npz(f, arrays):
         for key, arr in arrays.items():
             with zf.open(key + ".npy", mode="w", force_zip64=True) as member:
                 np.lib.format.write_array(member, arr, allow_pickle=False)
-
-
-def _chmod_like_new_file(path):
-    # mkstemp creates the file readable by its owner only; give it the permissions a
-    # plain open() would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
 
 
 def _has_state_dict(obj):
@@ -98,6 +84,8 @@ def _where(path):
 
 def _encode(obj, path, arrays):
     """The JSON tree for ``obj``; arrays are moved into ``arrays`` under flattened keys."""
+    if len(path) > MAX_DEPTH:
+        raise ValueError(f"save: nested deeper than {MAX_DEPTH} levels at {_where(path[:5])}/...")
     if _has_state_dict(obj):
         obj = obj.state_dict()
     if isinstance(obj, Tensor):
@@ -149,47 +137,86 @@ def load(path):
     Raises FileNotFoundError if there is no file, and ValueError naming the file and the
     problem if it is not a valid minigrad checkpoint: truncated or corrupted (zip CRC
     checks), not an ``.npz``, an ``.npz`` without minigrad metadata, a newer format
-    version, or arrays whose shape/dtype disagree with the metadata.
+    version, arrays whose shape/dtype disagree with the metadata, sizes the file cannot
+    hold, or metadata nested deeper than ``MAX_DEPTH``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: no checkpoint file at {path!r}")
-    try:
-        arrays = _read_npz(path)
-        meta = _read_meta(arrays.pop(META_KEY, None))
-        used = set()
+    with open(path, "rb") as f:
         try:
-            out = _decode(meta["tree"], arrays, used)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise _Bad(f"malformed metadata ({type(e).__name__}: {e})") from None
-        extra = sorted(set(arrays) - used)
-        if extra:
-            raise _Bad(f"it holds arrays the metadata does not describe: {extra}")
-        return out
-    except _Bad as e:
-        raise ValueError(f"load: {path!r} is not a valid minigrad checkpoint: {e}") from None
+            arrays = _read_npz(f, os.fstat(f.fileno()).st_size)
+            meta = _read_meta(arrays.pop(META_KEY, None))
+            used = set()
+            out = _decode(meta["tree"], arrays, used, 0)
+            extra = sorted(set(arrays) - used)
+            if extra:
+                raise _Bad(f"it holds arrays the metadata does not describe: {extra}")
+            return out
+        except _Bad as e:
+            raise ValueError(f"load: {path!r} is not a valid minigrad checkpoint: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError, MemoryError, EOFError, OSError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile) as e:
+            # NOTE: whatever a mutated file makes zipfile, json or numpy raise (a bad CRC is
+            # BadZipFile, an encrypted flag RuntimeError, an unknown compression method
+            # NotImplementedError) means the same thing to the caller: not a checkpoint.
+            raise ValueError(f"load: {path!r} is not a valid minigrad checkpoint: unreadable "
+                             f"or truncated ({type(e).__name__}: {e})") from None
 
 
-def _read_npz(path):
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise _Bad("it is a single .npy array, not an .npz archive")
-        with z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        # NOTE: a corrupted byte inside an array is caught by the zip CRC check
-        # (BadZipFile); random bytes make np.load refuse to unpickle (ValueError).
-        raise _Bad(f"unreadable or truncated ({type(e).__name__}: {e})") from None
+def _read_npz(f, file_size):
+    """Every ``<key>.npy`` member as an array, each size checked before it is allocated."""
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"\x93NUMPY"):
+        raise _Bad("it is a single .npy array, not an .npz archive")
+    if head[:2] != b"PK":
+        raise _Bad("unreadable or truncated (not an .npz/zip archive)")
+    arrays = {}
+    with zipfile.ZipFile(f) as zf:
+        infos = zf.infolist()
+        if sum(i.compress_size for i in infos) > file_size:
+            raise _Bad("its members claim more bytes than the file holds")
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise _Bad(f"unexpected member {info.filename!r} (not an .npy array)")
+            with zf.open(info) as m:
+                arrays[info.filename[:-4]] = _read_npy(m, info)
+    return arrays
+
+
+def _read_npy(m, info):
+    fmt = np.lib.format
+    version = fmt.read_magic(m)
+    if version not in ((1, 0), (2, 0)):
+        raise _Bad(f"array {info.filename!r}: unsupported .npy version {version}")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(m)
+    if dtype.hasobject or dtype.kind not in "biufcU":  # U: the metadata string
+        raise _Bad(f"array {info.filename!r} has dtype {dtype}; checkpoints hold numbers only")
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
+    room = info.file_size - m.tell()  # the bytes left after the header
+    if nbytes > min(room, max(info.compress_size, 1) * _MAX_RATIO):
+        raise _Bad(f"array {info.filename!r} claims shape {shape} ({nbytes} bytes), more than "
+                   f"its {info.file_size}-byte member holds")
+    data = m.read(nbytes + 1)  # one byte more: reaching the end runs zipfile's CRC check
+    if len(data) != nbytes:
+        raise _Bad(f"array {info.filename!r}: {len(data)} bytes of data, its header says "
+                   f"{nbytes}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.copy()
 
 
 def _read_meta(raw):
     if raw is None:
         raise _Bad(f"no {META_KEY!r} metadata entry (a plain .npz, not written by mg.save)")
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        raise _Bad(f"the {META_KEY!r} entry is not a string")
     try:
         meta = json.loads(str(raw[()]))
-    except (ValueError, TypeError, IndexError) as e:
-        raise _Bad(f"the metadata is not valid JSON ({e})") from None
+    except (ValueError, TypeError, IndexError, RecursionError) as e:
+        raise _Bad(f"the metadata is not valid JSON or nested too deeply ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _Bad(f"the metadata has no {FORMAT!r} format tag")
     version = meta.get("version")
@@ -203,16 +230,21 @@ def _read_meta(raw):
     return meta
 
 
-def _decode(node, arrays, used):
+def _decode(node, arrays, used, depth):
+    if depth > MAX_DEPTH:
+        raise _Bad(f"the metadata is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(node, dict) or "kind" not in node:
-        raise _Bad(f"malformed metadata node {node!r}")
+        raise _Bad(f"malformed metadata node {str(node)[:80]}")
     kind = node["kind"]
     if kind == "value":
-        return node.get("value")
+        value = node.get("value")
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise _Bad(f"malformed metadata value {str(value)[:80]}")
+        return value
     if kind == "array":
         key = node.get("key")
-        if key not in arrays:
-            raise _Bad(f"the array {key!r} listed in the metadata is missing")
+        if not isinstance(key, str) or key not in arrays:
+            raise _Bad(f"the array {str(key)[:80]!r} listed in the metadata is missing")
         arr = arrays[key]
         shape, dtype = tuple(node.get("shape", ())), node.get("dtype")
         if arr.shape != shape or arr.dtype.str != dtype:
@@ -220,9 +252,18 @@ def _decode(node, arrays, used):
                        f"metadata says shape {shape} and dtype {dtype}")
         used.add(key)
         return arr[()] if node.get("scalar") else arr
+    items = node.get("items")
+    if not isinstance(items, list):
+        raise _Bad(f"metadata node of kind {str(kind)[:40]} has no list of items")
     if kind == "dict":
-        return {k: _decode(v, arrays, used) for k, v in node["items"]}
+        out = {}
+        for item in items:
+            if not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool) \
+                    or not isinstance(item[0], (str, int)):
+                raise _Bad(f"malformed dict item {str(item)[:80]}")
+            out[item[0]] = _decode(item[1], arrays, used, depth + 1)
+        return out
     if kind in ("list", "tuple"):
-        items = [_decode(v, arrays, used) for v in node["items"]]
+        items = [_decode(v, arrays, used, depth + 1) for v in items]
         return tuple(items) if kind == "tuple" else items
-    raise _Bad(f"unknown metadata node kind {kind!r}")
+    raise _Bad(f"unknown metadata node kind {str(kind)[:40]}")

@@ -461,7 +461,11 @@ def matmul(a, b):
     """``a @ b``: (M, K) @ (K, N), (..., M, K) @ (K, N) or batched (B, M, K) @ (B, K, N)."""
     a, b = _operand(a, "matmul"), _operand(b, "matmul")
     sa, sb = np.shape(_raw(a)), np.shape(_raw(b))
-    ok = len(sa) >= 2 and (len(sb) == 2 or (len(sb) == 3 and len(sa) == 3 and sa[0] == sb[0]))
+    if len(sa) == 3 and len(sb) == 3 and sa[0] != sb[0]:
+        raise ValueError(f"matmul: shapes {sa} and {sb} have different batch sizes B={sa[0]} "
+                         f"and {sb[0]} (dimension 0); expected (B, M, K) @ (B, K, N) with "
+                         "equal B")
+    ok = len(sa) >= 2 and (len(sb) == 2 or (len(sb) == 3 and len(sa) == 3))
     if not ok or sa[-1] != sb[-2]:
         raise ValueError(
             f"matmul: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N), "

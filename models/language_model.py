@@ -12,11 +12,12 @@ one-hot inputs either is one fixed input vector).
 """
 
 import math
+import numbers
 
 import numpy as np
 
 import minigrad as mg
-from minigrad.data import Vocab
+from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids
 from minigrad.nn import Embedding, Linear, Module
 from models.layers import LAYERS
 
@@ -45,7 +46,7 @@ class LanguageModel(Module):
                              f"<EOS>), got {vocab_size}")
         self.vocab_size, self.hidden_size, self.cell_type = vocab_size, hidden_size, cell
         self.vocab = vocab
-        self.start_id = vocab.eos_id if vocab is not None else Vocab.SPECIALS.index(Vocab.EOS)
+        self.start_id = EOS_ID
         self.embedding = Embedding(vocab_size, embedding_dim) if embedding_dim else None
         n_in = embedding_dim or vocab_size
         self.rnn = LAYERS[cell](n_in, hidden_size, num_layers=num_layers, dropout=dropout,
@@ -159,15 +160,11 @@ class LanguageModel(Module):
         Returns a list of strings (ids with ``return_ids=True`` or when there is no vocab).
         """
         V = self.vocab_size
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"sample: n must be a positive integer, got {n!r}")
-        if not isinstance(max_len, (int, np.integer)) or max_len < 1:
-            raise ValueError(f"sample: max_len must be a positive integer, got {max_len!r}")
-        if temperature < 0 or not math.isfinite(temperature):
-            raise ValueError(f"sample: temperature must be >= 0 (0 means greedy), got "
-                             f"{temperature}")
-        if top_k is not None and (not isinstance(top_k, (int, np.integer))
-                                  or not 1 <= top_k <= V):
+        for name, v in (("n", n), ("max_len", max_len)):
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"sample: {name} must be a positive integer, got {v!r}")
+        check_temperature("sample", temperature)
+        if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= V):
             raise ValueError(f"sample: top_k must be in 1..{V} (the vocabulary size), "
                              f"got {top_k}")
         rng = np.random.default_rng(seed) if seed is not None else mg.get_rng()
@@ -175,16 +172,14 @@ class LanguageModel(Module):
         was = self.training
         self.eval()
         try:
-            banned = [Vocab.SPECIALS.index(Vocab.PAD)]
-            if not allow_unk:
-                banned.append(Vocab.SPECIALS.index(Vocab.UNK))
+            banned = [PAD_ID] if allow_unk else [PAD_ID, UNK_ID]
             x = np.concatenate([[self.start_id], prime_ids]).astype(np.int64)
             logits, state = self(np.tile(x, (n, 1)))
             last = logits.data[:, -1].astype(np.float64)
             out = [list(prime_ids) for _ in range(n)]
             alive = np.ones(n, dtype=bool)
             for step in range(max_len):
-                nxt = self._draw(last, temperature, top_k, banned, rng)
+                nxt = draw(last, temperature, top_k, banned, rng)
                 for i in np.flatnonzero(alive):
                     if nxt[i] == self.start_id:
                         alive[i] = False
@@ -201,7 +196,7 @@ class LanguageModel(Module):
         return [self.vocab.decode(o) for o in out]
 
     def _prime_ids(self, prime):
-        if prime is None or len(prime) == 0:
+        if prime is None or (hasattr(prime, "__len__") and len(prime) == 0):
             return np.zeros(0, dtype=np.int64)
         if isinstance(prime, str):
             if self.vocab is None:
@@ -212,23 +207,49 @@ class LanguageModel(Module):
                 raise ValueError(f"sample: prime contains tokens not in the vocabulary: "
                                  f"{unknown}")
             return self.vocab.encode(tokens)
-        ids = np.asarray(prime, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise ValueError(f"sample: prime ids must be in 0..{self.vocab_size - 1}")
-        return ids
+        ids = np.asarray(prime)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise ValueError(f"sample: prime must be text or a 1-D sequence of integer ids, got "
+                             f"shape {ids.shape} dtype {ids.dtype}")
+        return check_ids("sample: prime", ids.astype(np.int64), self.vocab_size)
 
-    @staticmethod
-    def _draw(logits, temperature, top_k, banned, rng):
-        logits = logits.copy()
-        logits[:, banned] = -np.inf
-        if top_k is not None:  # exactly k survive, even with ties
-            drop = np.argsort(logits, axis=1, kind="stable")[:, :-top_k]
-            np.put_along_axis(logits, drop, -np.inf, axis=1)
-        if temperature == 0:
-            return logits.argmax(axis=1)
-        # NOTE: shift before dividing: a tiny temperature then sends every non-maximal logit
-        # to -inf (probability 0) instead of overflowing to inf/inf = NaN.
-        z = (logits - logits.max(axis=1, keepdims=True)) / temperature
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return np.array([rng.choice(len(row), p=row) for row in p])
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_temperature(where, temperature):
+    """A sampling temperature must be a finite real number >= 0 (0 means greedy)."""
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 means greedy), "
+                         f"got {temperature!r}")
+    return float(temperature)
+
+
+def draw(logits, temperature, top_k, banned, rng, where="sample"):
+    """The next token of every row of ``logits`` (B, V): argmax at ``temperature=0``, else a
+    draw from softmax(logits / temperature) restricted to the ``top_k`` most likely;
+    ``banned`` ids are never chosen.  Raises FloatingPointError if a logit is not finite
+    (a diverged model), instead of NumPy's "probabilities contain NaN" or a silent argmax
+    of NaN."""
+    if not np.isfinite(logits).all():
+        raise FloatingPointError(f"{where}: the model's outputs (logits) are not finite (NaN or "
+                                 "inf): the model has diverged; retrain it with a lower "
+                                 "learning rate or gradient clipping")
+    logits = logits.copy()
+    logits[:, banned] = -np.inf
+    if top_k is not None:  # exactly k survive, even with ties
+        drop = np.argsort(logits, axis=1, kind="stable")[:, :-top_k]
+        np.put_along_axis(logits, drop, -np.inf, axis=1)
+    if temperature == 0:
+        return logits.argmax(axis=1)
+    # NOTE: shift before dividing: a tiny temperature then sends every non-maximal logit
+    # to -inf (probability 0) instead of overflowing to inf/inf = NaN.
+    z = (logits - logits.max(axis=1, keepdims=True)) / temperature
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in p])
+
+
+__all__ = ["LanguageModel", "check_temperature", "draw"]

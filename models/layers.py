@@ -16,11 +16,17 @@ import numpy as np
 import minigrad as mg
 from minigrad import functional as F
 from minigrad.compiler import TraceError, scan
+from minigrad.data import check_ids
 from minigrad.nn import Linear, Module, ModuleList, Parameter, Sequential, Tanh
 from models.cells import CELLS, GRUCell, LSTMCell, RNNCell
 
 
-def _check_input(name, x, input_size):
+def _check_input(name, x, input_size, dtype=None):
+    """``x`` as a Tensor of (B, T, input_size) floats of ``dtype`` (the cell's) or (B, T) ids.
+
+    NOTE: as PyTorch, a float input whose dtype differs from the model's is refused, not
+    cast: float64 data would otherwise silently run the whole model in float64 (~3x slower).
+    """
     if not isinstance(x, mg.Tensor):
         x = mg.tensor(x)
     integer = np.issubdtype(x.dtype, np.integer)
@@ -35,9 +41,12 @@ def _check_input(name, x, input_size):
                          f"expected input_size={input_size}")
     if x.shape[1] == 0:
         raise ValueError(f"{name}: the input has no time steps (T = 0)")
-    if integer and x.size and (x.data.min() < 0 or x.data.max() >= input_size):
-        raise IndexError(f"{name}: token id {x.data.max()} out of range for input_size="
-                         f"{input_size}")
+    if integer:
+        check_ids(name, x.data, input_size, size="input_size")
+    elif dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: input has dtype {x.dtype} but the model is {np.dtype(dtype)}; "
+                        f"convert the input (x.astype(np.{np.dtype(dtype)})) or build the model "
+                        f"with dtype=np.{x.dtype}")
     return x
 
 
@@ -133,7 +142,7 @@ class Recurrent(Module):
     def forward(self, x, state=None, lengths=None):
         cell = self.cell
         name = type(self).__name__
-        x = _check_input(name, x, cell.input_size)
+        x = _check_input(name, x, cell.input_size, _dtype(cell))
         B, T = x.shape[:2]
         state = self.initial_state(B, state)
         valid = None
@@ -387,14 +396,19 @@ class SequenceClassifier(Module):
 
     def forward(self, x, lengths=None):
         _, final = self.rnn(x, lengths=lengths)
-        a = final[0] if isinstance(final, tuple) else final  # LSTM: (a_n, c_n)
-        if isinstance(self.rnn, _Stack) and self.rnn.bidirectional:
-            last = mg.concat([a[-2], a[-1]], axis=1)
-        elif isinstance(self.rnn, _Stack):
-            last = a[-1]
-        else:
-            last = a
+        if isinstance(self.rnn, Bidirectional):  # (state→, state←), each a or (a, c)
+            last = mg.concat([_hidden(final[0]), _hidden(final[1])], axis=1)
+        elif isinstance(self.rnn, _Stack):  # (L·D, B, H), or a pair of them for an LSTM
+            a = _hidden(final)
+            last = mg.concat([a[-2], a[-1]], axis=1) if self.rnn.bidirectional else a[-1]
+        else:  # a Recurrent layer: a (B, H), or (a, c)
+            last = _hidden(final)
         return self.out(last)
+
+
+def _hidden(state):
+    """The hidden state a of a final state: ``a`` itself, or the ``a`` of an LSTM's (a, c)."""
+    return state[0] if isinstance(state, tuple) else state
 
 
 # --------------------------------------------------------------------------- gradient flow

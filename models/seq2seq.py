@@ -39,19 +39,15 @@ decoder stays a plain stacked layer and teacher forcing is still one call.
 No backward code here: the tape differentiates encoder, bridge, attention and decoder.
 """
 
-import math
 
 import numpy as np
 
 import minigrad as mg
-from minigrad.data import Vocab, pad_batch
+from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids, pad_batch
 from minigrad.nn import Embedding, Linear, Module
-from models.language_model import LanguageModel
+from models.language_model import check_temperature, draw
 from models.layers import LAYERS
 
-PAD_ID = Vocab.SPECIALS.index(Vocab.PAD)
-UNK_ID = Vocab.SPECIALS.index(Vocab.UNK)
-EOS_ID = Vocab.SPECIALS.index(Vocab.EOS)
 _MASKED_SCORE = -1e9  # NOTE: finite, not -inf: exp underflows to exactly 0, no inf - inf
 
 
@@ -63,11 +59,7 @@ def _ids(name, x, vocab_size, what):
                          f"{x.shape} dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"Seq2Seq.{name}: {what} is empty (shape {x.shape})")
-    if x.min() < 0 or x.max() >= vocab_size:
-        bad = x.min() if x.min() < 0 else x.max()
-        raise IndexError(f"Seq2Seq.{name}: {what} holds token id {bad}, out of range for a "
-                         f"vocabulary of {vocab_size}")
-    return x
+    return check_ids(f"Seq2Seq.{name}", x, vocab_size, what=f"{what} token id")
 
 
 def _lengths(name, lengths, B, T, what):
@@ -282,9 +274,7 @@ class Seq2Seq(Module):
         if not isinstance(max_len, (int, np.integer)) or max_len < 1:
             raise ValueError(f"Seq2Seq.translate: max_len must be a positive integer, got "
                              f"{max_len!r}")
-        if temperature < 0 or not math.isfinite(temperature):
-            raise ValueError(f"Seq2Seq.translate: temperature must be >= 0 (0 means greedy), "
-                             f"got {temperature}")
+        check_temperature("Seq2Seq.translate", temperature)
         if isinstance(src, (list, tuple)):
             if src_lengths is not None:
                 raise ValueError("Seq2Seq.translate: pass src_lengths only with a padded "
@@ -302,8 +292,8 @@ class Seq2Seq(Module):
             alive = np.ones(B, dtype=bool)
             for _ in range(max_len):
                 logits, state = self.decode(y, state, memory)
-                nxt = LanguageModel._draw(logits.data[:, -1].astype(np.float64), temperature,
-                                          None, banned, rng)
+                nxt = draw(logits.data[:, -1].astype(np.float64), temperature, None, banned,
+                           rng, where="Seq2Seq.translate")
                 for i in np.flatnonzero(alive):
                     if nxt[i] == EOS_ID:
                         alive[i] = False

@@ -8,6 +8,8 @@ import minigrad as mg
 
 # Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
 mg.set_num_threads(1)
+# The test process opts in, as the demos do: full collections skip Numba's ~10⁵ objects.
+mg.freeze_gc()
 
 settings.register_profile(
     "default", deadline=None, max_examples=25,

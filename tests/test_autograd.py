@@ -324,6 +324,14 @@ def test_matmul_shape_mismatch_names_both_shapes(sa, sb):
         a @ b
 
 
+def test_batched_matmul_names_the_batch_dimension():
+    # K agrees (3 and 3); the batch sizes 2 and 4 do not: the message used to blame K.
+    a, b = mg.tensor(np.ones((2, 5, 3))), mg.tensor(np.ones((4, 3, 6)))
+    with pytest.raises(ValueError, match=r"matmul: shapes .* have different batch sizes "
+                                         r"B=2 and 4 \(dimension 0\)"):
+        a @ b
+
+
 def re_shape(s):
     return str(s).replace("(", r"\(").replace(")", r"\)")
 
@@ -486,3 +494,23 @@ def test_as_array_unwraps_tensors_without_copying():
     assert mg.as_array(t) is t.data
     np.testing.assert_array_equal(mg.as_array([1, 2]), [1, 2])
     assert mg.as_array([1, 2], dtype=np.float32).dtype == np.float32
+
+
+def test_import_leaves_the_garbage_collector_alone():
+    """``import minigrad`` used to call gc.freeze(): cycles created before the import were
+    never collected.  Freezing is opt-in now, through mg.freeze_gc()."""
+    import subprocess
+    import sys
+
+    code = ("import gc, weakref\n"
+            "class Big: pass\n"
+            "a, b = Big(), Big(); a.other, b.other = b, a; probe = weakref.ref(a)\n"
+            "del a, b\n"
+            "import minigrad as mg\n"
+            "assert gc.get_freeze_count() == 0, gc.get_freeze_count()\n"
+            "gc.collect()\n"
+            "assert probe() is None, 'a cycle made before the import was never collected'\n"
+            "assert mg.freeze_gc() > 10_000 and gc.get_freeze_count() > 10_000\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

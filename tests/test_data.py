@@ -627,3 +627,37 @@ def test_make_sentences_regenerates_the_file(tmp_path):
     assert out.read_bytes() == (DATA_DIR / "sentences.txt").read_bytes()
     module.main(["--n", "5", "--seed", "1", "--out", str(out)])
     assert len(out.read_text().splitlines()) == 5
+
+
+# -- special ids and the one id range rule ------------------------------------------------
+
+
+def test_special_ids_are_defined_once():
+    from minigrad.data import EOS_ID, PAD_ID, UNK_ID
+
+    v = Vocab.build("abc")
+    assert (PAD_ID, UNK_ID, EOS_ID) == (v.pad_id, v.unk_id, v.eos_id) == (0, 1, 2)
+    assert [v.itos[i] for i in (PAD_ID, UNK_ID, EOS_ID)] == list(Vocab.SPECIALS)
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([[3, -1, 9]], r"token id -1 is out of range \(negative\): expected 0\.\.4 for "
+                   r"vocabulary size=5"),
+    ([[3, 7, 9]], r"token id 9 is out of range \(too large\): expected 0\.\.4"),
+])
+def test_check_ids_names_the_bad_id(ids, match):
+    from minigrad.data import check_ids
+
+    with pytest.raises(IndexError, match=match):
+        check_ids("where", np.array(ids), 5)
+    ok = np.array([[0, 4]])
+    assert check_ids("where", ok, 5) is ok
+    assert check_ids("where", np.zeros((0, 3), dtype=np.int64), 5).shape == (0, 3)
+
+
+def test_pad_batch_given_strings_says_strings_not_ids():
+    with pytest.raises(TypeError, match=r"pad_batch: sequence 1 is a str \('bob'\): got "
+                                        r"strings, not ids; encode text first"):
+        pad_batch([[1, 2], "bob"])
+    with pytest.raises(TypeError, match="strings, not ids"):
+        pad_batch(["anna", "bob"])

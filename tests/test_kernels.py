@@ -208,6 +208,24 @@ def test_float32_activation_error_bound_on_a_dense_grid(name):
     assert y.min() >= lo and y.max() <= 1  # never outside the range (log(σ) stays finite)
 
 
+def test_the_readme_bounds_of_the_float32_approximations():
+    """What the README promises (section "float32 tanh and sigmoid"): float32 tanh is within
+    2.8e-7 of the exact value and saturates just below 1 (|tanh| <= 1 - 5.9e-8); float32
+    sigmoid is within 1.7e-7 and bottoms out near 3e-8 instead of following e^x; float64
+    is exact to rounding."""
+    x = np.linspace(-40, 40, 800_001)
+    t32 = kernels.tanh_forward(x.astype(np.float32)).astype(np.float64)
+    s32 = kernels.sigmoid_forward(x.astype(np.float32)).astype(np.float64)
+    x32 = x.astype(np.float32).astype(np.float64)
+    assert np.abs(t32 - np.tanh(x32)).max() <= 2.8e-7
+    assert np.abs(s32 - 0.5 * (1 + np.tanh(x32 / 2))).max() <= 1.7e-7
+    assert 1 - np.abs(t32).max() >= 5.9e-8  # never exactly ±1
+    assert 2e-8 <= s32[x <= -20].max() <= 1.2e-7  # σ(-20) = 2e-9 exactly
+    np.testing.assert_allclose(kernels.tanh_forward(x), np.tanh(x), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(kernels.sigmoid_forward(x), 1 / (1 + np.exp(-x)), rtol=1e-15,
+                               atol=1e-300)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activations_at_special_values(dtype):
     x = np.array([-np.inf, -1000, 0, 1000, np.inf], dtype=dtype)

@@ -297,7 +297,7 @@ def test_errors_are_clear():
     V = len(model.vocab)
     with pytest.raises(ValueError, match=r"prime contains tokens not in the vocabulary.*'z'"):
         model.sample(prime="abz")
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         model.sample(temperature=-0.5)
     with pytest.raises(ValueError, match=rf"top_k must be in 1\.\.{V}"):
         model.sample(top_k=V + 1)
@@ -311,3 +311,42 @@ def test_errors_are_clear():
         model.perplexity([])
     with pytest.raises(ValueError, match="empty sequence"):
         model.log_prob([], add_eos=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature="1.0"), "temperature must be a finite number >= 0"),
+    (dict(temperature=math.nan), "temperature must be a finite number >= 0"),
+    (dict(temperature=True), "temperature must be a finite number >= 0"),
+    (dict(n=True), "n must be a positive integer"),
+    (dict(max_len=2.0), "max_len must be a positive integer"),
+    (dict(prime=[[3, 4]]), r"prime must be text or a 1-D sequence of integer ids, got shape "
+                           r"\(1, 2\)"),
+    (dict(prime=[1.5]), "prime must be text or a 1-D sequence of integer ids"),
+    (dict(prime=7), "prime must be text or a 1-D sequence of integer ids"),
+])
+def test_sampling_arguments_of_the_wrong_type_get_our_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_model("gru").sample(**kwargs)
+
+
+def test_prime_ids_out_of_range_name_the_bad_id():
+    model = make_model("rnn")
+    V = len(model.vocab)
+    with pytest.raises(IndexError, match=r"prime: token id -3 is out of range \(negative\)"):
+        model.sample(prime=[4, -3, V + 5])
+    with pytest.raises(IndexError, match=rf"token id {V + 5} is out of range \(too large\): "
+                                         rf"expected 0\.\.{V - 1}"):
+        model.sample(prime=[4, V + 5])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("kwargs", [dict(temperature=0), dict(temperature=1.0),
+                                    dict(temperature=1.0, top_k=3)])
+def test_sampling_a_non_finite_model_says_so(bad, kwargs):
+    # A diverged model used to crash in NumPy ("probabilities contain NaN") or, greedy,
+    # silently return empty strings.
+    model = make_model("lstm")
+    model.out.bias.data[:] = bad
+    with pytest.raises(FloatingPointError, match="sample: the model's outputs .* are not "
+                                                 "finite"):
+        model.sample(3, seed=0, **kwargs)

@@ -417,3 +417,66 @@ def test_fused_primitives_reject_wrong_shapes():
         F.gru_update(xp, c, c)
     with pytest.raises(ValueError, match=r"gru_reset_after: xp \(2, 12\) and h \(2, 12\) must be"):
         F.gru_reset_after(xp, xp, c)
+
+
+# ------------------------------------------------------------------------ heads over wrappers
+
+WRAPPERS = {
+    "recurrent": lambda cls, I, H: Recurrent(cls.cell_class(I, H)),
+    "bidirectional": lambda cls, I, H: Bidirectional(cls.cell_class(I, H),
+                                                     cls.cell_class(I, H)),
+    "stack": lambda cls, I, H: cls(I, H),
+    "bidirectional stack": lambda cls, I, H: cls(I, H, bidirectional=True),
+    "deep bidirectional stack": lambda cls, I, H: cls(I, H, num_layers=2, bidirectional=True),
+}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+def test_every_wrapper_inside_every_head(cls, wrapper):
+    """SequenceClassifier(Bidirectional(cell, cell), n) used to crash (a Linear shape error
+    for GRU/RNN cells, "cannot make a tensor from tuple" for LSTM cells).  The classifier's
+    last state is checked against the wrapper's own outputs: a→ at each sequence's last
+    step and a← at its first."""
+    mg.manual_seed(3)
+    I, H, C, T = 3, 4, 5, 6
+    rnn = WRAPPERS[wrapper](cls, I, H)
+    D = 2 if "bidirectional" in wrapper else 1
+    x, lengths = mg.randn(2, T, I), np.array([T, 2])
+    tagger = SequenceTagger(rnn, C)
+    assert tagger(x, lengths=lengths).shape == (2, T, C)
+    clf = SequenceClassifier(rnn, C)
+    logits = clf(x, lengths=lengths)
+    assert logits.shape == (2, C)
+    with mg.no_grad():
+        outputs = rnn(x, lengths=lengths)[0].data  # (B, T, D·H)
+    last = outputs[np.arange(2), lengths - 1, :H]
+    if D == 2:
+        last = np.concatenate([last, outputs[:, 0, H:]], axis=1)
+    expected = last @ clf.out.weight.data.T + clf.out.bias.data
+    np.testing.assert_allclose(logits.data, expected, rtol=1e-5, atol=1e-6)
+    logits.sum().backward()  # and it trains: every parameter gets a gradient
+    assert all(p.grad is not None for p in clf.parameters())
+
+
+def test_float64_input_to_a_float32_model_is_refused():
+    # As PyTorch: float64 data used to run the whole float32 model in float64, ~3x slower.
+    x64 = np.random.default_rng(0).normal(size=(2, 5, 3))
+    for model in (LSTM(3, 4), Recurrent(GRUCell(3, 4)), SequenceTagger(RNN(3, 4), 2)):
+        with pytest.raises(TypeError, match="input has dtype float64 but the model is float32"):
+            model(x64)
+        model(x64.astype(np.float32))  # the fix the message suggests works
+    with pytest.raises(TypeError, match="Linear: input has dtype float64 but the layer's "
+                                        "weight is float32"):
+        mg.nn.Linear(3, 2)(x64)
+    with pytest.raises(TypeError, match="input has dtype float32 but the model is float64"):
+        LSTM(3, 4, dtype=F64)(x64.astype(np.float32))
+
+
+def test_token_ids_out_of_range_name_the_bad_id():
+    layer = GRU(5, 4)
+    with pytest.raises(IndexError, match=r"token id -2 is out of range \(negative\): expected "
+                                         r"0\.\.4 for input_size=5"):
+        layer(np.array([[1, -2, 3]]))  # the message used to name the largest id, 3
+    with pytest.raises(IndexError, match=r"token id 9 is out of range \(too large\)"):
+        layer(np.array([[1, 9, 3]]))

@@ -419,10 +419,10 @@ def test_clip_grad_norm_float32_overflow_safe():
     np.testing.assert_allclose(ps[0].grad, [0.6, 0.8], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "1"])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1"])
 def test_clip_grad_norm_bad_max_norm(bad):
     ps = grads_params([1.0])
-    with pytest.raises(ValueError, match="max_norm must be a positive number"):
+    with pytest.raises(ValueError, match="max_norm must be a finite positive number"):
         optim.clip_grad_norm_(ps, bad)
     with pytest.raises(ValueError, match="norm_type must be 1, 2 or inf"):
         optim.clip_grad_norm_(ps, 1.0, norm_type=3)
@@ -435,8 +435,29 @@ def test_clip_grad_value():
     np.testing.assert_array_equal(ps[0].grad, [-5.0, 2.0, 5.0])
     np.testing.assert_array_equal(ps[1].grad, [[-1.0, 5.0]])
     assert ps[2].grad is None
-    with pytest.raises(ValueError, match="clip_value must be a positive number"):
-        optim.clip_grad_value_(ps, 0)
+    for bad in (0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="clip_value must be a finite positive number"):
+            optim.clip_grad_value_(ps, bad)
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.RMSprop, optim.Adam,
+                                 optim.AdamW])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_optimizers_reject_a_non_finite_lr(cls, bad):
+    # lr=inf used to be accepted and turned every weight into inf/NaN at the first step.
+    with pytest.raises(ValueError, match=f"{cls.__name__}: lr must be a finite number"):
+        cls([nn.Parameter(np.zeros(2))], lr=bad)
+    opt = cls([nn.Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        opt.lr = bad  # a schedule or a resumed run sets it later
+
+
+def test_grad_norm_is_the_norm_clip_grad_norm_reports():
+    ps = grads_params([3.0, 4.0], [[12.0]])
+    assert optim.grad_norm(ps) == 13.0 and optim.grad_norm(ps, 1) == 19.0
+    assert optim.grad_norm(ps, math.inf) == 12.0
+    np.testing.assert_array_equal(ps[0].grad, [3.0, 4.0])  # measuring changes nothing
+    assert optim.clip_grad_norm_(ps, 1.0) == 13.0
 
 
 # ------------------------------------------------------------------ schedules

@@ -310,3 +310,181 @@ def test_loading_into_a_different_architecture(tmp_path):
     mg.save({"optim": opt_sd}, path)
     with pytest.raises(ValueError, match=r"params\[1\]: saved \(8, 4\), here \(16, 4\)"):
         optim.Adam(TinyLM(hidden=16).parameters()).load_state_dict(mg.load(path)["optim"])
+
+
+# ------------------------------------------------------------------ crafted files and faults
+
+def nested(depth):
+    """The JSON text of a metadata tree ``depth`` lists deep (built as text: json.dumps
+    itself cannot go 5000 deep)."""
+    return '{"kind": "list", "items": [' * depth + '{"kind": "value", "value": 1}' + "]}" * depth
+
+
+@pytest.mark.parametrize("depth", [150, 5000])
+def test_deeply_nested_metadata_is_a_value_error(tmp_path, depth):
+    # 5000 levels used to raise a bare RecursionError from json / the decoder.
+    path = tmp_path / "deep.npz"
+    write_npz(path, __minigrad__=np.array(
+        '{"format": "minigrad-checkpoint", "version": 1, "tree": ' + nested(depth) + "}"))
+    with pytest.raises(ValueError, match="nested (too )?deep"):
+        mg.load(path)
+    deep = 0
+    for _ in range(120):
+        deep = [deep]
+    with pytest.raises(ValueError, match="save: nested deeper than 100 levels"):
+        mg.save({"x": deep}, tmp_path / "never.npz")
+
+
+def write_npy_member(zf, name, shape, data=b"", dtype="<f8"):
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    with zf.open(name, "w") as m:
+        np.lib.format.write_array_header_1_0(m, header)
+        m.write(data)
+
+
+@pytest.mark.parametrize("shape", [(10 ** 13,), (10 ** 7, 10 ** 7), (3,)])
+def test_array_sizes_are_checked_before_allocating(tmp_path, shape):
+    # A header claiming 10^13 elements used to raise a bare MemoryError.
+    path = tmp_path / "huge.npz"
+    node = {"kind": "array", "key": "w", "shape": list(shape), "dtype": "<f8"}
+    with zipfile.ZipFile(path, "w") as zf:
+        write_npy_member(zf, "w.npy", shape, data=b"\0" * 16)
+        with zf.open("__minigrad__.npy", "w") as m:
+            np.lib.format.write_array(m, meta_entry(tree=node))
+    with pytest.raises(ValueError, match=r"array 'w.npy' claims shape .* more than its "
+                                         r"\d+-byte member holds"):
+        mg.load(path)
+
+
+def test_fuzzed_files_give_a_checkpoint_or_a_value_error(tmp_path):
+    """Random and mutated bytes: mg.load returns a tree or raises ValueError, nothing else."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    good = tmp_path / "good.npz"
+    mg.save({"model": nn.Linear(3, 2), "step": 7, "name": "x", "l": [1.5, None]}, good)
+    original = good.read_bytes()
+    path = tmp_path / "fuzz.npz"
+
+    def check(data):
+        path.write_bytes(data)
+        try:
+            out = mg.load(path)
+        except ValueError:
+            return
+        assert isinstance(out, dict)
+
+    @given(st.binary(max_size=600))
+    def random_bytes(data):
+        check(data)
+
+    @given(st.lists(st.tuples(st.integers(0, len(original) - 1), st.integers(0, 255)),
+                    min_size=1, max_size=8),
+           st.integers(0, len(original)))
+    def mutated(edits, cut):
+        data = bytearray(original)
+        for at, byte in edits:
+            data[at] = byte
+        check(bytes(data[:cut]) if cut < 40 else bytes(data))
+
+    random_bytes()
+    mutated()
+
+
+def orphans(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+KILLED_MID_SAVE = r"""
+import sys
+import numpy as np
+import minigrad as mg
+path = sys.argv[1]
+big = {"w": np.ones(25_000_000, dtype=np.float32)}  # 100 MB: each save takes a while
+print("ready", flush=True)
+while True:
+    mg.save(big, path)
+"""
+
+
+def test_a_process_killed_mid_save_leaves_the_old_checkpoint_and_no_orphan(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ckpt.npz"
+    mg.save({"w": np.arange(4.0), "step": 1}, path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not orphans(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert orphans(tmp_path), "the child never started a save"
+        proc.send_signal(signal.SIGKILL)  # kill -9: no cleanup code runs
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert orphans(tmp_path)  # the killed writer's temp file is still there ...
+    ckpt = mg.load(path)  # ... and the checkpoint is the old one or a complete new one
+    assert ckpt.get("step") == 1 or ckpt["w"].shape == (25_000_000,)
+    mg.save({"w": np.zeros(2), "step": 2}, path)  # the next save sweeps the orphan
+    assert orphans(tmp_path) == []
+    assert mg.load(path)["step"] == 2
+
+
+def test_a_disk_full_mid_save_keeps_the_old_checkpoint_and_names_the_target(tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    path = tmp_path / "ckpt.npz"
+    mg.save({"w": np.arange(3.0)}, path)
+    before = path.read_bytes()
+    real = serialization._write_npz
+
+    def fills_the_disk(f, arrays):
+        f.write(b"PK\x03\x04" + b"\0" * 1000)  # part of a file is on disk ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(serialization, "_write_npz", fills_the_disk)
+    with pytest.raises(OSError, match=r"save: could not write '.*ckpt\.npz': No space left"
+                       ) as info:
+        mg.save({"w": np.zeros(1000)}, path)
+    assert info.value.errno == errno.ENOSPC and ".tmp" not in str(info.value)
+    assert path.read_bytes() == before and orphans(tmp_path) == []
+    monkeypatch.setattr(serialization, "_write_npz", real)
+    np.testing.assert_array_equal(mg.load(path)["w"], np.arange(3.0))
+
+
+def test_a_read_only_directory_names_the_target_not_a_temp_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=r"save: could not write '.*x\.npz'"):
+            mg.save({"w": np.zeros(1)}, tmp_path / "x.npz")
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_orphans_of_dead_writers_are_swept_by_both_savers(tmp_path):
+    from minigrad.atomic import sweep_orphans
+    from minigrad.data import Vocab
+
+    dead = tmp_path / ".minigrad-999999999-abc123.tmp"  # no such pid
+    alive = tmp_path / f".minigrad-{os.getpid()}-live01.tmp"  # a save in progress: kept
+    old = tmp_path / ".vocab-k2j4h1.tmp"  # the previous naming, an hour old
+    other = tmp_path / "notes.tmp"  # not ours: never touched
+    for p in (dead, alive, old, other):
+        p.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    Vocab.build("abc").save(tmp_path / "vocab.json")
+    assert orphans(tmp_path) == sorted([alive.name, other.name])
+    dead.write_bytes(b"x")
+    mg.save({"w": np.zeros(1)}, tmp_path / "c.npz")
+    assert orphans(tmp_path) == sorted([alive.name, other.name])
+    assert sweep_orphans(tmp_path) == []
