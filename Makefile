@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-oracle lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# Optional: every recurrent layer against torch.nn (float64, values and gradients).  Torch is
+# installed into the venv here only; it is never a dependency of the package or of `make test`.
+test-oracle: $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pytest -q tests/test_torch_oracle.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -387,22 +387,40 @@ def test_iterating_a_tensor():
     assert len(rows) == 3 and rows[2].shape == (2,)
 
 
+@pytest.mark.parametrize("elementwise_first", [False, True])
 @pytest.mark.parametrize("through_node", [False, True])
-def test_weight_used_at_every_step_gets_the_summed_gradient(through_node):
-    """A weight used by T matmuls (and once elementwise) gets Σ_t a_tᵀ g_t + the elementwise
-    term, whether its deferred OuterSum lands on a leaf or on an intermediate node."""
+def test_weight_used_at_every_step_gets_the_summed_gradient(through_node, elementwise_first):
+    """A weight used by T addmms and a matmul (and once elementwise) gets Σ_t h<t-1>ᵀ δ<t>
+    plus the other terms, whether its deferred OuterSums land on a leaf (merged after the
+    walk) or on an intermediate node (merged there, several in a row), and whether the
+    elementwise term arrives before them or after: against BPTT written out in NumPy."""
     rng = np.random.default_rng(0)
-    W = mg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
-    xs = [mg.tensor(rng.standard_normal((2, 3))) for _ in range(5)]
-    mg.check_grads(lambda W: _weight_loss(W, xs, through_node), W)
+    W0 = 0.5 * rng.standard_normal((3, 3))
+    xs = [rng.standard_normal((2, 3)) for _ in range(5)]
+    h0, u = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    k = 2.0 if through_node else 1.0
 
-
-def _weight_loss(W, xs, through_node):
-    Wn = W * 1.0 if through_node else W
-    h = mg.zeros(2, 4, dtype=np.float64)
+    W = mg.tensor(W0, requires_grad=True)
+    Wn = W * k if through_node else W
+    # the oldest consumer of Wn is walked last: its plain array then meets merged OuterSums
+    sq = (Wn * Wn).sum() if elementwise_first else None
+    h = mg.tensor(h0)
     for x in xs:
-        h = mg.addmm(h, x, Wn).tanh()
-    return h.sum() + (Wn * Wn).sum() + (xs[0] @ Wn).sum()
+        h = mg.addmm(mg.tensor(x), h, Wn).tanh()
+    loss = ((h @ Wn) * mg.tensor(u)).sum() + (sq if elementwise_first else (Wn * Wn).sum())
+    loss.backward()
+
+    Wk = k * W0  # the hand-written reference
+    hs = [h0]
+    for x in xs:
+        hs.append(np.tanh(x + hs[-1] @ Wk))
+    dWk = hs[-1].T @ u + 2 * Wk
+    dh = u @ Wk.T
+    for t in range(len(xs), 0, -1):
+        dz = dh * (1 - hs[t] ** 2)
+        dWk += hs[t - 1].T @ dz
+        dh = dz @ Wk.T
+    np.testing.assert_allclose(W.grad, k * dWk, rtol=1e-12, atol=1e-12)
 
 
 def test_deferred_weight_gradient_matches_direct_sum():

@@ -84,19 +84,33 @@ def test_fast_path_equals_chapter_equations(name, cls, opts):
         np.testing.assert_allclose(fast[n], p.grad, rtol=1e-10, atol=1e-12, err_msg=n)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("name,cls,opts", CELL_OPTIONS, ids=IDS)
-def test_float32_fast_path_close_to_float64(name, cls, opts):
-    """float32 training path (fast tanh/sigmoid) stays close to exact float64."""
+def test_float32_fast_path_close_to_float64(name, cls, opts, reverse):
+    """float32 training path (fast tanh/sigmoid) stays close to exact float64, in value and
+    in the gradients of every parameter and of the input, in both directions."""
     rng = np.random.default_rng(1)
     mg.manual_seed(1)
     cell64 = cls(5, 8, dtype=F64, **opts)
     cell32 = cls(5, 8, dtype=np.float32, **opts)
     cell32.load_state_dict(cell64.state_dict())
     x = rng.standard_normal((4, 12, 5))
-    o64, _ = Recurrent(cell64)(mg.tensor(x))
-    o32, _ = Recurrent(cell32)(mg.tensor(x.astype(np.float32)))
-    assert o32.dtype == np.float32
-    np.testing.assert_allclose(o32.data, o64.data, atol=2e-5)
+    w = rng.standard_normal((4, 12, 8))
+    results = {}
+    for dtype, cell in ((F64, cell64), (np.float32, cell32)):
+        xt = mg.tensor(x.astype(dtype), requires_grad=True)
+        out, _ = Recurrent(cell, reverse=reverse)(xt)
+        (out * mg.tensor(w.astype(dtype))).sum().backward()
+        assert out.dtype == dtype and xt.grad.dtype == dtype
+        results[dtype] = out.data, xt.grad, {n: p.grad for n, p in cell.named_parameters()}
+    (o64, gx64, gp64), (o32, gx32, gp32) = results[F64], results[np.float32]
+    np.testing.assert_allclose(o32, o64, atol=2e-5)
+    # NOTE: gradients sum over B·T terms of float32 rounding: looser than the values.
+    np.testing.assert_allclose(gx32, gx64, rtol=1e-4, atol=1e-4)
+    for n, g in gp64.items():
+        assert gp32[n].dtype == np.float32, n
+        np.testing.assert_allclose(gp32[n], g, rtol=1e-4, atol=1e-4 * np.abs(g).max(),
+                                   err_msg=n)
 
 
 # ------------------------------------------------------------------------ gradient checks
@@ -196,6 +210,13 @@ def test_deep_head_gradcheck():
     x = _x(rng, 2, 3, 2)
     out, _ = layer(x)
     assert out.shape == (2, 3, 2)
+    # the head is applied at every step to the top layer's outputs, with no recurrence
+    a = x
+    for lay in layer.layers:
+        a, _ = lay(a)
+    (W1, b1), (W2, b2) = [(m.weight.data, m.bias.data) for m in (head[0], head[2])]
+    want = np.tanh(a.data @ W1.T + b1) @ W2.T + b2
+    np.testing.assert_allclose(out.data, want, rtol=1e-12, atol=1e-13)
     mg.check_grads(lambda x, *ps: _run_layer(layer, x), x, *layer.parameters())
 
 
@@ -262,29 +283,69 @@ def test_truncated_bptt_state_carries_and_gradient_stops():
     assert np.abs(x1b.grad).sum() > 0
 
 
-def test_given_initial_state_is_used():
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_given_initial_state_is_used(cls, bidirectional):
+    """h0 in the documented (L·D, B, H) layout: row l·D + d starts layer l, direction d
+    (0 forward, 1 backward).  The stack equals its layers and directions run one by one
+    from those rows, in value, final state and the gradient of each row of h0."""
     rng = np.random.default_rng(10)
-    layer = GRU(2, 3, num_layers=2, dtype=F64)
-    x = mg.tensor(rng.standard_normal((4, 3, 2)))
-    h0 = mg.tensor(rng.standard_normal((2, 4, 3)), requires_grad=True)
-    out, h_n = layer(x, state=h0)
-    zero_out, _ = layer(x)
-    assert h_n.shape == (2, 4, 3)
-    assert not np.allclose(out.data, zero_out.data)
-    out.sum().backward()
-    assert h0.grad.shape == (2, 4, 3) and np.abs(h0.grad).sum() > 0
+    L, D, B, H = 2, 2 if bidirectional else 1, 4, 3
+    layer = cls(2, H, num_layers=L, bidirectional=bidirectional, dtype=F64)
+    x = rng.standard_normal((B, 3, 2))
+    lstm = cls is LSTM
+    h0_np = [rng.standard_normal((L * D, B, H)) for _ in range(2 if lstm else 1)]
+    w = rng.standard_normal((B, 3, H * D))
+    h0 = [mg.tensor(h, requires_grad=True) for h in h0_np]
+    out, h_n = layer(mg.tensor(x), state=tuple(h0) if lstm else h0[0])
+    (out * mg.tensor(w)).sum().backward()
+
+    # by hand: every (layer, direction) from its own row, each row a separate leaf
+    rows = [[mg.tensor(h[r], requires_grad=True) for h in h0_np] for r in range(L * D)]
+    inp, finals = mg.tensor(x), []
+    for l, lay in enumerate(layer.layers):
+        dirs = (lay.fwd, lay.bwd) if bidirectional else (lay,)
+        outs = []
+        for d, rec in enumerate(dirs):
+            s = rows[l * D + d]
+            o, fin = rec(inp, tuple(s) if lstm else s[0])
+            outs.append(o)
+            finals.append(fin)
+        inp = mg.concat(outs, axis=2) if bidirectional else outs[0]
+    (inp * mg.tensor(w)).sum().backward()
+
+    np.testing.assert_allclose(out.data, inp.data, rtol=1e-12, atol=1e-13)
+    for k, h in enumerate(h_n if lstm else (h_n,)):
+        want = np.stack([(f[k] if lstm else f).data for f in finals])
+        np.testing.assert_allclose(h.data, want, rtol=1e-12, atol=1e-13)
+    for k, h in enumerate(h0):
+        want = np.stack([rows[r][k].grad for r in range(L * D)])
+        np.testing.assert_allclose(h.grad, want, rtol=1e-12, atol=1e-13)
+        assert np.abs(h.grad).min() > 0  # every row of h0 reaches the loss
 
 
 # ------------------------------------------------------------------------ shapes and heads
 
 @pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
 def test_stack_shapes(cls):
-    layer = cls(5, 7, num_layers=3, bidirectional=True)
-    out, final = layer(mg.randn(2, 4, 5))
+    """A 3-layer bidirectional stack: shapes, and the values of its layers run one by one
+    (layer l reads layer l-1's outputs; finals in (layer, direction) order)."""
+    mg.manual_seed(15)
+    layer = cls(5, 7, num_layers=3, bidirectional=True, dtype=F64)
+    x = mg.randn(2, 4, 5, dtype=F64)
+    out, final = layer(x)
     assert out.shape == (2, 4, 14)
     finals = final if isinstance(final, tuple) else (final,)
     for f in finals:
         assert f.shape == (6, 2, 7)
+    inp, by_hand = x, []
+    for lay in layer.layers:
+        inp, (fin_f, fin_b) = lay(inp)
+        by_hand += [fin_f, fin_b]
+    np.testing.assert_allclose(out.data, inp.data, rtol=1e-12, atol=1e-13)
+    for k, f in enumerate(finals):
+        want = [(s[k] if isinstance(s, tuple) else s).data for s in by_hand]
+        np.testing.assert_allclose(f.data, np.stack(want), rtol=1e-12, atol=1e-13)
 
 
 def test_integer_input_equals_one_hot():
@@ -302,26 +363,56 @@ def test_integer_input_equals_one_hot():
     np.testing.assert_allclose(g_ids, layer.layers[0].cell.W_u.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_tagger_and_classifier_shapes():
-    tagger = SequenceTagger(GRU(3, 5, bidirectional=True), 4)
-    assert tagger(mg.randn(2, 6, 3)).shape == (2, 6, 4)
-    clf = SequenceClassifier(LSTM(3, 5, num_layers=2, bidirectional=True), 2)
-    assert clf(mg.randn(2, 6, 3), lengths=np.array([6, 2])).shape == (2, 2)
+def test_tagger_reads_every_time_step():
+    """ŷ<t> = W_y a<t> + b_y at every t (and padded steps give just b_y)."""
+    mg.manual_seed(16)
+    tagger = SequenceTagger(GRU(3, 5, bidirectional=True, dtype=F64), 4)
+    x, lengths = mg.randn(2, 6, 3, dtype=F64), np.array([6, 2])
+    logits = tagger(x, lengths=lengths)
+    assert logits.shape == (2, 6, 4)
+    a, _ = tagger.rnn(x, lengths=lengths)
+    want = a.data @ tagger.out.weight.data.T + tagger.out.bias.data
+    np.testing.assert_allclose(logits.data, want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_reads_the_top_layer_at_each_sequence_end(cls, bidirectional):
+    """Many-to-one on a 2-layer stack with ``lengths``: the logits are the head applied to
+    the *top* layer's [a→ at each sequence's last valid step, a← at step 0]."""
+    mg.manual_seed(17)
+    H = 5
+    clf = SequenceClassifier(cls(3, H, num_layers=2, bidirectional=bidirectional, dtype=F64), 2)
+    x, lengths = mg.randn(3, 6, 3, dtype=F64), np.array([6, 2, 4])
+    logits = clf(x, lengths=lengths)
+    assert logits.shape == (3, 2)
+    top, _ = clf.rnn(x, lengths=lengths)  # (B, T, H·D): the top layer's outputs
+    rows = np.arange(3)
+    last = top.data[rows, lengths - 1, :H]
+    if bidirectional:
+        last = np.concatenate([last, top.data[:, 0, H:]], axis=1)
+    want = last @ clf.out.weight.data.T + clf.out.bias.data
+    np.testing.assert_allclose(logits.data, want, rtol=1e-12, atol=1e-13)
 
 
 # ------------------------------------------------------------------------ gradient flow
 
-def test_gradient_flow_shows_vanishing_gradients():
-    """With small recurrent weights ‖∂L/∂a<t>‖ for a loss on the last step decays backwards."""
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gradient_flow_shows_vanishing_gradients(reverse):
+    """With small recurrent weights ‖∂L/∂a<t>‖ for a loss on the last step decays backwards.
+    For a reverse layer the last step is t = 1: its norms, read in time order, mirror."""
     mg.manual_seed(12)
     cell = RNNCell(4, 16, dtype=F64)
     with mg.no_grad():
         cell.W_a.data *= 0.5
-    layer = Recurrent(cell)
+    layer = Recurrent(cell, reverse=reverse)
     layer.retain_states = True
     out, _ = layer(mg.randn(2, 20, 4, dtype=F64))
-    out[:, -1].sum().backward()
+    out[:, 0 if reverse else -1].sum().backward()
     norms = gradient_flow(layer)
+    for t in range(20):  # states are kept in time order, whatever the direction
+        np.testing.assert_array_equal(layer.states[t].data, out.data[:, t])
+    norms = norms[::-1] if reverse else norms
     assert norms.shape == (20,)
     assert norms[-1] > 0
     assert norms[0] < 1e-3 * norms[-1]

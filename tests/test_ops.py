@@ -502,6 +502,55 @@ def test_stable_at_plus_minus_1000(dtype):
     np.testing.assert_allclose(results["cross_entropy"].data, [2000, 2000 + ln2, ln3], atol=big)
 
 
+@st.composite
+def spiked_rows(draw):
+    """(V, V) logits, each row with one large spike (the row max, ≫ 88 and ≫ 710: exp of it
+    overflows float32 and float64) over small noise.  The spikes' columns are a drawn
+    permutation, so in every example the max sits at every position in some row."""
+    v = draw(st.integers(2, 6), label="V")
+    cols = np.array(draw(st.permutations(range(v)), label="spike columns"))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
+    x = rng.uniform(-3, 3, (v, v))
+    x[np.arange(v), cols] = rng.uniform(750, 1000, v)
+    return x, rng.integers(0, v, v), rng.standard_normal((v, v))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax", "cross_entropy"])
+@given(drawn=spiked_rows())
+def test_stable_wherever_the_row_max_sits(fn, dtype, drawn):
+    """Overflow-safe rows whatever the position of the max: values and gradients equal the
+    float64 references on the same (dtype-rounded) logits; cross-entropy is never negative."""
+    x64, targets, g = drawn
+    x64 = x64.astype(dtype).astype(np.float64)  # the reference sees the rounded logits
+    x = mg.tensor(x64.astype(dtype), requires_grad=True)
+    big = 4 * float(np.spacing(dtype(1000)))  # |x - logsumexp(x)| ~ 1000 loses this much
+    p = softmax_ref(x64, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning fails the test
+        if fn == "softmax":
+            y = x.softmax(-1)
+            ref, tol = p, 1e-6
+            ref_grad = p * (g - (g * p).sum(-1, keepdims=True))
+        elif fn == "log_softmax":
+            y = x.log_softmax(-1)
+            ref, tol = log_softmax_ref(x64, -1), big
+            ref_grad = g - p * g.sum(-1, keepdims=True)
+        else:
+            y = mg.cross_entropy(x, targets, reduction="none")
+            ref, tol = ce_ref(x64, targets, None, "none"), big
+            g = g[:, 0]
+            ref_grad = g[:, None] * (p - np.eye(x64.shape[1])[targets])
+        y.backward(g.astype(dtype))
+    assert y.dtype == dtype and x.grad.dtype == dtype
+    np.testing.assert_allclose(y.data, ref, rtol=1e-6, atol=tol)
+    # NOTE: log_softmax's VJP uses exp(y) with y rounded like the logits: scales with Σ|g|.
+    gtol = big * max(1.0, float(np.abs(g).sum(-1).max())) + 1e-12
+    np.testing.assert_allclose(x.grad, ref_grad, rtol=1e-5, atol=gtol)
+    if fn == "cross_entropy":
+        assert np.all(y.data >= 0), "cross-entropy is -log of a probability: never negative"
+
+
 def test_contiguous_keeps_0d_shape():
     x = mg.tensor(np.float64(1.5), requires_grad=True)
     y = x.contiguous()
