@@ -217,6 +217,9 @@ def draw_architecture(ax, kind, score):
                 bbox={**box, "fc": color})
         if t:
             ax.annotate("", (t - 0.3, 1), (t - 0.7, 1), arrowprops=dict(arrowstyle="-|>"))
+        if t and kind.endswith("= T_y"):  # the tagger is bidirectional: a← runs back
+            ax.annotate("", (t - 0.7, 0.72), (t - 0.3, 0.72),
+                        arrowprops=dict(arrowstyle="-|>", color="tab:purple"))
     for i, t in enumerate(xs):
         ax.text(t, 0, f"x<{i + 1}>", ha="center", va="center", fontsize=8)
         ax.annotate("", (t, 0.8), (t, 0.18), arrowprops=dict(arrowstyle="-|>"))
