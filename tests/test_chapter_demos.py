@@ -8,11 +8,23 @@ hold for every one of them; the tests assert on one seed.
 import os
 
 import numpy as np
+import pytest
 
 from demos import bptt, deep_rnn, long_memory, rnn_types, seq2seq
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--quick", "--no-progress"]
+
+
+def numbers(x):
+    """The numeric content of a result (no timings or paths), for comparing two runs."""
+    if isinstance(x, dict):
+        return {str(k): numbers(v) for k, v in x.items() if k not in ("seconds", "plot")}
+    if isinstance(x, (list, tuple)):
+        return [numbers(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
 
 
 def assert_png(path):
@@ -123,3 +135,15 @@ def test_deep_rnn_says_so_when_depth_does_not_help():
     losses = {(1, False): 2.10, (3, False): 2.12}
     line, helps = deep_rnn.verdict(losses, [1, 3])
     assert not helps and "no clear gain" in line and "2.120" in line and "2.100" in line
+
+
+@pytest.mark.parametrize("demo, argv", [
+    (long_memory, ["--gaps", "3", "--steps", "10"]),
+    (deep_rnn, ["--steps", "10"]),
+], ids=["long_memory", "deep_rnn"])
+def test_same_seed_same_numbers(tmp_path, demo, argv):
+    runs = [numbers(demo.main([*QUICK, *argv, "--seed", "3", "--out", str(tmp_path / str(i))]))
+            for i in range(2)]
+    assert runs[0] == runs[1]
+    other = numbers(demo.main([*QUICK, *argv, "--seed", "4", "--out", str(tmp_path / "2")]))
+    assert other != runs[0]
