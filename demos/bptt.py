@@ -115,8 +115,7 @@ def run(args):
              id(head.bias): "b_y"}
     a = mg.zeros(B, H, dtype=F64)
     names[id(a)] = "a<0>"
-    states, step_of, last_seq = [a], {}, -1
-    losses = []
+    states, losses, named, step_of, last_seq = [a], [], [], {}, -1
     for t in range(1, T + 1):
         x_t = mg.tensor(x[:, t - 1])
         names[id(x_t)] = f"x<{t}>"
@@ -126,6 +125,7 @@ def run(args):
         names[id(a)], names[id(logits)], names[id(loss_t)] = f"a<{t}>", f"z<{t}>", f"L<{t}>"
         states.append(a)
         losses.append(loss_t)
+        named += [a, logits, loss_t]
         for node in tape_nodes(loss_t):
             if node.seq > last_seq:
                 step_of.setdefault(node.seq, t)
@@ -135,10 +135,8 @@ def run(args):
         L = L + loss_t
     names[id(L)] = "L"
     nodes = tape_nodes(L)
-    labels = {}  # node.seq -> name of the tensor it produced, when it has one
-    for t_ in [*states[1:], *losses, L] + [None]:
-        if t_ is not None and t_._node is not None:
-            labels[t_._node.seq] = names[id(t_)]
+    # node.seq -> the name of the tensor it produced, when it has one
+    labels = {t_._node.seq: names[id(t_)] for t_ in [*named, L]}
     forward = []
     for node in nodes:
         ins = [_describe(p, names, nodes[0].seq) for p in node.parents]
@@ -212,6 +210,8 @@ def print_tape(r):
         outs = ", ".join(str(o) for o in n["outputs"])
         label = f"  = {n['label']}" if n["label"] else ""
         print(f"   {n['seq'] - base:4d}  {step:>4s}  {n['prim']:<14s} {ins:<44s} -> {outs}{label}")
+    print("   (#k: the output of node k; const: a tensor computed without recording — step 1's "
+          "[a<0>, x<1>] needs no gradient, so its concat is not on the tape)")
 
 
 def print_backward(r):
