@@ -85,17 +85,17 @@ def make_data(rng, batch, T):
     return x, x[:, 0].copy()
 
 
-def make_model(cell, hidden, gate_bias):
+def make_model(cell, hidden, gate_bias, vocab=VOCAB, classes=SIGNALS):
     """A one-layer classifier; ``gate_bias`` opens the gated cells' memory path at init."""
     if cell == "rnn":
-        rnn = RNN(VOCAB, hidden)
+        rnn = RNN(vocab, hidden)
     elif cell == "gru":
-        rnn = GRU(VOCAB, hidden)
+        rnn = GRU(vocab, hidden)
         # c<t> = Γu*c~ + (1 − Γu)*c<t-1>: a negative update bias keeps the old memory.
         init.constant_(rnn.layers[0].cell.b_u, -gate_bias)
     else:
-        rnn = LSTM(VOCAB, hidden, forget_bias=gate_bias)
-    return SequenceClassifier(rnn, SIGNALS)
+        rnn = LSTM(vocab, hidden, forget_bias=gate_bias)
+    return SequenceClassifier(rnn, classes)
 
 
 def flow(model, x, y):

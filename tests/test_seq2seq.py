@@ -365,15 +365,16 @@ def test_demo_data_differs_in_length_and_order():
 
 
 def test_quick_demo_learns(quick_run):
-    """--quick (a few seconds) cannot yet get whole dates right, but it must learn: the
-    held-out loss falls from about log V to under 40 % of it, and greedy translations of
-    dates never trained on get over 40 % of the characters right (chance: about 1/11)."""
+    """--quick (a few seconds, dates written "dd.mm.yyyy" only) must learn: the held-out
+    loss falls from about log V to under 40 % of it, greedy translations of dates never
+    trained on get over 40 % of the characters right (chance: about 1/11) and over 20 % of
+    whole dates (35-61 % over seeds 0-3; chance 1/36 525)."""
     out, r = quick_run
     assert abs(r["initial_loss"] - r["log_v"]) < 0.1 * r["log_v"]
     assert r["held_out_loss"] < 0.4 * r["log_v"]
     before, after = r["char_accuracy"]
     assert before < 0.2 and after > 0.4
-    assert 0.0 <= r["accuracy"][1] <= 1.0 and r["accuracy"][0] == 0.0
+    assert r["accuracy"][1] > 0.2 and r["accuracy"][0] == 0.0
     with open(os.path.join(out, "loss.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert all(set(p) <= set("0123456789-") for p in r["predictions"])
