@@ -3,7 +3,6 @@
 All are compositions of Tensor operations (no backward code here).
 """
 
-import functools
 
 import numpy as np
 
@@ -76,79 +75,6 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     if reduction == "sum":
         return total
     return total * (1.0 / max(float(w.sum()), 1.0))
-
-
-def lstm_cell(z, c_prev, peepholes=None):
-    """Fused LSTM gate math (see ``kernels.lstm_forward``): returns ``(a<t>, c<t>)``.
-
-    z: (B, 4H) pre-activations [c~, Γu, Γf, Γo]; c_prev: (B, H); peepholes: (3, H) tensor
-    [p_u, p_f, p_o] or None.  Equal in value and gradient to the composed equations.
-    """
-    B, H = c_prev.data.shape
-    if z.data.shape != (B, 4 * H):
-        raise ValueError(f"lstm_cell: z has shape {z.shape}, expected {(B, 4 * H)} "
-                         f"for c_prev of shape {(B, H)}")
-    if peepholes is None:
-        peepholes = _zero_peepholes(H, z.dtype)
-    a, c, _ = apply(ops.LSTM_CELL, z, c_prev, peepholes)
-    return a, c
-
-
-@functools.lru_cache(maxsize=32)
-def _zero_peepholes(H, dtype):
-    p = np.zeros((3, H), dtype=dtype)
-    p.flags.writeable = False  # shared between calls: never written
-    return p
-
-
-def lstm_step(xp_t, a_prev, c_prev, W_aa_T, peepholes=None):
-    """One fused LSTM step: ``lstm_cell(xp_t + a_prev @ W_aa_T, c_prev, peepholes)``.
-
-    xp_t: (B, 4H) input terms (biases included); a_prev, c_prev: (B, H); W_aa_T: (H, 4H).
-    Returns ``(a<t>, c<t>)``; one recorded op (the GEMM and the gate math together).
-    """
-    B, H = c_prev.data.shape
-    if xp_t.data.shape != (B, 4 * H) or a_prev.data.shape != (B, H) \
-            or W_aa_T.data.shape != (H, 4 * H):
-        raise ValueError(f"lstm_step: expected xp_t {(B, 4 * H)}, a_prev {(B, H)}, W_aa_T "
-                         f"{(H, 4 * H)} for c_prev {(B, H)}; got {xp_t.shape}, "
-                         f"{a_prev.shape}, {W_aa_T.shape}")
-    if peepholes is None:
-        peepholes = _zero_peepholes(H, xp_t.dtype)
-    a, c, _ = apply(ops.LSTM_STEP, xp_t, a_prev, c_prev, W_aa_T, peepholes)
-    return a, c
-
-
-def gru_update(z_c, G_u, c_prev):
-    """Fused ``Γu * tanh(z_c) + (1 - Γu) * c<t-1>`` (all (B, H)): the GRU's new memory cell."""
-    _same_shape("gru_update", z_c, G_u, c_prev)
-    return apply(ops.GRU_UPDATE, z_c, G_u, c_prev)[0]
-
-
-def gru_gates(z_ur, c_prev):
-    """Fused ``Γu = σ(z_u)``, ``Γr = σ(z_r)`` from z_ur (B, 2H) = [z_u, z_r]; returns
-    ``(Γu, Γr * c<t-1>)`` — the update gate and the relevance-gated state."""
-    B, H = c_prev.shape
-    if z_ur.shape != (B, 2 * H):
-        raise ValueError(f"gru_gates: z_ur has shape {z_ur.shape}, expected {(B, 2 * H)}")
-    u, rc, _ = apply(ops.GRU_GATES, z_ur, c_prev)
-    return u, rc
-
-
-def gru_reset_after(xp, h, c_prev):
-    """Fused reset-after GRU gate math (see ``kernels.gru_reset_after_forward``) -> c<t>."""
-    B, H = c_prev.shape
-    if xp.shape != (B, 3 * H) or h.shape != (B, 3 * H):
-        raise ValueError(f"gru_reset_after: xp {xp.shape} and h {h.shape} must be "
-                         f"{(B, 3 * H)} for c_prev of shape {(B, H)}")
-    return apply(ops.GRU_RESET_AFTER, xp, h, c_prev)[0]
-
-
-def _same_shape(name, *ts):
-    shapes = {t.shape for t in ts}
-    if len(shapes) != 1:
-        raise ValueError(f"{name}: all inputs must have the same shape, got "
-                         f"{[t.shape for t in ts]}")
 
 
 def one_hot(indices, n, dtype=np.float32):

@@ -88,11 +88,12 @@ def lstm_bptt_reference(x, y, W, b, W_ya, b_y):
     return loss, gW, gb, g_ya, g_by
 
 
-def _tape_bptt(cell_class, seed, B, T, I, H, V):
-    """The model side: a float64 layer + read-out, L = Σ_t CE, one ``backward()``."""
+def _tape_bptt(cell_class, seed, B, T, I, H, V, compiled):
+    """The model side: a float64 layer + read-out, L = Σ_t CE, one ``backward()``; the
+    layer compiled (one tape node, reverse loop derived) or eager (one node per op)."""
     rng = np.random.default_rng(seed)
     mg.manual_seed(seed)
-    layer = Recurrent(cell_class(I, H, dtype=np.float64))
+    layer = Recurrent(cell_class(I, H, dtype=np.float64), compiled=compiled)
     head = Linear(H, V, dtype=np.float64)
     x = rng.standard_normal((B, T, I))
     y = rng.integers(0, V, (B, T))
@@ -102,10 +103,15 @@ def _tape_bptt(cell_class, seed, B, T, I, H, V):
     return layer, head, x, y, loss
 
 
+PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+
+
+@PATHS
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rnn_tape_equals_textbook_bptt(seed):
+def test_rnn_tape_equals_textbook_bptt(seed, compiled):
     H = 5
-    layer, head, x, y, loss = _tape_bptt(RNNCell, seed, B=3, T=7, I=4, H=H, V=6)
+    layer, head, x, y, loss = _tape_bptt(RNNCell, seed, B=3, T=7, I=4, H=H, V=6,
+                                         compiled=compiled)
 
     W_a = layer.cell.W_a.data
     ref_loss, g = rnn_bptt_reference(x, y, W_a[:, :H], W_a[:, H:], layer.cell.b_a.data,
@@ -119,9 +125,11 @@ def test_rnn_tape_equals_textbook_bptt(seed):
     np.testing.assert_allclose(head.bias.grad, g["b_y"], rtol=1e-10, atol=1e-12)
 
 
+@PATHS
 @pytest.mark.parametrize("seed", [0, 1])
-def test_lstm_tape_equals_textbook_bptt(seed):
-    layer, head, x, y, loss = _tape_bptt(LSTMCell, seed, B=2, T=6, I=3, H=4, V=5)
+def test_lstm_tape_equals_textbook_bptt(seed, compiled):
+    layer, head, x, y, loss = _tape_bptt(LSTMCell, seed, B=2, T=6, I=3, H=4, V=5,
+                                         compiled=compiled)
 
     cell = layer.cell
     W = {k: getattr(cell, f"W_{k}").data for k in "cufo"}

@@ -474,42 +474,6 @@ def test_learns_to_remember_the_first_token(cls):
 
 # ------------------------------------------------------------------------ fused primitives
 
-def _fused_inputs(rng, B=2, H=3):
-    t = lambda *s: mg.tensor(rng.standard_normal(s), requires_grad=True)  # noqa: E731
-    return t(B, 4 * H), t(B, H), t(B, H), t(H, 4 * H), t(3, H)
-
-
-def test_lstm_step_equals_addmm_then_lstm_cell_and_gradchecks():
-    from minigrad import functional as F
-    rng = np.random.default_rng(13)
-    xp, a, c, W, P = _fused_inputs(rng)
-    fused = F.lstm_step(xp, a, c, W, P)
-    composed = F.lstm_cell(mg.addmm(xp, a, W), c, P)
-    for f, r in zip(fused, composed):
-        np.testing.assert_allclose(f.data, r.data, rtol=1e-14)
-
-    def both(*ins):
-        a_t, c_t = F.lstm_step(*ins)
-        return mg.concat([a_t.reshape(-1), c_t.reshape(-1)])
-    mg.check_grads(both, xp, a, c, W, P)
-
-
-def test_fused_primitives_reject_wrong_shapes():
-    from minigrad import functional as F
-    rng = np.random.default_rng(14)
-    xp, a, c, W, P = _fused_inputs(rng)
-    with pytest.raises(ValueError, match=r"lstm_step: expected xp_t \(2, 12\)"):
-        F.lstm_step(xp[:, :8], a, c, W, P)
-    with pytest.raises(ValueError, match=r"lstm_cell: z has shape \(2, 8\), expected \(2, 12\)"):
-        F.lstm_cell(xp[:, :8], c)
-    with pytest.raises(ValueError, match=r"gru_gates: z_ur has shape \(2, 12\), expected \(2, 6\)"):
-        F.gru_gates(xp, c)
-    with pytest.raises(ValueError, match="gru_update: all inputs must have the same shape"):
-        F.gru_update(xp, c, c)
-    with pytest.raises(ValueError, match=r"gru_reset_after: xp \(2, 12\) and h \(2, 12\) must be"):
-        F.gru_reset_after(xp, xp, c)
-
-
 # ------------------------------------------------------------------------ heads over wrappers
 
 WRAPPERS = {

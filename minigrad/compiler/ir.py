@@ -49,9 +49,12 @@ class Eqn:
         return [a for a in self.args if isinstance(a, Var)]
 
     def __repr__(self):
+        outs = " ".join(map(repr, self.outs))
+        if self.prim.scalar is not None:  # elementwise: literals stay in place (1 - Γu)
+            return f"{outs} = {self.prim.name} " + " ".join(
+                a.name if isinstance(a, Var) else _short(a) for a in self.args)
         statics = [_short(a) for a in self.args if not isinstance(a, Var)]
         name = self.prim.name + (f"[{', '.join(statics)}]" if statics else "")
-        outs = " ".join(map(repr, self.outs))
         return f"{outs} = {name} {' '.join(a.name for a in self.ins)}"
 
 
@@ -66,6 +69,10 @@ def _short(v):
     if isinstance(v, (type, np.dtype)):
         return np.dtype(v).name
     return repr(v)
+
+
+_SECTIONS = ("once per sequence: parameters only", "for all t at once: x<t> only (hoisted)",
+             "the loop body: depends on the state")
 
 
 class Program:
@@ -84,9 +91,20 @@ class Program:
         head = " ".join(map(repr, self.params + self.consts))
         ins = " ".join(map(repr, self.xs + self.state))
         lines = [f"{{ lambda {head} ; {ins} ."]
-        lines += [f"    {e!r}" for e in self.eqns]
+        level, section = getattr(self, "level", None), None
+        for e in self.eqns:
+            if level is not None and level[e.outs[0]] != section:
+                section = level[e.outs[0]]
+                lines.append(f"  # {_SECTIONS[section]}")
+            lines.append(f"    {e!r}")
         lines.append(f"  in ({', '.join(v.name for v in self.outs)}) }}")
         return "\n".join(lines)
+
+    def optimize(self):
+        """The rewritten program (see :mod:`minigrad.compiler.rewrites`), printed in three
+        sections: once per sequence, for all t at once, and the loop body."""
+        from minigrad.compiler.rewrites import optimize
+        return optimize(self)
 
     def copy(self, eqns=None, outs=None):
         return Program(self.params, self.consts, self.xs, self.state,

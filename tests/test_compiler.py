@@ -1,0 +1,344 @@
+"""The recurrence compiler: compiled equals eager, every rewrite preserves values, a cell of
+the user's own compiles, and a cell that cannot compile says why and runs eagerly."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigrad as mg
+from minigrad.compiler import rewrites
+from minigrad.compiler.ir import Var
+from minigrad.nn import Module, Parameter, init
+from models.cells import GRUCell, LSTMCell, RNNCell
+from models.layers import GRU, LSTM, RNN, Bidirectional, Recurrent, gradient_flow
+
+F64 = np.float64
+CELLS = {
+    "rnn-tanh": lambda I, H, **k: RNNCell(I, H, **k),
+    "rnn-relu": lambda I, H, **k: RNNCell(I, H, nonlinearity="relu", **k),
+    "gru-simplified": lambda I, H, **k: GRUCell(I, H, full=False, **k),
+    "gru-full": lambda I, H, **k: GRUCell(I, H, **k),
+    "gru-reset-after": lambda I, H, **k: GRUCell(I, H, reset_after=True, **k),
+    "lstm": lambda I, H, **k: LSTMCell(I, H, **k),
+    "lstm-peephole": lambda I, H, **k: LSTMCell(I, H, peephole=True, **k),
+}
+
+
+# ------------------------------------------------------------------ cells of the user's own
+
+class MinimalGatedUnit(Module):
+    """Zhou et al. (2016): one forget gate.  f = σ(W_f[a, x] + b_f);
+    a~ = tanh(W_a[f * a, x] + b_a);  a<t> = (1 - f) * a<t-1> + f * a~."""
+
+    def __init__(self, input_size, hidden_size, dtype=np.float32):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        H, I = hidden_size, input_size
+        self.W_f = init.rnn_uniform_(Parameter(np.zeros((H, H + I), dtype)), H)
+        self.W_a = init.rnn_uniform_(Parameter(np.zeros((H, H + I), dtype)), H)
+        self.b_f = Parameter(np.zeros(H, dtype))
+        self.b_a = Parameter(np.zeros(H, dtype))
+
+    def forward(self, x, a):
+        f = (mg.concat([a, x], axis=1) @ self.W_f.T + self.b_f).sigmoid()
+        a_tilde = (mg.concat([f * a, x], axis=1) @ self.W_a.T + self.b_a).tanh()
+        return (1 - f) * a + f * a_tilde
+
+
+class CoupledLSTM(LSTMCell):
+    """An LSTM whose input and forget gates are coupled: Γu = 1 - Γf (a subclass that
+    overrides ``forward``: what it writes is what runs)."""
+
+    def forward(self, x, state):
+        a, c = state
+        ax = mg.concat([a, x], axis=1)
+        G_f = (ax @ self.W_f.T + self.b_f).sigmoid()
+        c = (1 - G_f) * (ax @ self.W_c.T + self.b_c).tanh() + G_f * c
+        return (ax @ self.W_o.T + self.b_o).sigmoid() * c.tanh(), c
+
+
+class Branchy(RNNCell):
+    """Python control flow on a tensor's value: cannot be traced into a fixed program."""
+
+    def forward(self, x, a):
+        a = super().forward(x, a)
+        return a * 2.0 if float(a.data.sum()) > 0 else a
+
+
+CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k)})
+
+
+# ------------------------------------------------------------------ compiled = eager
+
+def _both_paths(make_layer, x, state=None, lengths=None, seed=0):
+    """Outputs, final states and every gradient (parameters, input, initial state) of the
+    same layer run compiled and eager on the same loss."""
+    results = []
+    for compiled in (True, False):
+        mg.manual_seed(seed)
+        layer = make_layer(compiled)
+        xt = mg.tensor(x, requires_grad=x.dtype.kind == "f")
+        st_ = None
+        if state is not None:
+            st_ = tuple(mg.tensor(s, requires_grad=True) for s in state)
+        out, final = layer(xt, st_ if st_ is None or len(st_) > 1 else st_[0], lengths)
+        finals = final if isinstance(final, tuple) else (final,)
+        finals = [f for part in finals for f in (part if isinstance(part, tuple) else (part,))]
+        rng = np.random.default_rng(99)
+        loss = (out * rng.standard_normal(out.shape)).sum()
+        for f in finals:
+            loss = loss + (f * rng.standard_normal(f.shape)).sum()
+        loss.backward()
+        grads = [p.grad for p in layer.parameters()]
+        grads += [xt.grad] if xt.requires_grad else []
+        grads += [s.grad for s in (st_ or ())]
+        results.append(([out.data] + [f.data for f in finals], grads))
+    (v1, g1), (v2, g2) = results
+    for a, b in zip(v1 + g1, v2 + g2):
+        if a is None or b is None:  # a parameter the forward never reads (CoupledLSTM's W_u)
+            assert a is None and b is None
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    return results
+
+
+@pytest.mark.parametrize("name", CELLS)
+@given(size=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 4),
+                      st.integers(1, 4)),
+       reverse=st.booleans(), masked=st.booleans(), given_state=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_compiled_equals_eager_for_every_cell(name, size, reverse, masked, given_state, seed):
+    """Values and every gradient, float64, both directions, with and without lengths and
+    a given initial state."""
+    B, T, I, H = size
+    rng = np.random.default_rng(seed)
+    cell = CELLS[name](I, H, dtype=F64)
+    arity = getattr(cell, "state_arity", 1)
+    x = rng.standard_normal((B, T, I))
+    state = [rng.standard_normal((B, H)) for _ in range(arity)] if given_state else None
+    lengths = rng.integers(1, T + 1, B) if masked else None
+    _both_paths(lambda compiled: Recurrent(cell, reverse=reverse, compiled=compiled), x, state,
+                lengths)
+
+
+@pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
+def test_compiled_equals_eager_for_deep_bidirectional_stacks(cls):
+    """Dropout between layers, learned initial states and lengths, on both paths."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 6, 4))
+    _both_paths(lambda compiled: cls(4, 5, num_layers=2, bidirectional=True, dropout=0.3,
+                                     learn_initial_state=True, compiled=compiled, dtype=F64),
+                x, lengths=np.array([6, 4, 1]))
+
+
+def test_compiled_equals_eager_on_integer_ids():
+    """(B, T) ids stand for one-hot rows: a lookup on the compiled path."""
+    ids = np.random.default_rng(2).integers(0, 7, (3, 5))
+    _both_paths(lambda compiled: LSTM(7, 4, compiled=compiled, dtype=F64), ids)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru-full", "rnn-tanh"])
+def test_compiled_path_gradchecks(name):
+    """Finite differences on the compiled path itself (not only agreement with eager)."""
+    mg.manual_seed(3)
+    layer = Recurrent(CELLS[name](3, 4, dtype=F64))
+    x = mg.tensor(np.random.default_rng(3).standard_normal((2, 4, 3)), requires_grad=True)
+    mg.check_grads(lambda x, *ps: layer(x, lengths=np.array([4, 2]))[0].tanh().sum(),
+                   x, *layer.parameters())
+
+
+def test_float32_compiled_close_to_float64_eager():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 8, 5))
+    outs = []
+    for dtype, compiled in ((np.float32, True), (F64, False)):
+        mg.manual_seed(4)
+        layer = LSTM(5, 6, peephole=True, dtype=dtype, compiled=compiled)
+        xt = mg.tensor(x.astype(dtype), requires_grad=True)
+        out, _ = layer(xt)
+        (out * out).sum().backward()
+        outs.append([out.data, xt.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_retained_states_and_gradient_flow_agree(reverse):
+    """‖∂L/∂a<t>‖ is the same whether BPTT is recorded step by step or derived."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 3))
+    flows, states = [], []
+    for compiled in (True, False):
+        mg.manual_seed(5)
+        layer = Recurrent(GRUCell(3, 4, dtype=F64), reverse=reverse, compiled=compiled)
+        layer.retain_states = True
+        out, _ = layer(mg.tensor(x))
+        (out[:, 0] if reverse else out[:, -1]).sum().backward()
+        flows.append(gradient_flow(layer))
+        states.append(np.stack([a.data for a in layer.states], axis=1))
+        np.testing.assert_allclose(states[-1], out.data)  # time order
+    np.testing.assert_allclose(flows[0], flows[1], rtol=1e-10, atol=1e-14)
+    assert flows[0][0 if reverse else -1] > flows[0][-1 if reverse else 0]
+
+
+def test_truncated_bptt_on_the_compiled_path():
+    rng = np.random.default_rng(6)
+    mg.manual_seed(6)
+    layer = Recurrent(LSTMCell(3, 4, dtype=F64))
+    x = mg.tensor(rng.standard_normal((2, 6, 3)), requires_grad=True)
+    out1, state = layer(x[:, :3])
+    state = tuple(s.detach() for s in state)
+    out2, _ = layer(x[:, 3:], state)
+    out2.sum().backward()
+    assert np.all(x.grad[:, :3] == 0) and np.any(x.grad[:, 3:] != 0)
+
+
+# ------------------------------------------------------------------ a new cell for free
+
+@pytest.mark.parametrize("name", ["mgu", "coupled-lstm"])
+def test_a_cell_of_your_own_compiles_and_learns_nothing_by_hand(name):
+    """Written with the tensor API only, no kernel: it compiles (one tape node per sequence)
+    and equals its own forward unrolled by hand."""
+    mg.manual_seed(7)
+    cell = CELLS[name](3, 5, dtype=F64)
+    layer = Recurrent(cell)
+    x = mg.tensor(np.random.default_rng(7).standard_normal((2, 4, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager
+        out, _ = layer(x)
+    assert layer.compiled
+    state = tuple(mg.zeros(2, 5, dtype=F64) for _ in range(getattr(cell, "state_arity", 1)))
+    state = state[0] if len(state) == 1 else state
+    for t in range(4):
+        state = cell(x[:, t], state)
+        a = state if isinstance(state, mg.Tensor) else state[0]
+        np.testing.assert_allclose(out.data[:, t], a.data, rtol=1e-12)
+    scans = {n.prim.name for n in [out._node.parents[0]._node]}
+    assert any(s.startswith("scan[") for s in scans)
+
+
+def test_a_subclass_runs_its_own_forward():
+    """The bug this compiler fixes: a subclass overriding forward used to run the parent's
+    fast path (off by up to 0.067)."""
+    _both_paths(lambda compiled: Recurrent(CoupledLSTM(3, 4, dtype=F64), compiled=compiled),
+                np.random.default_rng(8).standard_normal((2, 5, 3)))
+
+
+def test_a_cell_that_cannot_compile_warns_and_runs_eagerly():
+    mg.manual_seed(9)
+    cell = Branchy(3, 4, dtype=F64)
+    layer = Recurrent(cell)
+    x = mg.tensor(np.random.default_rng(9).standard_normal((2, 5, 3)))
+    with pytest.warns(UserWarning, match="running Branchy eagerly.*compiled=False"):
+        out, _ = layer(x)
+    assert not layer.compiled
+    eager, _ = Recurrent(cell, compiled=False)(x)
+    np.testing.assert_array_equal(out.data, eager.data)
+
+
+def test_a_module_without_the_cell_protocol_gets_a_clear_error():
+    with pytest.raises(TypeError, match="needs input_size, hidden_size and forward"):
+        Recurrent(mg.nn.Linear(3, 4))
+
+
+# ------------------------------------------------------------------ the IR and its rewrites
+
+def _traced(name="lstm", I=3, H=4):
+    cell = CELLS[name](I, H, dtype=F64)
+    rng = np.random.default_rng(10)
+    parts = [mg.tensor(rng.standard_normal((2, H)))
+             for _ in range(getattr(cell, "state_arity", 1))]
+    return cell, mg.trace(cell, mg.tensor(rng.standard_normal((2, I))),
+                          parts[0] if len(parts) == 1 else tuple(parts))
+
+
+def _run(prog, cell, seed=11, B=3):
+    """Evaluate a (rewritten) program with tensor ops on fresh inputs."""
+    rng = np.random.default_rng(seed)
+    env = {v: p for v, (_, p) in zip(prog.params, cell.named_parameters())}
+    for v in prog.xs + prog.state:
+        env[v] = mg.tensor(rng.standard_normal((B,) + v.shape[1:]))
+    return [o.data for o in prog.run(env)]
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("rewrite", rewrites.REWRITES, ids=lambda r: r.__name__)
+def test_every_rewrite_preserves_values(name, rewrite):
+    cell, prog = _traced(name)
+    before = _run(prog, cell)
+    for r in rewrites.REWRITES[:rewrites.REWRITES.index(rewrite)]:
+        prog = r(prog)
+    before_step = _run(prog, cell)
+    after = _run(rewrite(prog), cell)
+    for a, b, c in zip(before, before_step, after):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+        np.testing.assert_allclose(c, a, rtol=1e-12)
+
+
+def test_split_concat_matmul_leaves_no_concat_feeding_a_matmul():
+    _, prog = _traced("lstm")
+    assert any(e.prim.name == "concat" for e in prog.eqns)
+    out = rewrites.split_concat_matmul(prog)
+    assert not any(e.prim.name == "concat" for e in out.eqns)
+    assert sum(e.prim.name == "matmul" for e in out.eqns) == 8  # 4 gates × [a, x]
+
+
+def test_gather_one_hot_turns_the_input_matmul_into_a_lookup():
+    cell = LSTMCell(6, 4, dtype=F64)
+    prog = mg.trace(cell, mg.tensor(np.array([1, 5])), (mg.zeros(2, 4, dtype=F64),) * 2)
+    assert any(e.prim.name == "one_hot" for e in prog.eqns)
+    out = rewrites.gather_one_hot(rewrites.split_concat_matmul(prog))
+    assert not any(e.prim.name == "one_hot" for e in out.eqns)
+    lookups = [e for e in out.eqns if e.prim.name == "getitem" and isinstance(e.args[1], Var)]
+    assert len(lookups) == 4
+
+
+def test_merge_gemms_leaves_one_gemm_on_the_state_and_one_on_the_input():
+    _, prog = _traced("lstm")
+    out = prog.optimize()
+    level = out.level
+    gemms = [e for e in out.eqns if e.prim.name == "matmul"]
+    assert [level[e.outs[0]] for e in gemms] == [rewrites.INPUT, rewrites.LOOP]
+    assert gemms[0].outs[0].shape == (None, 16) and gemms[1].outs[0].shape == (None, 16)
+
+
+def test_reset_before_gru_keeps_two_gemms_in_the_loop():
+    """Γr * c<t-1> must exist before c~'s GEMM: the Γu/Γr GEMMs merge, c~'s cannot."""
+    _, prog = _traced("gru-full")
+    out = prog.optimize()
+    loop = [e for e in out.eqns if e.prim.name == "matmul"
+            and out.level[e.outs[0]] == rewrites.LOOP]
+    assert len(loop) == 2
+
+
+def test_hoist_orders_invariant_then_input_then_loop():
+    _, prog = _traced("gru-reset-after")
+    out = prog.optimize()
+    levels = [out.level[e.outs[0]] for e in out.eqns]
+    assert levels == sorted(levels)
+    text = repr(out)
+    for header in ("once per sequence", "for all t at once", "the loop body"):
+        assert header in text
+
+
+def test_the_printed_ir_reads_like_the_chapter():
+    cell, prog = _traced("gru-simplified")
+    text = repr(prog)
+    assert text.count("sigmoid") == 1 and text.count("tanh") == 1
+    assert "sub 1 " in text          # (1 - Γu)
+    assert "W_c" in text and "W_u" in text and "c_prev" in text
+
+
+def test_the_compiled_step_shows_its_derived_reverse_loop():
+    from minigrad.compiler import compile_step
+    cell = CELLS["lstm"](3, 4, dtype=F64)
+    step = compile_step(cell, mg.zeros(2, 3, dtype=F64), (mg.zeros(2, 4, dtype=F64),) * 2)
+    assert "def backward" in step.source and "range(T - 1, -1, -1)" in step.source
+    assert "numba.njit" in step.kernel_source and "def fused" in step.kernel_source
+    # one GEMM and one fused kernel per step forward; one kernel and one GEMM back
+    fwd, bwd = step.source.split("def backward")
+    assert fwd.count("np.dot(") == 1 and fwd.count("_fwd(") == 1
+    assert bwd.count("np.dot(") == 1 and bwd.count("_bwd(") == 1
