@@ -26,9 +26,11 @@ test-oracle: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The engine's building blocks, then training steps with 1 and 2 threads (both tables, the
+# min-char-rnn reference, peak memory and compile cost) written to benchmarks/results.md.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
-	$(PY) benchmarks/bench_rnn.py
+	$(PY) benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
