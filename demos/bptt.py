@@ -44,14 +44,18 @@ F64 = np.float64
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=3, help="time steps T (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=3, help="hidden size H (%(default)s)")
-    parser.add_argument("--inputs", type=int, default=2, help="input size I (%(default)s)")
-    parser.add_argument("--classes", type=int, default=4, help="output classes (%(default)s)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size B (%(default)s)")
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=3,
+                        help="time steps T (%(default)s)")
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=3,
+                        help="hidden size H (%(default)s)")
+    parser.add_argument("--inputs", type=common.POSITIVE_INT, default=2,
+                        help="input size I (%(default)s)")
+    parser.add_argument("--classes", type=common.POSITIVE_INT, default=4,
+                        help="output classes (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=1,
+                        help="batch size B (%(default)s)")
     common.add_run_args(parser, "runs/bptt", quick="the same (this demo is already instant)")
     args = common.parse(parser, argv, {})
-    common.positive(parser, args, "steps", "hidden", "inputs", "classes", "batch")
     return args
 
 

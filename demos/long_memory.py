@@ -48,19 +48,22 @@ EVAL_SIZE = 1000
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--gaps", type=int, nargs="+", default=[0, 5, 10, 20, 40, 60],
+    parser.add_argument("--gaps", type=common.COUNT, nargs="+", default=[0, 5, 10, 20, 40, 60],
                         help="numbers k of filler words to sweep (%(default)s)")
-    parser.add_argument("--steps", type=int, default=200, help="Adam steps per run (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=int, default=64, help="batch size (%(default)s)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (%(default)s)")
-    parser.add_argument("--gate-bias", type=float, default=3.0,
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=200,
+                        help="Adam steps per run (%(default)s)")
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=32,
+                        help="hidden size (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=64,
+                        help="batch size (%(default)s)")
+    parser.add_argument("--lr", type=common.POSITIVE, default=3e-3,
+                        help="Adam learning rate (%(default)s)")
+    parser.add_argument("--gate-bias", type=common.number(float), default=3.0,
                         help="initial memory-gate bias (LSTM forget +b, GRU update −b) "
                              "(%(default)s)")
     common.add_run_args(parser, "runs/long_memory",
                         quick="a run of a few seconds (k = 2, 20, 40; 100 steps)")
     args = common.parse(parser, argv, dict(gaps=[2, 20, 40], steps=100))
-    common.positive(parser, args, "steps", "hidden", "batch", "lr")
     if min(args.gaps) < 0 or args.gate_bias < 0:
         parser.error("every --gaps value and --gate-bias must be >= 0")
     args.gaps = sorted(set(args.gaps))

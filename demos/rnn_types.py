@@ -48,14 +48,16 @@ SAMPLES = 400  # melodies drawn to measure transition statistics
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=600,
+    parser.add_argument("--steps", type=common.POSITIVE_INT, default=600,
                         help="Adam steps for each of the two small models (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=48, help="hidden size (%(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (%(default)s)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (%(default)s)")
+    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=48,
+                        help="hidden size (%(default)s)")
+    parser.add_argument("--lr", type=common.POSITIVE, default=1e-2,
+                        help="Adam learning rate (%(default)s)")
+    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
+                        help="batch size (%(default)s)")
     common.add_run_args(parser, "runs/rnn_types")
     args = common.parse(parser, argv, dict(steps=150))
-    common.positive(parser, args, "steps", "hidden", "lr", "batch")
     return args
 
 
@@ -127,7 +129,7 @@ def one_to_many(args):
     return {"kl_before": transition_kl(before), "kl_after": transition_kl(after),
             "kl_floor": transition_kl(truth), "samples": after[:4], "true": truth[:4],
             "length_right": float(np.mean([len(m) == MELODY_LEN for m in after])),
-            "loss": history.smooth}
+            "loss": list(history.smoothed())}
 
 
 # ---------------------------------------------------------------------------- many-to-one

@@ -3,8 +3,8 @@
 import gc
 
 from minigrad import data, functional, kernels, nn, ops, optim
-from minigrad.compiler import TraceError, scan, trace
 from minigrad.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from minigrad.compiler import TraceError, scan, trace
 from minigrad.functional import cross_entropy, dropout, one_hot
 from minigrad.gradcheck import GradcheckError, check_grads
 from minigrad.nn import Module, Parameter
@@ -52,10 +52,10 @@ def freeze_gc():
 
 
 __all__ = [
-    "GradcheckError", "Module", "Parameter", "Tensor", "TraceError", "addmm", "arange", "as_array", "check_grads",
-    "chunk", "concat", "cross_entropy", "data", "dropout", "enable_grad", "freeze_gc",
-    "functional", "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load",
-    "manual_seed", "matmul", "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim",
-    "rand", "randn", "save", "scan", "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "trace",
-    "unstack", "where", "zeros", "zeros_like",
+    "GradcheckError", "Module", "Parameter", "Tensor", "TraceError", "addmm", "arange",
+    "as_array", "check_grads", "chunk", "concat", "cross_entropy", "data", "dropout",
+    "enable_grad", "freeze_gc", "functional", "get_num_threads", "get_rng", "is_grad_enabled",
+    "kernels", "load", "manual_seed", "matmul", "nn", "no_grad", "one_hot", "ones", "ones_like",
+    "ops", "optim", "rand", "randn", "save", "scan", "set_grad_enabled", "set_num_threads",
+    "split", "stack", "tensor", "trace", "unstack", "where", "zeros", "zeros_like",
 ]

@@ -363,6 +363,11 @@ def deep_head(in_features, hidden_sizes, out_features, dtype=np.float32):
     return Sequential(*layers)
 
 
+def _rnn_dtype(rnn):
+    """The dtype of a wrapped recurrent layer's parameters (the head matches it)."""
+    return next((p.dtype for p in rnn.parameters()), np.dtype(np.float32))
+
+
 def _out_features(rnn):
     D = 2 if getattr(rnn, "bidirectional", False) or isinstance(rnn, Bidirectional) else 1
     return rnn.hidden_size * D
@@ -375,7 +380,7 @@ class SequenceTagger(Module):
     def __init__(self, rnn, num_classes):
         super().__init__()
         self.rnn = rnn
-        self.out = Linear(_out_features(rnn), num_classes)
+        self.out = Linear(_out_features(rnn), num_classes, dtype=_rnn_dtype(rnn))
 
     def forward(self, x, lengths=None):
         outputs, _ = self.rnn(x, lengths=lengths)
@@ -392,7 +397,7 @@ class SequenceClassifier(Module):
     def __init__(self, rnn, num_classes):
         super().__init__()
         self.rnn = rnn
-        self.out = Linear(_out_features(rnn), num_classes)
+        self.out = Linear(_out_features(rnn), num_classes, dtype=_rnn_dtype(rnn))
 
     def forward(self, x, lengths=None):
         _, final = self.rnn(x, lengths=lengths)

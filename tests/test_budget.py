@@ -16,12 +16,16 @@ Why these limits (code lines; today's counts in the README's table):
   compiler will generate instead; the rest (reductions, softmax and cross-entropy rows,
   gather/scatter, fast tanh/sigmoid) is ~240.  450 leaves room for the compiler's shared
   runtime helpers, not for a second hand-fused cell.
-* **compiler ≤ 600**: trace, IR, rewrites and code generation for recurrences — the size
-  of autodidax's tracing core.  Empty today.
-* **library ≤ 1500**: nn, optim (five optimizers, clipping, schedules), functional, data
-  (vocabularies, batching), serialization and gradcheck: today's 1455 plus ~3 %, so a
-  small addition fits but a second copy of a rule does not (the fused-cell wrappers in
-  ``functional.py``, 45 lines, leave with the fused primitives).
+* **compiler ≤ 950**: trace and IR (~160), four rewrites (~150), the scan primitive with its
+  signature cache and the compile-time check against eager (~150), and the code generator
+  (~450), which derives two loops (forward, reverse) and two kernels per fused group from
+  the table's scalar rules.  It replaced ~300 lines of hand-written per-cell kernels and
+  VJPs that covered only the built-in cells; 950 is today's ~900 plus 5 %.
+* **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
+  (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
+  (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the
+  one atomic write with its orphan sweep, bounded checkpoint loads and the one id-range
+  rule) plus ~5 %, so a small addition fits but a second copy of a rule does not.
 * the runtime (RNG, BLAS threads) and ``models/`` are counted and published, not budgeted.
 """
 

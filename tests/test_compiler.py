@@ -13,7 +13,7 @@ from minigrad.compiler import rewrites
 from minigrad.compiler.ir import Var
 from minigrad.nn import Module, Parameter, init
 from models.cells import GRUCell, LSTMCell, RNNCell
-from models.layers import GRU, LSTM, RNN, Bidirectional, Recurrent, gradient_flow
+from models.layers import GRU, LSTM, RNN, Recurrent, gradient_flow
 
 F64 = np.float64
 CELLS = {

@@ -9,8 +9,8 @@ line is checked three ways, over hypothesis-drawn small shapes:
 * the line's primitive really is on the tape (so a line cannot silently test something else).
 
 ``test_table_covers_every_primitive`` fails when a primitive is added to
-``minigrad.ops.PRIMITIVES`` without a line here (fused recurrent-cell primitives, named
-``rnn_*``/``lstm_*``/``gru_*``, have their own tests).
+``minigrad.ops.PRIMITIVES`` without a line here (``one_hot``, whose only input is integer
+ids, has no gradient to check and its own test below).
 """
 
 import warnings
@@ -374,7 +374,7 @@ CASES = [
 # fmt: on
 
 # Fused recurrent-cell primitives are checked in their own test files.
-EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
+NO_GRADIENT = {"one_hot"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -420,7 +420,7 @@ IDS = [c.name for c in CASES]
 
 def test_table_covers_every_primitive():
     listed = {c.prim for c in CASES}
-    wanted = {n for n in ops.PRIMITIVES if not n.startswith(EXCLUDED_PREFIXES)}
+    wanted = set(ops.PRIMITIVES) - NO_GRADIENT
     # (The other direction — a line names a real primitive — is checked on the tape by
     # test_gradient.)
     assert wanted - listed == set(), "primitives without a line in the op table"
@@ -585,3 +585,13 @@ def test_empty_index_array_backward():
     x = mg.tensor(np.ones((3, 2)), requires_grad=True)
     x[np.array([], dtype=np.int64)].sum().backward()
     np.testing.assert_array_equal(x.grad, np.zeros((3, 2)))
+
+
+def test_one_hot_is_a_row_without_gradient():
+    """ids -> one-hot rows (what a traced cell's integer input becomes); nothing recorded."""
+    ids = np.array([[0, 3], [2, 2]])
+    out = mg.one_hot(ids, 4, dtype=np.float64)
+    np.testing.assert_array_equal(out.data, np.eye(4)[ids])
+    assert out.dtype == np.float64 and out._node is None
+    with pytest.raises(IndexError, match="4"):
+        mg.one_hot(np.array([4]), 4)
