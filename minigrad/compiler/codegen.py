@@ -211,12 +211,13 @@ def generate(plan, dtype):
             return f"P{S[v]}"
         return _ident(v)
 
-    def kernel_arg(v, n):  # how a fused kernel receives a value
-        kind = _shape_kind(v, n)
+    def read(args, v, n):  # the kernel line that binds value v's row (or vector, scalar)
+        kind, x = _shape_kind(v, n), _ident(v)
         if kind == "row":
             b, off = (plan.views[v][:2]) if v in plan.views else (v, 0)
-            return [val(b), str(off)]
-        return [f"{val(v)}.reshape(-1)"]
+            return f"r_{x} = {args.row(val(b), off)}"
+        p = args.array(f"KV{K[v][1:]}")
+        return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
     # ------------------------------------------------------------------ forward
     fw(0, f"def forward(B, T, {args}, M, reverse):")
@@ -228,6 +229,8 @@ def generate(plan, dtype):
         for v in (op.outs if kind != "generic" else []):
             if not plan.stored(v):
                 fw(1, f"{_ident(v)} = np.empty((B, {v.shape[1]}), DT)")
+    for name in K.values():  # vectors as 1-D views, once (kernels read them as rows)
+        fw(1, f"KV{name[1:]} = {name}.reshape(-1)")
     fw(1, ", ".join(f"P{i}" for i in range(ns)) + " = " + ", ".join(f"I{i}" for i in range(ns)))
     fw(1, "for s in range(T):")
     fw(2, "t = T - 1 - s if reverse else s")
@@ -237,7 +240,6 @@ def generate(plan, dtype):
         fw(2, f"{_ident(v)} = T_{_ident(v)}[t]")
     for v, i in Hk.items():
         fw(2, f"{_ident(v)} = H{i}[t]")
-    kernels = []
     for j, (kind, op) in enumerate(plan.ops):
         if kind == "gemm":
             fw(2, f"np.dot({val(op.args[0])}, {val(op.args[1])}, out={_ident(op.outs[0])})")
@@ -254,10 +256,11 @@ def generate(plan, dtype):
                     fw(2, f"{_ident(v)} = {r}")
         else:
             n = op.eqns[0].outs[0].shape[1]
-            kargs = [a for v in op.ins for a in kernel_arg(v, n)] + [_ident(v) for v in op.outs]
-            fw(2, f"fused{j}_fwd(B, {n}, {', '.join(kargs)})")
-            kernels.append((j, op))
-            _fused_forward(ks, j, op, n)
+            ka = _KArgs(n)
+            reads = [read(ka, v, n) for v in op.ins]
+            reads += [f"q_{_ident(v)} = {ka.array(_ident(v))}[b]" for v in op.outs]
+            fw(2, f"fused{j}_fwd(B, {n}, {ka.call()})")
+            _fused_forward(ks, j, op, n, ka, reads)
     fw(2, "if M is not None:")
     for i in range(ns):
         fw(3, f"np.copyto(H{i}[t], P{i}, where=M[t] == 0)")
@@ -275,6 +278,7 @@ def generate(plan, dtype):
     gemm_out = {op.outs[0]: (j, op) for j, (kind, op) in enumerate(plan.ops) if kind == "gemm"}
     for name in K.values():
         bw(1, f"D{name} = np.zeros_like({name})")
+        bw(1, f"KV{name[1:]}, DKV{name[1:]} = {name}.reshape(-1), D{name}.reshape(-1)")
     for v, (j, op) in gemm_out.items():
         bw(1, f"DY{j} = np.empty((T, B, {v.shape[1]}), DT)")
         bw(1, f"KT{j} = np.ascontiguousarray({val(op.args[1])}.T)")
@@ -335,12 +339,14 @@ def generate(plan, dtype):
             bw(2, f"D{K[v]} += {expr_fn()}")
             k_used.add(v)
             return
-        target = cotangent(v)
+        target, expr = cotangent(v), expr_fn()
         if v in plan.views or v in assigned:
-            bw(2, f"{target} += {expr_fn()}")
+            bw(2, f"{target} += {expr}")
+        elif expr.startswith("np.dot(") and v not in X:  # into the buffer, no temporary
+            bw(2, f"{expr[:-1]}, out={target})")
         else:
-            bw(2, f"{target}[...] = {expr_fn()}")
-            assigned.add(v)
+            bw(2, f"{target}[...] = {expr}")
+        assigned.add(v)
 
     for j, (kind, op) in reversed(list(enumerate(plan.ops))):
         if kind == "gemm":
@@ -381,16 +387,17 @@ def generate(plan, dtype):
                 else:
                     modes.append("set")
                     assigned.add(v)
-            kargs = [cot[v] for v in douts]
-            kargs += [a for v in values for a in kernel_arg(v, n)]
+            ka = _KArgs(n)
+            reads = [f"gr_{_ident(v)} = {ka.array(cot[v])}[b]" for v in douts]
+            reads += [read(ka, v, n) for v in values]
             for v, m in zip(grads, modes):
                 if m == "acc":
-                    kargs.append(f"D{K[v]}.reshape(-1)")
+                    reads.append(f"d_{_ident(v)} = {ka.array(f'DKV{K[v][1:]}')}")
                 else:
                     b, off = (plan.views[v][:2]) if v in plan.views else (v, 0)
-                    kargs += [cotangent(b), str(off)]
-            bw(2, f"fused{j}_bwd(B, {n}, {', '.join(kargs)})")
-            _fused_backward(ks, j, op, n, douts, values, grads, modes)
+                    reads.append(f"dr_{_ident(v)} = {ka.row(cotangent(b), off)}")
+            bw(2, f"fused{j}_bwd(B, {n}, {ka.call()})")
+            _fused_backward(ks, j, op, n, ka, reads, douts, values, grads, modes)
     for v, i in S.items():
         if v not in assigned:
             bw(2, f"C{i}.fill(0)")
@@ -420,52 +427,60 @@ def _stack_expr(plan, left, val):
     return f"T_{_ident(left)}"
 
 
-def _fused_forward(ks, j, op, n):
-    ins = []
-    for v in op.ins:
-        ins += [f"a_{_ident(v)}", f"o_{_ident(v)}"] if _shape_kind(v, n) == "row" \
-            else [f"a_{_ident(v)}"]
+class _KArgs:
+    """The arguments of one kernel call: each distinct array once; a column offset that is a
+    whole multiple of the row width N is written into the kernel as ``k * N`` (so the kernel
+    is the same for every hidden size), any other one is passed as an integer."""
+
+    def __init__(self, n):
+        self.n, self.arrays, self.ints = n, {}, []
+
+    def array(self, expr):
+        return self.arrays.setdefault(expr, f"p{len(self.arrays)}")
+
+    def row(self, expr, off):
+        """Code for row b of ``expr``'s columns off .. off + N."""
+        p = self.array(expr)
+        if off == 0:
+            return f"{p}[b, :N]"
+        if off % self.n == 0:
+            o = f"{off // self.n} * N"
+        else:
+            o = f"o{len(self.ints)}"
+            self.ints.append(off)
+        return f"{p}[b, {o}:{o} + N]"
+
+    def params(self):
+        return ", ".join([*self.arrays.values(), *(f"o{i}" for i in range(len(self.ints)))])
+
+    def call(self):
+        return ", ".join([*self.arrays, *map(str, self.ints)])
+
+
+def _fused_forward(ks, j, op, n, args, reads):
     ks(0, "@numba.njit(**OPTIONS)")
-    ks(0, f"def fused{j}_fwd(B, N, {', '.join(ins + ['w_' + _ident(v) for v in op.outs])}):")
+    ks(0, f"def fused{j}_fwd(B, N, {args.params()}):")
     ks(1, "for b in range(B):")
-    for v in op.ins:
-        kind, x = _shape_kind(v, n), _ident(v)
-        ks(2, f"r_{x} = a_{x}[b, o_{x}:o_{x} + N]" if kind == "row" else
-           f"s_{x} = a_{x}[0]" if kind == "scalar" else f"r_{x} = a_{x}")
-    for v in op.outs:
-        ks(2, f"q_{_ident(v)} = w_{_ident(v)}[b]")
+    for line in reads:
+        ks(2, line)
     ks(2, "for j in range(N):")
     for v in op.ins:
         x = _ident(v)
         ks(3, f"{x} = s_{x}" if _shape_kind(v, n) == "scalar" else f"{x} = r_{x}[j]")
     for e in op.eqns:
-        args = [_ident(a) if isinstance(a, Var) else _lit(a) for a in e.args]
-        ks(3, f"{_ident(e.outs[0])} = {e.prim.scalar[0](*args)}")
+        a = [_ident(x) if isinstance(x, Var) else _lit(x) for x in e.args]
+        ks(3, f"{_ident(e.outs[0])} = {e.prim.scalar[0](*a)}")
     for v in op.outs:
         ks(3, f"q_{_ident(v)}[j] = {_ident(v)}")
     ks(0, "")
 
 
-def _fused_backward(ks, j, op, n, douts, values, grads, modes):
-    params = [f"g_{_ident(v)}_in" for v in douts]
-    for v in values:
-        params += [f"a_{_ident(v)}", f"o_{_ident(v)}"] if _shape_kind(v, n) == "row" \
-            else [f"a_{_ident(v)}"]
-    for v, m in zip(grads, modes):
-        params += [f"d_{_ident(v)}"] + ([f"od_{_ident(v)}"] if m != "acc" else [])
+def _fused_backward(ks, j, op, n, args, reads, douts, values, grads, modes):
     ks(0, "@numba.njit(**OPTIONS)")
-    ks(0, f"def fused{j}_bwd(B, N, {', '.join(params)}):")
+    ks(0, f"def fused{j}_bwd(B, N, {args.params()}):")
     ks(1, "for b in range(B):")
-    for v in douts:
-        ks(2, f"gr_{_ident(v)} = g_{_ident(v)}_in[b]")
-    for v in values:
-        kind, x = _shape_kind(v, n), _ident(v)
-        ks(2, f"r_{x} = a_{x}[b, o_{x}:o_{x} + N]" if kind == "row" else
-           f"s_{x} = a_{x}[0]" if kind == "scalar" else f"r_{x} = a_{x}")
-    for v, m in zip(grads, modes):
-        x = _ident(v)
-        if m != "acc":
-            ks(2, f"dr_{x} = d_{x}[b, od_{x}:od_{x} + N]")
+    for line in reads:
+        ks(2, line)
     ks(2, "for j in range(N):")
     for v in values:
         x = _ident(v)

@@ -71,19 +71,18 @@ def split_concat_matmul(prog):
                 or len(left.shape) != 2 or c.args[0] not in (1, -1) or len(c.ins) < 2:
             eqns.append(e)
             continue
-        row, total = 0, None
-        for k, p in enumerate(c.ins):
-            w = p.shape[1]
-            rows = _fresh(prog, (w, right.shape[1]), right.dtype)
+        widths = [p.shape[1] for p in c.ins]
+        rows = [_fresh(prog, (w, right.shape[1]), right.dtype) for w in widths]
+        eqns.append(Eqn(ops.SPLIT, [right, tuple(itertools.accumulate(widths[:-1])), 0], rows))
+        total = None
+        for k, (p, r) in enumerate(zip(c.ins, rows)):
             term = _fresh(prog, e.outs[0].shape, e.outs[0].dtype)
-            eqns += [Eqn(ops.GETITEM, [right, slice(row, row + w)], [rows]),
-                     Eqn(ops.MATMUL, [p, rows], [term])]
+            eqns.append(Eqn(ops.MATMUL, [p, r], [term]))
             if total is not None:
-                last = k == len(c.ins) - 1
-                s = e.outs[0] if last else _fresh(prog, term.shape, term.dtype)
+                s = e.outs[0] if k == len(c.ins) - 1 else _fresh(prog, term.shape, term.dtype)
                 eqns.append(Eqn(ops.ADD, [total, term], [s]))
                 term = s
-            total, row = term, row + w
+            total = term
     return dce(prog.copy(eqns=eqns))
 
 
@@ -118,14 +117,16 @@ def merge_gemms(prog):
             groups.setdefault((e.prim, left, w.dtype), []).append(e)
     first = {g[0]: g for g in groups.values() if len(g) > 1}
     merged = {e for g in first.values() for e in g}
-    eqns = []
+    prod, stacked, eqns = _producers(prog), {}, []
     for e in prog.eqns:
         if e in first:
             g = first[e]
             ws = [_left(m)[1] for m in g]
             width = sum(w.shape[1] for w in ws)
-            W = _fresh(prog, (ws[0].shape[0], width), ws[0].dtype)
-            eqns.append(Eqn(ops.CONCAT, [1, *ws], [W]))
+            W = _stacked_rows(prog, prod, ws, stacked, eqns)
+            if W is None:
+                W = _fresh(prog, (ws[0].shape[0], width), ws[0].dtype)
+                eqns.append(Eqn(ops.CONCAT, [1, *ws], [W]))
             shape = e.outs[0].shape[:-1] + (width,)
             Y = _fresh(prog, shape, e.outs[0].dtype)
             eqns.append(Eqn(e.prim, [g[0].args[0], W] if e.prim is ops.MATMUL
@@ -137,7 +138,33 @@ def merge_gemms(prog):
                 col += w.shape[1]
         elif e not in merged:
             eqns.append(e)
-    return prog.copy(eqns=eqns)
+    return dce(prog.copy(eqns=eqns))
+
+
+def _stacked_rows(prog, prod, ws, stacked, eqns):
+    """``concat(axis=1, [split(W_i.T)[k] for i])`` is ``split(concat(axis=0, W_i).T)[k]``:
+    the gates' weights stacked once, transposed once and split once into the state part and
+    the input part, shared by both merged GEMMs (None if the pattern does not match)."""
+    splits = [prod.get(w) for w in ws]
+    if any(s is None or s.prim is not ops.SPLIT or s.args[2] != 0 for s in splits):
+        return None
+    ks = {s.outs.index(w) for s, w in zip(splits, ws)}
+    bounds = {s.args[1] for s in splits}
+    trans = [prod.get(s.args[0]) for s in splits]
+    if len(ks) != 1 or len(bounds) != 1 or any(
+            t is None or t.prim is not ops.TRANSPOSE or t.args[1] is not None for t in trans):
+        return None
+    Ws = tuple(t.args[0] for t in trans)
+    key = (Ws, bounds.pop())
+    if key not in stacked:
+        n, dtype = sum(W.shape[0] for W in Ws), Ws[0].dtype
+        cat, tr = _fresh(prog, (n, Ws[0].shape[1]), dtype), _fresh(prog, (Ws[0].shape[1], n),
+                                                                  dtype)
+        parts = [_fresh(prog, (o.shape[0], n), dtype) for o in splits[0].outs]
+        eqns += [Eqn(ops.CONCAT, [0, *Ws], [cat]), Eqn(ops.TRANSPOSE, [cat, None], [tr]),
+                 Eqn(ops.SPLIT, [tr, key[1], 0], parts)]
+        stacked[key] = parts
+    return stacked[key][ks.pop()]
 
 
 def hoist(prog):

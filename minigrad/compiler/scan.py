@@ -80,6 +80,8 @@ class CompiledStep:
         exec(compile(self.source, f"<compiled {type(cell).__name__}>", "exec"), ns)
         self._forward, self._backward = ns["forward"], ns["backward"]
         self.n_state = len(parts)
+        level = self.program.level
+        self.pre = [e for e in self.program.eqns if level[e.outs[0]] in (INVARIANT, INPUT)]
         n_saved = len(self._saved_names())
         self.prim = Prim(f"scan[{type(cell).__name__}]", self._fwd, vjp_all=self._vjp,
                          nout=self.n_state + n_saved)
@@ -93,45 +95,68 @@ class CompiledStep:
         return f"{self.program!r}\n\n{self.source}"
 
     # -------------------------------------------------------------- the one tape node
+    # Inputs: the cell's parameters, x (T, B, I) or ids (T, B), the initial state parts; then
+    # the statics mask, reverse, retain and ctx (a dict the forward leaves its values in).
+
+    def _pre(self, params, x):
+        """What runs before the loop, on arrays: equations of the parameters once, equations
+        of x<t> for all t at once.  Returns every value, by Var."""
+        prog = self.program
+        env = dict(zip(prog.params, params))
+        env.update((c, c.value) for c in prog.consts)
+        env[prog.xs[0]] = x
+        for e in self.pre:
+            args = e.args if prog.level[e.outs[0]] == INVARIANT else batched_args(e)
+            out = e.prim.fwd(*[env[a] if isinstance(a, Var) else a for a in args])
+            env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
+        return env
+
     def _fwd(self, *arrays):
-        *arrays, mask, reverse, retain, T = arrays
-        out = self._forward(arrays[-1].shape[0], T, *arrays, mask, reverse)
+        *arrays, mask, reverse, retain, ctx = arrays
+        n = len(self.program.params)
+        params, x, init = arrays[:n], arrays[n], arrays[n + 1:]
+        env = ctx["env"] = self._pre(params, x)
+        xs = [np.ascontiguousarray(env[v]) for v in self.plan.xs]
+        consts = [np.ascontiguousarray(env[v]) for v in self.plan.consts]
+        ctx["loop"] = (xs, consts, init)
+        out = self._forward(init[0].shape[0], x.shape[0], *xs, *consts, *init, mask, reverse)
         return out if len(out) > 1 else out[0]
 
     def _vjp(self, g, out, *arrays):
-        *arrays, mask, reverse, retain, T = arrays
+        *arrays, mask, reverse, retain, ctx = arrays
         g, out = (g, out) if isinstance(out, tuple) else ((g,), (out,))
-        G = tuple(g[:self.n_state])
-        grads = self._backward(arrays[-1].shape[0], T, G, *arrays, out, mask, reverse, retain)
-        return (*grads, None, None, None, None)
+        xs, consts, init = ctx["loop"]
+        grads = self._backward(init[0].shape[0], xs[0].shape[0] if xs else out[0].shape[0],
+                               tuple(g[:self.n_state]), *xs, *consts, *init, out, mask,
+                               reverse, retain)
+        # the reverse of the pre-loop equations: the table's VJPs, newest first
+        prog, env = self.program, ctx["env"]
+        cot = {v: gi.materialize() if isinstance(gi, OuterSum) else gi
+               for v, gi in zip(self.plan.xs + self.plan.consts, grads)}
+        for e in reversed(self.pre):
+            gs = [cot.pop(v, None) for v in e.outs]
+            if all(gi is None for gi in gs):
+                continue
+            args = e.args if prog.level[e.outs[0]] == INVARIANT else batched_args(e)
+            vals = [env[a] if isinstance(a, Var) else a for a in args]
+            needs = [i for i, a in enumerate(args) if isinstance(a, Var) and a.dtype.kind == "f"
+                     and a.kind != "const"]
+            outs = [env[v] for v in e.outs]
+            for i, gi in zip(needs, vjp(e.prim, gs, outs, vals, needs)):
+                cot[args[i]] = gi if args[i] not in cot else cot[args[i]] + gi
+        init_grads = grads[len(self.plan.xs) + len(self.plan.consts):]
+        x = prog.xs[0]
+        return (*[cot.get(v) for v in prog.params], cot.get(x) if x.dtype.kind == "f" else None,
+                *init_grads, None, None, None, None)
 
     # -------------------------------------------------------------- run a sequence
     def __call__(self, params, x_seq, init, mask=None, reverse=False, retain=None):
         """params: the cell's parameters (``named_parameters`` order); x_seq (T, B, I) or
         (T, B) ids; init: the state parts (B, H); mask: (T, B) bool (False = padding).
-        Returns the state parts at every step, (T, B, H) each, as tensors."""
-        prog = self.program
-        env = dict(zip(prog.params, params))
-        for c in prog.consts:
-            env[c] = Tensor._result(c.value, None, 0)
-        env[prog.xs[0]] = x_seq
-        for e in prog.eqns:
-            lv = prog.level[e.outs[0]]
-            if lv in (INVARIANT, INPUT):
-                args = e.args if lv == INVARIANT else batched_args(e)
-                out = apply(e.prim, *[env[a] if isinstance(a, Var) else a for a in args])
-                for v, o in zip(e.outs, out if isinstance(out, tuple) else (out,)):
-                    env[v] = o
-        xs = [_contiguous(env[v]) for v in self.plan.xs]
-        consts = [_contiguous(env[v]) for v in self.plan.consts]
+        Returns the state parts at every step, (T, B, H) each, as tensors: one tape node."""
         m = None if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)[:, :, None]
-        outs = apply(self.prim, *xs, *consts, *init, m, bool(reverse), retain,
-                     x_seq.shape[0])
+        outs = apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
         return outs[:self.n_state] if isinstance(outs, tuple) else (outs,)
-
-
-def _contiguous(t):
-    return t if t.data.flags.c_contiguous else t.contiguous()
 
 
 def _examples(cell, x_t, parts, batch, seed):
