@@ -55,6 +55,7 @@ def test_bptt_tape_order_and_textbook_gradients(tmp_path):
     assert (1, tanh1["seq"]) in concat2["parents"]
     # the tape's gradients are the hand-derived BPTT formulas, to float64 rounding
     assert r["max_rel_diff"] < 1e-14
+    assert r["compiled_rel_diff"] < 1e-12  # the compiled, derived BPTT: the same gradients
     for k in ("W_a", "b_a", "W_ya", "b_y"):
         np.testing.assert_allclose(r["tape"][k], r["hand"][k], rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(sum(r["terms"][k]), r["tape"][k], rtol=1e-14, atol=1e-15)
