@@ -58,16 +58,11 @@ EVAL_SIZE = 500
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
+    common.add_story_args(parser, steps=400, hidden=32, batch=32, lr=1e-2,
+                           help_for={"hidden": "hidden size per direction",
+                                      "batch": "sentences per batch"})
     parser.add_argument("--cell", choices=["gru", "lstm"], default="gru",
                         help="recurrent cell of both taggers (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=32,
-                        help="hidden size per direction (%(default)s)")
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=400,
-                        help="Adam steps (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=1e-2,
-                        help="Adam learning rate (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
-                        help="sentences per batch (%(default)s)")
     parser.add_argument("--eval-every", type=common.POSITIVE_INT, default=25,
                         help="measure held-out accuracy every N steps (%(default)s)")
     common.add_run_args(parser, "runs/bidirectional", quick="a run of a few seconds (150 steps)")

@@ -52,20 +52,14 @@ PLOT = "clipping.png"
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=600,
-                        help="SGD steps per run (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=0.2,
-                        help="SGD learning rate (%(default)s)")
+    common.add_story_args(parser, steps=600, hidden=64, batch=32, lr=0.2,
+                           optimizer="SGD")
     parser.add_argument("--gain", type=common.POSITIVE, default=1.2,
                         help="initial W_aa = gain·I, its spectral radius (%(default)s)")
     parser.add_argument("--clip", type=common.POSITIVE, default=5.0,
                         help="max_norm and clip_value of the clipped runs (%(default)s)")
     parser.add_argument("--length", type=common.number(int, 2), default=20,
                         help="sequence length T (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=64,
-                        help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
-                        help="batch size (%(default)s)")
     common.add_run_args(parser, "runs/clipping", quick="a run of a few seconds (400 steps)")
     return common.parse(parser, argv, dict(steps=400))
 

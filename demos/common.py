@@ -108,6 +108,20 @@ def add_training_args(parser, *, steps, lr, batch, hidden=128, cell="lstm", out=
     return add_run_args(parser, out)
 
 
+def add_story_args(parser, steps, hidden, batch, lr, optimizer="Adam", help_for=None):
+    """The training flags the story demos share: --steps --hidden --batch --lr, validated;
+    ``help_for`` overrides help texts (e.g. ``{"hidden": "hidden size per direction"}``)."""
+    help_for = help_for or {}
+    for flag, kind, default, text in (
+            ("steps", POSITIVE_INT, steps, f"{optimizer} steps per run"),
+            ("hidden", POSITIVE_INT, hidden, "hidden size"),
+            ("batch", POSITIVE_INT, batch, "batch size"),
+            ("lr", POSITIVE, lr, f"{optimizer} learning rate")):
+        parser.add_argument(f"--{flag}", type=kind, default=default,
+                            help=f"{help_for.get(flag, text)} (%(default)s)")
+    return parser
+
+
 def add_run_args(parser, out, quick="a tiny run of a few seconds"):
     """The flags of every demo: --seed, --out, --quick, --no-progress, --threads."""
     parser.add_argument("--seed", type=COUNT, default=0, help="random seed (%(default)s)")

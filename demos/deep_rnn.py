@@ -46,22 +46,16 @@ CLEAR = 0.05  # nats: a gain smaller than this is reported as "no clear gain"
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
+    common.add_story_args(parser, steps=300, hidden=16, batch=32, lr=1e-2,
+                           help_for={"hidden": "hidden size of the digits task"})
     parser.add_argument("--depths", type=common.POSITIVE_INT, nargs="+", default=[1, 2, 3],
                         help="numbers of stacked layers (%(default)s)")
     parser.add_argument("--tasks", nargs="+", choices=["names", "digits"],
                         default=["names", "digits"], help="tasks to run (%(default)s)")
     parser.add_argument("--no-head", action="store_true",
                         help="skip the runs with the deep head")
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=300,
-                        help="Adam steps per run (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=16,
-                        help="hidden size of the digits task (%(default)s)")
     parser.add_argument("--names-hidden", type=common.POSITIVE_INT, default=64,
                         help="hidden size of the names model (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=1e-2,
-                        help="Adam learning rate (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
-                        help="batch size (%(default)s)")
     common.add_run_args(parser, "runs/deep_rnn",
                         quick="digits only, depths 1 and 3, no head, 150 steps")
     args = common.parse(parser, argv, dict(depths=[1, 3], tasks=["digits"], no_head=True,

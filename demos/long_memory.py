@@ -48,16 +48,9 @@ EVAL_SIZE = 1000
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
+    common.add_story_args(parser, steps=200, hidden=32, batch=64, lr=3e-3)
     parser.add_argument("--gaps", type=common.COUNT, nargs="+", default=[0, 5, 10, 20, 40, 60],
                         help="numbers k of filler words to sweep (%(default)s)")
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=200,
-                        help="Adam steps per run (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=32,
-                        help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=64,
-                        help="batch size (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=3e-3,
-                        help="Adam learning rate (%(default)s)")
     parser.add_argument("--gate-bias", type=common.number(float), default=3.0,
                         help="initial memory-gate bias (LSTM forget +b, GRU update −b) "
                              "(%(default)s)")

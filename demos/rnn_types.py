@@ -48,14 +48,8 @@ SAMPLES = 400  # melodies drawn to measure transition statistics
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=600,
-                        help="Adam steps for each of the two small models (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=48,
-                        help="hidden size (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=1e-2,
-                        help="Adam learning rate (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=32,
-                        help="batch size (%(default)s)")
+    common.add_story_args(parser, steps=600, hidden=48, batch=32, lr=1e-2,
+                           help_for={"steps": "Adam steps for each of the two small models"})
     common.add_run_args(parser, "runs/rnn_types")
     args = common.parse(parser, argv, dict(steps=150))
     return args

@@ -59,17 +59,10 @@ EVAL_SIZE = 1000
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
+    common.add_story_args(parser, steps=300, hidden=32, batch=64, lr=3e-3)
     parser.add_argument("--lengths", type=common.number(int, 2), nargs="+",
                         default=[10, 30, 100],
                         help="sequence lengths T to train at (%(default)s)")
-    parser.add_argument("--steps", type=common.POSITIVE_INT, default=300,
-                        help="Adam steps per run (%(default)s)")
-    parser.add_argument("--hidden", type=common.POSITIVE_INT, default=32,
-                        help="hidden size (%(default)s)")
-    parser.add_argument("--batch", type=common.POSITIVE_INT, default=64,
-                        help="batch size (%(default)s)")
-    parser.add_argument("--lr", type=common.POSITIVE, default=3e-3,
-                        help="Adam learning rate (%(default)s)")
     parser.add_argument("--gate-bias", type=common.NONNEGATIVE, default=3.0,
                         help="initial memory-gate bias b: LSTM forget bias +b, GRU update bias "
                              "-b; 0 = the default init (%(default)s)")
