@@ -49,7 +49,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 import minigrad as mg  # noqa: E402
-from minigrad import kernels, ops  # noqa: E402
+from minigrad import kernels  # noqa: E402
+from minigrad.core import ops  # noqa: E402
 
 F32 = np.float32
 OK, BAD = "✓", "✗"

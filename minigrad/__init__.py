@@ -2,15 +2,11 @@
 
 import gc
 
-from minigrad import data, functional, kernels, nn, ops, optim
-from minigrad.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from minigrad import data, functional, kernels, nn, optim
 from minigrad.compiler import TraceError, scan, trace
-from minigrad.functional import cross_entropy, dropout, one_hot
-from minigrad.gradcheck import GradcheckError, check_grads
-from minigrad.nn import Module, Parameter
-from minigrad.random import get_rng, manual_seed
-from minigrad.serialization import load, save
-from minigrad.tensor import (
+from minigrad.core import ops
+from minigrad.core.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from minigrad.core.tensor import (
     Tensor,
     addmm,
     arange,
@@ -30,6 +26,11 @@ from minigrad.tensor import (
     zeros,
     zeros_like,
 )
+from minigrad.functional import cross_entropy, dropout, one_hot
+from minigrad.gradcheck import GradcheckError, check_grads
+from minigrad.nn import Module, Parameter
+from minigrad.random import get_rng, manual_seed
+from minigrad.serialization import load, save
 from minigrad.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

@@ -6,10 +6,10 @@ All are compositions of Tensor operations (no backward code here).
 
 import numpy as np
 
-from minigrad import ops
+from minigrad.core import ops
+from minigrad.core.tensor import Tensor, apply, as_array, cross_entropy_rows
 from minigrad.data import check_ids
 from minigrad.random import get_rng
-from minigrad.tensor import Tensor, apply, as_array, cross_entropy_rows
 
 
 def tanh(x):

@@ -6,8 +6,8 @@ errors far above the tolerances needed to catch a wrong gradient.
 
 import numpy as np
 
-from minigrad.autograd import no_grad
-from minigrad.tensor import Tensor
+from minigrad.core.autograd import no_grad
+from minigrad.core.tensor import Tensor
 
 FULL_JACOBIAN_MAX = 4096  # inputs·outputs up to which the whole Jacobian is compared
 

@@ -21,10 +21,10 @@ from collections import namedtuple
 import numpy as np
 
 from minigrad import functional
-from minigrad.autograd import no_grad
+from minigrad.core.autograd import no_grad
+from minigrad.core.tensor import Tensor, as_array
 from minigrad.data import check_ids
 from minigrad.random import get_rng
-from minigrad.tensor import Tensor, as_array
 
 __all__ = [
     "Dropout", "Embedding", "Linear", "Module", "ModuleList", "Parameter", "ReLU", "Sequential",

@@ -23,8 +23,8 @@ import numbers
 
 import numpy as np
 
-from minigrad.autograd import no_grad
-from minigrad.tensor import Tensor
+from minigrad.core.autograd import no_grad
+from minigrad.core.tensor import Tensor
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AdamW", "LambdaLR", "Optimizer", "RMSprop", "StepLR",

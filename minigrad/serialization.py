@@ -34,7 +34,7 @@ import zipfile
 import numpy as np
 
 from minigrad.atomic import atomic_write
-from minigrad.tensor import Tensor
+from minigrad.core.tensor import Tensor
 
 __all__ = ["FORMAT", "VERSION", "load", "save"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import ops
-from minigrad.tensor import apply
+from minigrad.core import ops
+from minigrad.core.tensor import apply
 
 
 def f64(*values):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import gradcheck, ops
-from minigrad.tensor import apply
+from minigrad import gradcheck
+from minigrad.core import ops
+from minigrad.core.tensor import apply
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
-from minigrad import autograd, kernels, ops
+from minigrad import kernels
+from minigrad.core import autograd, ops
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 sides = st.integers(1, 5)

@@ -9,7 +9,7 @@ line is checked three ways, over hypothesis-drawn small shapes:
 * the line's primitive really is on the tape (so a line cannot silently test something else).
 
 ``test_table_covers_every_primitive`` fails when a primitive is added to
-``minigrad.ops.PRIMITIVES`` without a line here (``one_hot``, whose only input is integer
+``minigrad.core.ops.PRIMITIVES`` without a line here (``one_hot``, whose only input is integer
 ids, has no gradient to check and its own test below).
 """
 
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
-from minigrad import ops
+from minigrad.core import ops
 
 # ----------------------------------------------------------------------------- strategies
 # Each strategy draws ``(shapes, params)``: one shape per tensor input, and the constants

@@ -1,7 +1,7 @@
 """The recurrence compiler's IR: a cell's ``forward(x_t, state)`` traced into equations.
 
 ``trace(cell, x_t, state)`` runs the forward once on example tensors and records every
-primitive that :func:`minigrad.tensor.apply` runs — straight from the one primitive table —
+primitive that :func:`minigrad.core.tensor.apply` runs — straight from the one primitive table —
 as an :class:`Eqn` ``outs = prim[statics](ins)``.  The result, a :class:`Program`, prints like
 a jaxpr, so the chapter's equations can be read in it.  Rewrites (:mod:`.rewrites`) turn it
 into the form the code generator wants; :meth:`Program.run` evaluates any version of it with
@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from minigrad import ops
-from minigrad.tensor import Tensor, apply
+from minigrad.core import ops
+from minigrad.core.tensor import Tensor, apply
 
-_tensor = sys.modules["minigrad.tensor"]  # the module (``minigrad.tensor`` is also a function)
+_tensor = sys.modules["minigrad.core.tensor"]  # the module (``minigrad.tensor`` is a function)
 
 
 class TraceError(TypeError):

@@ -14,8 +14,8 @@ Elementwise fusion happens in :mod:`.codegen`, on the loop body this module leav
 
 import itertools
 
-from minigrad import ops
 from minigrad.compiler.ir import Eqn, Var
+from minigrad.core import ops
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "pow", "abs", "exp", "log", "clip", "tanh",
                "sigmoid", "relu"}

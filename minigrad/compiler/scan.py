@@ -16,13 +16,14 @@ import weakref
 
 import numpy as np
 
-from minigrad import ops
-from minigrad.autograd import OuterSum
+from minigrad import kernels
 from minigrad.compiler import codegen
 from minigrad.compiler.ir import TraceError, Var, trace
 from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
-from minigrad.ops import Prim
-from minigrad.tensor import Tensor, apply
+from minigrad.core import ops
+from minigrad.core.autograd import OuterSum
+from minigrad.core.ops import Prim
+from minigrad.core.tensor import Tensor, apply
 
 
 def prev_states(init, hist, reverse):
@@ -69,7 +70,7 @@ class CompiledStep:
         self.kernel_source = kernel_source
         ns = {"np": np, "DT": self.dtype.type, "outer": outer, "add_outer": add_outer,
               "prev_states": prev_states, "vjp": vjp}
-        module = codegen.load_kernels(kernel_source)
+        module = kernels.load_kernels(kernel_source)
         ns.update({k: getattr(module, k) for k in dir(module) if k.startswith("fused")})
         for j, (kind, op) in enumerate(self.plan.ops):
             if kind == "generic":
@@ -198,7 +199,7 @@ def compile_step(cell, x_t, state):
 
 
 def _verify(step, cell, x_t, parts, wrap):
-    from minigrad.autograd import no_grad
+    from minigrad.core.autograd import no_grad
     xs, states = zip(*[_examples(cell, x_t, parts, 3, seed) for seed in (1, 2)])
     with no_grad():
         s = states[0]

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from minigrad import kernels
-from minigrad.autograd import OuterSum
+from minigrad.core.autograd import OuterSum
 
 PRIMITIVES = {}
 

@@ -1,7 +1,7 @@
 """The Tensor: a NumPy array plus what the tape needs to differentiate through it.
 
-``apply`` is the single entry point that runs a primitive from :mod:`minigrad.ops` and, when
-grad mode is on and an input requires grad, records a :class:`~minigrad.autograd.Node`.
+``apply`` is the single entry point that runs a primitive from :mod:`minigrad.core.ops` and, when
+grad mode is on and an input requires grad, records a :class:`~minigrad.core.autograd.Node`.
 Every Tensor method below is a thin call to ``apply`` (or a composition of such calls).
 """
 
@@ -11,8 +11,8 @@ import numbers
 
 import numpy as np
 
-from minigrad import autograd, ops
-from minigrad.autograd import _GradMode, record
+from minigrad.core import autograd, ops
+from minigrad.core.autograd import _GradMode, record
 from minigrad.random import get_rng
 
 _FLOATS = (np.float32, np.float64)

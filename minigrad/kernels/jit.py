@@ -1,0 +1,71 @@
+"""The one place Numba's options live: every kernel in this package, and every kernel the
+recurrence compiler generates, is compiled through :func:`kernel` (array kernels),
+:func:`inline` (scalar helpers inlined into them), :func:`scalar_overload` (a Python scalar
+function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs)."""
+
+import numba
+from numba.extending import overload
+
+# NOTE: no 'nnan'/'ninf' (they let LLVM assume NaN/Inf never happen) and no 'afn'
+# (approximate libm calls would break float64 gradient checks).
+FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
+
+
+OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
+
+
+def kernel(fn):
+    """The decorator every array kernel is compiled with."""
+    return numba.njit(**OPTIONS)(fn)
+
+
+def inline(fn):
+    """A small helper inlined into the kernels that call it (same options, never cached on
+    its own)."""
+    return numba.njit(inline="always", fastmath=OPTIONS["fastmath"],
+                      error_model=OPTIONS["error_model"])(fn)
+
+
+def scalar_overload(fn):
+    """Give the Python scalar function ``fn`` a Numba implementation (per argument type),
+    inlined where kernels call it."""
+    return overload(fn, inline="always", jit_options={"fastmath": OPTIONS["fastmath"]})
+
+
+def elementwise(*signatures):
+    """Compile a scalar function into a NumPy ufunc (any shape, broadcasting, ``out=``),
+    with the same options as :func:`kernel`, on first use: see :class:`Ufunc`."""
+    def wrap(fn):
+        return Ufunc(fn, signatures)
+    return wrap
+
+
+class Ufunc:
+    """A scalar kernel that becomes a NumPy ufunc on its first call.
+
+    ``.ufunc()`` is the accessor for the NumPy ufunc itself (building it once); calling the
+    object calls the ufunc.  NOTE: built lazily because Numba caches the compiled element
+    functions but rebuilds each ufunc's loop wrapper in every process (~0.1 s per
+    signature): building them all at import made ``import minigrad`` take over a second.
+    """
+
+    def __init__(self, fn, signatures):
+        self.fn, self.signatures, self._ufunc = fn, list(signatures), None
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        # NOTE: each object has its own class so that, once built, a call goes to the ufunc
+        # with no Python frame in between: a forwarding __call__ measured +0.1-0.2 µs per
+        # call, +6-15 % of a recorded tanh/sigmoid op (benchmarks/bench_engine.py, §2).
+        self.__class__ = type(fn.__name__, (Ufunc,), {})
+
+    def ufunc(self):
+        if self._ufunc is None:
+            options = {k: v for k, v in OPTIONS.items() if k != "error_model"}  # njit-only
+            self._ufunc = numba.vectorize(self.signatures, nopython=True, **options)(self.fn).ufunc
+            type(self).__call__ = self._ufunc  # not a descriptor: called without self
+        return self._ufunc
+
+    def __call__(self, *args, **kwargs):  # the first call only: see __init__
+        return self.ufunc()(*args, **kwargs)
+
+
