@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demos/names.py $(ARGS)
+	$(PY) -m demos.names $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -17,26 +17,22 @@ each sentence's own last word, not at padding) and the loss ignores padding thro
 Accuracy is reported on held-out sentences over all real words, and over the words whose
 tag needs the future.
 
-    python demos/bidirectional.py                 # GRU taggers, ~7 s on 2 cores
-    python demos/bidirectional.py --cell lstm
+    python -m demos.bidirectional                 # GRU taggers, ~7 s on 2 cores
+    python -m demos.bidirectional --cell lstm
 
 Writes ``bidirectional.png`` (accuracy during training) to ``--out``.
 """
 
 import os
-import sys
 import time
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.data import pad_batch  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
-from models.layers import GRU, LSTM, SequenceTagger  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.data import pad_batch
+from minigrad.optim import Adam
+from models.layers import GRU, LSTM, SequenceTagger
 
 # word -> the noun that makes it an ordinary word ("teddy bears", "april showers", ...)
 AMBIGUOUS = {"teddy": "bears", "april": "showers", "rose": "bushes", "bill": "payments",

@@ -22,22 +22,18 @@ Nobody writes BPTT here.  The demo shows where it comes from:
 4. a picture of the unrolled graph, drawn from the recorded tape: forward edges in black,
    the gradient's path back in red, each node numbered in the order backward reached it.
 
-    python demos/bptt.py            # prints everything, writes bptt_graph.png to --out
+    python -m demos.bptt            # prints everything, writes bptt_graph.png to --out
 """
 
 import os
-import sys
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.nn import Linear  # noqa: E402
-from models.cells import RNNCell  # noqa: E402
-from models.layers import Recurrent  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.nn import Linear
+from models.cells import RNNCell
+from models.layers import Recurrent
 
 PLOT = "bptt_graph.png"
 F64 = np.float64

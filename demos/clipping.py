@@ -22,27 +22,23 @@ Three runs from the same initial weights, the same batches and the same learning
 The norm recorded every step is the one *before* clipping (``clip_grad_norm_`` returns it;
 ``grad_norm`` only measures).
 
-    python demos/clipping.py               # ~6 s
-    python demos/clipping.py --gain 1.0    # an IRNN at the edge: here all three runs learn
+    python -m demos.clipping               # ~6 s
+    python -m demos.clipping --gain 1.0    # an IRNN at the edge: here all three runs learn
 
 Writes ``clipping.png`` to ``--out``.
 """
 
 import math
 import os
-import sys
 import time
 
 import numpy as np
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_, grad_norm  # noqa: E402
-from models.layers import RNN, SequenceTagger  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.optim import SGD, clip_grad_norm_, clip_grad_value_, grad_norm
+from models.layers import RNN, SequenceTagger
 
 VOCAB = 8
 MODES = ("none", "norm", "value")

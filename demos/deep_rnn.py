@@ -16,26 +16,22 @@ task: depth 1 ends at 1.50–1.61 nats, depth 3 at 0.20–0.67 (chance is log 8 
 deep head's effect varies from seed to seed.  On names (seed 0) depth does not help at this
 scale: 2.109, 2.103 and 2.242 nats per letter at depth 1, 2, 3, each worse with the head.
 
-    python demos/deep_rnn.py            # both tasks, 12 runs, a few minutes on 2 cores
-    python demos/deep_rnn.py --quick    # the generated task, depths 1 and 3 (the test)
+    python -m demos.deep_rnn            # both tasks, 12 runs, a few minutes on 2 cores
+    python -m demos.deep_rnn --quick    # the generated task, depths 1 and 3 (the test)
 """
 
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.data import SequenceBatches, Vocab  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
-from models.language_model import LanguageModel  # noqa: E402
-from models.layers import GRU, SequenceTagger, deep_head  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.data import SequenceBatches, Vocab
+from minigrad.optim import Adam
+from models.language_model import LanguageModel
+from models.layers import GRU, SequenceTagger, deep_head
 
 PLOT = "deep_rnn.png"
 DIGITS, LAG, T = 8, 3, 20

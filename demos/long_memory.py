@@ -17,23 +17,19 @@ reaches the subject.  The gated cells start with their memory path open (``--gat
 as in ``demos/vanishing_gradients.py``, which measures the same decay on a simpler
 recall task).
 
-    python demos/long_memory.py                   # k = 0, 5, 10, 20, 40, 60; about a minute
-    python demos/long_memory.py --quick           # k = 2, 20, 40 (what the test runs)
+    python -m demos.long_memory                   # k = 0, 5, 10, 20, 40, 60; about a minute
+    python -m demos.long_memory --quick           # k = 2, 20, 40 (what the test runs)
 """
 
 import os
-import sys
 import time
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from demos.vanishing_gradients import CELLS, accuracy, flow, make_model  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
+import minigrad as mg
+from demos import common
+from demos.vanishing_gradients import CELLS, accuracy, flow, make_model
+from minigrad.optim import Adam
 
 NOUNS = ("cat", "dog", "bird", "fox", "child")
 PLURALS = ("cats", "dogs", "birds", "foxes", "children")

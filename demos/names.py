@@ -6,24 +6,20 @@ the previous name had just ended) and predicts a softmax over the next letter.  
 minimises the per-letter cross-entropy (teacher forcing, padded batches masked by length);
 sampling feeds each drawn letter back in until <EOS> appears.
 
-    python demos/names.py                      # LSTM, ~1 minute on 2 cores
-    python demos/names.py --cell gru --steps 2000
-    python demos/names.py --resume --steps 1500  # continue the run saved in --out
+    python -m demos.names                      # LSTM, ~1 minute on 2 cores
+    python -m demos.names --cell gru --steps 2000
+    python -m demos.names --resume --steps 1500  # continue the run saved in --out
 
 At the end it prints samples at two temperatures, scores real names the model never saw
 against implausible strings, and writes ``loss.png`` and ``checkpoint.npz`` to ``--out``.
 """
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.data import Vocab  # noqa: E402
-from models.language_model import LanguageModel  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.data import Vocab
+from models.language_model import LanguageModel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "names.txt")
 HELD_OUT = 100  # the file is already shuffled; its last names are never trained on

@@ -18,27 +18,23 @@
 The picture (``rnn_types.png``) draws the four architectures unrolled, each with its
 measured score, and a piano roll of a generated melody beside one from the true chain.
 
-    python demos/rnn_types.py            # about a minute (the two reused demos' full runs)
-    python demos/rnn_types.py --quick    # a few seconds (what the test runs)
+    python -m demos.rnn_types            # about a minute (the two reused demos' full runs)
+    python -m demos.rnn_types --quick    # a few seconds (what the test runs)
 """
 
 import contextlib
 import io
 import os
-import sys
 import time
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import bidirectional, common, seq2seq  # noqa: E402
-from minigrad.data import Vocab, pad_batch  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
-from models.language_model import LanguageModel  # noqa: E402
-from models.layers import GRU, SequenceClassifier  # noqa: E402
+import minigrad as mg
+from demos import bidirectional, common, seq2seq
+from minigrad.data import Vocab, pad_batch
+from minigrad.optim import Adam
+from models.language_model import LanguageModel
+from models.layers import GRU, SequenceClassifier
 
 PLOT = "rnn_types.png"
 NOTES = "cdefgabC"  # C major, c = C4 ... C = C5

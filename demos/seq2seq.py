@@ -12,9 +12,9 @@ greedy predictions when translating).  Dates are drawn from 1950-01-01 .. 2049-1
 held-out dates are never seen in training, in any format, so exact-match accuracy on them
 measures real generalisation.  Chance is ~0: there are 36 525 possible answers.
 
-    python demos/seq2seq.py                   # LSTM encoder-decoder, under a minute
-    python demos/seq2seq.py --attention       # + Luong attention over the encoder outputs
-    python demos/seq2seq.py --resume --steps 3000
+    python -m demos.seq2seq                   # LSTM encoder-decoder, under a minute
+    python -m demos.seq2seq --attention       # + Luong attention over the encoder outputs
+    python -m demos.seq2seq --resume --steps 3000
 
 Without attention the whole date must squeeze through the encoder's one final state, and
 the longest format ("the 24th of march 1969") is clearly the hardest (about 86 % exact
@@ -30,20 +30,16 @@ writes ``loss.png`` (training and held-out loss; ``attention.png`` with --attent
 import datetime
 import math
 import os
-import sys
 import time
 
 import numpy as np
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.data import Vocab, pad_batch  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
-from models.seq2seq import Seq2Seq  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.data import Vocab, pad_batch
+from minigrad.optim import Adam
+from models.seq2seq import Seq2Seq
 
 FIRST, LAST = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)
 MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august",

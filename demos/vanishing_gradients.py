@@ -28,26 +28,22 @@ the LSTM in 8 (with 100 steps, both learn T = 40 in all 10, the RNN in none).  A
 rescales tiny gradients, so at a larger learning rate an RNN run sometimes bridges longer
 gaps: the vanishing gradient makes long-range learning unreliable, not impossible.
 
-    python demos/vanishing_gradients.py            # T = 10, 30, 100; ~25 s on 2 cores
-    python demos/vanishing_gradients.py --lengths 10 50 --steps 500
+    python -m demos.vanishing_gradients            # T = 10, 30, 100; ~25 s on 2 cores
+    python -m demos.vanishing_gradients --lengths 10 50 --steps 500
 
 Writes ``vanishing_gradients.png`` to ``--out``.
 """
 
 import os
-import sys
 import time
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.nn import init  # noqa: E402
-from minigrad.optim import Adam  # noqa: E402
-from models.layers import GRU, LSTM, RNN, SequenceClassifier, gradient_flow  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.nn import init
+from minigrad.optim import Adam
+from models.layers import GRU, LSTM, RNN, SequenceClassifier, gradient_flow
 
 CELLS = ("rnn", "gru", "lstm")
 SIGNALS = 2      # symbols 0, 1: the label

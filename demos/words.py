@@ -7,24 +7,20 @@ model must do with an open vocabulary.  An embedding layer feeds the recurrent l
 loss is the per-token cross-entropy, and the held-out perplexity exp(loss) says how many
 equally likely words the model is choosing between at each step.
 
-    python demos/words.py                  # LSTM, well under a minute on 2 cores
-    python demos/words.py --cell gru --steps 2000
-    python demos/words.py --resume --steps 2000
+    python -m demos.words                  # LSTM, well under a minute on 2 cores
+    python -m demos.words --cell gru --steps 2000
+    python -m demos.words --resume --steps 2000
 
 Writes ``loss.png`` (training and held-out loss) and ``checkpoint.npz`` to ``--out``.
 """
 
 import os
-import sys
 from collections import Counter
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad as mg  # noqa: E402
-from demos import common  # noqa: E402
-from minigrad.data import Vocab, tokenize_words  # noqa: E402
-from models.language_model import LanguageModel  # noqa: E402
+import minigrad as mg
+from demos import common
+from minigrad.data import Vocab, tokenize_words
+from models.language_model import LanguageModel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentences.txt")
 HELD_OUT = 300  # the last sentences of the file; never trained on, never in the vocabulary

@@ -162,13 +162,14 @@ def test_bad_flag_messages_say_what_is_expected(capsys):
         assert expected in capsys.readouterr().err
 
 
-def test_names_runs_as_a_script(tmp_path):
+def test_names_runs_as_a_module(tmp_path):
+    """``python -m demos.names`` from the repository root: no sys.path edits in the demos."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)  # the script must find the repository by itself
+    env.pop("PYTHONPATH", None)
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "demos", "names.py"), *QUICK, "--steps", "10",
+        [sys.executable, "-m", "demos.names", *QUICK, "--steps", "10",
          "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Character-level LSTM language model" in proc.stdout
@@ -303,9 +304,9 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path):
 
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "demos", "names.py"), *QUICK, "--steps", "100000",
+        [sys.executable, "-m", "demos.names", *QUICK, "--steps", "100000",
          "--save-every", "10", "--sample-every", "100000", "--out", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
     path = tmp_path / "checkpoint.npz"
     step = 0
     try:
@@ -385,9 +386,9 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tmp_path):
     the perplexity print, with nothing saved."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "demos", "names.py"), *QUICK, "--lr", "1000",
+        [sys.executable, "-m", "demos.names", *QUICK, "--lr", "1000",
          "--clip", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
