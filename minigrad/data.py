@@ -53,13 +53,24 @@ def check_ids(where, ids, n, what="token id", size="vocabulary size"):
         raise IndexError(f"{where}: {what} {bad} is out of range ({kind}): expected "
                          f"0..{n - 1} for {size}={n}")
     return ids
-    lo, hi = ids.min(), ids.max()
-    if lo < 0:
-        raise IndexError(f"{where}: {what} {int(lo)} is negative; expected ids in 0..{n - 1}")
-    if hi >= n:
-        raise IndexError(f"{where}: {what} {int(hi)} is out of range: expected ids in "
-                         f"0..{n - 1} ({n} in all)")
-    return ids
+
+
+def check_lengths(where, lengths, B, T, what="lengths"):
+    """The one rule for the true lengths of a padded batch: ``B`` integers in ``1 .. T``.
+
+    Returns them as an int64 array; raises ValueError naming ``where`` and what was wrong
+    (not integers, a different batch size, a length outside 1..T)."""
+    lengths = np.asarray(getattr(lengths, "data", lengths))
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
+        raise ValueError(f"{where}: {what} must be {B} integers (one per sequence), got shape "
+                         f"{lengths.shape} dtype {lengths.dtype}")
+    if lengths.shape[0] != B:
+        raise ValueError(f"{where}: batch sizes differ: {lengths.shape[0]} {what} for a batch "
+                         f"of {B} sequences")
+    if lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"{where}: {what} must be in 1..{T} (T, the padded length), got min "
+                         f"{lengths.min()} max {lengths.max()}")
+    return lengths.astype(np.int64)
 
 # A word is a run of letters/digits; an apostrophe or hyphen *between* two such runs
 # stays inside it ("don't", "well-known"). Any other non-space character is a token

@@ -16,7 +16,7 @@ import numpy as np
 import minigrad as mg
 from minigrad import functional as F
 from minigrad.compiler import TraceError, scan
-from minigrad.data import check_ids
+from minigrad.data import check_ids, check_lengths
 from minigrad.nn import Linear, Module, ModuleList, Parameter, Sequential, Tanh
 from models.cells import CELLS, GRUCell, LSTMCell, RNNCell
 
@@ -48,17 +48,6 @@ def _check_input(name, x, input_size, dtype=None):
                         f"convert the input (x.astype(np.{np.dtype(dtype)})) or build the model "
                         f"with dtype=np.{x.dtype}")
     return x
-
-
-def _check_lengths(name, lengths, B, T):
-    lengths = mg.as_array(lengths)
-    if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
-        raise ValueError(f"{name}: lengths must be {B} integers (one per sequence), got "
-                         f"shape {lengths.shape} dtype {lengths.dtype}")
-    if lengths.min() < 1 or lengths.max() > T:
-        raise ValueError(f"{name}: every length must be in 1..T={T}, got min "
-                         f"{lengths.min()} max {lengths.max()}")
-    return lengths
 
 
 class Recurrent(Module):
@@ -147,7 +136,7 @@ class Recurrent(Module):
         state = self.initial_state(B, state)
         valid = None
         if lengths is not None:
-            lengths = _check_lengths(name, lengths, B, T)
+            lengths = check_lengths(name, lengths, B, T)
             valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
         if self.compiled:
             try:
@@ -287,6 +276,9 @@ class _Stack(Module):
         parts = state if lstm else (state,)
         if lstm and (not isinstance(state, (tuple, list)) or len(state) != 2):
             raise ValueError(f"{type(self).__name__}: the state must be a pair (a_0, c_0)")
+        if not lstm and isinstance(state, (tuple, list)):
+            raise ValueError(f"{type(self).__name__}: the state is one tensor h_0 of shape "
+                             f"{want}, got a tuple of {len(state)} (an LSTM's (a, c) pair?)")
         first = self.layers[0]
         dtype = (first.fwd if isinstance(first, Bidirectional) else first).cell.dtype
         parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=dtype) for p in parts]

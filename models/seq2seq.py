@@ -43,7 +43,7 @@ No backward code here: the tape differentiates encoder, bridge, attention and de
 import numpy as np
 
 import minigrad as mg
-from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids, pad_batch
+from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids, check_lengths, pad_batch
 from minigrad.nn import Embedding, Linear, Module
 from models.language_model import check_temperature, draw
 from models.layers import LAYERS
@@ -63,20 +63,10 @@ def _ids(name, x, vocab_size, what):
 
 
 def _lengths(name, lengths, B, T, what):
-    """(B,) integer lengths in 1..T; None means every sequence is T long."""
+    """(B,) integer lengths in 1..T (the one rule, ``check_lengths``); None: all T long."""
     if lengths is None:
         return np.full(B, T, dtype=np.int64)
-    lengths = mg.as_array(lengths)
-    if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
-        raise ValueError(f"Seq2Seq.{name}: {what} must be a 1-D array of integers, got shape "
-                         f"{lengths.shape} dtype {lengths.dtype}")
-    if lengths.shape[0] != B:
-        raise ValueError(f"Seq2Seq.{name}: batch sizes differ: {lengths.shape[0]} {what} for "
-                         f"a batch of {B} sequences")
-    if lengths.min() < 1 or lengths.max() > T:
-        raise ValueError(f"Seq2Seq.{name}: every one of {what} must be in 1..{T} (the padded "
-                         f"length), got min {lengths.min()} max {lengths.max()}")
-    return lengths.astype(np.int64)
+    return check_lengths(f"Seq2Seq.{name}", lengths, B, T, what)
 
 
 class Seq2Seq(Module):

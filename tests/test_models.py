@@ -427,12 +427,15 @@ def test_bad_input_errors():
         layer(mg.randn(2, 3))
     with pytest.raises(ValueError, match="feature size .dimension 2. is 5, expected input_size=3"):
         layer(mg.randn(2, 6, 5))
-    with pytest.raises(ValueError, match="every length must be in 1..T=6, got min 2 max 7"):
+    too_long = r"lengths must be in 1\.\.6 \(T, the padded length\), got min 2 max 7"
+    with pytest.raises(ValueError, match=too_long):
         layer(mg.randn(2, 6, 3), lengths=np.array([7, 2]))
-    with pytest.raises(ValueError, match="every length must be in 1..T=6"):
+    with pytest.raises(ValueError, match=r"lengths must be in 1\.\.6 .*got min 0 max 2"):
         layer(mg.randn(2, 6, 3), lengths=np.array([0, 2]))
-    with pytest.raises(ValueError, match="lengths must be 2 integers"):
+    with pytest.raises(ValueError, match="batch sizes differ: 1 lengths for a batch of 2"):
         layer(mg.randn(2, 6, 3), lengths=np.array([3]))
+    with pytest.raises(ValueError, match="lengths must be 2 integers"):
+        layer(mg.randn(2, 6, 3), lengths=np.array([3.0, 2.0]))
     with pytest.raises(ValueError, match=r"initial state has shape \(1, 5, 4\), expected"):
         layer(mg.randn(2, 6, 3), state=(mg.zeros(1, 5, 4), mg.zeros(1, 5, 4)))
     with pytest.raises(ValueError, match="state must be a pair"):
@@ -535,3 +538,24 @@ def test_token_ids_out_of_range_name_the_bad_id():
         layer(np.array([[1, -2, 3]]))  # the message used to name the largest id, 3
     with pytest.raises(IndexError, match=r"token id 9 is out of range \(too large\)"):
         layer(np.array([[1, 9, 3]]))
+
+
+def test_a_state_of_the_wrong_structure_or_input_size_names_the_cell():
+    """An (a, c) pair given to a GRU, and an LSTMCell(8, 16) given 7 input features, used to
+    fail deep inside NumPy or matmul without naming the cell or the expected size."""
+    gru, x = GRU(3, 4), mg.randn(2, 5, 3)
+    pair = (mg.zeros(1, 2, 4), mg.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"GRU: the state is one tensor h_0 of shape \(1, 2, 4\), "
+                                         r"got a tuple of 2"):
+        gru(x, pair)
+    with pytest.raises(ValueError, match=r"GRUCell: the state must be a tensor a \(B, H\), "
+                                         r"got a tuple of 2 \(an LSTM's \(a, c\) pair\?\)"):
+        Recurrent(GRUCell(3, 4))(x, (mg.zeros(2, 4), mg.zeros(2, 4)))
+    with pytest.raises(ValueError, match=r"GRUCell: the state is one tensor"):
+        GRUCell(3, 4)(mg.randn(2, 3), (mg.zeros(2, 4), mg.zeros(2, 4)))
+    cell = LSTMCell(8, 16)
+    with pytest.raises(ValueError, match=r"LSTMCell\(8, 16\): x<t> has shape \(2, 7\), "
+                                         r"expected \(B, input_size\) = \(B, 8\)"):
+        cell(mg.randn(2, 7), (mg.zeros(2, 16), mg.zeros(2, 16)))
+    with pytest.raises(ValueError, match=r"LSTMCell: the state is a pair"):
+        cell(mg.randn(2, 8), mg.zeros(2, 16))

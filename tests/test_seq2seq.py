@@ -318,7 +318,7 @@ def test_bad_input_errors():
         model(src, np.array([0, 2, 1]), model.shift(tgt))
     with pytest.raises(ValueError, match=r"tgt_lengths must be in 1\.\.4"):
         model.loss(src, sl, tgt, np.array([5, 1, 1]))
-    with pytest.raises(ValueError, match="src_lengths must be a 1-D array of integers"):
+    with pytest.raises(ValueError, match=r"src_lengths must be 3 integers \(one per sequence\)"):
         model(src, sl.astype(float), model.shift(tgt))
     with pytest.raises(IndexError, match=r"src token id 7 is out of range \(too large\)"):
         model(np.full((3, 5), VS), sl, model.shift(tgt))
