@@ -176,8 +176,10 @@ class _Source:
 
 
 def generate(plan, dtype):
-    """Python source of ``forward`` and ``backward`` for ``plan`` and the Numba kernel
-    module's source; returns ``(driver_source, kernel_source)``."""
+    """The source of the loops ``forward`` and ``backward`` (valid Python, and valid Numba
+    when the body has no generic equation: ``njit``), of ``finish`` (the loop GEMMs' weight
+    gradients as deferred GEMMs) and of the kernel module.
+    Returns ``(loops, finish, kernels, njit)``."""
     dt = np.dtype(dtype).name
     ks = _Source()
     ks(0, _KERNEL_HEADER.format(dtype=dt))
@@ -214,7 +216,7 @@ def generate(plan, dtype):
         return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
     # ------------------------------------------------------------------ forward
-    fw(0, f"def forward(B, T, {args}, M, reverse):")
+    fw(0, f"def forward(B, T, {args}, M, masked, reverse):")
     for v, i in Hk.items():
         fw(1, f"H{i} = np.empty((T, B, {v.shape[1]}), DT)")
     for v in tvars:
@@ -236,7 +238,7 @@ def generate(plan, dtype):
         fw(2, f"{_ident(v)} = H{i}[t]")
     for j, (kind, op) in enumerate(plan.ops):
         if kind == "gemm":
-            fw(2, f"np.dot({val(op.args[0])}, {val(op.args[1])}, out={_ident(op.outs[0])})")
+            fw(2, f"gemm({val(op.args[0])}, {val(op.args[1])}, {_ident(op.outs[0])}, 0.0)")
         elif kind == "generic":
             a = ", ".join(val(x) if isinstance(x, Var) else f"A{j}_{i}"
                           for i, x in enumerate(op.args))
@@ -255,18 +257,18 @@ def generate(plan, dtype):
             reads += [f"q_{_ident(v)} = {ka.array(_ident(v))}[b]" for v in op.outs]
             fw(2, f"fused{j}_fwd(B, {n}, {ka.call()})")
             _fused_forward(ks, j, op, n, ka, reads)
-    fw(2, "if M is not None:")
+    fw(2, "if masked:")
     for i in range(ns):
-        fw(3, f"np.copyto(H{i}[t], P{i}, where=M[t] == 0)")
+        fw(3, f"keep_rows(H{i}[t], P{i}, M[t])")
     fw(2, ", ".join(f"P{i}" for i in range(ns)) + " = "
        + ", ".join(f"H{Hk[plan.outs[i]]}[t]" for i in range(ns)))
     fw(1, "return (" + ", ".join([f"H{i}" for i in range(ns)]
                                  + [f"T_{_ident(v)}" for v in tvars]) + ",)")
 
     # ------------------------------------------------------------------ backward
-    bw(0, f"def backward(B, T, G, {args}, HS, M, reverse, retain):")
-    bw(1, ", ".join([f"H{i}" for i in range(ns)] + [f"T_{_ident(v)}" for v in tvars]
-                    + ["_"]) + " = *HS, None")
+    saved = ", ".join([f"H{i}" for i in range(ns)] + [f"T_{_ident(v)}" for v in tvars])
+    grads_in = ", ".join(f"G{i}" for i in range(ns))
+    bw(0, f"def backward(B, T, {grads_in}, {args}, {saved}, M, masked, reverse, R, retain):")
     for name in X.values():
         bw(1, f"D{name} = np.zeros_like({name})")
     gemm_out = {op.outs[0]: (j, op) for j, (kind, op) in enumerate(plan.ops) if kind == "gemm"}
@@ -287,6 +289,7 @@ def generate(plan, dtype):
     for v in plan.state:
         cot[v] = f"C{S[v]}"
         bw(1, f"C{S[v]} = np.zeros((B, {v.shape[1]}), DT)")
+        bw(1, f"BP{S[v]} = np.empty((B, {v.shape[1]}), DT)")
     for v, name in X.items():
         cot[v] = f"dx{name[1:]}"
     for v in loopvars:
@@ -313,16 +316,15 @@ def generate(plan, dtype):
         if v not in Hk:
             bw(2, f"dy{j} = DY{j}[t]")
     for i in Hk.values():
-        bw(2, f"np.add(C{i}, G[{i}][t], out=DN{i}) if G[{i}] is not None "
-              f"else np.copyto(DN{i}, C{i})")
+        bw(2, f"np.add(C{i}, G{i}[t], DN{i})")
     for b in viewed:  # views add into their base: start it at zero
         if b not in X and b not in Hk:
-            bw(2, f"{cot[b]}.fill(0)")
-    bw(2, "if retain is not None:")
-    bw(3, "retain[t].grad = DN0.copy()")
-    bw(2, "if M is not None:")
+            bw(2, f"{cot[b]}[:, :] = 0")
+    bw(2, "if retain:")
+    bw(3, "R[t] = DN0")
+    bw(2, "if masked:")
     for i in range(ns):
-        bw(3, f"BP{i} = DN{i} * (M[t] == 0); DN{i} *= M[t]")
+        bw(3, f"split_masked(DN{i}, BP{i}, M[t])")
     assigned = set(Hk) | set(viewed)
 
     k_used = set()  # constants that got a cotangent inside the loop
@@ -334,10 +336,11 @@ def generate(plan, dtype):
             k_used.add(v)
             return
         target, expr = cotangent(v), expr_fn()
-        if v in plan.views or v in assigned:
+        add = v in plan.views or v in assigned
+        if expr.startswith("gemm("):  # into the buffer: beta 1 adds, beta 0 sets
+            bw(2, f"{expr[:-1]}, {target}, {1.0 if add else 0.0})")
+        elif add:
             bw(2, f"{target} += {expr}")
-        elif expr.startswith("np.dot(") and v not in X:  # into the buffer, no temporary
-            bw(2, f"{expr[:-1]}, out={target})")
         else:
             bw(2, f"{target}[...] = {expr}")
         assigned.add(v)
@@ -346,12 +349,12 @@ def generate(plan, dtype):
         if kind == "gemm":
             left, y = op.args[0], op.outs[0]
             if y in Hk:
-                bw(2, f"np.copyto(dy{j}, DN{Hk[y]})")
+                bw(2, f"dy{j}[:, :] = DN{Hk[y]}")
             elif y not in assigned:
-                bw(2, f"dy{j}.fill(0)")
+                bw(2, f"dy{j}[:, :] = 0")
                 continue
             if left not in K:
-                contribute(left, lambda j=j: f"np.dot(dy{j}, KT{j})")
+                contribute(left, lambda j=j: f"gemm(dy{j}, KT{j})")
         elif kind == "generic":
             gs = ", ".join(cotangent(v) if v in assigned or v in plan.views else "None"
                            for v in op.outs)
@@ -394,18 +397,26 @@ def generate(plan, dtype):
             _fused_backward(ks, j, op, n, ka, reads, douts, values, grads, modes)
     for v, i in S.items():
         if v not in assigned:
-            bw(2, f"C{i}.fill(0)")
-    bw(2, "if M is not None:")
+            bw(2, f"C{i}[:, :] = 0")
+    bw(2, "if masked:")
     for i in range(ns):
         bw(3, f"C{i} += BP{i}")
+    raw = [f"DX{i}" for i in range(nx)] + [f"D{name}" for name in K.values()] \
+        + [f"C{i}" for i in range(ns)] + [f"DY{j}" for j, _ in gemm_out.values()]
+    bw(1, "return (" + ", ".join(raw) + ",)")
+    # the weight gradients of the loop's GEMMs: one deferred GEMM each, after the loop
+    fin = _Source()
+    fin(0, f"def finish(raw, {args}, {saved}, reverse):")
+    fin(1, ", ".join(raw) + ", = raw")
     grads = [f"DX{i}" for i in range(nx)]
     for v, name in K.items():
         terms = [f"outer({_stack_expr(plan, op.args[0], val)}, DY{j})"
                  for y, (j, op) in gemm_out.items() if op.args[1] is v]
         grads.append(f"add_outer({f'D{name}' if v in k_used else None}, [{', '.join(terms)}])"
                      if terms else f"D{name}")
-    bw(1, "return (" + ", ".join(grads + [f"C{i}" for i in range(ns)]) + ",)")
-    return fw.text() + "\n\n" + bw.text(), ks.text()
+    fin(1, "return (" + ", ".join(grads + [f"C{i}" for i in range(ns)]) + ",)")
+    njit = not any(kind == "generic" for kind, _ in plan.ops)
+    return fw.text() + "\n\n" + bw.text(), fin.text(), ks.text(), njit
 
 
 def _stack_expr(plan, left, val):

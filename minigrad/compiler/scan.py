@@ -24,6 +24,9 @@ from minigrad.core import ops
 from minigrad.core.autograd import OuterSum
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply
+from minigrad.kernels import blas
+
+NJIT_LOOPS = True  # False: every compiled loop runs as Python (tests compare the two)
 
 
 def prev_states(init, hist, reverse):
@@ -66,10 +69,20 @@ class CompiledStep:
         self.plan = codegen.Plan(self.program)
         parts = (state,) if isinstance(state, Tensor) else tuple(state)
         self.dtype = parts[0].dtype
-        self.source, kernel_source = codegen.generate(self.plan, self.dtype)
+        loops, finish, kernel_source, njit = codegen.generate(self.plan, self.dtype)
+        self.source = loops
+        # NOTE: float32 (training) runs the loops compiled by Numba; float64 (gradient checks)
+        # runs the same source as Python, sparing a Numba compile per checked cell.
+        njit = njit and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
+        self.njit = njit
+        if njit:  # the same loops, compiled by Numba into the kernel module (cached on disk)
+            kernel_source += ("\nfrom minigrad.kernels.blas import gemm32 as gemm, keep_rows, "
+                              f"split_masked\n\n\n{loops}\n\nforward = kernel(forward)\n"
+                              "backward = kernel(backward)\n")
         self.kernel_source = kernel_source
         ns = {"np": np, "DT": self.dtype.type, "outer": outer, "add_outer": add_outer,
-              "prev_states": prev_states, "vjp": vjp}
+              "prev_states": prev_states, "vjp": vjp, "gemm": blas.py_gemm,
+              "keep_rows": blas.py_keep_rows, "split_masked": blas.py_split_masked}
         module = kernels.load_kernels(kernel_source)
         ns.update({k: getattr(module, k) for k in dir(module) if k.startswith("fused")})
         for j, (kind, op) in enumerate(self.plan.ops):
@@ -78,19 +91,17 @@ class CompiledStep:
                 for i, a in enumerate(op.args):
                     if not isinstance(a, Var):
                         ns[f"A{j}_{i}"] = a
-        exec(compile(self.source, f"<compiled {type(cell).__name__}>", "exec"), ns)
+        exec(compile(loops + "\n\n" + finish, f"<compiled {type(cell).__name__}>", "exec"), ns)
         self._forward, self._backward = ns["forward"], ns["backward"]
+        if njit:
+            self._forward, self._backward = module.forward, module.backward
+        self._finish = ns["finish"]
         self.n_state = len(parts)
         level = self.program.level
         self.pre = [e for e in self.program.eqns if level[e.outs[0]] in (INVARIANT, INPUT)]
-        n_saved = len(self._saved_names())
+        # outputs: the state parts at every step, then what the backward reads (auxiliary)
         self.prim = Prim(f"scan[{type(cell).__name__}]", self._fwd, vjp_all=self._vjp,
-                         nout=self.n_state + n_saved)
-
-    def _saved_names(self):
-        return [v for v in self.plan.needed if v not in self.plan.outs
-                and any(v in (op.outs if k != "generic" else op.outs) for k, op in self.plan.ops)
-                and self.plan.stored(v)]
+                         nout=None)
 
     def __repr__(self):
         return f"{self.program!r}\n\n{self.source}"
@@ -119,17 +130,29 @@ class CompiledStep:
         env = ctx["env"] = self._pre(params, x)
         xs = [np.ascontiguousarray(env[v]) for v in self.plan.xs]
         consts = [np.ascontiguousarray(env[v]) for v in self.plan.consts]
-        ctx["loop"] = (xs, consts, init)
-        out = self._forward(init[0].shape[0], x.shape[0], *xs, *consts, *init, mask, reverse)
-        return out if len(out) > 1 else out[0]
+        init = [np.ascontiguousarray(i) for i in init]
+        ctx["loop"] = (xs, consts, init, x.shape[0])
+        masked = mask is not None
+        m = mask if masked else np.zeros((0, 1, 1), self.dtype)
+        out = self._forward(init[0].shape[0], x.shape[0], *xs, *consts, *init, m, masked,
+                            reverse)
+        return out
 
     def _vjp(self, g, out, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        g, out = (g, out) if isinstance(out, tuple) else ((g,), (out,))
-        xs, consts, init = ctx["loop"]
-        grads = self._backward(init[0].shape[0], xs[0].shape[0] if xs else out[0].shape[0],
-                               tuple(g[:self.n_state]), *xs, *consts, *init, out, mask,
-                               reverse, retain)
+        xs, consts, init, T = ctx["loop"]
+        B = init[0].shape[0]
+        G = [np.zeros_like(o) if gi is None else np.ascontiguousarray(gi)
+             for gi, o in zip(g[:self.n_state], out)]
+        masked = mask is not None
+        m = mask if masked else np.zeros((0, 1, 1), self.dtype)
+        R = np.empty_like(out[0]) if retain is not None else np.zeros((0, 1, 1), self.dtype)
+        raw = self._backward(B, T, *G, *xs, *consts, *init, *out, m, masked, reverse, R,
+                             retain is not None)
+        grads = self._finish(raw, *xs, *consts, *init, *out, reverse)
+        if retain is not None:
+            for t, r in enumerate(retain):
+                r.grad = R[t]
         # the reverse of the pre-loop equations: the table's VJPs, newest first
         prog, env = self.program, ctx["env"]
         cot = {v: gi.materialize() if isinstance(gi, OuterSum) else gi
@@ -157,7 +180,7 @@ class CompiledStep:
         Returns the state parts at every step, (T, B, H) each, as tensors: one tape node."""
         m = None if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)[:, :, None]
         outs = apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
-        return outs[:self.n_state] if isinstance(outs, tuple) else (outs,)
+        return outs[:self.n_state]
 
 
 def _examples(cell, x_t, parts, batch, seed):
