@@ -4,7 +4,7 @@ The layers (which file is in which) are the tiers of ``tools/linecount.py``.  Ru
 
 * the kernels import no Tensor code: nothing from minigrad but other kernels;
 * the core (tensor, autograd, ops) imports nothing from the library (nn, optim, functional,
-  data, serialization, gradcheck);
+  data, serialization, gradcheck) nor the compiler, and the compiler nothing from the library;
 * ``minigrad`` never imports ``models`` or ``demos``; ``models`` never imports ``demos``.
 
 Every import counts, including ones inside functions (a lazy import is still a dependency).
@@ -91,6 +91,13 @@ def test_kernels_import_no_tensor_code():
 
 def test_core_does_not_import_the_library():
     assert violations(tier_files("core"), lambda n: tier_of(n) == "library") == []
+
+
+def test_the_compiler_sits_between_the_core_and_the_library():
+    """The core does not know the compiler (it only offers ``apply``'s tracer hook); the
+    compiler uses the core and the kernels, never the library."""
+    assert violations(tier_files("core"), lambda n: tier_of(n) == "compiler") == []
+    assert violations(tier_files("compiler"), lambda n: tier_of(n) == "library") == []
 
 
 def test_minigrad_never_imports_models_or_demos():
