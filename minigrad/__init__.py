@@ -6,27 +6,9 @@ from minigrad import data, functional, kernels, nn, optim
 from minigrad.compiler import TraceError, scan, trace
 from minigrad.core import ops
 from minigrad.core.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from minigrad.core.tensor import (
-    Tensor,
-    addmm,
-    arange,
-    as_array,
-    chunk,
-    concat,
-    matmul,
-    ones,
-    ones_like,
-    rand,
-    randn,
-    split,
-    stack,
-    tensor,
-    unstack,
-    where,
-    zeros,
-    zeros_like,
-)
-from minigrad.functional import cross_entropy, dropout, one_hot
+from minigrad.core.tensor import Tensor, as_array, chunk, concat, matmul, split, stack, unstack
+from minigrad.creation import arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+from minigrad.functional import addmm, cross_entropy, dropout, one_hot, where
 from minigrad.gradcheck import GradcheckError, check_grads
 from minigrad.nn import Module, Parameter
 from minigrad.random import get_rng, manual_seed

@@ -7,7 +7,7 @@ All are compositions of Tensor operations (no backward code here).
 import numpy as np
 
 from minigrad.core import ops
-from minigrad.core.tensor import Tensor, apply, as_array, cross_entropy_rows
+from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
 from minigrad.random import get_rng
 
@@ -68,7 +68,7 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     w = w.reshape(-1)
     check_ids("cross_entropy", t[w != 0], V, what="target", size="classes")
     rows = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    loss = cross_entropy_rows(rows, t, w)
+    loss = apply(ops.CROSS_ENTROPY, rows, t, w)[0]  # per row; output 1 is the logsumexp
     if reduction == "none":
         return loss.reshape(lshape[:-1])
     total = loss.sum()
@@ -94,3 +94,34 @@ def dropout(x, p=0.5, training=True):
         return x
     keep = get_rng().random(x.shape) >= p
     return x * (keep / (1 - p)).astype(x.dtype)
+
+
+def addmm(c, a, b):
+    """``c + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``c`` broadcasts to (M, N)."""
+    c, a, b = (t if isinstance(t, Tensor) else Tensor(np.asarray(t))
+               for t in (c, a, b))
+    sa, sb, sc = a.data.shape, b.data.shape, c.data.shape
+    if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
+        raise ValueError(f"addmm: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N)")
+    if sc != (sa[0], sb[1]) and (len(sc) > 2 or any(
+            n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0])))):
+        raise ValueError(f"addmm: c of shape {sc} does not broadcast to (M, N) = "
+                         f"{(sa[0], sb[1])}")
+    return apply(ops.ADDMM, c, a, b)
+
+
+def where(cond, a, b):
+    """Elementwise ``a`` where ``cond`` else ``b``; gradients flow to the chosen branch."""
+    cond = np.asarray(as_array(cond), dtype=bool)
+    a, b = _operand(a), _operand(b)
+    try:
+        np.broadcast_shapes(cond.shape, np.shape(as_array(a)), np.shape(as_array(b)))
+    except ValueError:
+        raise ValueError(f"where: shapes {cond.shape}, {np.shape(as_array(a))} and "
+                         f"{np.shape(as_array(b))} are not broadcastable") from None
+    return apply(ops.WHERE, cond, a, b)
+
+
+def _operand(x):
+    """A tensor, or a Python number as it is (the primitive broadcasts it)."""
+    return x if isinstance(x, (Tensor, int, float)) else Tensor(np.asarray(x))

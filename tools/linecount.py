@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = {
     "core": ("the autodiff core: Tensor, tape, primitive table",
              ["minigrad/tensor.py", "minigrad/autograd.py", "minigrad/ops.py",
-              "minigrad/core/**/*.py"], 820),
+              "minigrad/core/**/*.py"], 780),
     "kernels": ("Numba kernels: pure functions on arrays",
                 ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 450),
     "compiler": ("the recurrence compiler: trace, IR, rewrites, generated code",
@@ -35,7 +35,8 @@ TIERS = {
     "library": ("nn, optim, functional, data, serialization, gradcheck",
                 ["minigrad/__init__.py", "minigrad/nn.py", "minigrad/optim.py",
                  "minigrad/functional.py", "minigrad/data.py", "minigrad/serialization.py",
-                 "minigrad/gradcheck.py", "minigrad/atomic.py", "minigrad/lib/**/*.py"],
+                 "minigrad/gradcheck.py", "minigrad/atomic.py", "minigrad/creation.py",
+                 "minigrad/lib/**/*.py"],
                 1600),
     "runtime": ("process-wide settings: the random generator, BLAS threads",
                 ["minigrad/random.py", "minigrad/threads.py"], None),

@@ -13,7 +13,6 @@ import numpy as np
 
 from minigrad.core import autograd, ops
 from minigrad.core.autograd import _GradMode, record
-from minigrad.random import get_rng
 
 _FLOATS = (np.float32, np.float64)
 
@@ -416,47 +415,6 @@ def _index_key(key):
 
 # ------------------------------------------------------------------ functions on tensors
 
-def tensor(data, requires_grad=False, dtype=None):
-    """Make a tensor: Python floats -> float32, NumPy arrays keep their dtype (float64 kept),
-    integers stay integers (indices, targets)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
-
-
-def _shape_arg(shape):
-    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
-
-
-def zeros(*shape, dtype=np.float32, requires_grad=False):
-    return Tensor(np.zeros(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
-
-
-def ones(*shape, dtype=np.float32, requires_grad=False):
-    return Tensor(np.ones(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
-
-
-def zeros_like(t, requires_grad=False):
-    return Tensor(np.zeros_like(_raw(t)), requires_grad=requires_grad)
-
-
-def ones_like(t, requires_grad=False):
-    return Tensor(np.ones_like(_raw(t)), requires_grad=requires_grad)
-
-
-def randn(*shape, dtype=np.float32, requires_grad=False):
-    """Standard normal samples from minigrad's generator (see ``mg.manual_seed``)."""
-    data = get_rng().standard_normal(_shape_arg(shape)).astype(dtype)
-    return Tensor(data, requires_grad=requires_grad)
-
-
-def rand(*shape, dtype=np.float32, requires_grad=False):
-    data = get_rng().random(_shape_arg(shape)).astype(dtype)
-    return Tensor(data, requires_grad=requires_grad)
-
-
-def arange(*args, dtype=None):
-    return Tensor(np.arange(*args, dtype=dtype))
-
-
 def matmul(a, b):
     """``a @ b``: (M, K) @ (K, N), (..., M, K) @ (K, N) or batched (B, M, K) @ (B, K, N)."""
     a, b = _operand(a, "matmul"), _operand(b, "matmul")
@@ -523,20 +481,6 @@ def unstack(t, axis=0):
     return apply(ops.UNSTACK, t, _axis(axis, t.ndim, "unstack"))
 
 
-def addmm(c, a, b):
-    """``c + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``c`` broadcasts to (M, N)."""
-    c, a, b = (t if isinstance(t, Tensor) else Tensor._result(np.asarray(t), None, 0)
-               for t in (c, a, b))
-    sa, sb, sc = a.data.shape, b.data.shape, c.data.shape
-    if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
-        raise ValueError(f"addmm: shapes {sa} and {sb} do not match: expected (M, K) @ (K, N)")
-    if sc != (sa[0], sb[1]) and (len(sc) > 2 or any(
-            n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0])))):
-        raise ValueError(f"addmm: c of shape {sc} does not broadcast to (M, N) = "
-                         f"{(sa[0], sb[1])}")
-    return apply(ops.ADDMM, c, a, b)
-
-
 def chunk(t, chunks, axis=0):
     """Split into ``chunks`` pieces of (nearly) equal size, as ``torch.chunk``."""
     if chunks <= 0:
@@ -544,22 +488,3 @@ def chunk(t, chunks, axis=0):
     n = t.shape[_axis(axis, t.ndim, "chunk")]
     size = max(1, -(-n // chunks))
     return split(t, size, axis)
-
-
-def where(cond, a, b):
-    """Elementwise ``a`` where ``cond`` else ``b``; gradients flow to the chosen branch."""
-    cond = np.asarray(_raw(cond), dtype=bool)
-    a, b = _operand(a, "where"), _operand(b, "where")
-    try:
-        np.broadcast_shapes(cond.shape, np.shape(_raw(a)), np.shape(_raw(b)))
-    except ValueError:
-        raise ValueError(f"where: shapes {cond.shape}, {np.shape(_raw(a))} and "
-                         f"{np.shape(_raw(b))} are not broadcastable") from None
-    return apply(ops.WHERE, cond, a, b)
-
-
-def cross_entropy_rows(logits, targets, weights):
-    """Per-row ``weights * -log softmax(logits)[targets]`` of (N, V) logits: the fused
-    primitive behind :func:`minigrad.functional.cross_entropy`, which checks its inputs
-    ((N,) int64 targets in range, (N,) float weights)."""
-    return apply(ops.CROSS_ENTROPY, logits, targets, weights)[0]

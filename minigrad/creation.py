@@ -1,0 +1,48 @@
+"""Making tensors: from data, zeros and ones, random samples (from minigrad's generator,
+``mg.manual_seed``), ranges.  Every one returns a :class:`~minigrad.core.tensor.Tensor`."""
+
+import numpy as np
+
+from minigrad.core.tensor import Tensor, as_array
+from minigrad.random import get_rng
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    """Make a tensor: Python floats -> float32, NumPy arrays keep their dtype (float64 kept),
+    integers stay integers (indices, targets)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _shape_arg(shape):
+    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+
+
+def zeros(*shape, dtype=np.float32, requires_grad=False):
+    return Tensor(np.zeros(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, requires_grad=False):
+    return Tensor(np.ones(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def zeros_like(t, requires_grad=False):
+    return Tensor(np.zeros_like(as_array(t)), requires_grad=requires_grad)
+
+
+def ones_like(t, requires_grad=False):
+    return Tensor(np.ones_like(as_array(t)), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=np.float32, requires_grad=False):
+    """Standard normal samples from minigrad's generator (see ``mg.manual_seed``)."""
+    data = get_rng().standard_normal(_shape_arg(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=np.float32, requires_grad=False):
+    data = get_rng().random(_shape_arg(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(*args, dtype=None):
+    return Tensor(np.arange(*args, dtype=dtype))
