@@ -107,7 +107,7 @@ def addmm(c, a, b):
             n not in (1, m) for n, m in zip(sc[::-1], (sb[1], sa[0])))):
         raise ValueError(f"addmm: c of shape {sc} does not broadcast to (M, N) = "
                          f"{(sa[0], sb[1])}")
-    return apply(ops.ADDMM, c, a, b)
+    return c + a @ b  # the weight's gradient stays an OuterSum (one GEMM after a loop)
 
 
 def where(cond, a, b):

@@ -307,7 +307,7 @@ CASES = [
          mm("a@bT"), atol32=1e-5),
     Case("matmul-aT@b",  "matmul", lambda a, b: a.T @ b, lambda a, b: a.T @ b, (-2, 2),
          mm("aT@b"), atol32=1e-5),
-    Case("addmm",        "addmm", lambda c, a, b: mg.addmm(c, a, b), lambda c, a, b: c + a @ b,
+    Case("addmm",        "matmul", lambda c, a, b: mg.addmm(c, a, b), lambda c, a, b: c + a @ b,
          (-2, 2), addmm_shapes(), atol32=1e-5),
     Case(".T",           "transpose", lambda x: x.T, lambda x: x.T, (-2, 2), unary()),
     Case("transpose",    "transpose", lambda x, axes: x.transpose(axes), np.transpose, (-2, 2),

@@ -196,23 +196,6 @@ def _matmul_vjp_b(g, out, a, b):
 
 MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b)
 
-def _addmm(c, a, b):
-    out = _mm2(a, b)
-    if type(c) is np.ndarray and c.dtype == out.dtype and c.shape == out.shape:
-        out += c  # into the fresh product: no second (B, N) allocation
-        return out
-    return c + out
-
-
-# c + a @ b for 2-D a, b: the recurrent step's "input projection + state term" in one op.
-ADDMM = defprim(
-    "addmm", lambda c, a, b: _addmm(c, a, b),
-    lambda g, out, c, a, b: unbroadcast(g, c.shape),
-    lambda g, out, c, a, b: _mm2(g, b.T),
-    lambda g, out, c, a, b: OuterSum(a, g),
-)
-
-
 # ----------------------------------------------------------------------- shape
 
 def _inverse_perm(axes):
@@ -385,24 +368,17 @@ def _check_float(name, a):
         raise ValueError(f"{name}: expected at least 1 dimension, got a scalar")
 
 
-def _softmax(a, axis):
-    _check_float("softmax", a)
-    return _rows(kernels.softmax_rows, axis, a)
+def _row_prim(name, fwd_rows, bwd_rows):
+    """A softmax-family row: the kernels along ``axis``; the VJP from the output."""
+    def fwd(a, axis):
+        _check_float(name, a)
+        return _rows(fwd_rows, axis, a)
+    return defprim(name, fwd, lambda g, out, a, axis: _rows(bwd_rows, axis, g, out))
 
 
-def _log_softmax(a, axis):
-    _check_float("log_softmax", a)
-    return _rows(kernels.log_softmax_rows, axis, a)
-
-
-SOFTMAX = defprim(
-    "softmax", _softmax,
-    lambda g, out, a, axis: _rows(kernels.softmax_backward_rows, axis, g, out),
-)
-LOG_SOFTMAX = defprim(
-    "log_softmax", _log_softmax,
-    lambda g, out, a, axis: _rows(kernels.log_softmax_backward_rows, axis, g, out),
-)
+SOFTMAX = _row_prim("softmax", kernels.softmax_rows, kernels.softmax_backward_rows)
+LOG_SOFTMAX = _row_prim("log_softmax", kernels.log_softmax_rows,
+                        kernels.log_softmax_backward_rows)
 
 
 def _cross_entropy(logits, targets, weights):

@@ -372,14 +372,10 @@ def as_array(x, dtype=None):
 
 
 def _operand(x, op):
-    if isinstance(x, Tensor) or type(x) is float or type(x) is int:
+    if isinstance(x, (Tensor, numbers.Number)):  # a number stays as it is: NumPy broadcasts it
         return x
-    if isinstance(x, numbers.Number):
-        return x
-    if isinstance(x, np.ndarray):
-        return Tensor._result(x, None, 0)
-    if isinstance(x, (list, tuple)):
-        return Tensor(x)
+    if isinstance(x, (np.ndarray, list, tuple)):
+        return Tensor._result(np.asarray(x), None, 0) if isinstance(x, np.ndarray) else Tensor(x)
     raise TypeError(f"{op}: unsupported operand of type {type(x).__name__}")
 
 
@@ -404,10 +400,8 @@ def _index_key(key):
     """Normalise an index: Tensors and lists of ints become integer arrays."""
     if isinstance(key, tuple):
         return tuple(_index_key(k) for k in key)
-    if isinstance(key, Tensor):
-        key = key.data
-    if isinstance(key, list):
-        key = np.asarray(key)
+    if isinstance(key, (Tensor, list)):
+        key = as_array(key)
     if isinstance(key, np.ndarray) and key.dtype.kind not in "iub":
         raise IndexError(f"getitem: index arrays must be integer or boolean, got {key.dtype}")
     return key
