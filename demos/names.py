@@ -57,6 +57,13 @@ def score(model, name):
     return lp, lp / (len(name) + 1)
 
 
+class NamesRun(common.LanguageModelRun):
+    def describe(self, step):
+        s = self.model.sample(8, max_len=20, temperature=self.args.temperature,
+                              seed=self.args.seed + step)
+        return f"{super().describe(step)} | " + " ".join(shown(n) for n in s)
+
+
 def main(argv=None):
     args = parse_args(argv)
     ckpt = common.prepare_out(args, DEMO)
@@ -69,31 +76,21 @@ def main(argv=None):
     arch = common.model_args(args, ARCH, ckpt)
     model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
                           num_layers=arch["layers"], dropout=arch["dropout"], vocab=vocab)
-    optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
-        model, args, ckpt, vocab, train_names, held_out)
-    checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
-                                   vocab=vocab.itos)
+    run = NamesRun.setup(DEMO, model, args, ckpt, vocab, arch, train_names, held_out)
 
     print(f"Character-level {arch['cell'].upper()} language model on first names")
     print(f"  corpus: {len(names)} US census names ({len(train_names)} to train on, "
           f"{len(held_out)} held out), {sum(map(len, names))} letters")
     print(f"  vocab:  {len(vocab)} tokens = {len(vocab) - 3} letters + <PAD> <UNK> <EOS>; "
-          f"a uniform guess costs log V = {log_v:.3f} nats per letter")
+          f"a uniform guess costs log V = {run.log_v:.3f} nats per letter")
     print(f"  model:  {arch['layers']} {arch['cell'].upper()} layer"
           f"{'s' if arch['layers'] > 1 else ''}, hidden {arch['hidden']}, "
           f"{model.num_parameters():,} parameters; Adam lr {args.lr}, clip {args.clip}, "
           f"batch {args.batch}, {args.steps} steps")
-    if start:
-        print(f"  resumed from step {start} (recent loss {history.recent():.3f})")
-    def describe(step, hist):
-        s = model.sample(8, max_len=20, temperature=args.temperature, seed=args.seed + step)
-        return (f"step {step:5d}  loss {hist.recent():.3f}  held-out {hist.evals[-1][1]:.3f}"
-                " | " + " ".join(shown(n) for n in s))
-
-    held_before, seconds, path, plot = common.train_language_model(
-        model, optimizer, history, batches, args, checkpoint=checkpoint, start=start,
-        held_ids=held_ids, describe=describe, baseline=log_v, evals_label="held-out names",
-        title=f"names: {arch['cell']} {arch['hidden']}, per-letter loss")
+    if run.start:
+        print(f"  resumed from step {run.start} (recent loss {run.history.recent():.3f})")
+    run.train(title=f"names: {arch['cell']} {arch['hidden']}, per-letter loss",
+              evals_label="held-out names")
 
     samples = {}
     print("\nSamples ('*' = a real name from the training list; the rest are invented):")
@@ -112,15 +109,12 @@ def main(argv=None):
             scores[name] = score(model, name)
             print(f"  {name:12s} {scores[name][0]:8.2f} {scores[name][1]:11.2f}   {label}")
 
-    held_after, result = common.report_losses(model, history, held_ids, start=start,
-                                              seconds=seconds, log_v=log_v, unit="letter")
-    print(f"Held-out names: {held_before:.3f} -> {held_after:.3f} nats per letter "
-          f"(perplexity {common.perplexity(held_before):.1f} -> "
-          f"{common.perplexity(held_after):.1f})")
-    print(f"Saved {plot} and {path}")
-    return {**result, "samples": samples, "scores": scores,
-            "held_out_loss": (held_before, held_after), "vocab": vocab, "model": model,
-            "checkpoint": path, "plot": plot}
+    result = run.report(unit="letter")
+    (before, after), (ppl_before, ppl_after) = result["held_out_loss"], result["perplexity"]
+    print(f"Held-out names: {before:.3f} -> {after:.3f} nats per letter "
+          f"(perplexity {ppl_before:.1f} -> {ppl_after:.1f})")
+    print(f"Saved {run.plot} and {run.path}")
+    return {**result, "samples": samples, "scores": scores, "vocab": vocab}
 
 
 if __name__ == "__main__":

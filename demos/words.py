@@ -53,6 +53,14 @@ def unk_report(vocab, sentences):
     return len(rare), sum(rare.values()), sum(counts.values()), len(counts)
 
 
+class WordsRun(common.LanguageModelRun):
+    def describe(self, step):
+        s = self.model.sample(1, max_len=30, temperature=self.args.temperature,
+                              seed=self.args.seed + step)
+        return (f"step {step:5d}  loss {self.history.recent():.3f}  held-out perplexity "
+                f"{common.perplexity(self.history.evals[-1][1]):7.1f} | {s[0]}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     ckpt = common.prepare_out(args, DEMO)
@@ -66,10 +74,7 @@ def main(argv=None):
     model = LanguageModel(len(vocab), arch["hidden"], cell=arch["cell"],
                           num_layers=arch["layers"], embedding_dim=arch["embed"],
                           dropout=arch["dropout"], vocab=vocab)
-    optimizer, history, start, log_v, held_ids, batches = common.setup_language_model(
-        model, args, ckpt, vocab, train_s, held_s)
-    checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
-                                   vocab=vocab.itos)
+    run = WordsRun.setup(DEMO, model, args, ckpt, vocab, arch, train_s, held_s)
 
     rare_types, rare_tokens, n_tokens, n_types = unk_report(vocab, train_s)
     _, held_unk, held_tokens, _ = unk_report(vocab, held_s)
@@ -77,7 +82,7 @@ def main(argv=None):
     print(f"  corpus: {len(sentences)} sentences ({len(train_s)} to train on, {len(held_s)} "
           f"held out); {n_tokens} training tokens of {n_types} types")
     print(f"  vocab:  {len(vocab)} tokens (words seen >= {MIN_COUNT} times + <PAD> <UNK> "
-          f"<EOS>); log V = {log_v:.3f} nats")
+          f"<EOS>); log V = {run.log_v:.3f} nats")
     print(f"  <UNK>:  {rare_types} rare types = {rare_tokens} training tokens "
           f"({100 * rare_tokens / n_tokens:.1f}%); {held_unk} of {held_tokens} held-out tokens "
           f"({100 * held_unk / held_tokens:.1f}%)")
@@ -85,17 +90,10 @@ def main(argv=None):
           f"layer{'s' if arch['layers'] > 1 else ''}, hidden {arch['hidden']}, "
           f"{model.num_parameters():,} parameters; Adam lr {args.lr}, clip {args.clip}, "
           f"batch {args.batch}, {args.steps} steps")
-    if start:
-        print(f"  resumed from step {start} (recent loss {history.recent():.3f})")
-    def describe(step, hist):
-        s = model.sample(1, max_len=30, temperature=args.temperature, seed=args.seed + step)
-        return (f"step {step:5d}  loss {hist.recent():.3f}  held-out perplexity "
-                f"{common.perplexity(hist.evals[-1][1]):7.1f} | {s[0]}")
-
-    held_before, seconds, path, plot = common.train_language_model(
-        model, optimizer, history, batches, args, checkpoint=checkpoint, start=start,
-        held_ids=held_ids, describe=describe, baseline=log_v, evals_label="held-out sentences",
-        title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss")
+    if run.start:
+        print(f"  resumed from step {run.start} (recent loss {run.history.recent():.3f})")
+    run.train(title=f"sentences: {arch['cell']} {arch['hidden']}, per-word loss",
+              evals_label="held-out sentences")
 
     samples = model.sample(8, max_len=30, temperature=args.temperature, seed=args.seed)
     print(f"\nSampled sentences (temperature {args.temperature}, <UNK> never drawn):")
@@ -104,16 +102,13 @@ def main(argv=None):
     greedy = model.sample(1, max_len=30, temperature=0)[0]
     print(f"Greedy (temperature 0): {greedy}")
 
-    held_after, result = common.report_losses(model, history, held_ids, start=start,
-                                              seconds=seconds, log_v=log_v, unit="token")
-    ppl = common.perplexity(held_before), common.perplexity(held_after)
+    result = run.report(unit="token")
+    ppl = result["perplexity"]
     print(f"Held-out perplexity: {ppl[0]:.1f} -> {ppl[1]:.1f} "
           f"(a uniform guess over the vocabulary: {len(vocab)})")
-    print(f"Saved {plot} and {path}")
-    return {**result, "samples": samples, "greedy": greedy,
-            "perplexity": ppl,
-            "held_out": held_s, "vocab": vocab, "model": model, "checkpoint": path,
-            "plot": plot}
+    print(f"Saved {run.plot} and {run.path}")
+    return {**result, "samples": samples, "greedy": greedy, "held_out": held_s,
+            "vocab": vocab}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""A language-model demo run as one object: the model, its optimizer, the batches, the
+history and the checkpoint.  ``names.py`` and ``words.py`` read top-down::
+
+    run = NamesRun.setup(DEMO, model, args, ckpt, vocab, arch, train_texts, held_texts)
+    run.train(title=..., evals_label=...)      # prints run.describe(step) every few steps
+    result = run.report(unit="letter")
+"""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from demos.common.checkpoints import Checkpoint, restore
+from demos.common.plots import plot_losses
+from demos.common.training import (
+    DIVERGED,
+    PLOT,
+    Diverged,
+    History,
+    evaluate,
+    forever,
+    perplexity,
+    train,
+)
+from minigrad.data import SequenceBatches
+from minigrad.optim import Adam
+
+
+@dataclass
+class LanguageModelRun:
+    """One run of a language-model demo.  Subclasses say what to print while training
+    (:meth:`describe`)."""
+
+    model: object
+    args: object
+    optimizer: object
+    history: History
+    batches: object
+    checkpoint: Checkpoint
+    held_ids: list
+    start: int          # steps already done (a resumed run)
+    log_v: float        # what a uniform guess costs: log V nats
+    held_before: float = math.nan
+    seconds: float = 0.0
+
+    @classmethod
+    def setup(cls, demo, model, args, ckpt, vocab, arch, train_texts, held_texts):
+        """Adam (restored from ``ckpt`` when resuming), the history, the encoded held-out
+        texts, the checkpoint, and an endless stream of padded training batches — seeded by
+        (seed, start step), so a resumed run is reproducible."""
+        optimizer = Adam(model.parameters(), lr=args.lr)
+        history = restore(ckpt, model, optimizer) if ckpt else History()
+        optimizer.lr = args.lr  # a resumed run may change the learning rate
+        start = len(history.losses)
+        train_ids = [vocab.encode(t, add_eos=True) for t in train_texts]
+        batches = forever(SequenceBatches(train_ids, args.batch,
+                                          rng=np.random.default_rng([args.seed, start])))
+        checkpoint = Checkpoint(args.out, demo, model, optimizer, arch, args, vocab=vocab.itos)
+        return cls(model, args, optimizer, history, batches, checkpoint,
+                   [vocab.encode(t, add_eos=True) for t in held_texts], start,
+                   math.log(len(vocab)))
+
+    def describe(self, step):
+        """The line printed every few steps (a subclass adds samples)."""
+        return (f"step {step:5d}  loss {self.history.recent():.3f}  held-out "
+                f"{self.history.evals[-1][1]:.3f}")
+
+    def train(self, title, evals_label):
+        """Measure the held-out loss, save the step-0 checkpoint of a fresh run, train with
+        :meth:`describe` printed and periodic checkpoints, save the final checkpoint and the
+        plot.  Sets ``held_before``, ``seconds``, ``path`` and ``plot``."""
+        model, args, history = self.model, self.args, self.history
+        self.held_before = evaluate(model, self.held_ids)
+        max_loss = DIVERGED * self.log_v
+        if not self.start:
+            history.evals.append((0, self.held_before))
+            self.checkpoint.save_first(history)
+
+        def loss_fn(batch):
+            ids, lengths, _ = batch
+            return model.loss(ids, lengths)[0]
+
+        def on_every(step, hist):
+            held = evaluate(model, self.held_ids)
+            if not held <= max_loss:  # e.g. weights gone to inf after a finite loss
+                raise Diverged(step, f"the held-out loss is {held:.4g}")
+            hist.evals.append((step, held))
+            tqdm.write(self.describe(step))
+
+        every = args.sample_every or max(1, args.steps // 5)
+        t0 = time.perf_counter()
+        train(model, self.optimizer, loss_fn, self.batches, args.steps, history=history,
+              clip=args.clip, every=every, on_every=on_every, desc=model.cell_type,
+              progress=not args.no_progress, checkpoint=self.checkpoint,
+              save_every=args.save_every, max_loss=max_loss)
+        self.seconds = time.perf_counter() - t0
+        self.path = self.checkpoint.save_final(history)
+        self.plot = os.path.join(args.out, PLOT)
+        plot_losses(history, self.plot, baseline=self.log_v, evals_label=evals_label,
+                    title=title)
+
+    def report(self, unit):
+        """Print the initial vs final training loss per ``unit`` (the final one is the mean
+        of the last ``history.window`` steps); return the fields every language-model demo
+        returns, with the held-out loss before and after."""
+        h = self.history
+        print(f"\nLoss per {unit} (nats): initial {h.losses[0]:.3f} (log V = {self.log_v:.3f})"
+              f" -> final {h.recent():.3f} (mean of the last {h.window} steps) after "
+              f"{len(h.losses)} steps ({len(h.losses) - self.start} in {self.seconds:.1f} s)")
+        held_after = evaluate(self.model, self.held_ids)
+        return {"initial_loss": h.losses[0], "final_loss": h.recent(), "log_v": self.log_v,
+                "start_step": self.start, "step": len(h.losses), "losses": h.losses,
+                "held_out_loss": (self.held_before, held_after),
+                "perplexity": (perplexity(self.held_before), perplexity(held_after)),
+                "model": self.model, "checkpoint": self.path, "plot": self.plot}

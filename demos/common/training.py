@@ -1,0 +1,153 @@
+"""The training loop (progress, clipping, divergence, periodic checkpoints), its loss
+history, and evaluation."""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+import minigrad as mg
+from minigrad.data import pad_batch
+from minigrad.optim import clip_grad_norm_, grad_norm
+
+CHECKPOINT = "checkpoint.npz"
+PLOT = "loss.png"
+DIVERGED = 4.0  # a loss above DIVERGED * log V (a uniform guess costs log V) has diverged
+
+
+@dataclass
+class History:
+    """Every step's training loss, and occasional ``(step, value)`` evals (held-out loss).
+
+    :meth:`recent` (the mean of the last ``window`` losses) is what the demos report as the
+    loss *now*; :meth:`smoothed` (a centred moving average) is what the plots draw.  Both
+    track the data: an exponential average started at the first, highest loss lagged far
+    above a falling curve and overstated the final loss.
+    """
+
+    losses: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    window: int = 20
+
+    def add(self, loss):
+        self.losses.append(loss)
+
+    def recent(self, k=None):
+        """The mean of the last ``k`` (default ``window``) losses; NaN before any step."""
+        tail = self.losses[-(k or self.window):]
+        return math.fsum(tail) / len(tail) if tail else math.nan
+
+    def smoothed(self):
+        """A centred moving average over ``window`` steps (narrower near both ends, still
+        centred), as an array: it never lags behind the data."""
+        x = np.asarray(self.losses, dtype=np.float64)
+        n = len(x)
+        i = np.arange(n)
+        # The window shrinks symmetrically near both ends, so it stays centred (no lag).
+        half = np.minimum(np.minimum(i, n - 1 - i), self.window // 2)
+        c = np.concatenate([[0.0], np.cumsum(x)])
+        return (c[i + half + 1] - c[i - half]) / (2 * half + 1)
+
+
+def forever(batches):
+    """Cycle through an iterable of batches epoch after epoch (each epoch reshuffles)."""
+    while True:
+        yield from batches
+
+
+class Diverged(Exception):
+    """Training diverged at ``step``; ``str()`` says why.  :func:`train` turns it into a
+    one-line exit; an ``on_every`` callback may raise it too (e.g. a NaN held-out loss)."""
+
+    def __init__(self, step, why):
+        super().__init__(why)
+        self.step = step
+
+
+def perplexity(nats):
+    """exp(nats), inf rather than OverflowError for a diverged loss."""
+    return math.exp(nats) if nats < 700 else math.inf
+
+
+def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None, every=0,
+          on_every=None, desc="training", progress=True, checkpoint=None, save_every=0,
+          max_loss=math.inf):
+    """Train until ``len(history.losses) == steps`` and return the history.
+
+    ``loss_fn(batch)`` returns a scalar loss Tensor; ``batches`` yields batches forever.
+    Every ``every`` steps ``on_every(step, history)`` runs (print samples with
+    ``tqdm.write`` so the bar stays intact); every ``save_every`` steps ``checkpoint``
+    (a :class:`Checkpoint`) is saved — a failed periodic save is reported and training
+    goes on, the previous checkpoint intact.  Ctrl-C stops training cleanly after the
+    current step, so the caller can still save and resume later.
+
+    Divergence — a non-finite loss or gradient norm, or a loss above ``max_loss`` — raises
+    SystemExit with one line: the step, the reason, the fix (lower --lr, use --clip) and
+    the last good checkpoint, which is left as it was.
+    """
+    history = History() if history is None else history
+    start = len(history.losses)
+    if start >= steps:
+        print(f"nothing to train: already at step {start} (target {steps}); ask for more steps")
+    model.train()
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+               disable=not progress)
+    step = start
+    try:
+        for step in range(start + 1, steps + 1):
+            loss = loss_fn(next(batches))
+            value = float(loss.data)
+            if not value <= max_loss:  # NaN fails this comparison too
+                raise Diverged(step, f"the loss is {value:.4g}" + (
+                    f", far above log V (stopping above {max_loss:.3g})"
+                    if math.isfinite(value) else ""))
+            optimizer.zero_grad()
+            loss.backward()
+            params = model.parameters()
+            norm = clip_grad_norm_(params, clip) if clip else grad_norm(params)
+            if not math.isfinite(norm):
+                raise Diverged(step, f"the gradient norm is {norm}")
+            optimizer.step()
+            history.add(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{history.recent():.3f}", refresh=False)
+            if every and on_every and step % every == 0:
+                on_every(step, history)
+            if save_every and checkpoint is not None and step % save_every == 0:
+                checkpoint.save_periodic(history)
+    except KeyboardInterrupt:
+        tqdm.write(f"interrupted at step {len(history.losses)}; stopping cleanly")
+    except Diverged as e:
+        bar.close()
+        kept = (f"; the last good checkpoint (step {checkpoint.saved_step}) is kept at "
+                f"{checkpoint.path}" if checkpoint is not None and checkpoint.saved_step
+                is not None else "")
+        who = f"{checkpoint.demo}.py" if checkpoint is not None else desc
+        raise SystemExit(f"{who}: training diverged at step {e.step}: {e}. Lower --lr or "
+                         f"clip the gradient norm (--clip 1){kept}") from None
+    finally:
+        bar.close()
+    return history
+
+
+@mg.no_grad()
+def evaluate(model, seqs, batch_size=256):
+    """Mean cross-entropy per token (nats) of ``model`` on id sequences (each ending with
+    <EOS>), in eval mode.  ``exp`` of it is the perplexity."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(seqs), batch_size):
+        ids, lengths, _ = pad_batch(seqs[i:i + batch_size])
+        loss, _ = model.loss(ids, lengths, reduction="sum")
+        total += float(loss.data)
+        count += int(lengths.sum())
+    model.train(was)
+    return total / count
+
+
+def read_lines(path):
+    """The non-empty lines of a bundled UTF-8 corpus, stripped."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
