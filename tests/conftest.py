@@ -1,10 +1,12 @@
-"""Test configuration: hypothesis profiles (small shapes, no deadline: JIT compile time)."""
+"""Test configuration: hypothesis profiles (small shapes, no deadline: JIT compile time) and
+the list of built-in cells the model tests share."""
 
 import os
 
 from hypothesis import HealthCheck, settings
 
 import minigrad as mg
+from models.cells import GRUCell, LSTMCell, RNNCell
 
 # Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
 mg.set_num_threads(1)
@@ -19,3 +21,15 @@ settings.register_profile("ci", parent=settings.get_profile("default"), max_exam
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=200)
 _default = "ci" if os.environ.get("CI") else "default"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
+
+# Every built-in cell and option, shared by the model tests: (id, class, options).
+CELL_OPTIONS = [
+    ("rnn-tanh", RNNCell, {"nonlinearity": "tanh"}),
+    ("rnn-relu", RNNCell, {"nonlinearity": "relu"}),
+    ("gru-simplified", GRUCell, {"full": False}),
+    ("gru-full", GRUCell, {"full": True}),
+    ("gru-reset-after", GRUCell, {"full": True, "reset_after": True}),
+    ("lstm", LSTMCell, {}),
+    ("lstm-peephole", LSTMCell, {"peephole": True}),
+]
+IDS = [c[0] for c in CELL_OPTIONS]

@@ -3,6 +3,7 @@ bidirectional, deep stacks, truncated BPTT, errors, and learning."""
 
 import numpy as np
 import pytest
+from conftest import CELL_OPTIONS, IDS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,16 +23,6 @@ from models.layers import (
 
 F64 = np.float64
 
-CELL_OPTIONS = [
-    ("rnn-tanh", RNNCell, {"nonlinearity": "tanh"}),
-    ("rnn-relu", RNNCell, {"nonlinearity": "relu"}),
-    ("gru-simplified", GRUCell, {"full": False}),
-    ("gru-full", GRUCell, {"full": True}),
-    ("gru-reset-after", GRUCell, {"full": True, "reset_after": True}),
-    ("lstm", LSTMCell, {}),
-    ("lstm-peephole", LSTMCell, {"peephole": True}),
-]
-IDS = [c[0] for c in CELL_OPTIONS]
 
 sizes = st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4))
 

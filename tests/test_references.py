@@ -15,6 +15,7 @@ references here are written straight from the published equations, share no code
 
 import numpy as np
 import pytest
+from conftest import CELL_OPTIONS, IDS
 
 import minigrad as mg
 from models.cells import GRUCell, LSTMCell, RNNCell
@@ -22,16 +23,6 @@ from models.layers import GRU, LSTM, RNN, Bidirectional, Recurrent, gradient_flo
 
 F64 = np.float64
 
-CELL_OPTIONS = [
-    ("rnn-tanh", RNNCell, {"nonlinearity": "tanh"}),
-    ("rnn-relu", RNNCell, {"nonlinearity": "relu"}),
-    ("gru-simplified", GRUCell, {"full": False}),
-    ("gru-full", GRUCell, {"full": True}),
-    ("gru-reset-after", GRUCell, {"full": True, "reset_after": True}),
-    ("lstm", LSTMCell, {}),
-    ("lstm-peephole", LSTMCell, {"peephole": True}),
-]
-IDS = [c[0] for c in CELL_OPTIONS]
 
 
 # ------------------------------------------------------------------------ NumPy references

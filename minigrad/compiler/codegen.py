@@ -215,6 +215,20 @@ def generate(plan, dtype):
         p = args.array(f"KV{K[v][1:]}")
         return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
+    def bind_step(src, grads):
+        """Step t's views of the per-step buffers (and, backward, the state it began from
+        and its input gradients)."""
+        src(2, "t = T - 1 - s if reverse else s")
+        if grads:
+            for i in range(ns):
+                src(2, f"P{i} = I{i} if s == 0 else H{i}[t + 1 if reverse else t - 1]")
+        for name in X.values():
+            src(2, f"x{name[1:]} = {name}[t]" + (f"; dx{name[1:]} = D{name}[t]" if grads else ""))
+        for v in tvars:
+            src(2, f"{_ident(v)} = T_{_ident(v)}[t]")
+        for v, i in Hk.items():
+            src(2, f"{_ident(v)} = H{i}[t]")
+
     # ------------------------------------------------------------------ forward
     fw(0, f"def forward(B, T, {args}, M, masked, reverse):")
     for v, i in Hk.items():
@@ -229,13 +243,7 @@ def generate(plan, dtype):
         fw(1, f"KV{name[1:]} = {name}.reshape(-1)")
     fw(1, ", ".join(f"P{i}" for i in range(ns)) + " = " + ", ".join(f"I{i}" for i in range(ns)))
     fw(1, "for s in range(T):")
-    fw(2, "t = T - 1 - s if reverse else s")
-    for name in X.values():
-        fw(2, f"x{name[1:]} = {name}[t]")
-    for v in tvars:
-        fw(2, f"{_ident(v)} = T_{_ident(v)}[t]")
-    for v, i in Hk.items():
-        fw(2, f"{_ident(v)} = H{i}[t]")
+    bind_step(fw, "")
     for j, (kind, op) in enumerate(plan.ops):
         if kind == "gemm":
             fw(2, f"gemm({val(op.args[0])}, {val(op.args[1])}, {_ident(op.outs[0])}, 0.0)")
@@ -303,15 +311,7 @@ def generate(plan, dtype):
             bw(1, f"D_{_ident(v)} = np.empty((B, {v.shape[1]}), DT)")
     viewed = dict.fromkeys(plan.views[v][0] for v in plan.views)
     bw(1, "for s in range(T - 1, -1, -1):")
-    bw(2, "t = T - 1 - s if reverse else s")
-    for i in range(ns):
-        bw(2, f"P{i} = I{i} if s == 0 else H{i}[t + 1 if reverse else t - 1]")
-    for name in X.values():
-        bw(2, f"x{name[1:]} = {name}[t]; dx{name[1:]} = D{name}[t]")
-    for v in tvars:
-        bw(2, f"{_ident(v)} = T_{_ident(v)}[t]")
-    for v, i in Hk.items():
-        bw(2, f"{_ident(v)} = H{i}[t]")
+    bind_step(bw, "d")
     for v, (j, _) in gemm_out.items():
         if v not in Hk:
             bw(2, f"dy{j} = DY{j}[t]")
