@@ -189,8 +189,7 @@ def generate(plan, dtype):
     K = {v: f"K{i}" for i, v in enumerate(plan.consts)}
     S = {v: i for i, v in enumerate(plan.state)}
     Hk = {v: i for i, v in enumerate(plan.outs)}
-    loopvars = [v for kind, op in plan.ops for v in
-                (op.outs if kind == "fused" else op.outs)]
+    loopvars = [v for _, op in plan.ops for v in op.outs]
     tvars = [v for v in loopvars if plan.stored(v) and v not in Hk]
     args = ", ".join([f"X{i}" for i in range(nx)] + [f"K{i}" for i in range(nk)]
                      + [f"I{i}" for i in range(ns)])

@@ -122,16 +122,6 @@ class Program:
                 env[v] = o
         return [env[v] for v in self.outs]
 
-    def uses(self):
-        """How many times each Var is read (by equations and as an output)."""
-        n = {}
-        for e in self.eqns:
-            for a in e.ins:
-                n[a] = n.get(a, 0) + 1
-        for v in self.outs:
-            n[v] = n.get(v, 0) + 1
-        return n
-
 
 class _Recorder:
     """Installed as the tracer hook of ``apply`` while a forward is traced."""

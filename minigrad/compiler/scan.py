@@ -21,7 +21,7 @@ from minigrad.compiler import codegen
 from minigrad.compiler.ir import TraceError, Var, trace
 from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum
+from minigrad.core.autograd import OuterSum, given_vjps, no_grad
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply
 from minigrad.kernels import blas
@@ -52,11 +52,8 @@ def vjp(prim, g, out, args, needs):
     """A generic equation's input cotangents, from the table (zeros for missing g)."""
     g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
     g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
-    if prim.vjp_all is not None:
-        allg = prim.vjp_all(g, out, *args)
-        gs = [allg[i] for i in needs]
-    else:
-        gs = [prim.vjps[i](g, out, *args) for i in needs]
+    vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))  # the walk's one convention
+    gs = [vjps[i](g, out, *args) for i in needs]
     return [gi.materialize() if isinstance(gi, OuterSum) else gi for gi in gs]
 
 
@@ -222,7 +219,6 @@ def compile_step(cell, x_t, state):
 
 
 def _verify(step, cell, x_t, parts, wrap):
-    from minigrad.core.autograd import no_grad
     xs, states = zip(*[_examples(cell, x_t, parts, 3, seed) for seed in (1, 2)])
     with no_grad():
         s = states[0]

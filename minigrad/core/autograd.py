@@ -154,7 +154,7 @@ def backward(root, grad=None, retain_graph=False):
             g = grads[0] if prim.nout == 1 else tuple(grads)
             if g is None:
                 continue
-            vjps = prim.vjps or _given(prim.vjp_all(g, out, *args))
+            vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))
             for i in node.needs:
                 gi = vjps[i](g, out, *args)
                 if gi is not None:
@@ -226,7 +226,7 @@ def _accumulate(x, g, prim, leaves, heap):
             slot.owned |= 1 << j
 
 
-def _given(grads):
+def given_vjps(grads):
     """Per-input VJPs from a ``vjp_all`` row's results: input ``i`` is handed ``grads[i]``."""
     return [lambda *_, gi=gi: gi for gi in grads]
 
