@@ -583,8 +583,8 @@ def main(argv=None):
 
     names, betas = held_out.predict(model)
     precision, recall, f1 = scores(names, [f.target for f in held])
-    print(f"\nHeld-out functions (files never trained on), each predicted subtoken with the "
-          f"path-context it attended to most (β):")
+    print("\nHeld-out functions (files never trained on), each predicted subtoken with the "
+          "path-context it attended to most (β):")
     show_predictions(corpus, held_out, names, betas, args.show)
     samples = []
     if args.temperature > 0:

@@ -203,7 +203,7 @@ class Code2Seq(Module):
                         what="target id")
         B, T = tgt.shape
         tgt_lengths = check_lengths("Code2Seq.loss", tgt_lengths, B, T, "tgt_lengths")
-        if B != batch.index.shape[0]:
+        if batch.index.shape[0] != B:
             raise ValueError(f"Code2Seq.loss: {batch.index.shape[0]} functions but {B} names")
         z, valid, state = self.encode(batch)
         tgt_in = np.concatenate([np.full((B, 1), EOS_ID), tgt[:, :-1]], axis=1)
