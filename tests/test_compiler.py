@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import minigrad as mg
 from minigrad.compiler import rewrites
-from minigrad.compiler.ir import Var
+from minigrad.compiler.ir import Var, stages
 from minigrad.nn import Module, Parameter, init
 from models.cells import GRUCell, LSTMCell, RNNCell
 from models.layers import GRU, LSTM, RNN, Recurrent, gradient_flow
@@ -299,7 +299,7 @@ def test_gather_one_hot_turns_the_input_matmul_into_a_lookup():
 def test_merge_gemms_leaves_one_gemm_on_the_state_and_one_on_the_input():
     _, prog = _traced("lstm")
     out = prog.optimize()
-    level = out.level
+    level = stages(out)
     gemms = [e for e in out.eqns if e.prim.name == "matmul"]
     assert [level[e.outs[0]] for e in gemms] == [rewrites.INPUT, rewrites.LOOP]
     assert gemms[0].outs[0].shape == (None, 16) and gemms[1].outs[0].shape == (None, 16)
@@ -310,14 +310,14 @@ def test_reset_before_gru_keeps_two_gemms_in_the_loop():
     _, prog = _traced("gru-full")
     out = prog.optimize()
     loop = [e for e in out.eqns if e.prim.name == "matmul"
-            and out.level[e.outs[0]] == rewrites.LOOP]
+            and stages(out)[e.outs[0]] == rewrites.LOOP]
     assert len(loop) == 2
 
 
 def test_hoist_orders_invariant_then_input_then_loop():
     _, prog = _traced("gru-reset-after")
     out = prog.optimize()
-    levels = [out.level[e.outs[0]] for e in out.eqns]
+    levels = [stages(out)[e.outs[0]] for e in out.eqns]
     assert levels == sorted(levels)
     text = repr(out)
     for header in ("once per sequence", "for all t at once", "the loop body"):
