@@ -6,8 +6,11 @@ import os
 from hypothesis import HealthCheck, settings
 
 import minigrad as mg
+from minigrad.compiler import rewrites
 from models.cells import GRUCell, LSTMCell, RNNCell
 
+# Every rewrite's result is checked by ir.verify (single assignment, shapes, dtypes).
+rewrites.CHECK = True
 # Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
 mg.set_num_threads(1)
 # The test process opts in, as the demos do: full collections skip Numba's ~10⁵ objects.

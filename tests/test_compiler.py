@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minigrad as mg
-from minigrad.compiler import rewrites
-from minigrad.compiler.ir import Var, stages
+from minigrad.compiler import compile_step, rewrites
+from minigrad.compiler.ir import Var, stages, verify
 from minigrad.nn import Module, Parameter, init
 from models.cells import GRUCell, LSTMCell, RNNCell
 from models.layers import GRU, LSTM, RNN, Recurrent, gradient_flow
@@ -332,16 +332,115 @@ def test_the_printed_ir_reads_like_the_chapter():
     assert "W_c" in text and "W_u" in text and "c_prev" in text
 
 
-def test_the_compiled_step_shows_its_derived_reverse_loop():
-    from minigrad.compiler import compile_step
+def test_the_compiled_step_shows_its_derived_reverse_program():
+    """``print(step)``: the loop body, its reverse (BPTT as equations: da_prev, what step t
+    carries to step t-1, is an output) and the generated loops."""
     cell = CELLS["lstm"](3, 4, dtype=F64)
-    step = compile_step(cell, mg.zeros(2, 3, dtype=F64), (mg.zeros(2, 4, dtype=F64),) * 2)
-    assert "def backward" in step.source and "range(T - 1, -1, -1)" in step.source
-    assert "@kernel" in step.kernel_source and "def fused" in step.kernel_source
+    step = compile_step(cell, mg.zeros(2, 3, dtype=F64), _parts(2, 4, 2))
+    text = repr(step.reverse)
+    assert text.startswith("{ lambda") and "da_prev" in text and "dc_prev" in text
+    assert step.reverse.outs[0].name == "da_prev" and step.reverse.state[0].name == "da"
+    assert "def backward" in step.source and "def forward" in step.source
     # one GEMM and one fused kernel per step forward; one kernel and one GEMM back
     fwd, bwd = step.source.split("def backward")
-    assert fwd.count("gemm(") == 1 and fwd.count("_fwd(") == 1
-    assert bwd.count("gemm(") == 1 and bwd.count("_bwd(") == 1
+    assert fwd.count("gemm(") == 1 and fwd.count("fused") == 1
+    assert bwd.count("gemm(") == 1 and bwd.count("fused") == 1
+    assert "@kernel" in step.kernel_source
+
+
+def test_liveness_keeps_the_five_gate_activations_of_an_lstm():
+    """What each step keeps for the backward is what the reverse program reads."""
+    step = compile_step(CELLS["lstm"](3, 4, dtype=F64), mg.zeros(2, 3, dtype=F64),
+                        _parts(2, 4, 2))
+    ops_of = {v: e.prim.name for e in step.body.eqns for v in e.outs}
+    assert sorted(ops_of[v] for v in step.kept) == ["sigmoid"] * 3 + ["tanh"] * 2
+
+
+def _parts(B, H, n, rng=None):
+    rng = rng or np.random.default_rng(0)
+    parts = tuple(mg.tensor(rng.standard_normal((B, H))) for _ in range(n))
+    return parts[0] if n == 1 else parts
+
+
+def _interpreted_loop(step, env, G, T, reverse):
+    """The loop run by the interpreter (``Program.run``): the body forward step by step,
+    keeping every value, then the *reverse program* backwards.  Returns the cotangents of
+    the loop's inputs and the carried cotangent of the initial state."""
+    body, rev = step.body, step.reverse
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    consts = {c: env[c] for c in body.consts}
+    state, seen = [env[f"H{i}"][T if reverse else 0] for i in range(len(body.state))], {}
+    for t in order:
+        vals = body.run({**consts, **{x: env[x][t] for x in body.xs},
+                         **dict(zip(body.state, state))}, everything=True)
+        seen[t] = {v: np.asarray(mg.as_array(val)) for v, val in vals.items()}
+        state = [seen[t][v] for v in body.outs]
+    carry = [np.zeros_like(s) for s in state]
+    ys = {v: np.zeros_like(env[v]) for v in step.dxs}
+    acc = {c: 0 for c in step.dconsts}
+    given = rev.xs[-len(body.state):]
+    for t in reversed(list(order)):
+        inputs = {**{c: env[c] for c in rev.consts}, **{v: seen[t][v] for v in rev.xs
+                                                       if v not in given},
+                  **{g: G[i][t] for i, g in enumerate(given)}, **dict(zip(rev.state, carry))}
+        out = [mg.as_array(o) for o in rev.run(inputs)]
+        carry, y, a = out[:len(rev.outs)], out[len(rev.outs):-len(rev.acc) or None], \
+            out[len(out) - len(rev.acc):]
+        for v, val in zip(step.dxs, y):
+            ys[v][t] = val
+        for c, val in zip(step.dconsts, a):
+            acc[c] = acc[c] + val
+    return {**ys, **acc}, carry
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["", "reverse"])
+@pytest.mark.parametrize("name", CELLS)
+def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, reverse, masked):
+    """The reverse program, evaluated step by step by the interpreter, gives the generated
+    reverse loop's cotangents, and through the equations before the loop, the eager tape's
+    gradients (every cell, a user cell with a two-part state, lengths, both directions)."""
+    rng = np.random.default_rng(20)
+    B, T, I, H = 3, 4, 3, 5
+    mg.manual_seed(20)
+    cell = CELLS[name](I, H, dtype=F64)
+    n = getattr(cell, "state_arity", 1)
+    step = compile_step(cell, mg.zeros(2, I, dtype=F64), _parts(2, H, n), masked=masked)
+    verify(step.reverse)
+    params = [p.data for _, p in cell.named_parameters()]
+    x, init = rng.standard_normal((T, B, I)), [rng.standard_normal((B, H)) for _ in range(n)]
+    lengths = np.array([4, 2, 1])
+    mask = (np.arange(T)[:, None] < lengths[None, :]).astype(F64)[:, :, None] if masked \
+        else None
+    G = [rng.standard_normal((T, B, H)) for _ in range(n)]
+    ctx = {}
+    out = step._fwd(*params, x, *init, mask, reverse, None, ctx)
+    env, r = ctx["env"], int(reverse)
+    step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, ctx)  # fills env
+    generated = step._loop_cotangents(env, r, T)
+    interpreted, carry = _interpreted_loop(step, env, G, T, reverse)
+    for v in generated:
+        np.testing.assert_allclose(interpreted[v], generated[v], rtol=1e-10, atol=1e-12)
+    grads = step._pre_vjp(env, interpreted, carry)
+    # the eager tape: the same cell unrolled step by step, every state part at every step
+    ps = [p for _, p in cell.named_parameters()]
+    xt, st = mg.tensor(x, requires_grad=True), [mg.tensor(i, requires_grad=True) for i in init]
+    state, loss = st[0] if n == 1 else tuple(st), 0
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        new = cell(xt[t], state)
+        new = (new,) if n == 1 else tuple(new)
+        if masked:
+            old = (state,) if n == 1 else state
+            new = tuple(mg.where(mask[t] > 0, a, b) for a, b in zip(new, old))
+        loss = loss + sum((part * G[i][t]).sum() for i, part in enumerate(new))
+        state = new[0] if n == 1 else new
+    loss.backward()
+    want = [p.grad for p in ps] + [xt.grad] + [s.grad for s in st]
+    for got, w in zip(grads, want):
+        if w is None:  # a parameter the forward never reads (CoupledLSTM's W_u)
+            assert got is None or not np.any(got)
+            continue
+        np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["lstm-peephole", "gru-full"])
@@ -368,3 +467,104 @@ def test_numba_loops_equal_the_same_loops_in_python(name, monkeypatch):
                         *(a.grad for a in layer.states)])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ every row, compiled
+
+def _u_v(a, x):
+    """Two state-dependent operands."""
+    return a + x, a * 0.5 - x
+
+
+# Each differentiable elementwise row, with state-dependent operands in every position and
+# a (H,) parameter in one (broadcasting undone in the loop).  A new row must add a line.
+ROW_CASES = {
+    "add": lambda u, v, p: u + v + p,
+    "sub": lambda u, v, p: u - v - p,
+    "mul": lambda u, v, p: u * v * p,
+    "div": lambda u, v, p: u / (v * v + 1.0) + v / (p * p + 1.0),
+    "neg": lambda u, v, p: -u,
+    "pow": lambda u, v, p: u ** 3 * 0.1,
+    "abs": lambda u, v, p: abs(u),
+    "exp": lambda u, v, p: (0.3 * u).exp(),
+    "log": lambda u, v, p: (u * u + 0.5).log(),
+    "clip": lambda u, v, p: u.clip(-0.5, 0.5) + v.clip(min=0.1) + v.clip(max=0.2),
+    "tanh": lambda u, v, p: u.tanh(),
+    "sigmoid": lambda u, v, p: u.sigmoid(),
+    "relu": lambda u, v, p: u.relu(),
+    "where": lambda u, v, p: mg.where(np.array([True, False, True, True]), u, v),
+}
+
+
+class RowCell(Module):
+    """a<t> = 0.5 · row(u, v, p) with u, v made from a<t-1> and x<t>."""
+
+    def __init__(self, row, dtype):
+        super().__init__()
+        self.input_size = self.hidden_size = 4
+        self.row = row
+        self.p = Parameter(np.linspace(0.5, 1.5, 4).astype(dtype))
+
+    def forward(self, x, a):
+        return 0.5 * ROW_CASES[self.row](*_u_v(a, x), self.p)
+
+
+def test_every_differentiable_elementwise_row_has_a_compiled_case():
+    rows = {p.name for p in mg.ops.PRIMITIVES.values() if p.elementwise and any(p.rules)}
+    assert rows - set(ROW_CASES) == set(), "elementwise rows without a compiled case"
+
+
+@pytest.mark.parametrize("dtype", [F64, np.float32])
+@pytest.mark.parametrize("row", ROW_CASES)
+def test_every_elementwise_row_is_differentiated_the_same_compiled(row, dtype):
+    """Values and gradients of a compiled cell made of the row (float64: the generated loops
+    in Python; float32: in Numba) against the eager tape in float64."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 5, 4))
+    results = []
+    for dt, compiled in ((dtype, True), (F64, False)):
+        cell = RowCell(row, dt)
+        layer = Recurrent(cell, compiled=compiled)
+        xt = mg.tensor(x.astype(dt), requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to eager
+            out, _ = layer(xt, lengths=np.array([5, 3, 2]))
+        (out * np.cos(np.arange(4))).sum().backward()
+        assert layer.compiled == compiled
+        results.append([out.data, xt.grad, cell.p.grad])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-3, atol=2e-4)
+    for got, want in zip(*results):
+        if want is None:  # a unary row's case does not read p
+            assert got is None
+            continue
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [F64, np.float32])
+@pytest.mark.parametrize("prim", [p for p in mg.ops.PRIMITIVES.values() if p.elementwise],
+                         ids=lambda p: p.name)
+def test_every_elementwise_rows_scalar_form_is_its_forward(prim, dtype):
+    """The text a fused kernel is made of, compiled by Numba, equals the row's forward
+    (comparisons at ties too)."""
+    import numba
+
+    from minigrad.compiler.emit import lit
+    from minigrad.kernels import sigmoid, tanh
+
+    names = [a for a in prim.args]
+    statics = {"pow": {"p": 3.0}, "clip": {"lo": -0.5, "hi": 0.5}}.get(prim.name, {})
+    tensors = [a for a in names if a not in statics]
+    expr = prim.scalar(*[lit(statics[a]) if a in statics else a for a in names])
+    ns = {"np": np, "DT": np.dtype(dtype).type, "ONE": dtype(1), "ZERO": dtype(0),
+          "tanh": tanh, "sigmoid": sigmoid}
+    exec(f"def f({', '.join(tensors)}):\n    return {expr}", ns)
+    f = numba.njit(ns["f"])
+    rng = np.random.default_rng(22)
+    vals = [rng.uniform(0.1, 2.0, 12).astype(dtype) for _ in tensors]
+    if len(vals) > 1:
+        vals[1][:4] = vals[0][:4]  # ties
+    want = prim.fwd(*[statics.get(a) if a in statics else vals[tensors.index(a)]
+                      for a in names])
+    got = np.array([f(*[v[i] for v in vals]) for i in range(12)])
+    np.testing.assert_allclose(got, np.asarray(want, dtype), rtol=1e-6 if dtype == np.float32
+                               else 1e-14)

@@ -9,7 +9,10 @@ The generated code's names, in one place:
   and its compiled code — is the same for every hidden and input size;
 * arrays: ``K*`` constants (``KV*`` their 1-D views), ``X*`` per-step inputs, ``Y*`` per-step
   outputs, ``A*`` accumulators (``AV*`` 1-D), ``C*``/``N*`` the carried value and the next
-  one (swapped after each step); a per-step array bound to step t is lower case (``x0``);
+  one (swapped after each step), ``H*`` a state history (T + 1 steps: ``h0_prev`` is the
+  state a step starts from), ``S*`` values kept for the reverse loop, ``G*`` ∂L/∂ of the
+  outputs, ``Z`` ∂L/∂a<t> for ``retain_states``; a per-step array bound to step t is lower
+  case (``x0 = X0[t]``);
 * ``v_<name>`` a value of the program (memory or, in kernels, a register);
 * kernels ``fused<j>(B, N, p0.., o0..)``: ``p*`` arrays, ``o*`` column offsets that are not
   a multiple of the row width N, ``r_``/``s_``/``q_``/``d_`` a row read, a scalar read, a
@@ -67,7 +70,7 @@ class Emitter:
         steps = {}
         for v, (arg, index) in binds.items():
             if index is not None and (arg, index) not in steps:
-                local = arg.lower() + "pn"[len(steps) % 2] * sum(a == arg for a, _ in steps)
+                local = arg.lower() + ("_prev" if index == "t + r" else "")
                 steps[arg, index] = (local, f"{local} = {arg}[{index}]")
             self.where[v] = arg if index is None else steps[arg, index][0]
         for v in sorted(low.memory - set(self.where), key=lambda v: v.name):
@@ -83,7 +86,7 @@ class Emitter:
                   if not low._fused_sum(v) for a in [self.where[acc]]]
         if carry:
             ins, outs = zip(*carry)
-            lines.append(f"        {', '.join(ins)} = {', '.join(outs)}")
+            lines.append(f"        {', '.join(ins + outs)} = {', '.join(outs + ins)}")
         lines.append(f"    return ({''.join(c + ', ' for c, _ in carry)})")
         return "\n".join(lines) + "\n"
 

@@ -177,16 +177,17 @@ class Program:
         from minigrad.compiler.rewrites import optimize
         return optimize(self)
 
-    def run(self, env):
+    def run(self, env, everything=False):
         """Evaluate one step with tensor ops: ``env`` maps input Vars to Tensors or arrays.
-        Returns the values of ``outs``, ``ys`` and ``acc``, in that order."""
+        Returns the values of ``outs``, ``ys`` and ``acc``, in that order (``everything``:
+        the dict of every value)."""
         env = dict(env)
         for c in self.consts:
             env.setdefault(c, Tensor._result(c.value, None, 0))
         for e in self.eqns:
             out = apply(e.prim, *[env[a] if isinstance(a, Var) else a for a in e.args])
             env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
-        return [env[v] for v in self.outs + self.ys + self.acc]
+        return env if everything else [env[v] for v in self.outs + self.ys + self.acc]
 
 
 def verify(prog):

@@ -23,7 +23,7 @@ from minigrad.compiler.lower import Lowered
 from minigrad.compiler.rewrites import batched, optimize
 from minigrad.compiler.transpose import loop_body, transpose
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum, given_vjps, no_grad
+from minigrad.core.autograd import OuterSum, given_vjps, no_grad, unbroadcast
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply
 from minigrad.kernels import blas
@@ -79,6 +79,7 @@ class CompiledStep:
         loops = [em.loop("forward", self.fwd, self.fbind), em.loop("backward", self.rev,
                                                                      self.rbind, carry)]
         self.source, self.dims = "\n\n".join(loops), np.array(em.dims, np.int64)
+        self._plan()
         generic = any(k == "generic" for low in (self.fwd, self.rev) for k, *_ in low.ops)
         self.njit = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
         self.kernel_source = kernel_module(self.dtype, em.kernels, loops if self.njit else ())
@@ -100,73 +101,48 @@ class CompiledStep:
     # then the statics mask (T, B, 1) or None, reverse, retain and ctx (a dict the forward
     # leaves its arrays in for the VJP).
 
-    def _pre(self, params, x, mask):
-        """The equations before the loop, on arrays: those of the parameters once, those of
-        x<t> for all t at once.  Returns every value, by Var."""
-        prog = self.program
-        env = dict(zip(prog.params, params))
-        env.update((c, c.value) for c in prog.consts)
-        env[prog.xs[0]] = x
-        if mask is not None:
-            env[prog.xs[1]] = mask
-        stage = stages(prog)
-        for e in self.pre:
-            e = e if stage[e.outs[0]] == INVARIANT else batched(e)
-            out = e.prim.fwd(*[env[a] if isinstance(a, Var) else a for a in e.args])
-            env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
-        return env
-
-    def _args(self, bind, env):
-        """The loop's arrays, in the order of its signature."""
-        arrays = {}
-        for v, (arg, _) in bind.items():
-            if arg not in arrays:
-                arrays[arg] = env[arg] if arg in env else np.ascontiguousarray(env[v])
-        return list(arrays.values())
+    def _plan(self):
+        """What each call does, decided once: the equations before the loop (batched over
+        time where they run for all t), and each loop's arrays in signature order."""
+        stage = stages(self.program)
+        self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
+        self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
+        self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
     def _fwd(self, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        n = len(self.program.params)
+        n, r, dt = len(self.program.params), int(reverse), self.dtype
         params, x, init = arrays[:n], arrays[n], arrays[n + 1:]
-        env = ctx["env"] = self._pre(params, x, mask)
         T, B = x.shape[0], init[0].shape[0]
-        r = int(reverse)
-        for e in self.fwd.prologue:
-            env.update(zip(e.outs, _tuple(e.prim.fwd(*[env[a] if isinstance(a, Var) else a
-                                                       for a in e.args]))))
-        for i, s in enumerate(self.body.state):
-            env[f"H{i}"] = h = np.empty((T + 1, B) + s.shape[1:], self.dtype)
-            h[T if r else 0] = init[i]
+        env = ctx["env"] = dict(zip(self.program.params, params))
+        env.update((c, c.value) for c in self.program.consts)
+        env.update(zip(self.program.xs, (x, mask)))
+        _run(self.pre + self.fwd.prologue, env)
+        for i, h in enumerate(init):
+            env[f"H{i}"] = np.empty((T + 1,) + h.shape, dt)
+            env[f"H{i}"][T if r else 0] = h
         for i, v in enumerate(self.kept):
-            env[f"S{i}"] = np.empty((T, B) + v.shape[1:], self.dtype)
-        self._forward(B, T, r, r, self.dims, *self._args(self.fbind, env))
+            env[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
+        self._forward(B, T, r, r, self.dims, *_arrays(self.fargs, env))
         return tuple(env[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        env, rev, r = ctx["env"], self.reverse, int(reverse)
+        env, r, dt = ctx["env"], int(reverse), self.dtype
         T, B = out[0].shape[:2]
-        for e in self.rev.prologue:
-            env.update(zip(e.outs, _tuple(e.prim.fwd(*[env[a] if isinstance(a, Var) else a
-                                                       for a in e.args]))))
-        zeros = np.zeros((T, B) + rev.state[0].shape[1:], self.dtype)
-        for i, s in enumerate(rev.state):
-            env[f"G{i}"] = zeros if g[i] is None else g[i]
-            env[f"C{i}"], env[f"N{i}"] = np.zeros((B,) + s.shape[1:], self.dtype), \
-                np.empty((B,) + s.shape[1:], self.dtype)
-        for arg, _ in self.rbind.values():
-            if arg[0] == "Y" and arg not in env:
-                v = next(v for v, (a, _) in self.rbind.items() if a == arg)
-                env[arg] = np.empty((T, B) + v.shape[1:], self.dtype)
-        for i, v in enumerate(rev.acc):
-            env[f"A{i}"] = np.zeros(v.shape, self.dtype)
-        env["Z"] = np.empty((T if retain is not None else 1, B) + rev.state[0].shape[1:],
-                            self.dtype)
-        carried = self._backward(B, T, 1 - r, r, self.dims, *self._args(self.rbind, env))
-        if retain is not None:
-            for t, ret in enumerate(retain):
-                ret.grad = env["Z"][t]
-        return self._pre_vjp(env, carried, r, T)
+        _run(self.rev.prologue, env)
+        for i, o in enumerate(out):
+            env[f"G{i}"] = np.zeros_like(o) if g[i] is None else g[i]
+        for arg, shape in self.buffers.items():
+            env[arg] = (np.zeros if arg[0] == "C" else np.empty)(
+                (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
+        for i, v in enumerate(self.reverse.acc):
+            env[f"A{i}"] = np.zeros(v.shape, dt)
+        env["Z"] = np.empty((T if retain is not None else 1,) + out[0].shape[1:], dt)
+        carried = self._backward(B, T, 1 - r, r, self.dims, *_arrays(self.rargs, env))
+        for t, ret in enumerate(retain or ()):
+            ret.grad = env["Z"][t]
+        return self._pre_vjp(env, self._loop_cotangents(env, r, T), carried)
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
@@ -178,8 +154,9 @@ class CompiledStep:
             full = full[r:T + r] if index == "t + r" else full[1 - r:T + 1 - r]
         return full[..., c0:c0 + v.shape[-1]] if c0 or v.shape[-1] != b.shape[-1] else full
 
-    def _pre_vjp(self, env, carried, r, T):
-        """Cotangents of the loop's inputs, then the reverse of the equations before it."""
+    def _loop_cotangents(self, env, r, T):
+        """{Var: cotangent} of the loop's inputs: per-step ones from the reverse loop's
+        outputs, constants' from its accumulators plus one GEMM per outer product."""
         rev, cot = self.reverse, {}
         for v, y in zip(self.dxs, rev.ys):
             cot[v] = env[self.rbind[y][0]]
@@ -191,12 +168,16 @@ class CompiledStep:
                 total = total + OuterSum(A.reshape(-1, A.shape[-1]),
                                          G.reshape(-1, G.shape[-1])).materialize()
             cot[c] = total
-        prog, stage = self.program, stages(self.program)
+        return cot
+
+    def _pre_vjp(self, env, cot, carried):
+        """The reverse of the equations before the loop (the table's VJPs, newest first),
+        from the loop's cotangents; returns the tape node's input gradients."""
+        prog = self.program
         for e in reversed(self.pre):
             gs = [cot.pop(v, None) for v in e.outs]
             if all(gi is None for gi in gs):
                 continue
-            e = e if stage[e.outs[0]] == INVARIANT else batched(e)
             vals = [env[a] if isinstance(a, Var) else a for a in e.args]
             needs = [i for i, a in enumerate(e.args) if isinstance(a, Var) and
                      a.dtype.kind == "f" and a.kind not in ("const", "mask")]
@@ -219,13 +200,28 @@ class CompiledStep:
         return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
 
 
+def _arg_list(bind):
+    """[(argument, a Var bound to it)] of a loop, in its signature's order."""
+    first = {}
+    for v, (arg, _) in bind.items():
+        first.setdefault(arg, v)
+    return list(first.items())
+
+
+def _arrays(args, env):
+    return [env[a] if a in env else np.ascontiguousarray(env[v]) for a, v in args]
+
+
+def _run(eqns, env):
+    """Evaluate equations on arrays (the values before a loop)."""
+    for e in eqns:
+        out = e.prim.fwd(*[env[a] if isinstance(a, Var) else a for a in e.args])
+        env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
+
+
 def _outers(step):
     """[(const, [(a, g)])]: the outer products of each accumulated output."""
     return [(c, step.rev.outers[acc]) for c, acc in zip(step.dconsts, step.reverse.acc)]
-
-
-def _tuple(x):
-    return x if isinstance(x, tuple) else (x,)
 
 
 def _table_vjp(prim, g, out, args, needs):
@@ -237,7 +233,7 @@ def _table_vjp(prim, g, out, args, needs):
     for i in needs:
         gi = vjps[i](g, out, *args)
         gi = gi.materialize() if isinstance(gi, OuterSum) else gi
-        gs.append(ops.unbroadcast(gi, args[i].shape) if prim.elementwise else gi)
+        gs.append(unbroadcast(gi, args[i].shape) if prim.elementwise else gi)
     return gs
 
 

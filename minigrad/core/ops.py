@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from minigrad import kernels
-from minigrad.core.autograd import OuterSum, unbroadcast  # noqa: F401 (re-exported)
+from minigrad.core.autograd import OuterSum
 from minigrad.kernels.jit import Ufunc
 
 PRIMITIVES = {}
