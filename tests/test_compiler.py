@@ -60,6 +60,16 @@ class CoupledLSTM(LSTMCell):
         return (ax @ self.W_o.T + self.b_o).sigmoid() * c.tanh(), c
 
 
+class SoftmaxRNN(RNNCell):
+    """Rows with no rule of their own in the loop (softmax over the state, a sum): the
+    reverse program calls their VJPs, and the loop runs as Python."""
+
+    def forward(self, x, a):
+        z = mg.concat([a, x], axis=1) @ self.W_a.T + self.b_a
+        s = z.softmax(axis=1)
+        return s * z.tanh() + 0.1 * (s * a).sum(axis=1, keepdims=True)
+
+
 class Branchy(RNNCell):
     """Python control flow on a tensor's value: cannot be traced into a fixed program."""
 
@@ -68,7 +78,8 @@ class Branchy(RNNCell):
         return a * 2.0 if float(a.data.sum()) > 0 else a
 
 
-CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k)})
+CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
+              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k)})
 
 
 # ------------------------------------------------------------------ compiled = eager

@@ -80,7 +80,8 @@ class Eqn:
         if self.prim.elementwise:  # literals stay in place: (1 - Γu) prints "sub 1 t3"
             return f"{outs} = {self.prim.name} " + " ".join(
                 a.name if isinstance(a, Var) else _short(a) for a in self.args)
-        ps = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+        ps = ", ".join(f"{n}={_short(a)}" for n, a in zip(_names(self.prim, len(self.args)),
+                                                           self.args) if not isinstance(a, Var))
         name = self.prim.name + (f"[{ps}]" if ps else "")
         return f"{outs} = {name} {' '.join(a.name for a in self.ins)}"
 
@@ -112,22 +113,28 @@ def stages(prog):
     stage.update({v: LOOP for v in prog.state})
     for e in prog.eqns:
         s = max((stage[a] for a in e.ins), default=INVARIANT)
-        if s == INPUT and (e.prim.batch is None or e.prim.batch(e) is None or _is_view(e)):
+        if s == INPUT and (e.prim.batch is None or e.prim.batch(e) is None or column_range(e)):
             s = LOOP
         stage.update((v, s) for v in e.outs)
     return stage
 
 
-def _is_view(e):
-    """A column range of a per-step (B, n) value: free in the loop."""
+def column_range(e):
+    """[(out, c0, c1)] if ``e`` takes column ranges of a per-step (B, n) value along its
+    last axis (``getitem`` with a column slice, ``split`` along columns), else None: a view,
+    free in a loop."""
     a = e.args[0] if e.args else None
     if not isinstance(a, Var) or len(a.shape) != 2 or a.shape[0] is not None:
-        return False
+        return None
     if e.prim is ops.GETITEM:
         key = e.params.get("key")
-        return isinstance(key, tuple) and len(key) == 2 and key[0] in (Ellipsis, slice(None)) \
-            and isinstance(key[1], slice) and key[1].step in (None, 1)
-    return e.prim is ops.SPLIT and e.params["axis"] in (1, -1)
+        if isinstance(key, tuple) and len(key) == 2 and key[0] in (Ellipsis, slice(None)) \
+                and isinstance(key[1], slice) and key[1].step in (None, 1):
+            return [(e.outs[0], *key[1].indices(a.shape[1])[:2])]
+    if e.prim is ops.SPLIT and e.params["axis"] in (1, -1):
+        bounds = (0, *e.params["bounds"], a.shape[1])
+        return [(v, bounds[i], bounds[i + 1]) for i, v in enumerate(e.outs)]
+    return None
 
 
 class Program:

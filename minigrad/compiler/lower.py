@@ -14,8 +14,7 @@ Equations on constants only form the *prologue*, run once before the loop.  What
 outside the op that makes it, bound by the caller or kept for every step gets memory.
 """
 
-from minigrad.compiler.ir import INVARIANT, Var, stages
-from minigrad.compiler.transpose import _column_range
+from minigrad.compiler.ir import INVARIANT, Var, column_range, stages
 from minigrad.core import ops
 
 
@@ -60,7 +59,7 @@ class Lowered:
         return base, off + c0
 
     def _view(self, e):
-        cols = _column_range(e)
+        cols = column_range(e)
         bound = self.stored | set(self.prog.outs + self.prog.ys)
         if cols is not None and any(v in bound for v, _, _ in cols):
             return False  # a value the caller binds is copied (a generic getitem)

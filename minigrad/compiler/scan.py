@@ -275,6 +275,10 @@ def compile_step(cell, x_t, state, masked=False):
             per_cell[key] = step
         except TraceError as e:
             per_cell[key] = e
+        except Exception as e:  # NOTE: a compiler bug must not cost the user's run
+            per_cell[key] = TraceError(
+                f"{type(cell).__name__}: the compiler failed ({type(e).__name__}: {e}); "
+                "please report it — run the cell with compiled=False meanwhile")
     hit = per_cell[key]
     if isinstance(hit, Exception):
         raise hit

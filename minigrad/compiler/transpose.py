@@ -19,10 +19,19 @@ cotangent carried to step t-1 (``da_prev``), per-step ``ys`` (∂L/∂ of the pe
 then ∂L/∂a<t> for ``retain_states``) and ``acc`` (∂L/∂ of each constant, summed over steps).
 """
 
-from minigrad.compiler.ir import INVARIANT, LOOP, Eqn, Program, TraceError, Var, stages
+from minigrad.compiler.ir import (
+    INVARIANT,
+    LOOP,
+    Eqn,
+    Program,
+    TraceError,
+    Var,
+    column_range,
+    stages,
+)
 from minigrad.compiler.rewrites import dce
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum, unbroadcast
+from minigrad.core.autograd import OuterSum, given_vjps, unbroadcast
 
 
 class Sym:
@@ -61,9 +70,6 @@ class Sym:
                       i not in axis)
         return self.b.emit(ops.SUM, (self, axis, keepdims), shape)
 
-    def reshape(self, shape):
-        return self if tuple(shape) == self.shape else self.b.emit(ops.RESHAPE, (self, shape),
-                                                                     shape)
 
 
 def _broadcast(shapes):
@@ -82,11 +88,14 @@ class Builder:
     def __init__(self, prog):
         self.prog, self.eqns = prog, []
 
-    def emit(self, prim, args, shape, nout=1):
-        dtype = next(a.dtype for a in args if isinstance(a, Sym))
-        outs = [self.prog.fresh(shape, dtype, prefix="d") for _ in range(nout)]
+    def emit(self, prim, args, shape, types=None):
+        """Append ``prim(*args)``; its output has ``shape`` and the first symbol's dtype, or
+        its outputs are ``types`` [(shape, dtype)]."""
+        types = types or [(shape, next(a.dtype for a in args if isinstance(a, Sym)))]
+        outs = [self.prog.fresh(s, d, prefix="d") for s, d in types]
         self.eqns.append(Eqn(prim, [a.var if isinstance(a, Sym) else a for a in args], outs))
-        return Sym(outs[0], self) if nout == 1 else [Sym(o, self) for o in outs]
+        syms = [Sym(o, self) for o in outs]
+        return syms[0] if shape is not None else syms
 
     def sym(self, v):
         return Sym(v, self)
@@ -201,27 +210,11 @@ class _Cotangents:
         return parts[0] if len(parts) == 1 else self.b.emit(ops.CONCAT, (1, *parts), v.shape)
 
 
-def _column_range(e):
-    """[(out, c0, c1)] if ``e`` takes column ranges of a per-step (B, n) value, else None."""
-    a = e.args[0] if e.args else None
-    if not isinstance(a, Var) or len(a.shape) != 2 or a.shape[0] is not None:
-        return None
-    if e.prim is ops.GETITEM:
-        key = e.params.get("key")
-        if isinstance(key, tuple) and len(key) == 2 and key[0] in (Ellipsis, slice(None)) \
-                and isinstance(key[1], slice) and key[1].step in (None, 1):
-            return [(e.outs[0], *key[1].indices(a.shape[1])[:2])]
-    if e.prim is ops.SPLIT and e.params["axis"] in (1, -1):
-        bounds = (0, *e.params["bounds"], a.shape[1])
-        return [(v, bounds[i], bounds[i + 1]) for i, v in enumerate(e.outs)]
-    return None
-
-
 def _transpose_eqn(b, ct, e, gs):
     """Hand each input of ``e`` its cotangent, given ``gs`` for its outputs."""
-    views = _column_range(e)
+    views = column_range(e)
     if views is not None:
-        for (v, c0, c1), g in zip(views, gs):
+        for (_, c0, c1), g in zip(views, gs):
             if g is not None:
                 ct.add_piece(e.args[0], c0, c1, g)
         return
@@ -249,15 +242,15 @@ def _transpose_eqn(b, ct, e, gs):
                 ct.add(a, b.emit(ops.GETITEM, (gs[0], (Ellipsis, slice(col, col + w))),
                                  a.shape))
             col += w
-    else:
+    elif wants:  # any other row: one equation that calls its VJPs
         g_all = [g if g is not None else b.emit(ops.ZEROS_LIKE, (b.sym(v),), v.shape)
                  for g, v in zip(gs, e.outs)]
-        for i in wants:
-            ct.add(e.args[i], b.emit(vjp_prim(e.prim, i), (len(e.outs), *g_all,
-                                                           *map(b.sym, e.outs),
-                                                           *[b.sym(a) if isinstance(a, Var)
-                                                             else a for a in e.args]),
-                                     e.args[i].shape))
+        args = [b.sym(a) if isinstance(a, Var) else a for a in e.args]
+        cts = b.emit(vjp_prim(e.prim, tuple(wants)), (len(e.outs), *g_all,
+                                                      *map(b.sym, e.outs), *args),
+                     None, [(e.args[i].shape, e.args[i].dtype) for i in wants])
+        for i, g in zip(wants, cts):
+            ct.add(e.args[i], g)
 
 
 def _needs(v):
@@ -268,20 +261,20 @@ def _needs(v):
 _VJPS = {}
 
 
-def vjp_prim(prim, i):
-    """A row whose forward is input ``i``'s VJP of ``prim`` (for rows with no other rule):
-    ``vjp{i}[prim](nout, *g, *out, *args)``."""
-    if (prim, i) not in _VJPS:
+def vjp_prim(prim, wants):
+    """A row whose forward is ``prim``'s VJPs for the inputs ``wants``, for rows with no
+    rule of their own: ``vjp[prim](nout, *g, *out, *args) -> (∂L/∂args[i] for i in wants)``."""
+    if (prim, wants) not in _VJPS:
         def fwd(nout, *vals):
             g, out, args = vals[:nout], vals[nout:2 * nout], vals[2 * nout:]
             g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
-            if prim.vjps:
-                r = prim.vjps[i](g, out, *args)
-            else:
-                r = prim.vjp_all(g, out, *args)[i]
-            return r.materialize() if isinstance(r, OuterSum) else r
-        _VJPS[prim, i] = ops.Prim(f"vjp{i}[{prim.name}]", fwd, args="nout *vals")
-    return _VJPS[prim, i]
+            vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))
+            cts = [vjps[i](g, out, *args) for i in wants]
+            cts = tuple(c.materialize() if isinstance(c, OuterSum) else c for c in cts)
+            return cts if len(cts) > 1 else cts[0]
+        _VJPS[prim, wants] = ops.Prim(f"vjp[{prim.name}]", fwd, args="nout *vals",
+                                      nout=len(wants))
+    return _VJPS[prim, wants]
 
 
 def cse(prog):

@@ -236,7 +236,7 @@ def unbroadcast(g, shape):
 
     Leading axes that broadcasting added are summed away, and so are axes where ``shape``
     has size 1 but ``g`` does not.  ``g`` may also be one of the compiler's symbols (it has
-    ``shape``, ``sum`` and ``reshape``): the reverse program's reductions come from here too.
+    ``shape`` and ``sum``): the reverse program's reductions come from here too.
     """
     if g.shape == shape:
         return g
@@ -245,10 +245,10 @@ def unbroadcast(g, shape):
             and g.flags.c_contiguous and (g.dtype == np.float32 or g.dtype == np.float64):
         # The common case — a bias gradient — as one column-sum kernel, no temporaries.
         return kernels.sum_axis0(g.reshape(-1, math.prod(shape))).reshape(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    return g.sum(axis=axes).reshape(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    ones = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=ones, keepdims=True) if ones else g
 
 
 def given_vjps(grads):

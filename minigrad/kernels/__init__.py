@@ -36,6 +36,7 @@ from minigrad.kernels.numerics import (
 __all__ = [
     "FASTMATH", "OPTIONS", "Ufunc", "cache_dir", "cross_entropy_backward_rows",
     "cross_entropy_rows", "elementwise", "exp_row", "gather_rows", "inline", "kernel",
-    "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward", "softmax_backward_rows",
-    "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_forward",
+    "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "scatter_add_rows",
+    "sigmoid", "sigmoid_forward", "softmax_backward_rows", "softmax_rows", "sum_axis0",
+    "sum_axis1", "tanh", "tanh_forward",
 ]
