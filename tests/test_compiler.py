@@ -579,3 +579,72 @@ def test_every_elementwise_rows_scalar_form_is_its_forward(prim, dtype):
     got = np.array([f(*[v[i] for v in vals]) for i in range(12)])
     np.testing.assert_allclose(got, np.asarray(want, dtype), rtol=1e-6 if dtype == np.float32
                                else 1e-14)
+
+
+# ------------------------------------------------------------------ every core busy
+
+@pytest.fixture
+def two_threads():
+    mg.set_num_threads(2)
+    yield
+    mg.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
+def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypatch):
+    """With two threads a compiled layer runs its batch in two chunks at once (each with
+    its own weight-gradient buffers); values, every gradient and the retained ∂L/∂a<t>
+    equal the eager tape, with lengths, in both directions."""
+    import sys
+
+    scan_module = sys.modules["minigrad.compiler.scan"]
+    chunks = []
+    real = scan_module.CompiledStep._fwd
+
+    def spy(self, *arrays):
+        out = real(self, *arrays)
+        chunks.append((arrays[-1]["chunks"][-1]["rows"][1], len(arrays[-1]["chunks"])))
+        return out
+    monkeypatch.setattr(scan_module.CompiledStep, "_fwd", spy)
+    rng = np.random.default_rng(23)
+    x, lengths = rng.standard_normal((19, 6, 3)), rng.integers(1, 7, 19)
+    for reverse in (False, True):
+        _both_paths(lambda compiled, r=reverse: Recurrent(CELLS[name](3, 4, dtype=F64), reverse=r,
+                                               compiled=compiled), x, lengths=lengths)
+    # the split ran (no silent single chunk); the compile-time check uses a batch of 3
+    assert {n for B, n in chunks if B == 19} == {2}
+    flows = []
+    for compiled in (True, False):
+        mg.manual_seed(23)
+        layer = Recurrent(CELLS[name](3, 4, dtype=F64), compiled=compiled)
+        layer.retain_states = True
+        out, _ = layer(mg.tensor(x), lengths=lengths)
+        (out * out).sum().backward()
+        flows.append(np.stack([a.grad for a in layer.states]))
+    np.testing.assert_allclose(flows[0], flows[1], rtol=1e-10, atol=1e-13)
+
+
+def test_threads_split_a_batch_into_chunks_of_at_least_eight_rows(two_threads):
+    from minigrad import threads
+    assert threads.batch_chunks(15) == [(0, 15)]
+    assert threads.batch_chunks(16) == [(0, 8), (8, 16)]
+    assert threads.batch_chunks(64, allowed=False) == [(0, 64)]
+    with pytest.raises(ValueError, match="positive integer"):
+        mg.set_num_threads(0)
+
+
+# ------------------------------------------------------------------ compiled once per structure
+
+@pytest.mark.parametrize("name", ["lstm", "gru-full", "mgu"])
+def test_a_new_hidden_or_input_size_reuses_the_compiled_code(name):
+    """Sizes are run-time arguments (``D``): the same cell at other sizes generates the same
+    source, so its compiled kernels and loops are reused, not compiled again."""
+    steps = []
+    for I, H in ((3, 5), (7, 9), (2, 11)):
+        cell = CELLS[name](I, H)  # float32: the loops run in Numba
+        parts = tuple(mg.zeros(2, H) for _ in range(getattr(cell, "state_arity", 1)))
+        steps.append(compile_step(cell, mg.zeros(2, I), parts if len(parts) > 1 else parts[0],
+                                  masked=True))
+    assert steps[0].kernel_source == steps[1].kernel_source == steps[2].kernel_source
+    assert steps[0]._forward is steps[1]._forward is steps[2]._forward
+    assert [list(s.dims) for s in steps][1] != list(steps[0].dims)

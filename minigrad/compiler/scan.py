@@ -16,7 +16,7 @@ import weakref
 
 import numpy as np
 
-from minigrad import kernels
+from minigrad import kernels, threads
 from minigrad.compiler.emit import Emitter, kernel_module
 from minigrad.compiler.ir import INVARIANT, LOOP, TraceError, Var, stages, trace, with_lengths
 from minigrad.compiler.lower import Lowered
@@ -118,31 +118,55 @@ class CompiledStep:
         env.update((c, c.value) for c in self.program.consts)
         env.update(zip(self.program.xs, (x, mask)))
         _run(self.pre + self.fwd.prologue, env)
-        for i, h in enumerate(init):
-            env[f"H{i}"] = np.empty((T + 1,) + h.shape, dt)
-            env[f"H{i}"][T if r else 0] = h
-        for i, v in enumerate(self.kept):
-            env[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
-        self._forward(B, T, r, r, self.dims, *_arrays(self.fargs, env))
-        return tuple(env[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
+        chunks = ctx["chunks"] = [{"rows": rows} for rows in threads.batch_chunks(B)]
+        for c in chunks:
+            b0, b1 = c["rows"]
+            for a, v in self.fargs:
+                if a[0] == "X":
+                    c[a] = np.ascontiguousarray(env[v][:, b0:b1])
+            for i, h in enumerate(init):
+                c[f"H{i}"] = np.empty((T + 1, b1 - b0) + h.shape[1:], dt)
+                c[f"H{i}"][T if r else 0] = h[b0:b1]
+            for i, v in enumerate(self.kept):
+                c[f"S{i}"] = np.empty((T, b1 - b0) + v.shape[1:], dt)
+        threads.parallel(lambda c: self._forward(c["rows"][1] - c["rows"][0], T, r, r,
+                                                 self.dims, *_arrays(self.fargs, c, env)),
+                         chunks)
+        return tuple(_stitch([c[f"H{i}"][1 - r:T + 1 - r] for c in chunks], chunks)
+                     for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        env, r, dt = ctx["env"], int(reverse), self.dtype
-        T, B = out[0].shape[:2]
+        env, chunks, r = ctx["env"], ctx["chunks"], int(reverse)
+        T = out[0].shape[0]
         _run(self.rev.prologue, env)
-        for i, o in enumerate(out):
-            env[f"G{i}"] = np.zeros_like(o) if g[i] is None else g[i]
-        for arg, shape in self.buffers.items():
-            env[arg] = (np.zeros if arg[0] == "C" else np.empty)(
-                (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
-        for i, v in enumerate(self.reverse.acc):
-            env[f"A{i}"] = np.zeros(v.shape, dt)
-        env["Z"] = np.empty((T if retain is not None else 1,) + out[0].shape[1:], dt)
-        carried = self._backward(B, T, 1 - r, r, self.dims, *_arrays(self.rargs, env))
+        threads.parallel(lambda c: self._chunk_vjp(c, g, env, T, r, retain is not None), chunks)
         for t, ret in enumerate(retain or ()):
-            ret.grad = env["Z"][t]
-        return self._pre_vjp(env, self._loop_cotangents(env, r, T), carried)
+            ret.grad = _stitch([c["Z"][t] for c in chunks], chunks, axis=0)
+        cot = {v: _stitch([c["cot"][v] for c in chunks], chunks) for v in self.dxs}
+        for v in self.dconsts:  # private sums, added in a fixed order
+            cot[v] = chunks[0]["cot"][v]
+            for c in chunks[1:]:
+                cot[v] = cot[v] + c["cot"][v]
+        carried = [_stitch([c["carried"][i] for c in chunks], chunks, axis=0)
+                   for i in range(len(out))]
+        return self._pre_vjp(env, cot, carried)
+
+    def _chunk_vjp(self, c, g, env, T, r, retain):
+        """One chunk's reverse loop and its loop cotangents (its own weight gradients)."""
+        (b0, b1), dt = c["rows"], self.dtype
+        Bc = b1 - b0
+        for i, v in enumerate(self.reverse.state):
+            gi = None if g[i] is None else np.ascontiguousarray(g[i][:, b0:b1])
+            c[f"G{i}"] = np.zeros((T, Bc) + v.shape[1:], dt) if gi is None else gi
+        for arg, shape in self.buffers.items():
+            c[arg] = (np.zeros if arg[0] == "C" else np.empty)(
+                (Bc,) + shape if arg[0] in "CN" else (T, Bc) + shape, dt)
+        for i, v in enumerate(self.reverse.acc):
+            c[f"A{i}"] = np.zeros(v.shape, dt)
+        c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
+        c["carried"] = self._backward(Bc, T, 1 - r, r, self.dims, *_arrays(self.rargs, c, env))
+        c["cot"] = self._loop_cotangents(c, r, T)
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
@@ -208,8 +232,20 @@ def _arg_list(bind):
     return list(first.items())
 
 
-def _arrays(args, env):
-    return [env[a] if a in env else np.ascontiguousarray(env[v]) for a, v in args]
+def _arrays(args, chunk, env):
+    """A loop's arrays: a chunk's own, constants from the values before the loop."""
+    return [np.ascontiguousarray(env[v]) if a[0] == "K" else chunk[a] for a, v in args]
+
+
+def _stitch(parts, chunks, axis=1):
+    """The chunks' rows put back together (the part itself when there is one chunk)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = np.empty(parts[0].shape[:axis] + (chunks[-1]["rows"][1],) + parts[0].shape[axis + 1:],
+                   parts[0].dtype)
+    for p, c in zip(parts, chunks):
+        out[(slice(None),) * axis + (slice(*c["rows"]),)] = p
+    return out
 
 
 def _run(eqns, env):

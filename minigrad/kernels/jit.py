@@ -11,7 +11,8 @@ from numba.extending import overload
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
 
-OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
+# nogil: compiled recurrences run chunks of a batch on several threads at once
+OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
 
 
 def kernel(fn):
@@ -60,7 +61,7 @@ class Ufunc:
 
     def ufunc(self):
         if self._ufunc is None:
-            options = {k: v for k, v in OPTIONS.items() if k != "error_model"}  # njit-only
+            options = {k: v for k, v in OPTIONS.items() if k not in ("error_model", "nogil")}
             self._ufunc = numba.vectorize(self.signatures, nopython=True, **options)(self.fn).ufunc
             type(self).__call__ = self._ufunc  # not a descriptor: called without self
         return self._ufunc
