@@ -454,30 +454,37 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
         np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full"])
-def test_numba_loops_equal_the_same_loops_in_python(name, monkeypatch):
-    """float32 runs the generated loops compiled by Numba (BLAS called from Numba); they are
-    the same source as the Python loops the float64 checks run: equal results, masked and
-    reversed, values and every gradient."""
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
+def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads):
+    """float32 runs the generated loops as Python first and as Numba once compiled (in the
+    background): the same source, the same kernels and the same BLAS calls, so the switch
+    changes no bit — values, every gradient and ∂L/∂a<t>, masked, reversed, in chunks."""
     import sys
 
     scan_module = sys.modules["minigrad.compiler.scan"]
-    x = np.random.default_rng(12).standard_normal((3, 6, 3)).astype(np.float32)
-    results = []
-    for njit in (True, False):
-        monkeypatch.setattr(scan_module, "NJIT_LOOPS", njit)
+    mg.set_num_threads(threads)
+    try:
         mg.manual_seed(12)
         layer = Recurrent(CELLS[name](3, 4), reverse=True)
         layer.retain_states = True
-        xt = mg.tensor(x, requires_grad=True)
-        out, _ = layer(xt, lengths=np.array([6, 4, 1]))
-        (out * out).sum().backward()
-        step = next(iter(scan_module._CACHE[layer.cell].values()))
-        assert step.njit == njit
-        results.append([out.data, xt.grad, *(p.grad for p in layer.parameters()),
-                        *(a.grad for a in layer.states)])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        x = mg.tensor(np.random.default_rng(12).standard_normal((17, 6, 3)).astype(np.float32),
+                      requires_grad=True)
+        results = []
+        for _ in range(2):
+            for p in [x, *layer.parameters()]:
+                p.grad = None
+            out, _ = layer(x, lengths=np.arange(17) % 6 + 1)
+            (out * out).sum().backward()
+            step = next(s for s in scan_module._CACHE[layer.cell].values() if s.dims.size)
+            results.append((step.njit, [out.data, x.grad, *(p.grad for p in layer.parameters()),
+                                        *(a.grad for a in layer.states)]))
+            step.compile_loops()
+        assert [r[0] for r in results] == [False, True]
+        for a, b in zip(results[0][1], results[1][1]):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        mg.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ every row, compiled

@@ -12,9 +12,16 @@ newest first, from the table.
 ``scan(cell, xs, init)`` is the public entry point; :class:`models.layers.Recurrent` uses it.
 """
 
+import glob
+import os
+import sys
+import threading
+import warnings
 import weakref
 
+import numba
 import numpy as np
+import tqdm
 
 from minigrad import kernels, threads
 from minigrad.compiler.emit import Emitter, kernel_module
@@ -29,6 +36,7 @@ from minigrad.core.tensor import Tensor, apply
 from minigrad.kernels import blas
 
 NJIT_LOOPS = True  # False: every compiled loop runs as Python (tests compare the two)
+BACKGROUND = True  # False: the Numba loops compile at the second call, in the caller's thread
 
 
 class CompiledStep:
@@ -81,16 +89,46 @@ class CompiledStep:
         self.source, self.dims = "\n\n".join(loops), np.array(em.dims, np.int64)
         self._plan()
         generic = any(k == "generic" for low in (self.fwd, self.rev) for k, *_ in low.ops)
-        self.njit = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
-        self.kernel_source = kernel_module(self.dtype, em.kernels, loops if self.njit else ())
+        numba_loops = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
+        self.kernel_source = kernel_module(self.dtype, em.kernels, loops if numba_loops else ())
         module = kernels.load_kernels(self.kernel_source)
-        if self.njit:
-            self._forward, self._backward = module.forward, module.backward
-        else:
-            ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
-                  **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
-            exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
-            self._forward, self._backward = ns["forward"], ns["backward"]
+        _announce(self, module)
+        ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
+              **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
+        exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
+        self._forward, self._backward = ns["forward"], ns["backward"]
+        self.njit, self._numba, self._sigs, self._compiling = False, None, {}, None
+        if numba_loops:  # the same loops compiled by Numba replace these when ready
+            self._numba = module
+
+    def _loop(self, name, *args):
+        """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
+        kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
+        if self._numba is not None and name not in self._sigs:
+            self._sigs[name] = tuple(numba.typeof(a) for a in args)
+        return getattr(self, "_" + name)(*args)
+
+    def _start_compiling(self):
+        """Once both loops have run: compile them with Numba — in the background
+        (``BACKGROUND``), so that no step waits for it — and use them when ready."""
+        if self._numba is not None and self._compiling is None and len(self._sigs) == 2:
+            self._compiling = threading.Thread(target=self.compile_loops, daemon=True)
+            if BACKGROUND:
+                self._compiling.start()
+            else:
+                self._compiling.run()
+
+    def compile_loops(self):
+        """Compile the Numba loops now (the background thread runs this) and use them."""
+        try:
+            loops = [getattr(self._numba, n) for n in ("forward", "backward")]
+            for f, n in zip(loops, ("forward", "backward")):
+                f.compile(self._sigs[n])
+            self._forward, self._backward = loops
+            self.njit = True
+        except Exception as e:  # NOTE: the Python loops are the same computation
+            warnings.warn(f"{self.name}: the loops stay in Python ({type(e).__name__}: {e})",
+                          RuntimeWarning, stacklevel=2)
 
     @staticmethod
     def _consts(low):
@@ -118,6 +156,7 @@ class CompiledStep:
         env.update((c, c.value) for c in self.program.consts)
         env.update(zip(self.program.xs, (x, mask)))
         _run(self.pre + self.fwd.prologue, env)
+        self._start_compiling()
         chunks = ctx["chunks"] = [{"rows": rows} for rows in threads.batch_chunks(B)]
         for c in chunks:
             b0, b1 = c["rows"]
@@ -129,7 +168,7 @@ class CompiledStep:
                 c[f"H{i}"][T if r else 0] = h[b0:b1]
             for i, v in enumerate(self.kept):
                 c[f"S{i}"] = np.empty((T, b1 - b0) + v.shape[1:], dt)
-        threads.parallel(lambda c: self._forward(c["rows"][1] - c["rows"][0], T, r, r,
+        threads.parallel(lambda c: self._loop("forward", c["rows"][1] - c["rows"][0], T, r, r,
                                                  self.dims, *_arrays(self.fargs, c, env)),
                          chunks)
         return tuple(_stitch([c[f"H{i}"][1 - r:T + 1 - r] for c in chunks], chunks)
@@ -165,7 +204,8 @@ class CompiledStep:
         for i, v in enumerate(self.reverse.acc):
             c[f"A{i}"] = np.zeros(v.shape, dt)
         c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
-        c["carried"] = self._backward(Bc, T, 1 - r, r, self.dims, *_arrays(self.rargs, c, env))
+        c["carried"] = self._loop("backward", Bc, T, 1 - r, r, self.dims,
+                                  *_arrays(self.rargs, c, env))
         c["cot"] = self._loop_cotangents(c, r, T)
 
     def _stack(self, v, env, r, T, bind):
@@ -222,6 +262,15 @@ class CompiledStep:
         if not hasattr(self, "prim"):
             self.prim = Prim(f"scan[{self.name}]", self._fwd, vjp_all=self._vjp, nout=None)
         return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
+
+
+def _announce(step, module):
+    """One line before a first compile of this cell's kernels (nothing when Numba's cache
+    already has them)."""
+    where = os.path.join(os.path.dirname(module.__file__), "__pycache__")
+    if not glob.glob(os.path.join(where, module.__name__ + ".fused*.nbi")):
+        tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
+                        "later runs load them from the cache", file=sys.stderr)
 
 
 def _arg_list(bind):
