@@ -27,11 +27,11 @@ def inline(fn):
                       error_model=OPTIONS["error_model"])(fn)
 
 
-def scalar_overload(fn):
+def scalar_overload(fn, inline="never"):
     """Give the Python scalar function ``fn`` a Numba implementation (per argument type).
-    NOTE: not inlined by Numba (that doubled a kernel's compile time); LLVM inlines it, and
-    the kernels run as fast."""
-    return overload(fn, jit_options={"fastmath": OPTIONS["fastmath"]})
+    NOTE: by default not inlined by Numba (that doubled the compile time of a generated
+    kernel); LLVM inlines it, and the kernels run as fast."""
+    return overload(fn, inline=inline, jit_options={"fastmath": OPTIONS["fastmath"]})
 
 
 def elementwise(*signatures):

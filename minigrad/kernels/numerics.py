@@ -99,7 +99,7 @@ def exp_row(v, ibuf):
         v[j] = np.exp(v[j])
 
 
-@scalar_overload(exp_row)
+@scalar_overload(exp_row, inline="always")  # NOTE: its float32 tail needs it
 def _exp_row_impl(v, ibuf):
     if v.dtype != _F32:
         def exact(v, ibuf):
