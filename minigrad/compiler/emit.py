@@ -77,13 +77,13 @@ class Emitter:
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)
             lines.append(f"    {ident(v)} = np.empty(({shape},), DT)")
             self.where[v] = ident(v)
-        lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a[0] in "KA"]
-        lines += ["    for s in range(T):", "        t = T - 1 - s if back else s"]
-        lines += ["        " + s for _, s in steps.values()]
+        self.flat, body = set(), ["    for s in range(T):", "        t = T - 1 - s if back else s"]
+        body += ["        " + s for _, s in steps.values()]
         for kind, op, *rest in low.ops:
-            lines += ["        " + s for s in getattr(self, kind)(op, *rest)]
-        lines += [f"        {a} += {self.loc(v)}" for acc, vs in low.sums.items() for v in vs
-                  if not low._fused_sum(v) for a in [self.where[acc]]]
+            body += ["        " + s for s in getattr(self, kind)(op, *rest)]
+        body += [f"        {a} += {self.loc(v)}" for acc, vs in low.sums.items() for v in vs
+                 if not low._fused_sum(v) for a in [self.where[acc]]]
+        lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a in self.flat] + body
         if carry:
             ins, outs = zip(*carry)
             lines.append(f"        {', '.join(ins + outs)} = {', '.join(outs + ins)}")
@@ -145,6 +145,7 @@ class Emitter:
             return f"r_{x} = {k.row(self.where[b], off)}"
         if kind == "col":
             return f"s_{x} = {k.array(self.where[b])}[b, {k.offset(off)}]"
+        self.flat.add(self.where[b])
         p = k.array(self.where[b] + "V")
         return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
@@ -156,6 +157,7 @@ class Emitter:
                     for i, a in enumerate(e.ins)]
         if e.prim is ops.SUM:  # summed over the batch and the steps: an accumulator
             acc = next(a for a, vs in self.low.sums.items() if e.outs[0] in vs)
+            self.flat.add(self.where[acc])
             p = k.array(self.where[acc] + "V")
             return [f"{p}[{'0' if acc.shape in ((), (1,)) else 'j'}] += {ident(e.args[0])}"]
         args = [ident(a) if isinstance(a, Var) else lit(a) for a in e.args]

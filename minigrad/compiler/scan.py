@@ -105,7 +105,10 @@ class CompiledStep:
         """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
         kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
         if self._numba is not None and name not in self._sigs:
-            self._sigs[name] = tuple(numba.typeof(a) for a in args)
+            names = [None] * 5 + [a for a, _ in (self.fargs if name == "forward" else self.rargs)]
+            self._sigs[name] = tuple(numba.types.Array(numba.float32, 2, "A")
+                                     if n in self.weights else numba.typeof(a)
+                                     for n, a in zip(names, args))
         return getattr(self, "_" + name)(*args)
 
     def _start_compiling(self):
@@ -145,6 +148,10 @@ class CompiledStep:
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
+        # GEMM weights go to BLAS as they are (a transposed view too): typed as any layout
+        self.weights = {bind[op.args[1]][0] for low, bind in ((self.fwd, self.fbind),
+                                                                (self.rev, self.rbind))
+                        for kind, op, *_ in low.ops if kind == "gemm"}
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
     def _fwd(self, *arrays):
@@ -169,7 +176,7 @@ class CompiledStep:
             for i, v in enumerate(self.kept):
                 c[f"S{i}"] = np.empty((T, b1 - b0) + v.shape[1:], dt)
         threads.parallel(lambda c: self._loop("forward", c["rows"][1] - c["rows"][0], T, r, r,
-                                                 self.dims, *_arrays(self.fargs, c, env)),
+                                                 self.dims, *self._arrays(self.fargs, c, env)),
                          chunks)
         return tuple(_stitch([c[f"H{i}"][1 - r:T + 1 - r] for c in chunks], chunks)
                      for i in range(len(init)))
@@ -205,8 +212,20 @@ class CompiledStep:
             c[f"A{i}"] = np.zeros(v.shape, dt)
         c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
         c["carried"] = self._loop("backward", Bc, T, 1 - r, r, self.dims,
-                                  *_arrays(self.rargs, c, env))
+                                  *self._arrays(self.rargs, c, env))
         c["cot"] = self._loop_cotangents(c, r, T)
+
+    def _arrays(self, args, chunk, env):
+        """A loop's arrays: a chunk's own; constants from the values before the loop
+        (contiguous, but a GEMM weight as it is if its rows or its columns are)."""
+        out = []
+        for a, v in args:
+            x = chunk[a] if a[0] != "K" else env[v]
+            if a in self.weights and (x.strides[0] == x.itemsize or x.strides[1] == x.itemsize):
+                out.append(x)
+            else:
+                out.append(np.ascontiguousarray(x) if a[0] == "K" else x)
+        return out
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
@@ -281,9 +300,7 @@ def _arg_list(bind):
     return list(first.items())
 
 
-def _arrays(args, chunk, env):
-    """A loop's arrays: a chunk's own, constants from the values before the loop."""
-    return [np.ascontiguousarray(env[v]) if a[0] == "K" else chunk[a] for a, v in args]
+
 
 
 def _stitch(parts, chunks, axis=1):

@@ -284,8 +284,28 @@ def _concat_vjp(g, out, axis, *arrays):
     return (None, *np.split(g, bounds, axis=axis))
 
 
-CONCAT = defprim("concat", lambda axis, *xs: np.concatenate(xs, axis=axis), vjp_all=_concat_vjp,
-                 args="axis *xs", batch=shift("axis"))
+def _concat(axis, *xs):
+    """``np.concatenate``; pieces that already lie side by side in one array (a cell's gate
+    weights: see models.cells) give a read-only view of it instead of a copy."""
+    a, end = xs[0], 0
+    root = a
+    while root.base is not None:
+        root = root.base
+    for x in xs:
+        r = x
+        while r.base is not None:
+            r = r.base
+        step = a.strides[axis] * end if a.ndim else None
+        if r is not root or x.strides != a.strides or x.dtype != a.dtype or step is None or \
+                x.ctypes.data != a.ctypes.data + step or \
+                x.shape[:axis] + x.shape[axis + 1:] != a.shape[:axis] + a.shape[axis + 1:]:
+            return np.concatenate(xs, axis=axis)
+        end += x.shape[axis]
+    shape = a.shape[:axis] + (end,) + a.shape[axis + 1:]
+    return np.lib.stride_tricks.as_strided(a, shape, a.strides, writeable=False)
+
+
+CONCAT = defprim("concat", _concat, vjp_all=_concat_vjp, args="axis *xs", batch=shift("axis"))
 STACK = defprim(
     "stack", lambda axis, *xs: np.stack(xs, axis=axis),
     vjp_all=lambda g, out, axis, *xs: (None, *np.moveaxis(g, axis, 0)),

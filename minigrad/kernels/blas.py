@@ -2,9 +2,10 @@
 
 One BLAS and one thread pool for the whole process (Numba's ``np.dot`` would go to SciPy's
 OpenBLAS, a second pool: see ``shared/perf-notes.md``).  ``gemm32(a, b, c, beta)`` computes
-``c = a @ b + beta * c`` in float32 (the training dtype) for row-major 2-D arrays whose
-rows are contiguous (column slices of a C-contiguous array are fine: the leading dimension
-is the row stride).  ``AVAILABLE`` is False on a NumPy build without the symbol; the
+``c = a @ b + beta * c`` in float32 (the training dtype) for 2-D arrays whose rows are
+contiguous (column slices of a C-contiguous array are fine: the leading dimension is the
+row stride); b may instead have contiguous columns (a transposed weight, read as it is).
+``AVAILABLE`` is False on a NumPy build without the symbol; the
 recurrence compiler then keeps its loops in Python, where ``py_gemm`` calls ``numpy.dot``.
 """
 
@@ -49,11 +50,12 @@ _sgemm = types.ExternalFunction("scipy_cblas_sgemm64_", types.void(
 
 @inline
 def gemm32(a, b, c, beta):
-    """c = a @ b + beta * c, float32 (row-major, no transposes)."""
+    """c = a @ b + beta * c, float32; a and c row-major, b row- or column-major (a
+    transposed view: BLAS reads it transposed, nothing is copied)."""
     M, K = a.shape
-    _sgemm(101, 111, 111, M, b.shape[1], K, np.float32(1.0), a.ctypes.data, a.strides[0] // 4,
-           b.ctypes.data, b.strides[0] // 4, np.float32(beta), c.ctypes.data,
-           c.strides[0] // 4)
+    tb, ldb = (111, b.strides[0] // 4) if b.strides[1] == 4 else (112, b.strides[1] // 4)
+    _sgemm(101, 111, tb, M, b.shape[1], K, np.float32(1.0), a.ctypes.data, a.strides[0] // 4,
+           b.ctypes.data, ldb, np.float32(beta), c.ctypes.data, c.strides[0] // 4)
 
 
 def py_gemm(a, b, c, beta):
@@ -61,8 +63,9 @@ def py_gemm(a, b, c, beta):
     BLAS call (through ctypes), so that loops run as Python and as Numba agree bit for bit."""
     if a.dtype == np.float32 and _SGEMM is not None:
         M, K = a.shape
-        _SGEMM(101, 111, 111, M, b.shape[1], K, 1.0, a.ctypes.data, a.strides[0] // 4,
-               b.ctypes.data, b.strides[0] // 4, beta, c.ctypes.data, c.strides[0] // 4)
+        tb, ldb = (111, b.strides[0] // 4) if b.strides[1] == 4 else (112, b.strides[1] // 4)
+        _SGEMM(101, 111, tb, M, b.shape[1], K, 1.0, a.ctypes.data, a.strides[0] // 4,
+               b.ctypes.data, ldb, beta, c.ctypes.data, c.strides[0] // 4)
     elif beta == 0 and c.flags.c_contiguous:
         np.dot(a, b, out=c)
     elif beta == 0:
