@@ -75,8 +75,9 @@ class Eqn:
         return Eqn(self.prim, [params.get(n, a) if not isinstance(a, Var) else a
                                for n, a in zip(names, self.args)], self.outs)
 
-    def __repr__(self):
-        outs = " ".join(map(repr, self.outs))
+    def __repr__(self, used=None):
+        outs = " ".join(repr(v) if used is None or v in used else "_" + repr(v)[len(v.name):]
+                        for v in self.outs)
         if self.prim.elementwise:  # literals stay in place: (1 - Γu) prints "sub 1 t3"
             return f"{outs} = {self.prim.name} " + " ".join(
                 a.name if isinstance(a, Var) else _short(a) for a in self.args)
@@ -168,12 +169,13 @@ class Program:
         stage = stages(self)
         order = [stage[e.outs[0]] for e in self.eqns]
         sections = order == sorted(order) and len(set(order)) > 1
-        section = None
+        section, used = None, {a for e in self.eqns for a in e.ins}
+        used.update(self.outs + self.ys + self.acc)
         for e, s in zip(self.eqns, order):
             if sections and s != section:
                 section = s
                 lines.append(f"  # {_SECTIONS[s]}")
-            lines.append(f"    {e!r}")
+            lines.append(f"    {e.__repr__(used)}")  # an unused output prints as _
         outs = [", ".join(v.name for v in part) for part in (self.outs, self.ys, self.acc)]
         lines.append(f"  in ({' ; '.join(outs) if self.ys or self.acc else outs[0]}) }}")
         return "\n".join(lines)

@@ -118,6 +118,7 @@ class CompiledStep:
             self._compiling = threading.Thread(target=self.compile_loops, daemon=True)
             if BACKGROUND:
                 self._compiling.start()
+                _COMPILING.add(self._compiling)
             else:
                 self._compiling.run()
 
@@ -356,6 +357,14 @@ def _examples(cell, x_t, parts, batch, seed):
 
 
 _CACHE = weakref.WeakKeyDictionary()
+_COMPILING = weakref.WeakSet()
+
+
+def wait():
+    """Wait until every compile running in the background has finished (benchmarks call
+    this before they time steps)."""
+    for t in list(_COMPILING):
+        t.join()
 
 
 def compile_step(cell, x_t, state, masked=False):

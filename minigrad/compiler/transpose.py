@@ -64,6 +64,11 @@ class Sym:
     __ge__ = lambda self, o: self._op(ops.GE, self, o)
     __lt__ = lambda self, o: self._op(ops.LT, self, o)
     __le__ = lambda self, o: self._op(ops.LE, self, o)
+    __abs__ = lambda self: self._op(ops.ABS, self)
+
+    def emit(self, prim, *args):
+        """``prim(*args)`` as an equation (how a rule calls another elementwise row)."""
+        return self._op(prim, *args)
 
     def sum(self, axis, keepdims=False):
         shape = tuple(1 if i in axis else d for i, d in enumerate(self.shape) if keepdims or

@@ -37,11 +37,12 @@ class Prim:
 
     An **elementwise** row also has ``scalar``, its forward for one element as source text
     (``scalar(*names) -> str``; the compiler's fused kernels are made of these), and its VJPs
-    are *rules*: arithmetic on ``g``, ``out`` and the inputs that returns the cotangent before
-    broadcasting is undone (the walk calls :func:`~minigrad.core.autograd.unbroadcast`).  A
-    rule is the one definition of that derivative: the walk runs it on arrays (a unary row's
-    as a Numba ufunc made from it) and the compiler on symbols, which gives the equations of
-    the reverse program.  Elementwise rows batch over time as they are.
+    are *rules*: arithmetic on ``g``, ``out`` and the inputs (and calls of other elementwise
+    rows) that returns the cotangent before broadcasting is undone (the walk calls
+    :func:`~minigrad.core.autograd.unbroadcast`).  A rule is the one definition of that
+    derivative: the walk runs it on arrays (a unary row's arithmetic as a Numba ufunc made
+    from it) and the compiler on symbols, which gives the equations of the reverse program.
+    Elementwise rows batch over time as they are.
     """
 
     __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout", "args", "scalar", "rules", "batch")
@@ -53,12 +54,20 @@ class Prim:
         self.name, self.fwd, self.vjp_all, self.nout = name, fwd, vjp_all, nout
         self.args, self.scalar, self.rules = tuple(args.split()), scalar, vjps
         unary = scalar is not None and len(self.args) == 1
-        self.vjps = tuple(Ufunc(r, _UNARY) if unary and r else r for r in vjps)
+        # NOTE: a unary rule of arithmetic only runs as one ufunc; one that calls rows, as NumPy
+        self.vjps = tuple(Ufunc(r, _UNARY) if unary and r and not r.__code__.co_names else r
+                          for r in vjps)
         self.batch = same if scalar is not None else batch
 
     @property
     def elementwise(self):
         return self.scalar is not None
+
+    def __call__(self, *args):
+        """The row applied inside a rule: on arrays its forward, on the compiler's symbols
+        an equation (so ``lambda g, out, a: g * EXP(-out)`` is a rule too)."""
+        sym = next((a for a in args if hasattr(a, "emit")), None)
+        return self.fwd(*args) if sym is None else sym.emit(self, *args)
 
     def __repr__(self):
         return f"Prim({self.name})"
@@ -89,8 +98,8 @@ def shift(name):
 
 
 # ----------------------------------------------------------------------- elementwise
-# Rules use only + - * / ** and comparisons on g, out and the inputs, so that arrays, the
-# compiler's symbols and Numba scalars all evaluate them.
+# Rules use + - * / ** and comparisons on g, out and the inputs (and may call other
+# elementwise rows), so that arrays and the compiler's symbols both evaluate them.
 
 ADD = defprim("add", np.add, lambda g, out, a, b: g, lambda g, out, a, b: g,
               args="a b", scalar=lambda a, b: f"{a} + {b}")
