@@ -116,7 +116,7 @@ def child_main(spec):
     cfg = Config(**spec["cfg"])
     t_import = _setup(spec)
     step = peers.make_step(spec["framework"], cfg, spec["cell"], spec["weights"],
-                     compiled=spec.get("compiled"))
+                           compiled=spec.get("compiled"))
     t_first, loss = _timed(step)
     if spec["mode"] == "first":
         t_second, _ = _timed(step)
@@ -128,7 +128,7 @@ def child_main(spec):
         return
     losses = [loss] + [step() for _ in range(VERIFY_STEPS - 1)]
     floor = peers.gemm_floor(cfg, spec["cell"]) if spec["framework"] == "minigrad" else None
-    _send({"losses": losses, "import": t_import, "first": t_first})
+    _send({"losses": losses})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
@@ -215,7 +215,7 @@ def check_agreement(cfg, cell, threads, losses):
 
 
 def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
-    """One row: {contender: median seconds per step, ...} plus losses, RSS, first steps.
+    """One row: ``{"time": {contender: median seconds per step}, "rss": ..., "losses": ...}``.
 
     ``contenders``: {label: (framework, compiled)}; the first is minigrad (the reference,
     which writes the weights).  ``check``: verify the losses and time the GEMM floor."""
@@ -254,8 +254,7 @@ def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
         for c in children.values():
             c.kill()
     return {"time": {k: float(np.median(v)) for k, v in per_round.items()}, "rss": rss,
-            "losses": {k: v["losses"] for k, v in info.items()},
-            "first": {k: v["first"] for k, v in info.items()}}
+            "losses": {k: v["losses"] for k, v in info.items()}}
 
 
 def first_steps(cfg, cell, threads, cpus, others, tmp):
