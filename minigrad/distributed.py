@@ -165,7 +165,7 @@ def shard(*arrays):
     if n > B:
         raise ValueError(f"shard: a global batch of {B} rows cannot give each of {n} ranks a "
                          f"row; use a batch of at least {n}")
-    out = tuple(a[r * B // n:(r + 1) * B // n] for a in arrays)
+    out = arrays if n == 1 else tuple(a[r * B // n:(r + 1) * B // n] for a in arrays)
     return out[0] if len(out) == 1 else out
 
 
