@@ -193,7 +193,7 @@ def sweep(args, executor, workers):
     import optuna
 
     study = open_study(args)
-    done = len([t for t in study.trials if t.state.is_finished()])
+    done = len([t for t in study.trials if "runs" in t.user_attrs])  # told: complete or diverged
     print(f"Sweep of the names language model: {args.trials} trials ({done} done) of cell in "
           f"{args.cells} x hidden in {args.hidden} x lr in [{args.lr[0]}, {args.lr[1]}] (log), "
           f"{args.seeds} seed(s) x {args.steps} steps each; {workers} workers, 1 thread each")
