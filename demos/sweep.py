@@ -258,16 +258,17 @@ def report(study, args):
           "first step)")
     for r in rows:
         held = f"{r['held_out']:8.3f}" if math.isfinite(r["held_out"]) else "     inf"
+        spread = f"{r['spread']:9.3f}" if len(r["runs"]) > 1 else f"{'—':>9s}"
         print(f"{r['trial']:5d}  {r['cell']:4s} {r['hidden']:6d} {r['lr']:8.4f}  {held} "
-              f"{r['spread']:9.3f} {r['steps_per_s']:8.0f}  "
+              f"{spread} {r['steps_per_s']:8.0f}  "
               f"{'diverged' if r['state'] == 'fail' else r['state']}")
     if not rows:
         return {"rows": rows, "best": None, "plot": None}
     best = rows[0]
+    log_v = math.log(len(Vocab.build(load_names()[:-HELD_OUT], level="char")))
     print(f"\nBest: {best['cell']} hidden {best['hidden']} lr {best['lr']:.4f}: held-out "
           f"{best['held_out']:.3f} nats per letter after {args.steps} steps (trial "
-          f"{best['trial']}; a uniform guess costs log V = {best['runs'][0]['curve'][0][1]:.2f} "
-          "at step 0)")
+          f"{best['trial']}; a uniform guess costs log V = {log_v:.3f})")
     plot = os.path.join(args.out, PLOT)
     draw(rows, best, plot, args)
     print(f"Saved {plot} and {os.path.join(args.out, DB)}")
