@@ -194,10 +194,12 @@ def sweep(args, executor, workers):
 
     study = open_study(args)
     done = len([t for t in study.trials if "runs" in t.user_attrs])  # told: complete or diverged
-    print(f"Sweep of the names language model: {args.trials} trials ({done} done) of cell in "
-          f"{args.cells} x hidden in {args.hidden} x lr in [{args.lr[0]}, {args.lr[1]}] (log), "
-          f"{args.seeds} seed(s) x {args.steps} steps each; {workers} workers, 1 thread each")
-    print(f"  storage: {os.path.join(args.out, DB)} (Optuna, SQLite)")
+    print(f"Sweep of the names language model: {args.trials} trials ({done} done), "
+          f"{args.seeds} seed(s) x {args.steps} steps each")
+    print(f"  space:   cell in {','.join(args.cells)} x hidden in "
+          f"{','.join(map(str, args.hidden))} x lr in [{args.lr[0]}, {args.lr[1]}] (log scale)")
+    print(f"  workers: {workers}, 1 thread each; storage: {os.path.join(args.out, DB)} (Optuna, "
+          "SQLite)")
     todo, running, results = args.trials - done, {}, {}
     try:
         while todo > 0 or running:

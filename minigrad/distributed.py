@@ -32,6 +32,7 @@ which is fixed for a given N and message size, and every rank receives bitwise t
 so N ranks and one process differ only by float32 rounding, ≈1e-7 relative per step.
 """
 
+import math
 import os
 import sys
 import time
@@ -108,8 +109,8 @@ def _disagreements(every, root):
     for r, (have, agree) in enumerate(every):
         if len(have) != len(want):
             problems.append(f"rank {r} has {len(have)} parameter tensors "
-                            f"({sum(np.prod(s) for _, s, _ in have):,} values), rank {root} "
-                            f"has {len(want)} ({sum(np.prod(s) for _, s, _ in want):,})")
+                            f"({sum(math.prod(s) for _, s, _ in have):,} values), rank {root} "
+                            f"has {len(want)} ({sum(math.prod(s) for _, s, _ in want):,})")
         else:
             problems += [f"parameter {w[0]!r} is {h[1]} {h[2]} on rank {r} but {w[1]} {w[2]} "
                          f"on rank {root}" + (f" (named {h[0]!r} there)" if h[0] != w[0] else "")

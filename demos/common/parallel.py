@@ -43,7 +43,14 @@ def start(args):
     if dist.rank() > 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         args.no_progress = True
-    signal.signal(signal.SIGINT, lambda *_: _stop.update(requested=True))
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def _on_interrupt(*_):
+    if _stop["requested"]:  # a second Ctrl-C (without mpiexec, which aborts by itself)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+    _stop["requested"] = True
 
 
 def primary():
