@@ -20,16 +20,19 @@ imported, so the same script runs with and without ``mpiexec``::
         optim.clip_grad_norm_(model.parameters(), 5.0)  # on the summed gradient: as 1 process
         opt.step()
 
-**Why N ranks train the same model as one process.**  The mean loss over a global batch of
-B rows is ``Σ_rows L / n`` (n tokens).  Each rank computes ``Σ_{its rows} L / n`` — a sum
-over its share, divided by the *global* count — so the Allreduce sum of the ranks' gradients
-is exactly the single-process gradient, however unevenly the tokens fall (``op="average"``,
-Horovod's default, is right only when every rank's mean has the same weight).  Clipping then
-sees the global gradient.  **Summation order:** within a rank, the tape's order (each
-weight's gradient is one GEMM over that rank's rows); across ranks, MPI's reduction order,
-which is fixed for a given N and message size, and every rank receives bitwise the same sum
-(a test checks the replicas stay identical).  One process instead sums all rows in one GEMM,
-so N ranks and one process differ only by float32 rounding, ≈1e-7 relative per step.
+**Why N ranks train the same model as one process.** The mean loss over a global batch of B
+rows is ``Σ_rows L / n`` (n tokens). Each rank computes ``Σ_{its rows} L / n`` — a sum over
+its share, divided by the *global* count — so the Allreduce sum of the ranks' gradients is,
+in exact arithmetic, the single-process gradient, however unevenly the tokens fall
+(``op="average"``, Horovod's default, is right only when every rank's mean has the same
+weight). Clipping then sees the global gradient. **Summation order:** within a rank, the
+tape's order (each weight's gradient is one GEMM over that rank's rows); across ranks, MPI's
+reduction order, which is fixed for a given N and message size, and every rank receives
+bitwise the same sum (a test checks the replicas stay identical). One process instead sums
+all rows in one GEMM, so N ranks and one process differ only by float32 rounding, ≈1e-7
+relative per step. **Dropout** breaks the equality: one process draws one mask for the whole
+batch, and no split of the rows draws the same numbers, so give each rank its own stream (the
+demos seed it with the rank) and expect equality only at dropout 0.
 """
 
 import math
