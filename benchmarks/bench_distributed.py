@@ -66,14 +66,15 @@ def worker(cfg, steps, threads, batches):
     dist.broadcast_parameters(model)
     opt = dist.DistributedOptimizer(mg.optim.Adam(model.parameters(), lr=1e-3), op="sum")
     rng = np.random.default_rng(0)
-    out = {"bytes": sum(p.data.nbytes for p in model.parameters()), "runs": {}}
+    out = {"bytes": sum(p.data.nbytes for p in model.parameters()),
+           "runs": {B: {"step": [], "allreduce": []} for B in batches}}
+    data = {}
     for B in batches:
-        ids = rng.integers(3, c["V"], (B, c["T"]))
-        lengths = np.full(B, c["T"])
-        mine, my_lengths = dist.shard(ids, lengths)
-        n = float(lengths.sum())
-        times, waits = [], []
-        for step in range(steps + 3):  # 3 warm-up steps (the first compiles)
+        ids, lengths = rng.integers(3, c["V"], (B, c["T"])), np.full(B, c["T"])
+        data[B] = (*dist.shard(ids, lengths), float(lengths.sum()))
+    # Batch sizes take turns step by step, so a busy neighbour slows them all alike.
+    for step in range(steps + 3):  # 3 warm-up steps (the first compiles)
+        for B, (mine, my_lengths, n) in data.items():
             t0, w0 = time.perf_counter(), opt.allreduce_seconds
             loss = model.loss(mine, my_lengths, reduction="sum")[0] * (1.0 / n)
             opt.zero_grad()
@@ -82,9 +83,8 @@ def worker(cfg, steps, threads, batches):
             mg.optim.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             if step >= 3:
-                times.append(time.perf_counter() - t0)
-                waits.append(opt.allreduce_seconds - w0)
-        out["runs"][B] = {"step": times, "allreduce": waits}
+                out["runs"][B]["step"].append(time.perf_counter() - t0)
+                out["runs"][B]["allreduce"].append(opt.allreduce_seconds - w0)
     if dist.size() > 1:  # the Allreduce alone, both ranks ready: 8 bytes and the real message
         comm = dist.init()
         from mpi4py import MPI
