@@ -3,16 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oracle lint bench clean
+.PHONY: demo demo-mpi test test-oracle lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m demos.names $(ARGS)
+
+# The names demo trained data-parallel on N MPI ranks (MPICH's mpiexec, installed in the venv).
+N ?= 2
+demo-mpi: $(STAMP)
+	$(VENV)/bin/mpiexec -n $(N) $(PY) -m mpi4py -m demos.names --distributed $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
