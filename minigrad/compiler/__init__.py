@@ -7,7 +7,6 @@ node per sequence: :mod:`.scan`); ``wait`` for compiles running in the backgroun
 
 from minigrad.compiler.ir import Program, TraceError, trace
 from minigrad.compiler.rewrites import optimize
-
 from minigrad.compiler.scan import CompiledStep, compile_step, scan, wait
 
 __all__ = ["CompiledStep", "Program", "TraceError", "compile_step", "optimize", "scan", "trace",
