@@ -218,7 +218,7 @@ MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b, args="a b",
 # ----------------------------------------------------------------------- shape
 
 def _inverse_perm(axes):
-    return tuple(np.argsort(axes))
+    return tuple(sorted(range(len(axes)), key=axes.__getitem__))
 
 
 TRANSPOSE = defprim(
