@@ -396,3 +396,68 @@ def _cross_entropy_vjp(g, out, logits, targets, weights):
 # Inputs must be C-contiguous (N, V) float logits, (N,) int64 targets, (N,) float weights;
 # functional.cross_entropy checks and reshapes.  Output 1 (logsumexp) is auxiliary.
 CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2)
+
+
+# ======================================================================= Transformer rows
+# GELU, layer normalisation and attention are fused: each replaces 5-11 recorded ops and as
+# many passes over memory (tests/test_ops.py checks each against its composition).
+
+def _gelu(a, approximate):
+    return kernels.gelu(np.ascontiguousarray(a).reshape(-1), approximate == "tanh") \
+        .reshape(a.shape)
+
+
+GELU = defprim("gelu", _gelu, lambda g, out, a, approximate: kernels.gelu_backward(
+    np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(a).reshape(-1),
+    approximate == "tanh").reshape(a.shape))
+
+
+def _layer_norm(x, weight, bias, d, eps):
+    """Normalise over the last ``d`` axes: (y, mean, rstd); weight/bias None means 1/0."""
+    rows = np.ascontiguousarray(x).reshape(-1, math.prod(x.shape[x.ndim - d:]))
+    one = np.ones(rows.shape[1], x.dtype)
+    w = one if weight is None else weight.reshape(-1)
+    b = one * 0 if bias is None else bias.reshape(-1)
+    y, mean, rstd = kernels.layer_norm_rows(rows, w, b, x.dtype.type(eps))
+    return y.reshape(x.shape), mean, rstd
+
+
+def _layer_norm_vjp(g, out, x, weight, bias, d, eps):
+    rows = np.ascontiguousarray(x).reshape(out[1].size, -1)
+    w = np.ones(rows.shape[1], x.dtype) if weight is None else weight.reshape(-1)
+    gx, gw, gb = kernels.layer_norm_backward_rows(np.ascontiguousarray(g[0]).reshape(rows.shape),
+                                                  rows, w, out[1], out[2])
+    return (gx.reshape(x.shape), None if weight is None else gw.reshape(weight.shape),
+            None if bias is None else gb.reshape(bias.shape), None, None)
+
+
+# Outputs 1 and 2 (the rows' mean and 1/σ) are auxiliary, saved for the VJP.
+LAYER_NORM = defprim("layer_norm", _layer_norm, vjp_all=_layer_norm_vjp, nout=3)
+
+
+def _attention(q, k, v, mask, drop, scale):
+    """Queries (..., L, E), keys (..., S, E), values (..., S, Ev): P = softmax(q·kᵀ·scale +
+    mask) over S, A = P·drop, out = A·v.  Returns (out, A, P); ``mask`` (additive, every
+    row with a finite entry) and ``drop`` (dropout's 0 or 1/(1-p)) broadcast to (..., L, S)."""
+    s = np.matmul(q, np.swapaxes(k, -1, -2))
+    s *= scale
+    if mask is not None:
+        s += mask
+    p = kernels.softmax_rows(s.reshape(-1, s.shape[-1])).reshape(s.shape)
+    a = p if drop is None else p * drop
+    return np.matmul(a, v), a, p
+
+
+def _attention_vjp(g, out, q, k, v, mask, drop, scale):
+    (go, ga), (_, a, p) = g[:2], out
+    da = np.matmul(go, np.swapaxes(v, -1, -2))
+    if ga is not None:  # the weights were used too (need_weights)
+        da += ga
+    dp = da if drop is None else da * drop
+    ds = kernels.softmax_backward_rows(dp.reshape(-1, p.shape[-1]), p.reshape(-1, p.shape[-1]))
+    ds = ds.reshape(p.shape) * scale
+    return (np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q),
+            np.matmul(np.swapaxes(a, -1, -2), go), None, None, None)
+
+
+ATTENTION = defprim("attention", _attention, vjp_all=_attention_vjp, nout=3)
