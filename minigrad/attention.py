@@ -84,9 +84,9 @@ def check_rows(mask, where):
 
 
 def attend(q, k, v, mask, dropout_p, scale):
-    """The attention primitive on (..., L, E), (..., S, E), (..., S, Ev) tensors with an
-    additive ``mask`` array (already checked); returns (out (..., L, Ev), weights
-    (..., L, S)) — the weights after dropout, as PyTorch's ``need_weights``."""
+    """The attention primitive on (B, H, L, E), (B, H, S, E), (B, H, S, Ev) tensors with an
+    additive ``mask`` array (already checked); returns (out (B, H, L, Ev), weights
+    (B, H, L, S)) — the weights after dropout, as PyTorch's ``need_weights``."""
     drop = None
     if dropout_p > 0:
         shape = q.shape[:-1] + (k.shape[-2],)
@@ -134,7 +134,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if mask is not None:
         check_rows(mask, where)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return attend(q, k, v, mask, float(dropout_p), scale)[0]
+    if q.ndim == 4:
+        return attend(q, k, v, mask, float(dropout_p), scale)[0]
+    # The primitive takes (B, H, ·, ·): any other leading axes are flattened into B.
+    lead = q.shape[:-2]
+    if mask is not None:
+        mask = np.broadcast_to(mask, lead + (L, S)).reshape(-1, 1, L, S)
+    out = attend(*(t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v)), mask,
+                 float(dropout_p), scale)[0]
+    return out.reshape(lead + out.shape[-2:])
 
 
 __all__ = ["additive_mask", "attend", "check_rows", "gelu", "generate_square_subsequent_mask",

@@ -38,6 +38,8 @@ TIERS = {
                  "minigrad/gradcheck.py", "minigrad/atomic.py", "minigrad/creation.py",
                  "minigrad/lib/**/*.py"],
                 1600),
+    "attention": ("Transformer layers (mg.nn) and their functional forms",
+                  ["minigrad/attention.py", "minigrad/transformer.py"], 400),
     "runtime": ("process-wide settings: the random generator, BLAS threads",
                 ["minigrad/random.py", "minigrad/threads.py"], None),
     "models": ("cells, layers, language model, seq2seq (uses the library)",

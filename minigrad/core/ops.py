@@ -436,28 +436,27 @@ LAYER_NORM = defprim("layer_norm", _layer_norm, vjp_all=_layer_norm_vjp, nout=3)
 
 
 def _attention(q, k, v, mask, drop, scale):
-    """Queries (..., L, E), keys (..., S, E), values (..., S, Ev): P = softmax(q·kᵀ·scale +
-    mask) over S, A = P·drop, out = A·v.  Returns (out, A, P); ``mask`` (additive, every
-    row with a finite entry) and ``drop`` (dropout's 0 or 1/(1-p)) broadcast to (..., L, S)."""
-    s = np.matmul(q, np.swapaxes(k, -1, -2))
-    s *= scale
-    if mask is not None:
-        s += mask
-    p = kernels.softmax_rows(s.reshape(-1, s.shape[-1])).reshape(s.shape)
-    a = p if drop is None else p * drop
-    return np.matmul(a, v), a, p
+    """Queries (B, H, L, E), keys (B, H, S, E), values (B, H, S, Ev): P = softmax(q·kᵀ·scale
+    + mask) over S, A = P·drop, out = A·v; returns (out, A, P).  ``mask`` (broadcasting to
+    (B, H, L, S)) is additive with a finite entry in every row, or None; ``drop``
+    (B, H, L, S) holds dropout's 0 or 1/(1-p), or None."""
+    c, S = np.ascontiguousarray, k.shape[2]
+    m = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
+        (1,) * (4 - mask.ndim) + mask.shape)
+    m = c(np.broadcast_to(m, m.shape[:3] + (S,)))
+    return kernels.attention(c(q), c(k), c(v), m, _dummy(drop, q), q.dtype.type(scale),
+                             drop is not None)
+
+
+def _dummy(x, like):
+    return np.zeros((1, 1, 1, 1), like.dtype) if x is None else x
 
 
 def _attention_vjp(g, out, q, k, v, mask, drop, scale):
-    (go, ga), (_, a, p) = g[:2], out
-    da = np.matmul(go, np.swapaxes(v, -1, -2))
-    if ga is not None:  # the weights were used too (need_weights)
-        da += ga
-    dp = da if drop is None else da * drop
-    ds = kernels.softmax_backward_rows(dp.reshape(-1, p.shape[-1]), p.reshape(-1, p.shape[-1]))
-    ds = ds.reshape(p.shape) * scale
-    return (np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q),
-            np.matmul(np.swapaxes(a, -1, -2), go), None, None, None)
+    c = np.ascontiguousarray
+    return (*kernels.attention_backward(
+        c(g[0]), _dummy(g[1], q), c(q), c(k), c(v), _dummy(drop, q), out[1], out[2],
+        q.dtype.type(scale), g[1] is not None, drop is not None), None, None, None)
 
 
 ATTENTION = defprim("attention", _attention, vjp_all=_attention_vjp, nout=3)

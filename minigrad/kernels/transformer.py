@@ -71,8 +71,8 @@ def gelu(x, tanh_form):
 
 @kernel
 def gelu_backward(g, x, tanh_form):
-    """VJP of :func:`gelu`: g·(Φ(x) + x·φ(x)), φ the standard normal density (from
-    :func:`exp_row`, 256 elements at a time); or the derivative of the tanh form."""
+    """VJP of :func:`gelu`: g·(Φ(x) + x·φ(x)), φ the standard normal density (through
+    :func:`exp_row`); or the derivative of the tanh form."""
     k = np.array([0.5, 1.0, _SQRT1_2, _SQRT_2_OVER_PI, _GELU_C, _INV_SQRT_2PI, 3.0],
                  dtype=x.dtype)
     half, one, s12, s2pi, c, inv, three = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
@@ -84,17 +84,12 @@ def gelu_backward(g, x, tanh_form):
             d = half * (one + t) + half * v * (one - t * t) * s2pi * (one + three * c * v * v)
             out[i] = g[i] * d
         return out
-    buf = np.empty(256, dtype=x.dtype)
-    ibuf = np.empty(256, dtype=np.int32)
-    for start in range(0, x.size, 256):
-        n = min(256, x.size - start)
-        xs, b = x[start:start + n], buf[:n]
-        for j in range(n):
-            b[j] = -half * xs[j] * xs[j]
-        exp_row(b, ibuf[:n])
-        for j in range(n):
-            v = xs[j]
-            out[start + j] = g[start + j] * (half * (one + erf(v * s12)) + v * b[j] * inv)
+    for i in range(x.size):
+        out[i] = -half * x[i] * x[i]
+    exp_row(out, np.empty(x.size, dtype=np.int32))
+    for i in range(x.size):
+        v = x[i]
+        out[i] = g[i] * (half * (one + erf(v * s12)) + v * out[i] * inv)
     return out
 
 
@@ -146,3 +141,92 @@ def layer_norm_backward_rows(g, x, w, mean, rstd):
         for j in range(d):
             dx[i, j] = r * (gh[j] - s1 - xh[j] * s2)
     return dx, dw, db
+
+
+@kernel
+def attention(q, k, v, mask, drop, scale, use_drop):
+    """Scaled dot-product attention for small heads, one query row at a time.
+
+    q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev), C-contiguous; ``mask`` (B or 1, H or 1,
+    L or 1, S) additive, every row with a finite entry; ``drop`` like the weights (used when
+    ``use_drop``).  Returns out (B, H, L, Ev), the weights A = P·drop and P = softmax(q kᵀ ·
+    scale + mask).  Masked keys (-inf) get weight exactly 0.
+    """
+    B, H, L, E = q.shape
+    S, Ev = k.shape[2], v.shape[3]
+    out = np.zeros((B, H, L, Ev), dtype=q.dtype)
+    p = np.empty((B, H, L, S), dtype=q.dtype)
+    a = np.empty((B, H, L, S), dtype=q.dtype) if use_drop else p
+    ibuf = np.empty(S, dtype=np.int32)
+    zero, low = np.zeros(1, dtype=q.dtype)[0], q.dtype.type(-80.0)
+    for b in range(B):
+        for h in range(H):
+            mk = mask[min(b, mask.shape[0] - 1), min(h, mask.shape[1] - 1)]
+            for i in range(L):
+                qi, mi, pi, ai = q[b, h, i], mk[min(i, mk.shape[0] - 1)], p[b, h, i], a[b, h, i]
+                for j in range(S):
+                    s = zero
+                    kj = k[b, h, j]
+                    for e in range(E):
+                        s += qi[e] * kj[e]
+                    pi[j] = s * scale + mi[j]
+                top = pi.max()
+                for j in range(S):  # NOTE: clamped so that no exp is denormal (~100x slower)
+                    pi[j] = max(pi[j] - top, low)
+                exp_row(pi, ibuf)
+                for j in range(S):
+                    if mi[j] == -np.inf:
+                        pi[j] = zero
+                pi /= pi.sum()
+                if use_drop:
+                    for j in range(S):
+                        ai[j] = pi[j] * drop[b, h, i, j]
+                oi = out[b, h, i]
+                for j in range(S):
+                    w, vj = ai[j], v[b, h, j]
+                    for e in range(Ev):
+                        oi[e] += w * vj[e]
+    return out, a, p
+
+
+@kernel
+def attention_backward(go, ga, q, k, v, drop, a, p, scale, use_ga, use_drop):
+    """VJP of :func:`attention`: with dA = go vᵀ (+ ga), dP = dA·drop,
+    dS = P·(dP - Σ_j P dP)·scale: dq = dS k, dk = dSᵀ q, dv = Aᵀ go."""
+    B, H, L, E = q.shape
+    S, Ev = k.shape[2], v.shape[3]
+    dq = np.zeros_like(q)
+    dk = np.zeros_like(k)
+    dv = np.zeros_like(v)
+    ds = np.empty(S, dtype=q.dtype)
+    zero = np.zeros(1, dtype=q.dtype)[0]
+    for b in range(B):
+        for h in range(H):
+            for i in range(L):
+                gi, pi, ai = go[b, h, i], p[b, h, i], a[b, h, i]
+                dot = zero
+                for j in range(S):
+                    if pi[j] == 0:  # a masked key: no gradient either way
+                        ds[j] = zero
+                        continue
+                    vj, dvj = v[b, h, j], dv[b, h, j]
+                    d = zero
+                    for e in range(Ev):
+                        d += gi[e] * vj[e]
+                        dvj[e] += ai[j] * gi[e]
+                    if use_ga:
+                        d += ga[b, h, i, j]
+                    if use_drop:
+                        d *= drop[b, h, i, j]
+                    ds[j] = d
+                    dot += pi[j] * d
+                qi, dqi = q[b, h, i], dq[b, h, i]
+                for j in range(S):
+                    if pi[j] == 0:
+                        continue
+                    g = pi[j] * (ds[j] - dot) * scale
+                    kj, dkj = k[b, h, j], dk[b, h, j]
+                    for e in range(E):
+                        dqi[e] += g * kj[e]
+                        dkj[e] += g * qi[e]
+    return dq, dk, dv

@@ -1,0 +1,200 @@
+"""Training-step benchmark of minigrad's causal Transformer language model against PyTorch's
+``nn.TransformerEncoder`` with a causal mask, at the names demo's shape.
+
+A step is forward + masked mean cross-entropy + backward + SGD update, float32, on one fixed
+padded batch of 64 names (V = 29, T = the batch's longest name + <EOS>).  Both models are the
+same: token embedding + learned positions, ``--layers`` encoder layers (``d_model``,
+``nhead``, ``dim_feedforward`` as ``demos.transformer``), a final LayerNorm when pre-norm,
+a Linear read-out; torch's weights are minigrad's, moved with ``models.interop``, and the
+losses of three steps are checked equal (to 1e-4 relative, float32) before anything is
+timed.  Timing: interleaved rounds (each times both contenders for ≥ ``--window`` s), the
+median round; ratio = torch time / minigrad time (> 1: minigrad faster).  The machine is a
+shared 2-core box: compare ratios measured in one run, never absolute times across runs.
+
+    python benchmarks/bench_transformer.py                     # 1 thread, both variants
+    python benchmarks/bench_transformer.py --threads 1,2 --markdown benchmarks/results_transformer.md
+    python benchmarks/bench_transformer.py --quick             # a smoke run (the tests)
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import minigrad as mg  # noqa: E402
+from minigrad.data import SequenceBatches, Vocab  # noqa: E402
+from models.interop import to_torch_state_dict  # noqa: E402
+from models.transformer import TransformerLM  # noqa: E402
+
+NAMES = os.path.join(ROOT, "demos", "data", "names.txt")
+# (label, norm_first, activation): the demo's pre-norm GELU model and torch's defaults.
+VARIANTS = [("pre-norm, GELU (the demo's)", True, "gelu"),
+            ("post-norm, ReLU (torch's defaults)", False, "relu")]
+
+
+def names_batch(batch, seed=0):
+    """(vocab, ids (B, T), lengths (B,)): one padded batch of names, each ending in <EOS>."""
+    with open(NAMES, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    vocab = Vocab.build(names, level="char")
+    seqs = [vocab.encode(n, add_eos=True) for n in names]
+    ids, lengths, _ = next(iter(SequenceBatches(seqs, batch, rng=np.random.default_rng(seed))))
+    return vocab, ids, lengths
+
+
+def build(vocab, args, norm_first, activation):
+    """The minigrad model and a step function for it and for the same model in torch."""
+    import torch
+
+    mg.manual_seed(0)
+    model = TransformerLM(len(vocab), args.d_model, args.nhead, args.layers, args.ff,
+                          norm_first=norm_first, activation=activation)
+
+    class Torch(torch.nn.Module):  # the same module tree, so the state dicts share names
+        def __init__(self):
+            super().__init__()
+            V, d = len(vocab), args.d_model
+            self.embedding = torch.nn.Embedding(V, d)
+            self.pos = torch.nn.Module()
+            self.pos.weight = torch.nn.Parameter(torch.zeros(model.max_len, d))
+            layer = torch.nn.TransformerEncoderLayer(d, args.nhead, args.ff, 0.0, activation,
+                                                     batch_first=True, norm_first=norm_first)
+            self.encoder = torch.nn.TransformerEncoder(
+                layer, args.layers, norm=torch.nn.LayerNorm(d) if norm_first else None,
+                enable_nested_tensor=False)
+            self.out = torch.nn.Linear(d, V)
+
+        def forward(self, x, mask):
+            T = x.shape[1]
+            h = self.embedding(x) + self.pos.weight[:T]
+            return self.out(self.encoder(h, mask=mask, is_causal=True))
+
+    tmodel = Torch()
+    tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in
+                            to_torch_state_dict(model).items()})
+    return model, tmodel
+
+
+def steps(model, tmodel, ids, lengths, lr=0.1):
+    import torch
+
+    opt = mg.optim.SGD(model.parameters(), lr=lr)
+    topt = torch.optim.SGD(tmodel.parameters(), lr=lr)
+    inputs, T = model.shift(ids), ids.shape[1]
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    tin, tmask = torch.from_numpy(inputs), torch.nn.Transformer.generate_square_subsequent_mask(T)
+    tgt, keep = torch.from_numpy(np.where(mask, ids, -100)), int(mask.sum())
+
+    def mg_step():
+        loss = model.loss(ids, lengths)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.data)
+
+    def torch_step():
+        logits = tmodel(tin, tmask)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 tgt.reshape(-1), ignore_index=-100)
+        topt.zero_grad()
+        loss.backward()
+        topt.step()
+        return float(loss)
+
+    assert keep > 0
+    return mg_step, torch_step
+
+
+def timed(fn, window):
+    """Seconds per call: calls batched to last at least ``window`` seconds."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        t = time.perf_counter() - t0
+        if t >= window:
+            return t / n
+
+
+def run(args, threads, out):
+    import torch
+
+    mg.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    vocab, ids, lengths = names_batch(args.batch)
+    rows = []
+    for label, norm_first, activation in VARIANTS:
+        model, tmodel = build(vocab, args, norm_first, activation)
+        mg_step, torch_step = steps(model, tmodel, ids, lengths)
+        for i in range(3):  # the same losses before anything is timed
+            a, b = mg_step(), torch_step()
+            if not abs(a - b) <= 1e-4 * abs(b):
+                raise SystemExit(f"{label}: losses differ at step {i + 1}: minigrad {a:.7f}, "
+                                 f"torch {b:.7f}")
+        for _ in range(args.warmup):
+            mg_step(), torch_step()
+        rounds = [(timed(mg_step, args.window), timed(torch_step, args.window))
+                  for _ in range(args.rounds)]
+        m = statistics.median(r[0] for r in rounds) * 1e3
+        t = statistics.median(r[1] for r in rounds) * 1e3
+        rows.append((label, m, t))
+        print(f"  {label}: minigrad {m:.2f} ms, torch {t:.2f} ms, x torch {t / m:.2f}",
+              flush=True)
+    out.append(f"\n### {threads} thread{'s' if threads > 1 else ''}: V{len(vocab)} B{args.batch} "
+               f"T{ids.shape[1]}, d_model {args.d_model}, {args.nhead} heads, {args.layers} "
+               f"layers, feed-forward {args.ff}\n")
+    out.append("| model | minigrad ms | torch ms | × torch |\n|---|---:|---:|---:|")
+    out += [f"| {label} | {m:.2f} | {t:.2f} | **{t / m:.2f}** |" for label, m, t in rows]
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", default="1", help="comma-separated thread counts (1)")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--nhead", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--ff", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--window", type=float, default=0.3, help="seconds per timing (0.3)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="1 round, short windows")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.window, args.warmup = 1, 0.02, 1
+    import torch
+
+    mg.freeze_gc()
+    out = ["## `python benchmarks/bench_transformer.py` — causal Transformer LM training step\n",
+           f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; median of {args.rounds} "
+           f"interleaved rounds, ≥ {args.window * 1e3:.0f} ms per contender per round",
+           f"- {platform.machine()}, nproc = {os.cpu_count()}; Python "
+           f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}",
+           f"- load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+           "(a shared machine: compare ratios within one run)",
+           "- ratio = torch time / minigrad time (> 1: minigrad faster); same weights, losses "
+           "checked equal before timing"]
+    results = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        print(f"{threads} thread(s):", flush=True)
+        results[threads] = run(args, threads, out)
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
