@@ -13,6 +13,7 @@ line is checked three ways, over hypothesis-drawn small shapes:
 ids, has no gradient to check and its own test below).
 """
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
+from minigrad.attention import attend
 from minigrad.core import ops
 
 # ----------------------------------------------------------------------------- strategies
@@ -245,6 +247,93 @@ def weighted(parts, axis):
     return mg.concat([p * (i + 1.0) for i, p in enumerate(parts)], axis)
 
 
+# ----------------------------------------------------------------------------- Transformer rows
+
+ERF = np.vectorize(math.erf)
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def gelu_ref(x):
+    return 0.5 * x * (1 + ERF(x / math.sqrt(2)))
+
+
+def gelu_tanh_ref(x):
+    return 0.5 * x * (1 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+
+
+@st.composite
+def layer_norm_shapes(draw, affine=True):
+    """x (..., *normalized) with weight and bias of the normalized shape (1 or 2 axes)."""
+    s = draw(shape(min_dims=1))
+    d = draw(st.integers(1, len(s)).filter(lambda d: d <= 2))
+    return ((s, s[len(s) - d:], s[len(s) - d:]) if affine else (s,)), {"d": d}
+
+
+def layer_norm_ref(x, w=None, b=None, d=1, eps=0.01):
+    axes = tuple(range(x.ndim - d, x.ndim))
+    xc = x - x.mean(axis=axes, keepdims=True)
+    y = xc / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
+    return y if w is None else y * w + b
+
+
+@st.composite
+def attention_shapes(draw):
+    """q (..., L, E), k (..., S, E), v (..., S, Ev) with 1 or 2 leading axes; a bool mask
+    (True = attend, every row keeps key 0) broadcasting over some axes, or none; causal."""
+    lead = tuple(draw(st.lists(sides, min_size=1, max_size=2)))
+    L, S, E, Ev = (draw(sides) for _ in range(4))
+    mask = None
+    if draw(st.booleans()):
+        mshape = tuple(n if draw(st.booleans()) else 1 for n in lead) + (L, S)
+        mask = draw(hnp.arrays(np.bool_, mshape))
+        mask[..., 0] = True
+    return ((*lead, L, E), (*lead, S, E), (*lead, S, Ev)), {"mask": mask,
+                                                             "causal": draw(st.booleans())}
+
+
+def attention_ref(q, k, v, mask=None, causal=False):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    if causal:
+        s = s + np.triu(np.full(s.shape[-2:], -np.inf), k=1)
+    return softmax_ref(s, -1) @ v
+
+
+def sdpa(q, k, v, mask=None, causal=False):
+    return mg.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+def attention_weights(q, k, v):
+    """Both outputs of the primitive (output and weights), so the weights' VJP is checked."""
+    out, w = attend(q, k, v, None, 0.0, 0.5)
+    return mg.concat([out.reshape(-1), w.reshape(-1)])
+
+
+def attention_weights_ref(q, k, v):
+    p = softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1)
+    return np.concatenate([(p @ v).reshape(-1), p.reshape(-1)])
+
+
+def attention_dropout(q, k, v):
+    """Dropout on the weights, with the same drop mask on every call (seeded)."""
+    mg.manual_seed(7)
+    return attend(q, k, v, None, 0.4, 0.5)[0]
+
+
+def attention_dropout_ref(q, k, v):
+    mg.manual_seed(7)
+    keep = (mg.get_rng().random(q.shape[:-1] + (k.shape[-2],)) >= 0.4) / 0.6
+    return (softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) * keep) @ v
+
+
+def qkv4():
+    """Four-axis (B, H, ·, ·) q, k, v for the primitive itself."""
+    return st.tuples(*(sides,) * 6).map(
+        lambda d: (((d[0], d[1], d[2], d[4]), (d[0], d[1], d[3], d[4]),
+                    (d[0], d[1], d[3], d[5])), {}))
+
+
 # ----------------------------------------------------------------------------- the table
 
 @dataclass
@@ -370,6 +459,24 @@ CASES = [
     Case("astype",       "astype", lambda x: x.astype(F32).astype(np.float64),
          lambda x: x.astype(F32).astype(np.float64), (-2, 2), unary(), check={"eps": 1e-2},
          dtype32=np.float64),
+    # ---- the Transformer's fused rows (each also checked against its composition below)
+    Case("gelu",         "gelu", lambda x: mg.functional.gelu(x), gelu_ref, (-3, 3), unary(),
+         atol32=2e-6),
+    Case("gelu-tanh",    "gelu", lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_ref,
+         (-3, 3), unary(), atol32=2e-6),
+    Case("layer_norm",   "layer_norm",
+         lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
+         layer_norm_ref, (-2, 2), layer_norm_shapes(), atol32=2e-5),
+    Case("layer_norm-plain", "layer_norm",
+         lambda x, d: mg.functional.layer_norm(x, x.shape[x.ndim - d:], eps=0.01),
+         lambda x, d: layer_norm_ref(x, d=d), (-2, 2), layer_norm_shapes(affine=False),
+         atol32=2e-5),
+    Case("attention",    "attention", sdpa, attention_ref, (-2, 2), attention_shapes(),
+         atol32=1e-5),
+    Case("attention-weights", "attention", attention_weights, attention_weights_ref, (-2, 2),
+         qkv4(), atol32=1e-5),
+    Case("attention-dropout", "attention", attention_dropout, attention_dropout_ref, (-2, 2),
+         qkv4(), atol32=1e-5),
 ]
 # fmt: on
 
@@ -445,6 +552,73 @@ def test_float32_forward(case, data):
     assert out.dtype == case.dtype32
     assert out.shape == np.shape(ref)
     np.testing.assert_allclose(out.data, ref, rtol=1e-5, atol=case.atol32)
+
+
+# ----------------------------------------------------------------------------- fused = composed
+
+def gelu_tanh_composed(x):
+    return 0.5 * x * (1 + (SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)).tanh())
+
+
+def layer_norm_composed(x, w, b, d):
+    axes = tuple(range(x.ndim - d, x.ndim))
+    xc = x - x.mean(axes, keepdims=True)
+    return xc * ((xc * xc).mean(axes, keepdims=True) + 0.01) ** -0.5 * w + b
+
+
+def attention_composed(q, k, v, mask=None, causal=False):
+    """softmax(q kᵀ/√E + M) v from matmul, mul, add and softmax rows."""
+    lead, L, S = q.shape[:-2], q.shape[-2], k.shape[-2]
+    q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    add = np.zeros(lead + (L, S))
+    if mask is not None:
+        add = np.where(mask, add, -np.inf)
+    if causal:
+        add = add + np.triu(np.full((L, S), -np.inf), k=1)
+    s = (q3 @ k3.transpose(0, 2, 1)) * (1 / math.sqrt(q.shape[-1])) + add.reshape(-1, L, S)
+    return (s.softmax(-1) @ v3).reshape(*lead, L, v.shape[-1])
+
+
+FUSED = {  # the exact GELU has no composition: erf is not a primitive (its reference is NumPy's)
+    "gelu-tanh": (lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_composed, unary()),
+    "layer_norm": (lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
+                   layer_norm_composed, layer_norm_shapes()),
+    "attention": (sdpa, attention_composed, attention_shapes()),
+}
+
+
+def tape_size(t):
+    nodes, todo = set(), [t._node]
+    while todo:
+        node = todo.pop()
+        if node is not None and id(node) not in nodes:
+            nodes.add(id(node))
+            todo.extend(getattr(p, "_node", None) for p in node.parents)
+    return len(nodes)
+
+
+@pytest.mark.parametrize("name", FUSED)
+@given(data=st.data())
+def test_fused_row_equals_its_composition(name, data):
+    """Each fused Transformer row gives its composition of older primitives' values and
+    gradients (float64), on fewer tape nodes (why it is fused: benchmarks/bench_transformer.py
+    measures the time)."""
+    fused, composed, shapes = FUSED[name]
+    shps, params = data.draw(shapes, label="shapes, params")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    arrays = [rng.uniform(-2, 2, s) for s in shps]
+    outs, grads, sizes = [], [], []
+    for fn in (fused, composed):
+        xs = [mg.tensor(a, requires_grad=True) for a in arrays]
+        y = fn(*xs, **params)
+        sizes.append(tape_size(y))
+        y.backward(np.random.default_rng(1).standard_normal(y.shape))
+        outs.append(y)
+        grads.append([x.grad for x in xs])
+    np.testing.assert_allclose(outs[0].data, outs[1].data, rtol=1e-12, atol=1e-12)
+    for gf, gc in zip(*grads):
+        np.testing.assert_allclose(gf, gc, rtol=1e-10, atol=1e-12)
+    assert sizes[0] < sizes[1]
 
 
 BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b,

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from minigrad.kernels.jit import inline, kernel, scalar_overload
-from minigrad.kernels.numerics import exp_row, tanh
+from minigrad.kernels.numerics import _TANH_CLAMP, exp_row, tanh
 
 _SQRT1_2, _SQRT_2_OVER_PI, _INV_SQRT_2PI = 0.7071067811865476, 0.7978845608028654, \
     0.3989422804014327
@@ -37,7 +37,7 @@ def _erf32(x):
     q = np.float32(_ERF_Q[0])
     for c in _ERF_Q[1:]:
         q = q * x2 + np.float32(c)
-    return x * p / q
+    return min(max(x * p / q, np.float32(-1.0)), np.float32(1.0))
 
 
 def erf(x):
@@ -50,6 +50,21 @@ def _erf_impl(x):
     if x == numba.float32:
         return lambda x: _erf32(x)
     return lambda x: math.erf(x)
+
+
+def sech2(u, t):
+    """1 - tanh²(u) from t = tanh(u), for use inside kernels.  NOTE: in float32 the rational
+    tanh saturates at 1 - 6e-8 beyond |u| = 7.9, where 1 - t² would stay ~1e-7 instead of
+    falling to 0 (times GELU's chain factor ~x³, an error of 1e-5 at x = -6): 0 there."""
+    return 1 - t * t
+
+
+@scalar_overload(sech2)
+def _sech2_impl(u, t):
+    if t == numba.float32:
+        return lambda u, t: np.float32(1) - t * t if abs(u) < np.float32(_TANH_CLAMP) \
+            else np.float32(0)
+    return lambda u, t: 1 - t * t
 
 
 @kernel
@@ -80,8 +95,9 @@ def gelu_backward(g, x, tanh_form):
     if tanh_form:
         for i in range(x.size):
             v = x[i]
-            t = tanh(s2pi * (v + c * v * v * v))
-            d = half * (one + t) + half * v * (one - t * t) * s2pi * (one + three * c * v * v)
+            u = s2pi * (v + c * v * v * v)
+            t = tanh(u)
+            d = half * (one + t) + half * v * sech2(u, t) * s2pi * (one + three * c * v * v)
             out[i] = g[i] * d
         return out
     for i in range(x.size):
