@@ -12,7 +12,7 @@ median round; ratio = torch time / minigrad time (> 1: minigrad faster).  The ma
 shared 2-core box: compare ratios measured in one run, never absolute times across runs.
 
     python benchmarks/bench_transformer.py                     # 1 thread, both variants
-    python benchmarks/bench_transformer.py --threads 1,2 --markdown benchmarks/results_transformer.md
+    python benchmarks/bench_transformer.py --threads 1,2 --markdown FILE
     python benchmarks/bench_transformer.py --quick             # a smoke run (the tests)
 """
 
@@ -113,13 +113,13 @@ def steps(model, tmodel, ids, lengths, lr=0.1):
     return mg_step, torch_step
 
 
-def timed(fn, window):
-    """Seconds per call: calls batched to last at least ``window`` seconds."""
-    n, t0 = 0, time.perf_counter()
+def timed(fn, window, clock):
+    """Seconds per call: calls batched to last at least ``window`` seconds of ``clock``."""
+    n, t0 = 0, clock()
     while True:
         fn()
         n += 1
-        t = time.perf_counter() - t0
+        t = clock() - t0
         if t >= window:
             return t / n
 
@@ -130,6 +130,11 @@ def run(args, threads, out):
     mg.set_num_threads(threads)
     torch.set_num_threads(threads)
     vocab, ids, lengths = names_batch(args.batch)
+    # NOTE: one thread: the process's CPU time, which other jobs on a shared machine do not
+    # inflate the way they inflate wall time; more threads: wall time (CPU time would add
+    # the threads up).
+    clock = time.process_time if threads == 1 and args.clock == "auto" or args.clock == "cpu" \
+        else time.perf_counter
     rows = []
     for label, norm_first, activation in VARIANTS:
         model, tmodel = build(vocab, args, norm_first, activation)
@@ -141,16 +146,17 @@ def run(args, threads, out):
                                  f"torch {b:.7f}")
         for _ in range(args.warmup):
             mg_step(), torch_step()
-        rounds = [(timed(mg_step, args.window), timed(torch_step, args.window))
+        rounds = [(timed(mg_step, args.window, clock), timed(torch_step, args.window, clock))
                   for _ in range(args.rounds)]
         m = statistics.median(r[0] for r in rounds) * 1e3
         t = statistics.median(r[1] for r in rounds) * 1e3
         rows.append((label, m, t))
         print(f"  {label}: minigrad {m:.2f} ms, torch {t:.2f} ms, x torch {t / m:.2f}",
               flush=True)
-    out.append(f"\n### {threads} thread{'s' if threads > 1 else ''}: V{len(vocab)} B{args.batch} "
-               f"T{ids.shape[1]}, d_model {args.d_model}, {args.nhead} heads, {args.layers} "
-               f"layers, feed-forward {args.ff}\n")
+    out.append(f"\n### {threads} thread{'s' if threads > 1 else ''} "
+               f"({'CPU' if clock is time.process_time else 'wall'} time): V{len(vocab)} "
+               f"B{args.batch} T{ids.shape[1]}, d_model {args.d_model}, {args.nhead} heads, "
+               f"{args.layers} layers, feed-forward {args.ff}\n")
     out.append("| model | minigrad ms | torch ms | × torch |\n|---|---:|---:|---:|")
     out += [f"| {label} | {m:.2f} | {t:.2f} | **{t / m:.2f}** |" for label, m, t in rows]
     return rows
@@ -167,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--window", type=float, default=0.3, help="seconds per timing (0.3)")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
+                    help="auto: CPU time with 1 thread, wall time with more (auto)")
     ap.add_argument("--quick", action="store_true", help="1 round, short windows")
     ap.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     args = ap.parse_args(argv)

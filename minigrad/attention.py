@@ -35,6 +35,18 @@ def gelu(x, approximate="none"):
     return apply(ops.GELU, _float_tensor("gelu", "input", x), approximate)
 
 
+def linear(x, weight, bias=None):
+    """y = x Wᵀ + b for x (..., in_features), weight (out_features, in_features), bias
+    (out_features,) or None: ``nn.Linear``'s function as one fused row (PyTorch's F.linear)."""
+    x = _float_tensor("linear", "input", x)
+    if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1] \
+            or (bias is not None and bias.shape != weight.shape[:1]):
+        raise ValueError(f"linear: input {x.shape}, weight {weight.shape} and bias "
+                         f"{None if bias is None else bias.shape} do not fit: expected "
+                         "(..., I), (O, I) and (O,)")
+    return apply(ops.LINEAR, x, weight, bias)
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Normalise over the trailing ``normalized_shape`` axes (Ba, Kiros & Hinton, 2016):
     y = (x - μ) / √(σ² + eps) · weight + bias, μ and σ² (biased) per sample.
@@ -83,15 +95,17 @@ def check_rows(mask, where):
                          "entirely padding?)")
 
 
-def attend(q, k, v, mask, dropout_p, scale):
-    """The attention primitive on (B, H, L, E), (B, H, S, E), (B, H, S, Ev) tensors with an
-    additive ``mask`` array (already checked); returns (out (B, H, L, Ev), weights
-    (B, H, L, S)) — the weights after dropout, as PyTorch's ``need_weights``."""
+def attend(q, k, v, heads, mask, dropout_p, scale):
+    """The attention primitive: q (B, L, ·, E), k (B, S, ·, E), v (B, S, ·, Ev) tensors, head
+    h reading slot q0 + h, k0 + h, v0 + h of them for ``heads`` = (q0, k0, v0, H); k or v
+    None means the same tensor as the one before it (a packed projection).  ``mask`` is an
+    additive array, already checked.  Returns (out (B, L, H, Ev), weights (B, H, L, S)) —
+    the weights after dropout, as PyTorch's ``need_weights``."""
     drop = None
     if dropout_p > 0:
-        shape = q.shape[:-1] + (k.shape[-2],)
+        shape = (q.shape[0], heads[3], q.shape[1], (q if k is None else k).shape[1])
         drop = ((get_rng().random(shape) >= dropout_p) / (1 - dropout_p)).astype(q.dtype)
-    out, weights, _ = apply(ops.ATTENTION, q, k, v, mask, drop, scale)
+    out, weights, _ = apply(ops.ATTENTION, q, k, v, heads, mask, drop, scale)
     return out, weights
 
 
@@ -134,16 +148,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if mask is not None:
         check_rows(mask, where)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if q.ndim == 4:
-        return attend(q, k, v, mask, float(dropout_p), scale)[0]
-    # The primitive takes (B, H, ·, ·): any other leading axes are flattened into B.
+    # The primitive's layout is (B, L, heads, E): here every leading axis goes into B.
     lead = q.shape[:-2]
     if mask is not None:
         mask = np.broadcast_to(mask, lead + (L, S)).reshape(-1, 1, L, S)
-    out = attend(*(t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v)), mask,
-                 float(dropout_p), scale)[0]
-    return out.reshape(lead + out.shape[-2:])
+    out = attend(*(t.reshape(-1, t.shape[-2], 1, t.shape[-1]) for t in (q, k, v)),
+                 (0, 0, 0, 1), mask, float(dropout_p), scale)[0]
+    return out.reshape(lead + (L, v.shape[-1]))
 
 
 __all__ = ["additive_mask", "attend", "check_rows", "gelu", "generate_square_subsequent_mask",
-           "layer_norm", "scaled_dot_product_attention"]
+           "layer_norm", "linear", "scaled_dot_product_attention"]

@@ -8,7 +8,7 @@ All are compositions of Tensor operations (no backward code here).  The Transfor
 
 import numpy as np
 
-from minigrad.attention import gelu, layer_norm, scaled_dot_product_attention
+from minigrad.attention import gelu, layer_norm, linear, scaled_dot_product_attention
 from minigrad.core import ops
 from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
@@ -130,5 +130,6 @@ def _operand(x):
     return x if isinstance(x, (Tensor, int, float)) else Tensor(np.asarray(x))
 
 
-__all__ = ["addmm", "cross_entropy", "dropout", "gelu", "layer_norm", "log_softmax", "one_hot",
-           "relu", "scaled_dot_product_attention", "sigmoid", "softmax", "tanh", "where"]
+__all__ = ["addmm", "cross_entropy", "dropout", "gelu", "layer_norm", "linear", "log_softmax",
+           "one_hot", "relu", "scaled_dot_product_attention", "sigmoid", "softmax", "tanh",
+           "where"]

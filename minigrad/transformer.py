@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from minigrad import attention as F
-from minigrad.core.tensor import Tensor, unstack
+from minigrad.core.tensor import Tensor
 from minigrad.nn import Dropout, Linear, Module, ModuleList, Parameter, ReLU, _positive_int, init
 
 
@@ -171,21 +171,29 @@ class MultiheadAttention(Module):
         if k.shape[:2] != v.shape[:2] or k.shape[0] != B:
             raise ValueError(f"{where}: key {k.shape} and value {v.shape} need the same batch "
                              f"and length, and the query's batch {B}")
-        if packed:  # self-attention: one GEMM for Q, K and V
-            qkv = self._project(q, self.in_proj_weight, self.in_proj_bias)
-            q, k, v = unstack(qkv.reshape(B, L, 3, H, hd).transpose(2, 0, 3, 1, 4), 0)
+        w, b = self.in_proj_weight, self.in_proj_bias
+
+        def rows(t, lo, hi):  # t[lo·E : hi·E] of the stacked weight or bias
+            return None if t is None else t[lo * E:hi * E]
+
+        if packed:  # self-attention: one GEMM for Q, K and V, read in place by the primitive
+            qkv = (F.linear(q, w, b).reshape(B, L, 3 * H, hd), None, None)
+            heads = (0, H, 2 * H, H)
+        elif key is value and w is not None:  # one GEMM for K and V
+            qkv = (F.linear(q, rows(w, 0, 1), rows(b, 0, 1)).reshape(B, L, H, hd),
+                   F.linear(k, rows(w, 1, 3), rows(b, 1, 3)).reshape(B, S, 2 * H, hd),
+                   None)
+            heads = (0, 0, H, H)
         else:
-            ws = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight) \
-                if self.in_proj_weight is None else \
-                (self.in_proj_weight[:E], self.in_proj_weight[E:2 * E], self.in_proj_weight[2 * E:])
-            b = self.in_proj_bias
-            bs = (None,) * 3 if b is None else (b[:E], b[E:2 * E], b[2 * E:])
-            q, k, v = (self._project(t, w, bi).reshape(B, t.shape[1], H, hd).transpose(0, 2, 1, 3)
-                       for t, w, bi in zip((q, k, v), ws, bs))
+            ws = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight) if w is None \
+                else (rows(w, 0, 1), rows(w, 1, 2), rows(w, 2, 3))
+            qkv = tuple(F.linear(t, wi, rows(b, i, i + 1)).reshape(B, t.shape[1], H, hd)
+                        for i, (t, wi) in enumerate(zip((q, k, v), ws)))
+            heads = (0, 0, 0, H)
         mask = self._mask(key_padding_mask, attn_mask, is_causal, B, L, S)
-        out, weights = F.attend(q, k, v, mask, self.dropout if self.training else 0.0,
+        out, weights = F.attend(*qkv, heads, mask, self.dropout if self.training else 0.0,
                                 1 / math.sqrt(hd))
-        out = self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, E))
+        out = _linear(self.out_proj, out.reshape(B, L, E))
         if not batched:
             out = out.reshape(L, E)
         elif not self.batch_first:
@@ -194,11 +202,6 @@ class MultiheadAttention(Module):
             return out, None
         weights = weights.mean(axis=1) if average_attn_weights else weights
         return out, weights if batched else weights.reshape(weights.shape[1:])
-
-    @staticmethod
-    def _project(x, w, b):
-        y = x @ w.T
-        return y if b is None else y + b
 
     def _mask(self, key_padding_mask, attn_mask, is_causal, B, L, S):
         """One additive mask broadcasting to (B, h, L, S), or None; rows checked."""
@@ -223,6 +226,11 @@ class MultiheadAttention(Module):
         if mask is not None:
             F.check_rows(mask, where)
         return mask
+
+
+def _linear(layer, x):
+    """An nn.Linear's function as the one fused ``linear`` row."""
+    return F.linear(x, layer.weight, layer.bias)
 
 
 def _activation(activation):
@@ -270,7 +278,8 @@ class _Layer(Module):
                                             need_weights=False, is_causal=is_causal)[0])
 
     def _ff_block(self, x, dropout):
-        return dropout(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        h = self.dropout(self.activation(_linear(self.linear1, x)))
+        return dropout(_linear(self.linear2, h))
 
 
 class TransformerEncoderLayer(_Layer):
@@ -382,7 +391,7 @@ class SinusoidalPositionalEmbedding(Module):
             raise ValueError(f"{type(self).__name__}: expected input (..., T, "
                              f"{self.embedding_dim}), got shape {x.shape}")
         T = x.shape[-2]
-        if not 0 <= offset or offset + T > self.max_len:
+        if not offset >= 0 or offset + T > self.max_len:
             raise ValueError(f"{type(self).__name__}: positions {offset}..{offset + T - 1} "
                              f"are beyond max_len={self.max_len}")
         return x + self.table(offset, T)

@@ -91,7 +91,7 @@ class TransformerLM(Autoregressive):
         T = ids.shape[1]
         h = self.encoder(self.pos(self.embedding(ids)), mask=generate_square_subsequent_mask(T),
                          is_causal=True)
-        logits = self.out(h)
+        logits = mg.functional.linear(h, self.out.weight, self.out.bias)
         new = mg.as_array(inputs).shape[1]
         return (logits if new == T else logits[:, T - new:]), ids
 
@@ -135,7 +135,7 @@ class MaskedLM(Module):
         self.embedding = Embedding(vocab_size, E)
         self.pos = LearnedPositionalEmbedding(max_len, E)
         self.embed_norm = LayerNorm(E)
-        self.embed_project = Linear(E, d_model) if E != d_model else None
+        self.embed_project = Linear(E, d_model) if d_model != E else None
         layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, "gelu")
         if share_layers:
             self.layer = layer
@@ -159,8 +159,9 @@ class MaskedLM(Module):
                 x = self.layer(x, src_key_padding_mask=key_padding_mask)
         else:
             x = self.encoder(x, src_key_padding_mask=key_padding_mask)
-        h = self.head_norm(mg.functional.gelu(self.head(x)))
-        return h @ self.embedding.weight.T + self.out_bias
+        h = self.head_norm(mg.functional.gelu(mg.functional.linear(x, self.head.weight,
+                                                                  self.head.bias)))
+        return mg.functional.linear(h, self.embedding.weight, self.out_bias)  # tied weights
 
     def loss(self, ids, targets, key_padding_mask=None):
         """Mean cross-entropy of the original tokens at the positions where ``targets`` ≥ 0

@@ -461,6 +461,7 @@ def layer_norm_backward_ref(g, x, w, eps):
 
 
 def attention_ref(q, k, v, mask, drop, scale):
+    """On the heads-first layout (B, H, ·, ·)."""
     s = np.einsum("bhle,bhse->bhls", f64(q), f64(k)) * scale + f64(mask)
     e = np.where(np.isneginf(s), 0.0, np.exp(s - s.max(-1, keepdims=True)))
     p = e / e.sum(-1, keepdims=True)
@@ -539,21 +540,40 @@ def attention_inputs(draw, dtype):
     return [x.astype(dtype) for x in (*arrays[:3], mask, drop, *arrays[3:])]
 
 
+def blhe(x):
+    """(B, H, L, E) <-> (B, L, H, E), C-contiguous: the kernels' layout."""
+    return np.ascontiguousarray(np.swapaxes(x, 1, 2))
+
+
 @given(data=st.data(), dtype=FLOATS)
 def test_attention_kernels(data, dtype):
+    """Reference on (B, H, ·, ·); the kernels read (B, ·, H, ·) (k and v as two slots of one
+    packed array here, as a cross-attention's key/value projection)."""
     q, k, v, mask, drop, go, ga = data.draw(attention_inputs(dtype))
+    H = q.shape[1]
+    kv = np.concatenate([blhe(k), blhe(v)], axis=2) if k.shape == v.shape else None
+    ks, vs, heads = (kv, kv, (0, 0, H, H)) if kv is not None else (blhe(k), blhe(v),
+                                                                    (0, 0, 0, H))
     scale = dtype(0.7)
-    out, a, p = kernels.attention(q, k, v, mask, drop, scale, True)
+    out, a, p = kernels.attention(blhe(q), ks, vs, heads, mask, drop, scale, True)
     ro, ra, rp = attention_ref(q, k, v, mask, drop, 0.7)
     E, S = q.shape[-1], k.shape[2]
-    close(out, ro, dtype, terms=S * 10)
+    close(out, blhe(ro), dtype, terms=S * 10)
     close(a, ra, dtype, terms=E * 10)
     close(p, rp, dtype, terms=E * 10)
     assert (p[np.isneginf(np.broadcast_to(mask, p.shape))] == 0).all()  # masked: exactly 0
-    for got, ref in zip(kernels.attention_backward(go, ga, q, k, v, drop, a, p, scale, True,
-                                                   True),
-                        attention_backward_ref(go, ga, q, k, v, drop, p, 0.7)):
-        close(got, ref, dtype, terms=S * E * 30)
-    plain = kernels.attention(q, k, v, mask, drop[:1, :1, :1, :1], scale, False)
+    grads = [np.zeros_like(x) for x in (blhe(q), ks, vs)]
+    if kv is not None:
+        grads[2] = grads[1]  # the same array: each slot gets its own gradient
+    kernels.attention_backward(blhe(go), ga, blhe(q), ks, vs, heads, drop, a, p, scale, True,
+                               True, *grads)
+    dq, dk, dv = attention_backward_ref(go, ga, q, k, v, drop, p, 0.7)
+    close(grads[0], blhe(dq), dtype, terms=S * E * 30)
+    if kv is not None:
+        close(grads[1], np.concatenate([blhe(dk), blhe(dv)], axis=2), dtype, terms=S * E * 30)
+    else:
+        close(grads[1], blhe(dk), dtype, terms=S * E * 30)
+        close(grads[2], blhe(dv), dtype, terms=S * E * 30)
+    plain = kernels.attention(blhe(q), ks, vs, heads, mask, drop[:1, :1, :1, :1], scale, False)
     assert plain[1] is plain[2] or np.shares_memory(plain[1], plain[2])  # A is P
-    close(plain[0], attention_ref(q, k, v, mask, np.ones(1), 0.7)[0], dtype, terms=S * 10)
+    close(plain[0], blhe(attention_ref(q, k, v, mask, np.ones(1), 0.7)[0]), dtype, terms=S * 10)

@@ -304,34 +304,56 @@ def sdpa(q, k, v, mask=None, causal=False):
     return mg.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
+def heads_first(x):
+    """(B, L, H, E), the primitive's layout -> (B, H, L, E)."""
+    return np.swapaxes(x, 1, 2)
+
+
 def attention_weights(q, k, v):
     """Both outputs of the primitive (output and weights), so the weights' VJP is checked."""
-    out, w = attend(q, k, v, None, 0.0, 0.5)
+    out, w = attend(q, k, v, (0, 0, 0, q.shape[2]), None, 0.0, 0.5)
     return mg.concat([out.reshape(-1), w.reshape(-1)])
 
 
 def attention_weights_ref(q, k, v):
+    q, k, v = (heads_first(x) for x in (q, k, v))
     p = softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1)
-    return np.concatenate([(p @ v).reshape(-1), p.reshape(-1)])
+    return np.concatenate([heads_first(p @ v).reshape(-1), p.reshape(-1)])
 
 
 def attention_dropout(q, k, v):
     """Dropout on the weights, with the same drop mask on every call (seeded)."""
     mg.manual_seed(7)
-    return attend(q, k, v, None, 0.4, 0.5)[0]
+    return attend(q, k, v, (0, 0, 0, q.shape[2]), None, 0.4, 0.5)[0]
 
 
 def attention_dropout_ref(q, k, v):
     mg.manual_seed(7)
+    q, k, v = (heads_first(x) for x in (q, k, v))
     keep = (mg.get_rng().random(q.shape[:-1] + (k.shape[-2],)) >= 0.4) / 0.6
-    return (softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) * keep) @ v
+    return heads_first((softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) * keep) @ v)
+
+
+def attention_packed(qkv, heads):
+    """One packed (B, L, 3H, E) projection read as q, k and v (self-attention)."""
+    return attend(qkv, None, None, (0, heads, 2 * heads, heads), None, 0.0, 0.5)[0]
+
+
+def attention_packed_ref(qkv, heads):
+    q, k, v = (heads_first(x) for x in np.split(qkv, 3, axis=2))
+    return heads_first(softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) @ v)
 
 
 def qkv4():
-    """Four-axis (B, H, ·, ·) q, k, v for the primitive itself."""
+    """(B, L, H, E) q, (B, S, H, E) k, (B, S, H, Ev) v: the primitive's own layout."""
     return st.tuples(*(sides,) * 6).map(
-        lambda d: (((d[0], d[1], d[2], d[4]), (d[0], d[1], d[3], d[4]),
-                    (d[0], d[1], d[3], d[5])), {}))
+        lambda d: (((d[0], d[2], d[1], d[4]), (d[0], d[3], d[1], d[4]),
+                    (d[0], d[3], d[1], d[5])), {}))
+
+
+def packed4():
+    return st.tuples(*(sides,) * 4).map(
+        lambda d: (((d[0], d[1], 3 * d[2], d[3]),), {"heads": d[2]}))
 
 
 # ----------------------------------------------------------------------------- the table
@@ -477,6 +499,8 @@ CASES = [
          qkv4(), atol32=1e-5),
     Case("attention-dropout", "attention", attention_dropout, attention_dropout_ref, (-2, 2),
          qkv4(), atol32=1e-5),
+    Case("attention-packed", "attention", attention_packed, attention_packed_ref, (-2, 2),
+         packed4(), atol32=1e-5),
 ]
 # fmt: on
 

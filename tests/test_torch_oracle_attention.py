@@ -163,17 +163,19 @@ def test_multihead_attention_kdim_vdim():
              lambda m, q, k, v: m(q, k, v, key_padding_mask=torch.tensor(kpm)))
 
 
-def test_scaled_dot_product_attention():
+@pytest.mark.parametrize("shapes", [(B, NHEAD), (B,), ()], ids=["4d", "3d", "2d"])
+@pytest.mark.parametrize("kw", ["plain", "mask", "causal", "scale"])
+def test_scaled_dot_product_attention(kw, shapes):
     rng = np.random.default_rng(4)
-    mask = rng.random((B, NHEAD, L, S)) < 0.7
+    mask = rng.random((*shapes, L, S)) < 0.7
     mask[..., 0] = True  # bool here means *may attend*, as torch's
-    for kw in ({}, {"attn_mask": mask}, {"is_causal": True}, {"scale": 0.3}):
-        _compare(mg.nn.Module(), torch.nn.Module(),
-                 _inputs((B, NHEAD, L, E), (B, NHEAD, S, E), (B, NHEAD, S, 3)),
-                 lambda m, *qkv: (mg.functional.scaled_dot_product_attention(*qkv, **kw),),
-                 lambda m, *qkv: (torch.nn.functional.scaled_dot_product_attention(
-                     *qkv, **{k: torch.tensor(v) if k == "attn_mask" else v
-                              for k, v in kw.items()}),))
+    kw = {"plain": {}, "mask": {"attn_mask": mask}, "causal": {"is_causal": True},
+          "scale": {"scale": 0.3}}[kw]
+    tkw = {k: torch.tensor(v) if k == "attn_mask" else v for k, v in kw.items()}
+    _compare(mg.nn.Module(), torch.nn.Module(),
+             _inputs((*shapes, L, E), (*shapes, S, E), (*shapes, S, 3)),
+             lambda m, *qkv: (mg.functional.scaled_dot_product_attention(*qkv, **kw),),
+             lambda m, *qkv: (torch.nn.functional.scaled_dot_product_attention(*qkv, **tkw),))
 
 
 # ---------------------------------------------------------------------------- layers, stacks

@@ -399,8 +399,8 @@ CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nou
 
 
 # ======================================================================= Transformer rows
-# GELU, layer normalisation and attention are fused: each replaces 5-11 recorded ops and as
-# many passes over memory (tests/test_ops.py checks each against its composition).
+# GELU, linear, layer normalisation and attention are fused: each replaces 3-11 recorded ops
+# and as many passes over memory (tests/test_ops.py checks each against its composition).
 
 def _gelu(a, approximate):
     return kernels.gelu(np.ascontiguousarray(a).reshape(-1), approximate == "tanh") \
@@ -410,6 +410,22 @@ def _gelu(a, approximate):
 GELU = defprim("gelu", _gelu, lambda g, out, a, approximate: kernels.gelu_backward(
     np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(a).reshape(-1),
     approximate == "tanh").reshape(a.shape))
+
+
+def _linear(x, w, b):
+    """x (..., I) wᵀ + b for w (O, I): one GEMM, the bias added in place (PyTorch's F.linear)."""
+    y = _mm2(x.reshape(-1, x.shape[-1]), w.T)
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+LINEAR = defprim(
+    "linear", _linear,
+    lambda g, out, x, w, b: _mm2(g.reshape(-1, g.shape[-1]), w).reshape(x.shape),
+    lambda g, out, x, w, b: OuterSum(g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])),
+    lambda g, out, x, w, b: unbroadcast(g, b.shape),
+)
 
 
 def _layer_norm(x, weight, bias, d, eps):
@@ -435,28 +451,41 @@ def _layer_norm_vjp(g, out, x, weight, bias, d, eps):
 LAYER_NORM = defprim("layer_norm", _layer_norm, vjp_all=_layer_norm_vjp, nout=3)
 
 
-def _attention(q, k, v, mask, drop, scale):
-    """Queries (B, H, L, E), keys (B, H, S, E), values (B, H, S, Ev): P = softmax(q·kᵀ·scale
-    + mask) over S, A = P·drop, out = A·v; returns (out, A, P).  ``mask`` (broadcasting to
-    (B, H, L, S)) is additive with a finite entry in every row, or None; ``drop``
-    (B, H, L, S) holds dropout's 0 or 1/(1-p), or None."""
-    c, S = np.ascontiguousarray, k.shape[2]
+def _attention(q, k, v, heads, mask, drop, scale):
+    """Queries q (B, L, ·, E), keys k (B, S, ·, E), values v (B, S, ·, Ev); ``heads`` =
+    (q0, k0, v0, H) picks head h as q[:, :, q0 + h] ...; k or v None: the same as the input
+    before it (one packed projection).  P = softmax(q kᵀ·scale + mask) over S, A = P·drop,
+    out = A v: returns (out (B, L, H, Ev), A, P (B, H, L, S)).  ``mask`` (broadcasting to
+    (B, H, L, S)) is additive with a finite entry in every row, or None; ``drop`` holds
+    dropout's 0 or 1/(1-p), or None."""
+    q, k, v = _packed(q, k, v)
+    S = k.shape[1]
     m = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
         (1,) * (4 - mask.ndim) + mask.shape)
-    m = c(np.broadcast_to(m, m.shape[:3] + (S,)))
-    return kernels.attention(c(q), c(k), c(v), m, _dummy(drop, q), q.dtype.type(scale),
+    m = np.ascontiguousarray(np.broadcast_to(m, m.shape[:3] + (S,)))
+    return kernels.attention(q, k, v, heads, m, _dummy(drop, q), q.dtype.type(scale),
                              drop is not None)
+
+
+def _packed(q, k, v):
+    c = np.ascontiguousarray
+    q = c(q)
+    k = q if k is None else c(k)
+    return q, k, k if v is None else c(v)
 
 
 def _dummy(x, like):
     return np.zeros((1, 1, 1, 1), like.dtype) if x is None else x
 
 
-def _attention_vjp(g, out, q, k, v, mask, drop, scale):
-    c = np.ascontiguousarray
-    return (*kernels.attention_backward(
-        c(g[0]), _dummy(g[1], q), c(q), c(k), c(v), _dummy(drop, q), out[1], out[2],
-        q.dtype.type(scale), g[1] is not None, drop is not None), None, None, None)
+def _attention_vjp(g, out, q, k, v, heads, mask, drop, scale):
+    dq = np.zeros(q.shape, q.dtype)
+    dk = dq if k is None else np.zeros(k.shape, k.dtype)
+    dv = dk if v is None else np.zeros(v.shape, v.dtype)
+    kernels.attention_backward(np.ascontiguousarray(g[0]), _dummy(g[1], dq), *_packed(q, k, v),
+                               heads, _dummy(drop, dq), out[1], out[2], dq.dtype.type(scale),
+                               g[1] is not None, drop is not None, dq, dk, dv)
+    return dq, None if k is None else dk, None if v is None else dv, None, None, None, None
 
 
 ATTENTION = defprim("attention", _attention, vjp_all=_attention_vjp, nout=3)
