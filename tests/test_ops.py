@@ -262,6 +262,18 @@ def gelu_tanh_ref(x):
 
 
 @st.composite
+def linear_shapes(draw):
+    """x (..., I), weight (O, I), bias (O,) or none."""
+    lead = draw(shape(max_dims=2))
+    i, o = draw(sides), draw(sides)
+    return ((*lead, i), (o, i), (o,)) if draw(st.booleans()) else ((*lead, i), (o, i)), {}
+
+
+def linear_ref(x, w, b=None):
+    return x @ w.T + (0 if b is None else b)
+
+
+@st.composite
 def layer_norm_shapes(draw, affine=True):
     """x (..., *normalized) with weight and bias of the normalized shape (1 or 2 axes)."""
     s = draw(shape(min_dims=1))
@@ -486,6 +498,8 @@ CASES = [
          atol32=2e-6),
     Case("gelu-tanh",    "gelu", lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_ref,
          (-3, 3), unary(), atol32=2e-6),
+    Case("linear",       "linear", lambda x, w, b=None: mg.functional.linear(x, w, b),
+         linear_ref, (-2, 2), linear_shapes(), atol32=1e-5),
     Case("layer_norm",   "layer_norm",
          lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
          layer_norm_ref, (-2, 2), layer_norm_shapes(), atol32=2e-5),
@@ -603,7 +617,14 @@ def attention_composed(q, k, v, mask=None, causal=False):
     return (s.softmax(-1) @ v3).reshape(*lead, L, v.shape[-1])
 
 
+def linear_composed(x, w, b=None):
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+    return y if b is None else y + b
+
+
 FUSED = {  # the exact GELU has no composition: erf is not a primitive (its reference is NumPy's)
+    "linear": (lambda x, w, b=None: mg.functional.linear(x, w, b), linear_composed,
+               linear_shapes()),
     "gelu-tanh": (lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_composed, unary()),
     "layer_norm": (lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
                    layer_norm_composed, layer_norm_shapes()),
