@@ -62,6 +62,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if p is not None and (p.shape != shape or p.dtype != x.dtype):
             raise ValueError(f"layer_norm: {name} has shape {p.shape} and dtype {p.dtype}; "
                              f"expected {shape} and the input's {x.dtype}")
+    weight = np.ones(shape, x.dtype) if weight is None else weight  # constants: no gradient
+    bias = np.zeros(shape, x.dtype) if bias is None else bias
     return apply(ops.LAYER_NORM, x, weight, bias, len(shape), float(eps))[0]
 
 
@@ -99,12 +101,17 @@ def attend(q, k, v, heads, mask, dropout_p, scale):
     """The attention primitive: q (B, L, ·, E), k (B, S, ·, E), v (B, S, ·, Ev) tensors, head
     h reading slot q0 + h, k0 + h, v0 + h of them for ``heads`` = (q0, k0, v0, H); k or v
     None means the same tensor as the one before it (a packed projection).  ``mask`` is an
-    additive array, already checked.  Returns (out (B, L, H, Ev), weights (B, H, L, S)) —
-    the weights after dropout, as PyTorch's ``need_weights``."""
+    additive array broadcasting to (B, H, L, S), already checked, or None.  Returns
+    (out (B, L, H, Ev), weights (B, H, L, S)), the weights after dropout as PyTorch's
+    ``need_weights``."""
+    B, L, S = q.shape[0], q.shape[1], (q if k is None else k).shape[1]
+    mask = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
+        (1,) * (4 - mask.ndim) + mask.shape)
+    mask = np.ascontiguousarray(np.broadcast_to(mask, mask.shape[:3] + (S,)))
     drop = None
     if dropout_p > 0:
-        shape = (q.shape[0], heads[3], q.shape[1], (q if k is None else k).shape[1])
-        drop = ((get_rng().random(shape) >= dropout_p) / (1 - dropout_p)).astype(q.dtype)
+        drop = ((get_rng().random((B, heads[3], L, S)) >= dropout_p) / (1 - dropout_p)) \
+            .astype(q.dtype)
     out, weights, _ = apply(ops.ATTENTION, q, k, v, heads, mask, drop, scale)
     return out, weights
 

@@ -429,22 +429,18 @@ LINEAR = defprim(
 
 
 def _layer_norm(x, weight, bias, d, eps):
-    """Normalise over the last ``d`` axes: (y, mean, rstd); weight/bias None means 1/0."""
+    """Normalise over the last ``d`` axes, then ·weight + bias: returns (y, mean, rstd)."""
     rows = np.ascontiguousarray(x).reshape(-1, math.prod(x.shape[x.ndim - d:]))
-    one = np.ones(rows.shape[1], x.dtype)
-    w = one if weight is None else weight.reshape(-1)
-    b = one * 0 if bias is None else bias.reshape(-1)
-    y, mean, rstd = kernels.layer_norm_rows(rows, w, b, x.dtype.type(eps))
+    y, mean, rstd = kernels.layer_norm_rows(rows, weight.reshape(-1), bias.reshape(-1),
+                                            x.dtype.type(eps))
     return y.reshape(x.shape), mean, rstd
 
 
 def _layer_norm_vjp(g, out, x, weight, bias, d, eps):
     rows = np.ascontiguousarray(x).reshape(out[1].size, -1)
-    w = np.ones(rows.shape[1], x.dtype) if weight is None else weight.reshape(-1)
     gx, gw, gb = kernels.layer_norm_backward_rows(np.ascontiguousarray(g[0]).reshape(rows.shape),
-                                                  rows, w, out[1], out[2])
-    return (gx.reshape(x.shape), None if weight is None else gw.reshape(weight.shape),
-            None if bias is None else gb.reshape(bias.shape), None, None)
+                                                  rows, weight.reshape(-1), out[1], out[2])
+    return gx.reshape(x.shape), gw.reshape(weight.shape), gb.reshape(bias.shape), None, None
 
 
 # Outputs 1 and 2 (the rows' mean and 1/σ) are auxiliary, saved for the VJP.
@@ -455,16 +451,11 @@ def _attention(q, k, v, heads, mask, drop, scale):
     """Queries q (B, L, ·, E), keys k (B, S, ·, E), values v (B, S, ·, Ev); ``heads`` =
     (q0, k0, v0, H) picks head h as q[:, :, q0 + h] ...; k or v None: the same as the input
     before it (one packed projection).  P = softmax(q kᵀ·scale + mask) over S, A = P·drop,
-    out = A v: returns (out (B, L, H, Ev), A, P (B, H, L, S)).  ``mask`` (broadcasting to
-    (B, H, L, S)) is additive with a finite entry in every row, or None; ``drop`` holds
-    dropout's 0 or 1/(1-p), or None."""
-    q, k, v = _packed(q, k, v)
-    S = k.shape[1]
-    m = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
-        (1,) * (4 - mask.ndim) + mask.shape)
-    m = np.ascontiguousarray(np.broadcast_to(m, m.shape[:3] + (S,)))
-    return kernels.attention(q, k, v, heads, m, _dummy(drop, q), q.dtype.type(scale),
-                             drop is not None)
+    out = A v: returns (out (B, L, H, Ev), A, P (B, H, L, S)).  ``mask`` (B|1, H|1, L|1, S)
+    is additive with a finite entry in every row; ``drop`` holds dropout's 0 or 1/(1-p), or
+    is None."""
+    return kernels.attention(*_packed(q, k, v), heads, mask, _dummy(drop, q),
+                             q.dtype.type(scale), drop is not None)
 
 
 def _packed(q, k, v):
