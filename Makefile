@@ -17,20 +17,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# Optional: every recurrent layer against torch.nn (float64, values and gradients).  Torch is
-# installed into the venv here only; it is never a dependency of the package or of `make test`.
+# Optional: every recurrent and Transformer layer against torch.nn (float64, values and
+# gradients).  Torch is installed into the venv here only; it is never a dependency of the
+# package or of `make test`.
 test-oracle: $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pytest -q tests/test_torch_oracle.py $(ARGS)
+	$(PY) -m pytest -q tests/test_torch_oracle.py tests/test_torch_oracle_attention.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The engine's building blocks, then training steps with 1 and 2 threads (both tables, the
-# min-char-rnn reference, peak memory and compile cost) written to benchmarks/results.md.
+# min-char-rnn reference, peak memory and compile cost) written to benchmarks/results.md, and
+# the causal Transformer LM against torch's nn.TransformerEncoder (benchmarks/results_transformer.md).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md
+	$(PY) benchmarks/bench_transformer.py --threads 1,2 --markdown benchmarks/results_transformer.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,6 +17,7 @@ shared 2-core box: compare ratios measured in one run, never absolute times acro
 """
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -113,6 +114,15 @@ def steps(model, tmodel, ids, lengths, lr=0.1):
     return mg_step, torch_step
 
 
+def check_losses(label, mg_step, torch_step, n=3):
+    """The same losses for ``n`` steps before anything is timed, or SystemExit."""
+    for i in range(n):
+        a, b = mg_step(), torch_step()
+        if not abs(a - b) <= 1e-4 * abs(b):
+            raise SystemExit(f"{label}: losses differ at step {i + 1}: minigrad {a:.7f}, "
+                             f"torch {b:.7f}")
+
+
 def timed(fn, window, clock):
     """Seconds per call: calls batched to last at least ``window`` seconds of ``clock``."""
     n, t0 = 0, clock()
@@ -122,6 +132,58 @@ def timed(fn, window, clock):
         t = clock() - t0
         if t >= window:
             return t / n
+
+
+def fused_rows(args, clock, out):
+    """Each fused Transformer row against its composition of older primitives (forward +
+    backward at the demo's shape; the compositions are the ones tests/test_ops.py holds the
+    fused rows to)."""
+    B, T, d, H, ff = args.batch, 10, args.d_model, args.nhead, args.ff
+    rng = np.random.default_rng(0)
+
+    def tensor(*shape):
+        return mg.tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+
+    x, h, w, b = tensor(B, T, d), tensor(B, T, ff), tensor(3 * d, d), tensor(3 * d)
+    gamma, beta = tensor(d), tensor(d)
+    mask = mg.nn.generate_square_subsequent_mask(T)
+    c = math.sqrt(2 / math.pi)
+
+    def composed_attention(qkv):
+        q, k, v = (t.reshape(B, T, H, d // H).transpose(0, 2, 1, 3).reshape(B * H, T, d // H)
+                   for t in qkv.split(d, axis=2))
+        p = ((q @ k.transpose(0, 2, 1)) * (1 / math.sqrt(d // H)) + mask).softmax(-1)
+        return (p @ v).reshape(B, H, T, d // H).transpose(0, 2, 1, 3).reshape(B, T, d)
+
+    def composed_layer_norm(x):
+        xc = x - x.mean(-1, keepdims=True)
+        return xc * ((xc * xc).mean(-1, keepdims=True) + 1e-5) ** -0.5 * gamma + beta
+
+    cases = [
+        ("gelu (tanh form)", lambda: mg.functional.gelu(h, "tanh"),
+         lambda: 0.5 * h * (1 + (c * (h + 0.044715 * h ** 3)).tanh())),
+        ("linear", lambda: mg.functional.linear(x, w, b), lambda: x @ w.T + b),
+        ("layer_norm", lambda: mg.functional.layer_norm(x, d, gamma, beta),
+         lambda: composed_layer_norm(x)),
+        ("causal self-attention", lambda: mg.functional.scaled_dot_product_attention(
+            *(t.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
+              for t in mg.functional.linear(x, w, b).split(d, axis=2)), is_causal=True),
+         lambda: composed_attention(x @ w.T + b)),
+    ]
+    out.append(f"\n### Fused rows against their composition (forward + backward, B{B} T{T}, "
+               f"d_model {d}, {H} heads, feed-forward {ff})\n")
+    out.append("| row | fused µs | composed µs | speed-up |\n|---|---:|---:|---:|")
+    for name, fused, composed in cases:
+        times = []
+        for fn in (fused, composed):
+            def step(fn=fn):
+                y = fn()
+                y.backward(np.ones(y.shape, np.float32))
+            step()
+            times.append(statistics.median(timed(step, args.window / 3, clock)
+                                           for _ in range(args.rounds)) * 1e6)
+        out.append(f"| {name} | {times[0]:.0f} | {times[1]:.0f} | **{times[1] / times[0]:.1f}×** |")
+        print(f"  {name}: fused {times[0]:.0f} µs, composed {times[1]:.0f} µs", flush=True)
 
 
 def run(args, threads, out):
@@ -139,11 +201,7 @@ def run(args, threads, out):
     for label, norm_first, activation in VARIANTS:
         model, tmodel = build(vocab, args, norm_first, activation)
         mg_step, torch_step = steps(model, tmodel, ids, lengths)
-        for i in range(3):  # the same losses before anything is timed
-            a, b = mg_step(), torch_step()
-            if not abs(a - b) <= 1e-4 * abs(b):
-                raise SystemExit(f"{label}: losses differ at step {i + 1}: minigrad {a:.7f}, "
-                                 f"torch {b:.7f}")
+        check_losses(label, mg_step, torch_step)
         for _ in range(args.warmup):
             mg_step(), torch_step()
         rounds = [(timed(mg_step, args.window, clock), timed(torch_step, args.window, clock))
@@ -180,7 +238,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.window, args.warmup = 1, 0.02, 1
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print("bench_transformer.py compares against PyTorch, which is not installed: "
+              "`make test-oracle` (or pip install torch==2.13.0) installs it")
+        return None
 
     mg.freeze_gc()
     out = ["## `python benchmarks/bench_transformer.py` — causal Transformer LM training step\n",
@@ -192,6 +255,8 @@ def main(argv=None):
            "(a shared machine: compare ratios within one run)",
            "- ratio = torch time / minigrad time (> 1: minigrad faster); same weights, losses "
            "checked equal before timing"]
+    mg.set_num_threads(1)
+    fused_rows(args, time.process_time, out)
     results = {}
     for threads in (int(t) for t in args.threads.split(",")):
         print(f"{threads} thread(s):", flush=True)

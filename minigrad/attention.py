@@ -91,10 +91,11 @@ def check_rows(mask, where):
     empty = np.isneginf(mask).all(axis=-1)
     if empty.any():
         at = tuple(int(i) for i in np.argwhere(empty)[0])
-        raise ValueError(f"{where}: the masks leave query row {at} (index into the mask of "
-                         f"shape {mask.shape} without its key axis) with no key to attend to; "
-                         "every row needs at least one key that is not masked (is a sequence "
-                         "entirely padding?)")
+        raise ValueError(f"{where}: every key is masked for query position {at[-1]}"
+                         + (f" of batch element {at[0]}" if len(at) > 1 else "")
+                         + f" (index {at} into the mask of shape {mask.shape} without its key "
+                         "axis): its softmax would be 0/0. Every query needs a key it may "
+                         "attend to (is a sequence all padding?)")
 
 
 def attend(q, k, v, heads, mask, dropout_p, scale):

@@ -93,7 +93,7 @@ def test_a_float_mask_is_added_to_the_scores():
 def test_a_row_with_nothing_to_attend_to_is_an_error_not_nan(where):
     mg.manual_seed(0)
     mha, x = nn.MultiheadAttention(E, H), mg.randn(B, L, E)
-    with pytest.raises(ValueError, match="no key to attend to"):
+    with pytest.raises(ValueError, match="every key is masked for query position"):
         if where == "key_padding_mask":
             mha(x, x, x, key_padding_mask=np.array([[False] * L, [True] * L]))
         elif where == "attn_mask":
