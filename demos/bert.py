@@ -128,13 +128,12 @@ def train_one(name, model, args, seqs, held, mask_id, n_words):
     def on_every(step, hist):
         hist.evals.append((step, evaluate(model, held)[1]))
 
-    common.train(model, Adam(model.parameters(), lr=args.lr),
-                 lambda b: model.loss(b[0], b[1], b[2]), batches(seqs, args.batch, rng,
-                                                                  mask_id, n_words),
-                 args.steps, history=history, clip=5.0,
-                 every=args.eval_every or max(1, args.steps // 10), on_every=on_every,
-                 desc=name, progress=not args.no_progress)
-    return history
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    common.train(model, optimizer, lambda b: model.loss(b[0], b[1], b[2]),
+                 batches(seqs, args.batch, rng, mask_id, n_words), args.steps,
+                 history=history, clip=5.0, every=args.eval_every or max(1, args.steps // 10),
+                 on_every=on_every, desc=name, progress=not args.no_progress)
+    return history, optimizer
 
 
 @mg.no_grad()
@@ -221,14 +220,14 @@ def main(argv=None):
         what = (f"E = {args.embed} (V×E + E×H), one layer shared by all {args.layers}"
                 if name == "ALBERT" else f"E = H = {args.hidden}, {args.layers} layers")
         print(f"  {name}: {what}: {model.num_parameters():,} parameters")
-        history = train_one(name, model, args, seqs, held, mask_id, V - 1)
+        history, optimizer = train_one(name, model, args, seqs, held, mask_id, V - 1)
         loss, acc = evaluate(model, held)
-        ckpt = common.Checkpoint(os.path.join(args.out, name.lower()), "bert", model, None,
-                                 {"albert": name == "ALBERT"}, args, vocab=vocab.itos)
-        os.makedirs(os.path.dirname(ckpt.path), exist_ok=True)
-        mg.save({"model": model, "step": len(history.losses), "meta": ckpt.meta}, ckpt.path)
+        os.makedirs(os.path.join(args.out, name.lower()), exist_ok=True)
+        ckpt = common.Checkpoint(os.path.join(args.out, name.lower()), "bert", model,
+                                 optimizer, {"albert": name == "ALBERT"}, args,
+                                 vocab=vocab.itos).save(history)
         runs[name] = {"model": model, "history": history, "params": model.num_parameters(),
-                      "loss": loss, "accuracy": acc, "checkpoint": ckpt.path}
+                      "loss": loss, "accuracy": acc, "checkpoint": ckpt}
 
     print(f"\nHeld-out masked words ({len(chosen)} positions in {HELD_OUT} sentences):")
     print(f"  {'model':24s} {'parameters':>10s} {'accuracy':>9s} {'loss':>6s}")

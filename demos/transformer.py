@@ -74,8 +74,8 @@ def parse_args(argv=None):
 
 def train_one(name, model, args, vocab, train_names, held_ids):
     """Adam on the shared batch stream; returns the history with (step, held-out loss)
-    evaluations and the training seconds at each of them (evaluation excluded, and the
-    first step's compilation: one forward/backward runs before the clock starts)."""
+    evaluations, the training seconds at each of them (evaluation excluded, and the first
+    step's compilation: one forward/backward runs before the clock starts) and Adam."""
     batches = common.forever(SequenceBatches(
         [vocab.encode(n, add_eos=True) for n in train_names], args.batch,
         rng=np.random.default_rng(args.seed)))
@@ -99,16 +99,14 @@ def train_one(name, model, args, vocab, train_names, held_ids):
                  progress=not args.no_progress)
     tqdm.write(f"  {name}: held-out {history.evals[0][1]:.3f} -> {history.evals[-1][1]:.3f} "
                f"nats per letter in {seconds[-1]:.1f} s of training")
-    return history, seconds
+    return history, seconds, optimizer
 
 
-def save(model, name, args, history, vocab, arch):
-    ckpt = common.Checkpoint(os.path.join(args.out, name), "transformer", model, None, arch,
-                             args, vocab=vocab.itos)
-    os.makedirs(os.path.dirname(ckpt.path), exist_ok=True)
-    mg.save({"model": model, "step": len(history.losses),
-             "losses": np.asarray(history.losses), "meta": ckpt.meta}, ckpt.path)
-    return ckpt.path
+def save(model, optimizer, name, args, history, vocab, arch):
+    """The demos' checkpoint (model, Adam, history, flags, vocabulary) in ``--out/name``."""
+    os.makedirs(os.path.join(args.out, name), exist_ok=True)
+    return common.Checkpoint(os.path.join(args.out, name), "transformer", model,
+                             optimizer, arch, args, vocab=vocab.itos).save(history)
 
 
 def plot(path, runs, maps, shown, args):
@@ -174,14 +172,16 @@ def main(argv=None):
     runs = {}
     for name, model in models.items():
         mg.manual_seed(args.seed)
-        history, seconds = train_one(name, model, args, vocab, train_names, held_ids)
+        history, seconds, optimizer = train_one(name, model, args, vocab, train_names,
+                                                held_ids)
         arch = {"d_model": args.d_model, "heads": args.heads, "layers": args.layers,
                 "ff": args.ff} if name == "Transformer" else {"hidden": args.hidden}
         runs[name] = {"history": history, "seconds": seconds, "log_v": log_v,
                       "params": model.num_parameters(),
                       "held_out": (history.evals[0][1], history.evals[-1][1]),
                       "steps_per_second": len(history.losses) / max(seconds[-1], 1e-9),
-                      "checkpoint": save(model, name.lower(), args, history, vocab, arch)}
+                      "checkpoint": save(model, optimizer, name.lower(), args, history, vocab,
+                                         arch)}
 
     rows = [f"  {'model':12s} {'parameters':>10s} {'held-out':>9s} {'perplexity':>10s} "
             f"{'steps/s':>8s} {'train s':>8s}"]

@@ -30,6 +30,7 @@ from minigrad.nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
     generate_square_subsequent_mask,
+    init,
 )
 from models.language_model import Autoregressive
 
@@ -118,7 +119,8 @@ class MaskedLM(Module):
     dropout=0.1, max_len=64, embedding_dim=None, share_layers=False)``: BERT's encoder and
     masked-token head; ALBERT with ``embedding_dim`` E < ``d_model`` and ``share_layers``.
 
-    Embedding: tokens (V×E) + learned positions (max_len×E), LayerNorm, then (ALBERT) a
+    Embedding: tokens (V×E, N(0, 1/E)) + learned positions (max_len×E),
+    LayerNorm, then (ALBERT) a
     Linear E→H.  ``num_layers`` post-norm GELU encoder layers (with ``share_layers``, one
     ``layer`` applied ``num_layers`` times).  Head: Linear H→E, GELU, LayerNorm, then the
     token embedding's own weights (tied, as BERT's) plus a bias: logits (B, T, V).
@@ -133,6 +135,9 @@ class MaskedLM(Module):
         self.vocab_size, self.num_layers, self.share_layers = vocab_size, num_layers, \
             share_layers
         self.embedding = Embedding(vocab_size, E)
+        # NOTE: N(0, 1/E): the tied read-out h·e then starts with logits of unit scale (N(0, 1)
+        # rows made the first loss ~25 nats; BERT's N(0, 0.02²) learned slowly at this size)
+        init.normal_(self.embedding.weight, std=E ** -0.5)
         self.pos = LearnedPositionalEmbedding(max_len, E)
         self.embed_norm = LayerNorm(E)
         self.embed_project = Linear(E, d_model) if d_model != E else None
