@@ -12,7 +12,9 @@ the letters before it — on the same 1 821 training names, batches, optimizer a
 
 It prints a table (parameters, held-out loss and perplexity, steps per second), samples
 from both, and writes ``transformer.png``: held-out loss against steps and against seconds
-of training for both, and where each head of each layer looks while reading one held-out
+of training for both (CPU seconds with one thread, the default: the time the run itself
+used, which other jobs on a shared machine do not inflate; compilation and evaluation
+excluded), and where each head of each layer looks while reading one held-out
 name (row t: the letter being predicted after position t; columns: the positions it attends
 to — the upper triangle is empty, the future is masked).
 
@@ -72,6 +74,13 @@ def parse_args(argv=None):
     return args
 
 
+def cpu_clock(args):
+    """The clock of the seconds axis: with one thread the process's CPU time, which other
+    jobs on a shared machine do not inflate as they inflate wall time; with more, wall
+    time (CPU time would add the threads up)."""
+    return time.process_time if args.threads == 1 else time.perf_counter
+
+
 def train_one(name, model, args, vocab, train_names, held_ids):
     """Adam on the shared batch stream; returns the history with (step, held-out loss)
     evaluations, the training seconds at each of them (evaluation excluded, and the first
@@ -82,18 +91,19 @@ def train_one(name, model, args, vocab, train_names, held_ids):
     optimizer = Adam(model.parameters(), lr=args.lr)
     history = common.History()
     history.evals.append((0, common.evaluate(model, held_ids)))
-    seconds, clock = [0.0], {"start": time.perf_counter(), "eval": 0.0}
+    now = cpu_clock(args)
+    seconds, clock = [0.0], {"start": now(), "eval": 0.0}
 
     def on_every(step, hist):
-        t = time.perf_counter()
+        t = now()
         seconds.append(t - clock["start"] - clock["eval"])
         hist.evals.append((step, common.evaluate(model, held_ids)))
-        clock["eval"] += time.perf_counter() - t
+        clock["eval"] += now() - t
 
     every = args.eval_every or max(1, args.steps // 20)
     model.loss(*next(batches)[:2])[0].backward()  # compile (or load) the kernels off the clock
     model.zero_grad()
-    clock["start"] = time.perf_counter()
+    clock["start"] = now()
     common.train(model, optimizer, lambda b: model.loss(b[0], b[1])[0], batches, args.steps,
                  history=history, clip=5.0, every=every, on_every=on_every, desc=name,
                  progress=not args.no_progress)
@@ -116,7 +126,8 @@ def plot(path, runs, maps, shown, args):
     grid = fig.add_gridspec(1 + n_layers, max(heads, 4), height_ratios=[1.5] + [1] * n_layers)
     colors = {"Transformer": "tab:red", "LSTM": "tab:blue"}
     half = max(heads, 4) // 2
-    for col, (xlabel, key) in enumerate((("step", "steps"), ("seconds of training", "secs"))):
+    secs = "CPU seconds of training" if args.threads == 1 else "seconds of training"
+    for col, (xlabel, key) in enumerate((("step", "steps"), (secs, "secs"))):
         ax = fig.add_subplot(grid[0, col * half:(col + 1) * half])
         for name, r in runs.items():
             xs = [s for s, _ in r["history"].evals] if key == "steps" else r["seconds"]
@@ -184,7 +195,7 @@ def main(argv=None):
                                          arch)}
 
     rows = [f"  {'model':12s} {'parameters':>10s} {'held-out':>9s} {'perplexity':>10s} "
-            f"{'steps/s':>8s} {'train s':>8s}"]
+            f"{'steps/s':>8s} {'train s':>8s}" + (" (CPU)" if args.threads == 1 else "")]
     rows += [f"  {name:12s} {r['params']:>10,} {r['held_out'][1]:9.3f} "
              f"{math.exp(r['held_out'][1]):10.2f} {r['steps_per_second']:8.1f} "
              f"{r['seconds'][-1]:8.1f}" for name, r in runs.items()]

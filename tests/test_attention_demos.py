@@ -6,6 +6,8 @@ for every one of them; the tests run seed 0.
 import math
 
 import numpy as np
+import pytest
+import test_demos
 
 from demos import bert, transformer
 
@@ -68,3 +70,17 @@ def test_bert_fills_blanks_and_albert_is_smaller(tmp_path):
     assert b["loss"] < math.log(r["vocab_size"]) - 1.5
     assert len(r["fills"]["BERT"]) >= 5 and all("___" in t for t, _, _ in r["fills"]["BERT"])
     assert_png(r["plot"])
+
+
+@pytest.mark.parametrize("name", ["transformer", "bert"])
+def test_every_numeric_flag_gets_an_argparse_error(name, monkeypatch, capsys):
+    """The rule of tests/test_demos.py for the supplement's demos too."""
+    test_demos.test_every_numeric_flag_gets_an_argparse_error(name, monkeypatch, capsys)
+
+
+def test_flags_that_do_not_fit_together_are_refused(capsys):
+    for module, argv, match in ((transformer, ["--d-model", "30"], "divisible by --heads 4"),
+                                (bert, ["--albert", "--embed", "64"], "smaller than --hidden")):
+        with pytest.raises(SystemExit):
+            module.parse_args(argv)
+        assert match in capsys.readouterr().err
