@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from minigrad import attention as F
-from minigrad.core.tensor import Tensor
+from minigrad.core.tensor import Tensor, as_array
 from minigrad.nn import Dropout, Linear, Module, ModuleList, Parameter, ReLU, _positive_int, init
 
 
@@ -164,7 +164,7 @@ class MultiheadAttention(Module):
         if not batched:
             q, k, v = (t.reshape(1, *t.shape) for t in (q, k, v))
             if key_padding_mask is not None:
-                key_padding_mask = np.asarray(key_padding_mask)[None]
+                key_padding_mask = as_array(key_padding_mask)[None]
         elif not self.batch_first:
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))
         (B, L, _), S = q.shape, k.shape[1]
