@@ -137,8 +137,8 @@ TESTED = {
     "sum_axis0", "sum_axis1", "log_softmax_rows", "softmax_rows",
     "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
     "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows",
-    "gelu", "gelu_backward", "layer_norm_rows", "layer_norm_backward_rows", "attention",
-    "attention_backward",
+    "gelu", "gelu_backward", "layer_norm_rows", "layer_norm_backward_rows",
+    "attention_softmax", "attention_softmax_backward",
 }
 # Fused recurrent-cell kernels are checked against the composed cells in their own tests.
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
@@ -460,22 +460,16 @@ def layer_norm_backward_ref(g, x, w, eps):
     return dx, (g * xh).sum(0), g.sum(0)
 
 
-def attention_ref(q, k, v, mask, drop, scale):
-    """On the heads-first layout (B, H, ·, ·)."""
-    s = np.einsum("bhle,bhse->bhls", f64(q), f64(k)) * scale + f64(mask)
-    e = np.where(np.isneginf(s), 0.0, np.exp(s - s.max(-1, keepdims=True)))
+def attention_softmax_ref(s, mask, drop, scale):
+    z = f64(s) * scale + f64(mask)
+    e = np.where(np.isneginf(z), 0.0, np.exp(z - z.max(-1, keepdims=True)))
     p = e / e.sum(-1, keepdims=True)
-    a = p * f64(drop)
-    return np.einsum("bhls,bhse->bhle", a, f64(v)), a, p
+    return p * f64(drop), p
 
 
-def attention_backward_ref(go, ga, q, k, v, drop, p, scale):
-    a = p * f64(drop)
-    da = np.einsum("bhle,bhse->bhls", f64(go), f64(v)) + f64(ga)
-    dp = da * f64(drop)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
-    return (np.einsum("bhls,bhse->bhle", ds, f64(k)), np.einsum("bhls,bhle->bhse", ds, f64(q)),
-            np.einsum("bhls,bhle->bhse", a, f64(go)))
+def attention_softmax_backward_ref(da, p, drop, scale):
+    dp = f64(da) * f64(drop)
+    return p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
 
 
 @pytest.mark.parametrize("tanh_form", [False, True])
@@ -526,54 +520,28 @@ def test_layer_norm_kernels(data, dtype, shape, eps):
 
 @st.composite
 def attention_inputs(draw, dtype):
-    """q, k, v, an additive mask broadcasting over some axes (each row keeps a key), dropout
-    multipliers (or ones) and the gradients of both outputs."""
-    b, h, L, S, E, Ev = (draw(st.integers(1, 4)) for _ in range(6))
+    """Scores (B, H, L, S), an additive mask broadcasting over some axes (every row keeps a
+    key), dropout multipliers, and a gradient."""
+    b, h, L, S = (draw(st.integers(1, 4)) for _ in range(4))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     mshape = tuple(n if draw(st.booleans()) else 1 for n in (b, h, L)) + (S,)
     mask = np.where(rng.random(mshape) < 0.3, -np.inf, rng.uniform(-2, 0, mshape))
     mask[..., rng.integers(0, S)] = 0.5
-    drop = np.where(rng.random((b, h, L, S)) < 0.3, 0, 1 / 0.7) if draw(st.booleans()) \
-        else np.ones((b, h, L, S))
-    arrays = [rng.uniform(-2, 2, s) for s in ((b, h, L, E), (b, h, S, E), (b, h, S, Ev),
-                                              (b, h, L, Ev), (b, h, L, S))]
-    return [x.astype(dtype) for x in (*arrays[:3], mask, drop, *arrays[3:])]
+    drop = np.where(rng.random((b, h, L, S)) < 0.3, 0, 1 / 0.7)
+    s, da = rng.uniform(-4, 4, (b, h, L, S)), rng.standard_normal((b, h, L, S))
+    return [x.astype(dtype) for x in (s, mask, drop, da)]
 
 
-def blhe(x):
-    """(B, H, L, E) <-> (B, L, H, E), C-contiguous: the kernels' layout."""
-    return np.ascontiguousarray(np.swapaxes(x, 1, 2))
-
-
-@given(data=st.data(), dtype=FLOATS)
-def test_attention_kernels(data, dtype):
-    """Reference on (B, H, ·, ·); the kernels read (B, ·, H, ·) (k and v as two slots of one
-    packed array here, as a cross-attention's key/value projection)."""
-    q, k, v, mask, drop, go, ga = data.draw(attention_inputs(dtype))
-    H = q.shape[1]
-    kv = np.concatenate([blhe(k), blhe(v)], axis=2) if k.shape == v.shape else None
-    ks, vs, heads = (kv, kv, (0, 0, H, H)) if kv is not None else (blhe(k), blhe(v),
-                                                                    (0, 0, 0, H))
+@given(data=st.data(), dtype=FLOATS, use_drop=st.booleans())
+def test_attention_softmax_kernels(data, dtype, use_drop):
+    s, mask, drop, da = data.draw(attention_inputs(dtype))
     scale = dtype(0.7)
-    out, a, p = kernels.attention(blhe(q), ks, vs, heads, mask, drop, scale, True)
-    ro, ra, rp = attention_ref(q, k, v, mask, drop, 0.7)
-    E, S = q.shape[-1], k.shape[2]
-    close(out, blhe(ro), dtype, terms=S * 10)
-    close(a, ra, dtype, terms=E * 10)
-    close(p, rp, dtype, terms=E * 10)
+    ra, rp = attention_softmax_ref(s, mask, drop if use_drop else np.ones(1), 0.7)
+    a, p = kernels.attention_softmax(s.copy(), mask, drop, scale, use_drop)
+    close(p, rp, dtype, terms=10)
+    close(a, ra, dtype, terms=10)
+    assert (a is p) != use_drop
     assert (p[np.isneginf(np.broadcast_to(mask, p.shape))] == 0).all()  # masked: exactly 0
-    grads = [np.zeros_like(x) for x in (blhe(q), ks, vs)]
-    if kv is not None:
-        grads[2] = grads[1]  # the same array: each slot gets its own gradient
-    kernels.attention_backward(blhe(go), ga, blhe(q), ks, vs, heads, drop, a, p, scale, True,
-                               True, *grads)
-    dq, dk, dv = attention_backward_ref(go, ga, q, k, v, drop, p, 0.7)
-    close(grads[0], blhe(dq), dtype, terms=S * E * 30)
-    if kv is not None:
-        close(grads[1], np.concatenate([blhe(dk), blhe(dv)], axis=2), dtype, terms=S * E * 30)
-    else:
-        close(grads[1], blhe(dk), dtype, terms=S * E * 30)
-        close(grads[2], blhe(dv), dtype, terms=S * E * 30)
-    plain = kernels.attention(blhe(q), ks, vs, heads, mask, drop[:1, :1, :1, :1], scale, False)
-    assert plain[1] is plain[2] or np.shares_memory(plain[1], plain[2])  # A is P
-    close(plain[0], blhe(attention_ref(q, k, v, mask, np.ones(1), 0.7)[0]), dtype, terms=S * 10)
+    ds = kernels.attention_softmax_backward(da.copy(), p, drop, scale, use_drop)
+    close(ds, attention_softmax_backward_ref(da, p, drop if use_drop else np.ones(1), 0.7),
+          dtype, terms=s.shape[-1] * 10)

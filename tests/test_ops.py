@@ -356,6 +356,16 @@ def attention_packed_ref(qkv, heads):
     return heads_first(softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) @ v)
 
 
+def attention_same(x):
+    """q = k = v: one tensor in the same slots (the VJP adds the three gradients)."""
+    return attend(x, None, None, (0, 0, 0, x.shape[2]), None, 0.0, 0.5)[0]
+
+
+def attention_same_ref(x):
+    x = heads_first(x)
+    return heads_first(softmax_ref(x @ np.swapaxes(x, -1, -2) * 0.5, -1) @ x)
+
+
 def qkv4():
     """(B, L, H, E) q, (B, S, H, E) k, (B, S, H, Ev) v: the primitive's own layout."""
     return st.tuples(*(sides,) * 6).map(
@@ -515,6 +525,8 @@ CASES = [
          qkv4(), atol32=1e-5),
     Case("attention-packed", "attention", attention_packed, attention_packed_ref, (-2, 2),
          packed4(), atol32=1e-5),
+    Case("attention-same", "attention", attention_same, attention_same_ref, (-2, 2),
+         qkv4().map(lambda sp: (sp[0][:1], {})), atol32=1e-5),
 ]
 # fmt: on
 

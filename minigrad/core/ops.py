@@ -453,16 +453,24 @@ def _attention(q, k, v, heads, mask, drop, scale):
     before it (one packed projection).  P = softmax(q kᵀ·scale + mask) over S, A = P·drop,
     out = A v: returns (out (B, L, H, Ev), A, P (B, H, L, S)).  ``mask`` (B|1, H|1, L|1, S)
     is additive with a finite entry in every row; ``drop`` holds dropout's 0 or 1/(1-p), or
-    is None."""
-    return kernels.attention(*_packed(q, k, v), heads, mask, _dummy(drop, q),
-                             q.dtype.type(scale), drop is not None)
+    is None.  The products are NumPy's batched GEMMs on strided views, the softmax a kernel."""
+    (q, k, v), (q0, k0, v0, H) = _packed(q, k, v), heads
+    a, p = kernels.attention_softmax(np.matmul(_heads(q, q0, H), _heads(k, k0, H, True)), mask,
+                                     _dummy(drop, q), q.dtype.type(scale), drop is not None)
+    out = np.empty(q.shape[:2] + (H, v.shape[3]), q.dtype)
+    np.matmul(a, _heads(v, v0, H), out=out.transpose(0, 2, 1, 3))
+    return out, a, p
 
 
 def _packed(q, k, v):
-    c = np.ascontiguousarray
-    q = c(q)
-    k = q if k is None else c(k)
-    return q, k, k if v is None else c(v)
+    k = q if k is None else k
+    return q, k, k if v is None else v
+
+
+def _heads(x, first, H, t=False):
+    """Slots first .. first + H of (B, L, ·, E) as a (B, H, L, E) view ((B, H, E, L) if t)."""
+    x = x[:, :, first:first + H].transpose(0, 2, 1, 3)
+    return x.swapaxes(2, 3) if t else x
 
 
 def _dummy(x, like):
@@ -470,13 +478,19 @@ def _dummy(x, like):
 
 
 def _attention_vjp(g, out, q, k, v, heads, mask, drop, scale):
-    dq = np.zeros(q.shape, q.dtype)
-    dk = dq if k is None else np.zeros(k.shape, k.dtype)
-    dv = dk if v is None else np.zeros(v.shape, v.dtype)
-    kernels.attention_backward(np.ascontiguousarray(g[0]), _dummy(g[1], dq), *_packed(q, k, v),
-                               heads, _dummy(drop, dq), out[1], out[2], dq.dtype.type(scale),
-                               g[1] is not None, drop is not None, dq, dk, dv)
-    return dq, None if k is None else dk, None if v is None else dv, None, None, None, None
+    (q0, k0, v0, H), go = heads, g[0].transpose(0, 2, 1, 3)
+    grads = [None if x is None else np.zeros(x.shape, x.dtype) for x in (q, k, v)]
+    dq, dk, dv = _packed(*grads)
+    (q, k, v), (_, a, p) = _packed(q, k, v), out
+    da = np.matmul(go, _heads(v, v0, H, True))
+    if g[1] is not None:  # the weights were used too (need_weights)
+        da += g[1]
+    ds = kernels.attention_softmax_backward(da, p, _dummy(drop, q), q.dtype.type(scale),
+                                            drop is not None)
+    _heads(dv, v0, H)[...] += np.matmul(np.swapaxes(a, 2, 3), go)  # += : slots may coincide
+    _heads(dq, q0, H)[...] += np.matmul(ds, _heads(k, k0, H))
+    _heads(dk, k0, H)[...] += np.matmul(np.swapaxes(ds, 2, 3), _heads(q, q0, H))
+    return (*grads, None, None, None, None)
 
 
 ATTENTION = defprim("attention", _attention, vjp_all=_attention_vjp, nout=3)

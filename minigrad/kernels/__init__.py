@@ -37,8 +37,8 @@ from minigrad.kernels.numerics import (
     tanh_forward,
 )
 from minigrad.kernels.transformer import (
-    attention,
-    attention_backward,
+    attention_softmax,
+    attention_softmax_backward,
     erf,
     gelu,
     gelu_backward,
@@ -47,7 +47,8 @@ from minigrad.kernels.transformer import (
 )
 
 __all__ = [
-    "FASTMATH", "OPTIONS", "Ufunc", "attention", "attention_backward", "cache_dir",
+    "FASTMATH", "OPTIONS", "Ufunc", "attention_softmax", "attention_softmax_backward",
+    "cache_dir",
     "cross_entropy_backward_rows", "cross_entropy_rows", "elementwise", "erf", "exp_row",
     "gather_rows", "gelu", "gelu_backward", "inline", "kernel", "layer_norm_backward_rows",
     "layer_norm_rows", "load_kernels", "log_softmax_backward_rows", "log_softmax_rows",

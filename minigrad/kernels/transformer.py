@@ -160,93 +160,57 @@ def layer_norm_backward_rows(g, x, w, mean, rstd):
 
 
 @kernel
-def attention(q, k, v, heads, mask, drop, scale, use_drop):
-    """Scaled dot-product attention for small heads, one query row at a time.
-
-    q (B, L, ·, E), k (B, S, ·, E), v (B, S, ·, Ev), C-contiguous, with ``heads`` =
-    (q0, k0, v0, H): head h reads q[:, :, q0 + h], k[:, :, k0 + h] and v[:, :, v0 + h], so
-    one packed projection (B, L, 3H, E) can be q, k and v at once.  ``mask`` (B or 1, H or
-    1, L or 1, S) is additive, every row with a finite entry; ``drop`` (B, H, L, S) is used
-    when ``use_drop``.  Returns out (B, L, H, Ev), the weights A = P·drop and
-    P = softmax(q kᵀ·scale + mask) (B, H, L, S); masked keys (-inf) get exactly 0.
-    """
-    B, L, S, E, Ev = q.shape[0], q.shape[1], k.shape[1], q.shape[3], v.shape[3]
-    q0, k0, v0, H = heads
-    out = np.zeros((B, L, H, Ev), dtype=q.dtype)
-    p = np.empty((B, H, L, S), dtype=q.dtype)
-    a = np.empty((B, H, L, S), dtype=q.dtype) if use_drop else p
-    buf = np.empty(S, dtype=q.dtype)
+def attention_softmax(s, mask, drop, scale, use_drop):
+    """Attention weights from the scores s = q kᵀ (B, H, L, S), in place: P = softmax(s·scale
+    + mask) per row, ``mask`` (B or 1, H or 1, L or 1, S) additive with a finite entry in
+    every row; masked keys (-inf) get exactly 0.  Returns (A, P) with A = P·drop (``drop``
+    like P, used when ``use_drop``; else A is P)."""
+    B, H, L, S = s.shape
+    a = np.empty_like(s) if use_drop else s
     ibuf = np.empty(S, dtype=np.int32)
-    zero, low = np.zeros(1, dtype=q.dtype)[0], q.dtype.type(-80.0)
+    zero, low = np.zeros(1, dtype=s.dtype)[0], s.dtype.type(-80.0)
     for b in range(B):
         for h in range(H):
             mk = mask[min(b, mask.shape[0] - 1), min(h, mask.shape[1] - 1)]
             for i in range(L):
-                qi, mi, pi, ai = q[b, i, q0 + h], mk[min(i, mk.shape[0] - 1)], p[b, h, i], \
-                    a[b, h, i]
+                mi, pi = mk[min(i, mk.shape[0] - 1)], s[b, h, i]
                 top = -np.inf
                 for j in range(S):
-                    s = zero
-                    kj = k[b, j, k0 + h]
-                    for e in range(E):
-                        s += qi[e] * kj[e]
-                    pi[j] = s * scale + mi[j]
+                    pi[j] = pi[j] * scale + mi[j]
                     top = max(top, pi[j])
                 for j in range(S):  # NOTE: clamped so that no exp is denormal (~100x slower)
-                    buf[j] = max(pi[j] - top, low)
-                exp_row(buf, ibuf)
+                    pi[j] = max(pi[j] - top, low)
+                exp_row(pi, ibuf)
                 total = zero
                 for j in range(S):
-                    pi[j] = zero if mi[j] == -np.inf else buf[j]
+                    if mi[j] == -np.inf:
+                        pi[j] = zero
                     total += pi[j]
-                oi, r = out[b, i, h], 1 / total
+                r = 1 / total
                 for j in range(S):
                     pi[j] *= r
-                    if use_drop:
-                        ai[j] = pi[j] * drop[b, h, i, j]
-                    if ai[j] != 0:
-                        w, vj = ai[j], v[b, j, v0 + h]
-                        for e in range(Ev):
-                            oi[e] += w * vj[e]
-    return out, a, p
+                if use_drop:
+                    for j in range(S):
+                        a[b, h, i, j] = pi[j] * drop[b, h, i, j]
+    return a, s
 
 
 @kernel
-def attention_backward(go, ga, q, k, v, heads, drop, a, p, scale, use_ga, use_drop, dq, dk,
-                       dv):
-    """VJP of :func:`attention`, added into ``dq``, ``dk``, ``dv`` (shaped like q, k, v; the
-    same array where q, k, v are): with dA = go vᵀ (+ ga), dP = dA·drop and
-    dS = P·(dP - Σ_j P dP)·scale: dq = dS k, dk = dSᵀ q, dv = Aᵀ go."""
-    B, L, S, E, Ev = q.shape[0], q.shape[1], k.shape[1], q.shape[3], v.shape[3]
-    q0, k0, v0, H = heads
-    ds = np.empty(S, dtype=q.dtype)
-    zero = np.zeros(1, dtype=q.dtype)[0]
+def attention_softmax_backward(da, p, drop, scale, use_drop):
+    """VJP of :func:`attention_softmax` w.r.t. the scores, in place on dA (B, H, L, S):
+    with dP = dA·drop, dS = P·(dP - Σ_j P dP)·scale."""
+    B, H, L, S = p.shape
+    zero = np.zeros(1, dtype=p.dtype)[0]
     for b in range(B):
         for h in range(H):
             for i in range(L):
-                gi, pi, ai = go[b, i, h], p[b, h, i], a[b, h, i]
+                d, pi = da[b, h, i], p[b, h, i]
+                if use_drop:
+                    for j in range(S):
+                        d[j] *= drop[b, h, i, j]
                 dot = zero
                 for j in range(S):
-                    if pi[j] == 0:  # a masked key: no gradient either way
-                        ds[j] = zero
-                        continue
-                    vj, dvj = v[b, j, v0 + h], dv[b, j, v0 + h]
-                    d = zero
-                    for e in range(Ev):
-                        d += gi[e] * vj[e]
-                        dvj[e] += ai[j] * gi[e]
-                    if use_ga:
-                        d += ga[b, h, i, j]
-                    if use_drop:
-                        d *= drop[b, h, i, j]
-                    ds[j] = d
-                    dot += pi[j] * d
-                qi, dqi = q[b, i, q0 + h], dq[b, i, q0 + h]
+                    dot += pi[j] * d[j]
                 for j in range(S):
-                    if pi[j] == 0:
-                        continue
-                    g = pi[j] * (ds[j] - dot) * scale
-                    kj, dkj = k[b, j, k0 + h], dk[b, j, k0 + h]
-                    for e in range(E):
-                        dqi[e] += g * kj[e]
-                        dkj[e] += g * qi[e]
+                    d[j] = pi[j] * (d[j] - dot) * scale
+    return da
