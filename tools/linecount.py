@@ -27,9 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = {
     "core": ("the autodiff core: Tensor, tape, primitive table",
              ["minigrad/tensor.py", "minigrad/autograd.py", "minigrad/ops.py",
-              "minigrad/core/**/*.py"], 800),
+              "minigrad/core/**/*.py"], 805),
     "kernels": ("Numba kernels: pure functions on arrays",
-                ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 570),
+                ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 540),
     "compiler": ("the recurrence compiler: trace, IR, rewrites, generated code",
                  ["minigrad/compiler/**/*.py"], 950),
     "library": ("nn, optim, functional, data, serialization, gradcheck",

@@ -402,14 +402,14 @@ CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nou
 # GELU, linear, layer normalisation and attention are fused: each replaces 3-11 recorded ops
 # and as many passes over memory (tests/test_ops.py checks each against its composition).
 
-def _gelu(a, approximate):
-    return kernels.gelu(np.ascontiguousarray(a).reshape(-1), approximate == "tanh") \
-        .reshape(a.shape)
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
 
 
-GELU = defprim("gelu", _gelu, lambda g, out, a, approximate: kernels.gelu_backward(
-    np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(a).reshape(-1),
-    approximate == "tanh").reshape(a.shape))
+GELU = defprim(
+    "gelu", lambda a, approx: kernels.gelu(_flat(a), approx == "tanh").reshape(a.shape),
+    lambda g, out, a, approx: kernels.gelu_backward(_flat(g), _flat(a), approx == "tanh")
+    .reshape(a.shape))
 
 
 def _linear(x, w, b):
@@ -455,8 +455,8 @@ def _attention(q, k, v, heads, mask, drop, scale):
     is additive with a finite entry in every row; ``drop`` holds dropout's 0 or 1/(1-p), or
     is None.  The products are NumPy's batched GEMMs on strided views, the softmax a kernel."""
     (q, k, v), (q0, k0, v0, H) = _packed(q, k, v), heads
-    a, p = kernels.attention_softmax(np.matmul(_heads(q, q0, H), _heads(k, k0, H, True)), mask,
-                                     _dummy(drop, q), q.dtype.type(scale), drop is not None)
+    s = np.matmul(_heads(q, q0, H), _heads(k, k0, H).swapaxes(2, 3))
+    a, p = kernels.attention_softmax(s, mask, drop, q.dtype.type(scale))
     out = np.empty(q.shape[:2] + (H, v.shape[3]), q.dtype)
     np.matmul(a, _heads(v, v0, H), out=out.transpose(0, 2, 1, 3))
     return out, a, p
@@ -467,14 +467,9 @@ def _packed(q, k, v):
     return q, k, k if v is None else v
 
 
-def _heads(x, first, H, t=False):
-    """Slots first .. first + H of (B, L, ·, E) as a (B, H, L, E) view ((B, H, E, L) if t)."""
-    x = x[:, :, first:first + H].transpose(0, 2, 1, 3)
-    return x.swapaxes(2, 3) if t else x
-
-
-def _dummy(x, like):
-    return np.zeros((1, 1, 1, 1), like.dtype) if x is None else x
+def _heads(x, first, H):
+    """Slots first .. first + H of (B, L, ·, E) as a (B, H, L, E) view."""
+    return x[:, :, first:first + H].transpose(0, 2, 1, 3)
 
 
 def _attention_vjp(g, out, q, k, v, heads, mask, drop, scale):
@@ -482,11 +477,10 @@ def _attention_vjp(g, out, q, k, v, heads, mask, drop, scale):
     grads = [None if x is None else np.zeros(x.shape, x.dtype) for x in (q, k, v)]
     dq, dk, dv = _packed(*grads)
     (q, k, v), (_, a, p) = _packed(q, k, v), out
-    da = np.matmul(go, _heads(v, v0, H, True))
+    da = np.matmul(go, _heads(v, v0, H).swapaxes(2, 3))
     if g[1] is not None:  # the weights were used too (need_weights)
         da += g[1]
-    ds = kernels.attention_softmax_backward(da, p, _dummy(drop, q), q.dtype.type(scale),
-                                            drop is not None)
+    ds = kernels.attention_softmax_backward(da, p, drop, q.dtype.type(scale))
     _heads(dv, v0, H)[...] += np.matmul(np.swapaxes(a, 2, 3), go)  # += : slots may coincide
     _heads(dq, q0, H)[...] += np.matmul(ds, _heads(k, k0, H))
     _heads(dk, k0, H)[...] += np.matmul(np.swapaxes(ds, 2, 3), _heads(q, q0, H))

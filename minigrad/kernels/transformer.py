@@ -160,13 +160,13 @@ def layer_norm_backward_rows(g, x, w, mean, rstd):
 
 
 @kernel
-def attention_softmax(s, mask, drop, scale, use_drop):
+def attention_softmax(s, mask, drop, scale):
     """Attention weights from the scores s = q kᵀ (B, H, L, S), in place: P = softmax(s·scale
     + mask) per row, ``mask`` (B or 1, H or 1, L or 1, S) additive with a finite entry in
     every row; masked keys (-inf) get exactly 0.  Returns (A, P) with A = P·drop (``drop``
-    like P, used when ``use_drop``; else A is P)."""
+    like P; None: A is P)."""
     B, H, L, S = s.shape
-    a = np.empty_like(s) if use_drop else s
+    a = s if drop is None else np.empty_like(s)
     ibuf = np.empty(S, dtype=np.int32)
     zero, low = np.zeros(1, dtype=s.dtype)[0], s.dtype.type(-80.0)
     for b in range(B):
@@ -189,23 +189,23 @@ def attention_softmax(s, mask, drop, scale, use_drop):
                 r = 1 / total
                 for j in range(S):
                     pi[j] *= r
-                if use_drop:
+                if drop is not None:
                     for j in range(S):
                         a[b, h, i, j] = pi[j] * drop[b, h, i, j]
     return a, s
 
 
 @kernel
-def attention_softmax_backward(da, p, drop, scale, use_drop):
+def attention_softmax_backward(da, p, drop, scale):
     """VJP of :func:`attention_softmax` w.r.t. the scores, in place on dA (B, H, L, S):
-    with dP = dA·drop, dS = P·(dP - Σ_j P dP)·scale."""
+    with dP = dA·drop (dA when ``drop`` is None), dS = P·(dP - Σ_j P dP)·scale."""
     B, H, L, S = p.shape
     zero = np.zeros(1, dtype=p.dtype)[0]
     for b in range(B):
         for h in range(H):
             for i in range(L):
                 d, pi = da[b, h, i], p[b, h, i]
-                if use_drop:
+                if drop is not None:
                     for j in range(S):
                         d[j] *= drop[b, h, i, j]
                 dot = zero
