@@ -1,10 +1,11 @@
-"""Functional forms of the Transformer's pieces: GELU, layer normalisation, scaled dot-product
-attention with masks, and the causal mask — PyTorch's ``torch.nn.functional`` semantics.
+"""Functional forms of the Transformer's pieces: GELU, linear, layer normalisation, scaled
+dot-product attention with masks, and the causal mask — PyTorch's ``torch.nn.functional``
+semantics.
 
-Each is one fused primitive from :mod:`minigrad.core.ops` (``gelu``, ``layer_norm``,
-``attention``) behind the checks that give bad input an early, named error.  Masks become
-one *additive* float array (0 where a query may look, -inf where it may not) before they
-reach the primitive; a query row whose every key is masked raises ``ValueError`` here,
+Each is one fused primitive from :mod:`minigrad.core.ops` (``gelu``, ``linear``,
+``layer_norm``, ``attention``) behind the checks that give bad input an early, named error.
+Masks become one *additive* float array (0 where a query may look, -inf where it may not)
+before they reach the primitive; a query row whose every key is masked raises ``ValueError`` here,
 instead of PyTorch's silent NaN.  The modules built on these live in
 :mod:`minigrad.transformer`.
 """
@@ -44,6 +45,9 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input {x.shape}, weight {weight.shape} and bias "
                          f"{None if bias is None else bias.shape} do not fit: expected "
                          "(..., I), (O, I) and (O,)")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"linear: input {x.dtype}, weight {weight.dtype} and bias "
+                        f"{None if bias is None else bias.dtype} must share one float dtype")
     return apply(ops.LINEAR, x, weight, bias)
 
 
