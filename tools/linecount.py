@@ -40,6 +40,8 @@ TIERS = {
                 1600),
     "attention": ("Transformer layers (mg.nn) and their functional forms",
                   ["minigrad/attention.py", "minigrad/transformer.py"], 415),
+    "distributed": ("data-parallel training on MPI (mpi4py), Horovod's shape",
+                    ["minigrad/distributed.py"], 150),
     "runtime": ("process-wide settings: the random generator, BLAS threads",
                 ["minigrad/random.py", "minigrad/threads.py"], None),
     "models": ("cells, layers, language model, seq2seq (uses the library)",
