@@ -108,7 +108,7 @@ def steps(model, tmodel, ids, lengths, lr=0.1):
         topt.zero_grad()
         loss.backward()
         topt.step()
-        return float(loss)
+        return loss.item()
 
     assert keep > 0
     return mg_step, torch_step
