@@ -12,8 +12,8 @@ embedding becomes V×E then E×H with E < H (here V = 583 words, H = 64, E = 16)
 layer's weights serve at every depth.  ``--albert`` trains both on the same data and steps
 and prints parameters against held-out masked-word accuracy.
 
-    python -m demos.bert                # BERT, ~1-2 minutes on 2 cores
-    python -m demos.bert --albert       # BERT and ALBERT side by side
+    python -m demos.bert                # BERT, ~3 minutes of CPU
+    python -m demos.bert --albert       # BERT and ALBERT side by side, ~5 minutes
     python -m demos.bert --quick        # a few seconds (the test)
 
 Held-out sentences (the file's last 300) are masked once, the same way, for every model;

@@ -18,7 +18,7 @@ excluded), and where each head of each layer looks while reading one held-out
 name (row t: the letter being predicted after position t; columns: the positions it attends
 to — the upper triangle is empty, the future is masked).
 
-    python -m demos.transformer             # 1-2 minutes on 2 cores
+    python -m demos.transformer             # ~1 minute of CPU
     python -m demos.transformer --quick     # a few seconds (the test)
     python -m demos.transformer --d-model 128 --layers 4 --steps 3000
 
