@@ -28,12 +28,9 @@ from minigrad.kernels.loops import (
 )
 from minigrad.kernels.numerics import (
     exp_row,
-    relu_backward,
     sigmoid,
-    sigmoid_backward,
     sigmoid_forward,
     tanh,
-    tanh_backward,
     tanh_forward,
 )
 from minigrad.kernels.transformer import (
@@ -48,11 +45,9 @@ from minigrad.kernels.transformer import (
 
 __all__ = [
     "FASTMATH", "OPTIONS", "Ufunc", "attention_softmax", "attention_softmax_backward",
-    "cache_dir",
-    "cross_entropy_backward_rows", "cross_entropy_rows", "elementwise", "erf", "exp_row",
-    "gather_rows", "gelu", "gelu_backward", "inline", "kernel", "layer_norm_backward_rows",
-    "layer_norm_rows", "load_kernels", "log_softmax_backward_rows", "log_softmax_rows",
-    "relu_backward", "scatter_add_rows", "sigmoid", "sigmoid_backward", "sigmoid_forward",
-    "softmax_backward_rows", "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_backward",
-    "tanh_forward",
+    "cache_dir", "cross_entropy_backward_rows", "cross_entropy_rows", "elementwise", "erf",
+    "exp_row", "gather_rows", "gelu", "gelu_backward", "inline", "kernel",
+    "layer_norm_backward_rows", "layer_norm_rows", "load_kernels", "log_softmax_backward_rows",
+    "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward",
+    "softmax_backward_rows", "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_forward",
 ]
