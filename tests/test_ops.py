@@ -826,3 +826,13 @@ def test_one_hot_is_a_row_without_gradient():
     assert out.dtype == np.float64 and out._node is None
     with pytest.raises(IndexError, match="4"):
         mg.one_hot(np.array([4]), 4)
+
+
+def test_concat_of_a_kernels_output():
+    """A Numba kernel's output array has a MemInfo, not an ndarray, as its ``base``: concat
+    (which looks for pieces lying side by side in one array) must not walk past it."""
+    x = mg.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = mg.concat([x.softmax(-1), mg.functional.layer_norm(x, 3), x], axis=1)
+    np.testing.assert_allclose(y.data[:, :3], softmax_ref(x.data, -1))
+    y.sum().backward()
+    assert x.grad.shape == (2, 3)

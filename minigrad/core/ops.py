@@ -298,11 +298,11 @@ def _concat(axis, *xs):
     weights: see models.cells) give a read-only view of it instead of a copy."""
     a, end = xs[0], 0
     root = a
-    while root.base is not None:
+    while isinstance(root.base, np.ndarray):  # NOTE: a Numba kernel's output has a MemInfo base
         root = root.base
     for x in xs:
         r = x
-        while r.base is not None:
+        while isinstance(r.base, np.ndarray):
             r = r.base
         step = a.strides[axis] * end if a.ndim else None
         if r is not root or x.strides != a.strides or x.dtype != a.dtype or step is None or \
