@@ -227,7 +227,9 @@ def _accumulate(x, g, prim, leaves, heap):
         if slot.owned >> j & 1:
             cur += g
         else:  # the first sum allocates; from then on the slot's array is ours to add into
-            slot.grads[j] = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            total = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            # NOTE: the sum of two 0-d arrays is a NumPy scalar, which `+=` cannot update
+            slot.grads[j] = total if type(total) is _ndarray else np.asarray(total)
             slot.owned |= 1 << j
 
 
