@@ -6,6 +6,8 @@ absolute term scaled by the number of summed terms.  The float32 ``tanh``/``sigm
 rational approximation (abs error <= 3e-7); float64 is exact (<= 1e-15).
 """
 
+import math
+
 import numba
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 import minigrad as mg
 from minigrad import kernels
 from minigrad.core import autograd, ops
+from minigrad.core.autograd import unbroadcast
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 sides = st.integers(1, 5)
@@ -49,18 +52,6 @@ def tanh_ref(x):
 
 def sigmoid_ref(x):
     return 0.5 * (1 + np.tanh(f64(x) / 2))  # = 1 / (1 + e^-x), without overflow
-
-
-def tanh_backward_ref(g, y):
-    return f64(g) * (1 - f64(y) ** 2)
-
-
-def sigmoid_backward_ref(g, y):
-    return f64(g) * f64(y) * (1 - f64(y))
-
-
-def relu_backward_ref(g, y):
-    return np.where(f64(y) > 0, f64(g), 0.0)
 
 
 def sum_axis0_ref(x):
@@ -131,10 +122,12 @@ def unbroadcast_ref(g, shape):
 # ----------------------------------------------------------------------------- coverage
 
 TESTED = {
-    "tanh_forward", "sigmoid_forward", "tanh_backward", "sigmoid_backward", "relu_backward",
+    "tanh_forward", "sigmoid_forward",
     "sum_axis0", "sum_axis1", "log_softmax_rows", "softmax_rows",
     "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
     "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows",
+    "gelu", "gelu_backward", "layer_norm_rows", "layer_norm_backward_rows",
+    "attention_softmax", "attention_softmax_backward",
 }
 # Fused recurrent-cell kernels are checked against the composed cells in their own tests.
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
@@ -152,8 +145,9 @@ def test_every_kernel_has_a_reference_test():
 # ----------------------------------------------------------------------------- elementwise
 
 UNARY = {"tanh_forward": tanh_ref, "sigmoid_forward": sigmoid_ref}
-BINARY = {"tanh_backward": tanh_backward_ref, "sigmoid_backward": sigmoid_backward_ref,
-          "relu_backward": relu_backward_ref}
+# The unary rows' rules, which the walk runs as ufuncs made from them (ops.Prim).
+RULES = [p for p in ops.PRIMITIVES.values() if p.elementwise and len(p.args) == 1 and p.rules
+         and p.rules[0] is not None]
 
 
 def elementwise_tol(name, dtype):
@@ -184,19 +178,19 @@ def test_unary_ufunc(name, data, dtype, shape, kind):
     np.testing.assert_allclose(out, UNARY[name](x), rtol=0, atol=elementwise_tol(name, dtype))
 
 
-@pytest.mark.parametrize("name", BINARY)
-@given(data=st.data(), dtype=FLOATS,
-       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=5),
+@pytest.mark.parametrize("prim", RULES, ids=lambda p: p.name)
+@given(data=st.data(), dtype=FLOATS, shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
        kind=st.sampled_from(["c", "strided", "transposed"]))
-def test_binary_ufunc(name, data, dtype, shapes, kind):
-    sg, sy = shapes.input_shapes
-    g = rand(data, sg, dtype)
-    y = rand(data, sy, dtype, -1, 1)
-    out = np.asarray(getattr(kernels, name)(lay_out(g, kind), y))
-    assert out.dtype == dtype and out.shape == shapes.result_shape
-    ref = BINARY[name](g, y)
-    np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                               atol=elementwise_tol(name, dtype))
+def test_a_unary_rule_as_a_ufunc_equals_the_rule_on_arrays(prim, data, dtype, shape, kind):
+    """The one definition of a derivative, compiled into a ufunc, is the same function as
+    that definition run by NumPy (in float64)."""
+    g, a = rand(data, shape, dtype), rand(data, shape, dtype, 0.1, 2)
+    out = prim.fwd(a)
+    got = np.asarray(prim.vjps[0](lay_out(g, kind), out, a))
+    assert got.dtype == dtype and got.shape == shape
+    ref = prim.rules[0](f64(g), f64(out), f64(a))
+    np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("name", UNARY)
@@ -379,7 +373,7 @@ def test_outer_sum_is_the_sum_of_its_products(data, dtype, parts, kn):
 def test_unbroadcast(data, dtype, shapes, kind):
     target = shapes.input_shapes[0]
     g = (rand(data, shapes.result_shape, np.float64) * 4).astype(dtype)
-    out = ops.unbroadcast(lay_out(g, kind), target)
+    out = unbroadcast(lay_out(g, kind), target)
     assert out.shape == target
     assert out.dtype == dtype
     ref = unbroadcast_ref(g.astype(np.float64), target)
@@ -410,10 +404,134 @@ def test_exp_row_matches_numpy(dtype, rtol):
 def test_an_elementwise_kernel_is_one_object_with_a_ufunc_accessor():
     """Building the ufunc on first use leaves the module attribute the same object (no module
     globals rewritten); ``.ufunc()`` gives the NumPy ufunc itself."""
-    before = kernels.sigmoid_backward
+    before = ops.SIGMOID.vjps[0]
     g, y = np.array([1.0, 2.0]), np.array([0.25, 0.5])
-    np.testing.assert_allclose(before(g, y), sigmoid_backward_ref(g, y), rtol=1e-12)
-    assert kernels.sigmoid_backward is before
+    np.testing.assert_allclose(before(g, y, y), g * y * (1 - y), rtol=1e-12)
+    assert ops.SIGMOID.vjps[0] is before
     assert isinstance(before.ufunc(), np.ufunc) and before.ufunc() is before.ufunc()
     out = np.empty(2)
-    assert before(g, y, out=out) is out  # ufunc keywords pass through
+    assert before(g, y, y, out=out) is out  # ufunc keywords pass through
+
+
+# ----------------------------------------------------------------------------- Transformer
+
+ERF = np.vectorize(math.erf)
+
+
+def gelu_ref(x, tanh_form):
+    x = f64(x)
+    if tanh_form:
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + ERF(x / np.sqrt(2)))
+
+
+def gelu_backward_ref(g, x, tanh_form):
+    x = f64(x)
+    if tanh_form:
+        c = np.sqrt(2 / np.pi)
+        t = np.tanh(c * (x + 0.044715 * x ** 3))
+        return f64(g) * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
+    return f64(g) * (0.5 * (1 + ERF(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi))
+
+
+def layer_norm_ref(x, w, b, eps):
+    x = f64(x)
+    mean = x.mean(axis=1, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    return (x - mean) * rstd * f64(w) + f64(b), mean[:, 0], rstd[:, 0]
+
+
+def layer_norm_backward_ref(g, x, w, eps):
+    x, g = f64(x), f64(g)
+    _, mean, rstd = layer_norm_ref(x, np.ones(x.shape[1]), np.zeros(x.shape[1]), eps)
+    xh = (x - mean[:, None]) * rstd[:, None]
+    gh = g * f64(w)
+    dx = rstd[:, None] * (gh - gh.mean(1, keepdims=True) - xh * (gh * xh).mean(1, keepdims=True))
+    return dx, (g * xh).sum(0), g.sum(0)
+
+
+def attention_softmax_ref(s, mask, drop, scale):
+    z = f64(s) * scale + f64(mask)
+    e = np.where(np.isneginf(z), 0.0, np.exp(z - z.max(-1, keepdims=True)))
+    p = e / e.sum(-1, keepdims=True)
+    return p * f64(drop), p
+
+
+def attention_softmax_backward_ref(da, p, drop, scale):
+    dp = f64(da) * f64(drop)
+    return p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+
+
+@pytest.mark.parametrize("tanh_form", [False, True])
+@given(data=st.data(), dtype=FLOATS, n=st.integers(1, 600))
+def test_gelu_kernels(tanh_form, data, dtype, n):
+    """Forward and VJP on 1-D arrays (the exact VJP's exp works on chunks of any length)."""
+    x, g = rand(data, n, dtype, -6, 6), rand(data, n, dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(kernels.gelu(x, tanh_form), gelu_ref(x, tanh_form), **tol)
+    if tanh_form and dtype == np.float32:
+        # NOTE: 1 - t² inherits the float32 tanh's 2.8e-7 twice, times the chain factor
+        # ½x·√(2/π)(1 + 0.134x²) (≤ 15 on [-6, 6])
+        tol["atol"] = 1e-5
+    np.testing.assert_allclose(kernels.gelu_backward(g, x, tanh_form),
+                               gelu_backward_ref(g, x, tanh_form), **tol)
+
+
+@numba.njit
+def erf_array(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = kernels.erf(x[i])
+    return out
+
+
+def test_float32_erf_error_bound_on_a_dense_grid():
+    """The rational float32 erf (README: within 4.2e-7 of the exact value, and never
+    outside [-1, 1]); the float64 one is libm's."""
+    x = np.linspace(-8, 8, 400_001)
+    e32 = erf_array(x.astype(np.float32))
+    assert e32.dtype == np.float32
+    assert np.abs(e32 - ERF(x.astype(np.float32).astype(np.float64))).max() <= 4.2e-7
+    assert np.abs(e32).max() <= 1
+    np.testing.assert_allclose(erf_array(x), ERF(x), rtol=0, atol=1e-16)
+
+
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes, eps=st.sampled_from([1e-5, 0.1]))
+def test_layer_norm_kernels(data, dtype, shape, eps):
+    x, g = rand(data, shape, dtype, -3, 3), rand(data, shape, dtype)
+    w, b = rand(data, shape[1], dtype), rand(data, shape[1], dtype)
+    y, mean, rstd = kernels.layer_norm_rows(x, w, b, dtype(eps))
+    for got, ref in zip((y, mean, rstd), layer_norm_ref(x, w, b, eps)):
+        close(got, ref, dtype, terms=shape[1] * 30)  # rstd up to 1/sqrt(eps) amplifies
+    for got, ref in zip(kernels.layer_norm_backward_rows(g, x, w, mean, rstd),
+                        layer_norm_backward_ref(g, x, w, eps)):
+        close(got, ref, dtype, terms=shape[0] * shape[1] * 30)
+
+
+@st.composite
+def attention_inputs(draw, dtype):
+    """Scores (B, H, L, S), an additive mask broadcasting over some axes (every row keeps a
+    key), dropout multipliers, and a gradient."""
+    b, h, L, S = (draw(st.integers(1, 4)) for _ in range(4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mshape = tuple(n if draw(st.booleans()) else 1 for n in (b, h, L)) + (S,)
+    mask = np.where(rng.random(mshape) < 0.3, -np.inf, rng.uniform(-2, 0, mshape))
+    mask[..., rng.integers(0, S)] = 0.5
+    drop = np.where(rng.random((b, h, L, S)) < 0.3, 0, 1 / 0.7)
+    s, da = rng.uniform(-4, 4, (b, h, L, S)), rng.standard_normal((b, h, L, S))
+    return [x.astype(dtype) for x in (s, mask, drop, da)]
+
+
+@given(data=st.data(), dtype=FLOATS, use_drop=st.booleans())
+def test_attention_softmax_kernels(data, dtype, use_drop):
+    s, mask, drop, da = data.draw(attention_inputs(dtype))
+    scale = dtype(0.7)
+    ra, rp = attention_softmax_ref(s, mask, drop if use_drop else np.ones(1), 0.7)
+    a, p = kernels.attention_softmax(s.copy(), mask, drop if use_drop else None, scale)
+    close(p, rp, dtype, terms=10)
+    close(a, ra, dtype, terms=10)
+    assert (a is p) != use_drop
+    assert (p[np.isneginf(np.broadcast_to(mask, p.shape))] == 0).all()  # masked: exactly 0
+    ds = kernels.attention_softmax_backward(da.copy(), p, drop if use_drop else None, scale)
+    close(ds, attention_softmax_backward_ref(da, p, drop if use_drop else np.ones(1), 0.7),
+          dtype, terms=s.shape[-1] * 10)

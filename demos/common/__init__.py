@@ -23,6 +23,7 @@ What a run never loses (see the README, "Runs that never lose work"):
 * if the final save fails, the model is written to a rescue file whose path is printed.
 """
 
+from demos.common import parallel
 from demos.common.checkpoints import Checkpoint, prepare_out, restore
 from demos.common.flags import (
     COUNT,
@@ -59,6 +60,6 @@ __all__ = [
     "CHECKPOINT", "COUNT", "DIVERGED", "FINITE", "FRACTION", "NONNEGATIVE", "PLOT", "POSITIVE",
     "POSITIVE_INT", "Checkpoint", "Diverged", "History", "LanguageModelRun", "add_run_args",
     "add_story_args", "add_training_args", "describe_args", "evaluate", "forever",
-    "make_parser", "model_args", "number", "parse", "perplexity", "plot_losses",
+    "make_parser", "model_args", "number", "parallel", "parse", "perplexity", "plot_losses",
     "prepare_out", "pyplot", "read_lines", "restore", "save_figure", "train",
 ]

@@ -10,7 +10,9 @@ from tqdm import tqdm
 
 import minigrad as mg
 from demos.common.flags import describe_args
+from demos.common.parallel import primary
 from demos.common.training import CHECKPOINT, History
+from minigrad.distributed import broadcast_object
 
 
 class Checkpoint:
@@ -30,11 +32,13 @@ class Checkpoint:
         self.saved_step = None
 
     def save(self, history):
-        """Write the checkpoint now (atomically); raises OSError naming the target."""
-        mg.save({"model": self.model, "optim": self.optimizer, "step": len(history.losses),
-                 "losses": np.asarray(history.losses, dtype=np.float64),
-                 "evals": np.asarray(history.evals, dtype=np.float64).reshape(-1, 2),
-                 "meta": self.meta}, self.path)
+        """Write the checkpoint now (atomically; on rank 0 alone under ``--distributed``);
+        raises OSError naming the target."""
+        if primary():
+            mg.save({"model": self.model, "optim": self.optimizer, "step": len(history.losses),
+                     "losses": np.asarray(history.losses, dtype=np.float64),
+                     "evals": np.asarray(history.evals, dtype=np.float64).reshape(-1, 2),
+                     "meta": self.meta}, self.path)
         self.saved_step = len(history.losses)
         return self.path
 
@@ -80,7 +84,12 @@ def prepare_out(args, demo):
     """Before anything is trained: create ``--out`` and check it is writable; with
     ``--resume`` return the checkpoint to continue (checked to be this demo's), else refuse
     to overwrite a longer run or another demo's run without ``--force``.  Errors exit with
-    a message saying what is wrong and what to do."""
+    a message saying what is wrong and what to do.  Under ``--distributed`` rank 0 alone
+    does this and sends the checkpoint to every rank."""
+    return broadcast_object(_prepare_out(args, demo) if primary() else None)
+
+
+def _prepare_out(args, demo):
     try:
         os.makedirs(args.out, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.out):

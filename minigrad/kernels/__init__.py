@@ -5,6 +5,7 @@
 * :mod:`~minigrad.kernels.numerics` — fast-math float32 tanh / sigmoid / exp (exact in
   float64) and the activations' ufuncs;
 * :mod:`~minigrad.kernels.loops` — reductions, softmax-family rows, gathers and scatter-adds;
+* :mod:`~minigrad.kernels.transformer` — GELU and layer-normalisation rows;
 * :mod:`~minigrad.kernels.generated` — loading the kernels the recurrence compiler generates.
 
 Callers hand the array kernels C-contiguous 1-D or 2-D arrays so each compiles for few type
@@ -27,19 +28,26 @@ from minigrad.kernels.loops import (
 )
 from minigrad.kernels.numerics import (
     exp_row,
-    relu_backward,
     sigmoid,
-    sigmoid_backward,
     sigmoid_forward,
     tanh,
-    tanh_backward,
     tanh_forward,
+)
+from minigrad.kernels.transformer import (
+    attention_softmax,
+    attention_softmax_backward,
+    erf,
+    gelu,
+    gelu_backward,
+    layer_norm_backward_rows,
+    layer_norm_rows,
 )
 
 __all__ = [
-    "FASTMATH", "OPTIONS", "Ufunc", "cache_dir", "cross_entropy_backward_rows",
-    "cross_entropy_rows", "elementwise", "exp_row", "gather_rows", "inline", "kernel",
-    "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "relu_backward",
-    "scatter_add_rows", "sigmoid", "sigmoid_backward", "sigmoid_forward", "softmax_backward_rows",
-    "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_backward", "tanh_forward",
+    "FASTMATH", "OPTIONS", "Ufunc", "attention_softmax", "attention_softmax_backward",
+    "cache_dir", "cross_entropy_backward_rows", "cross_entropy_rows", "elementwise", "erf",
+    "exp_row", "gather_rows", "gelu", "gelu_backward", "inline", "kernel",
+    "layer_norm_backward_rows", "layer_norm_rows", "load_kernels", "log_softmax_backward_rows",
+    "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward",
+    "softmax_backward_rows", "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_forward",
 ]

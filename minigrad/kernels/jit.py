@@ -11,7 +11,8 @@ from numba.extending import overload
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
 
-OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
+# nogil: compiled recurrences run chunks of a batch on several threads at once
+OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
 
 
 def kernel(fn):
@@ -26,10 +27,11 @@ def inline(fn):
                       error_model=OPTIONS["error_model"])(fn)
 
 
-def scalar_overload(fn):
-    """Give the Python scalar function ``fn`` a Numba implementation (per argument type),
-    inlined where kernels call it."""
-    return overload(fn, inline="always", jit_options={"fastmath": OPTIONS["fastmath"]})
+def scalar_overload(fn, inline="never"):
+    """Give the Python scalar function ``fn`` a Numba implementation (per argument type).
+    NOTE: by default not inlined by Numba (that doubled the compile time of a generated
+    kernel); LLVM inlines it, and the kernels run as fast."""
+    return overload(fn, inline=inline, jit_options={"fastmath": OPTIONS["fastmath"]})
 
 
 def elementwise(*signatures):
@@ -60,7 +62,7 @@ class Ufunc:
 
     def ufunc(self):
         if self._ufunc is None:
-            options = {k: v for k, v in OPTIONS.items() if k != "error_model"}  # njit-only
+            options = {k: v for k, v in OPTIONS.items() if k not in ("error_model", "nogil")}
             self._ufunc = numba.vectorize(self.signatures, nopython=True, **options)(self.fn).ufunc
             type(self).__call__ = self._ufunc  # not a descriptor: called without self
         return self._ufunc
