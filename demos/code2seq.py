@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 import minigrad as mg
 from demos import common
+from minigrad import distributed as dist
 from minigrad.data import Vocab, pad_batch
 from minigrad.optim import Adam
 from models.code2seq import Code2Seq, PathContexts
@@ -74,7 +75,7 @@ _SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    common.add_training_args(parser, steps=4000, lr=2e-3, batch=64, hidden=128,
+    common.add_training_args(parser, steps=3000, lr=2e-3, batch=128, hidden=256,
                              out="runs/code2seq")
     parser.set_defaults(temperature=0.0)  # names are greedy unless asked otherwise
     parser.add_argument("--embed", type=common.POSITIVE_INT, default=64,
@@ -86,7 +87,7 @@ def parse_args(argv=None):
                         help="the paper's separate vocabularies for leaf and name subtokens; "
                              "default: one table, tied to the output layer (learns faster "
                              "on little data)")
-    parser.add_argument("--contexts", type=common.POSITIVE_INT, default=100,
+    parser.add_argument("--contexts", type=common.POSITIVE_INT, default=50,
                         help="k: path-contexts sampled per function (%(default)s)")
     parser.add_argument("--max-length", type=common.POSITIVE_INT, default=8,
                         help="longest path, in edges (%(default)s)")
@@ -100,9 +101,10 @@ def parse_args(argv=None):
                         help="held-out predictions to print (%(default)s)")
     parser.add_argument("--eval-every", type=common.COUNT, default=0,
                         help="held-out loss and F1 every N steps (default: 8 times per run)")
-    # --quick: a few seconds — 80 files, a small model, few steps
-    return common.parse(parser, argv, dict(hidden=64, embed=32, steps=300, lr=1e-2, batch=32,
-                                           contexts=50, max_files=80, dropout=0.0, show=5))
+    # --quick: ~20 s — 200 files, a smaller model, 64 functions of 25 contexts per step
+    return common.parse(parser, argv, dict(hidden=128, embed=32, batch=64, contexts=25,
+                                           steps=400, lr=3e-3, max_files=200, show=5,
+                                           eval_every=100))
 
 
 # ---------------------------------------------------------------------------- subtokens
@@ -128,8 +130,9 @@ def node_type(node):
 
 def children(node, masked):
     """A node's children in source order: AST nodes, and (".field", token) leaves for the
-    identifiers and constants it holds (``Attribute.attr`` -> ('.attr', 'path')).  A token
-    equal to ``masked`` (the function's name) reads <METHOD>."""
+    identifiers and constants it holds (``Attribute.attr`` -> ('.attr', 'path')); a
+    constant's token is its ``repr`` (``'utf-8'``, ``32``, ``None``).  A token equal to
+    ``masked`` (the function's name, as an identifier or a string) reads <METHOD>."""
     out = []
     for name, value in ast.iter_fields(node):
         if name in SKIP_FIELDS or (value is None and not isinstance(node, ast.Constant)):
@@ -138,8 +141,9 @@ def children(node, masked):
             if isinstance(v, ast.AST):
                 out.append(v)
             elif v is not None or isinstance(node, ast.Constant):
-                token = v if isinstance(v, str) else repr(v)
-                out.append(("." + name, METHOD if token == masked else token[:100]))
+                token = repr(v) if isinstance(node, ast.Constant) or not isinstance(v, str) \
+                    else v
+                out.append(("." + name, METHOD if v == masked else token[:100]))
     return out
 
 
@@ -376,12 +380,13 @@ def encode_names(functions, name_vocab):
     return tgt, lengths
 
 
-def batches(train, tables, name_vocab, batch_size, k, rng):
-    """Endless training batches: random functions, each with k contexts drawn afresh."""
+def batches(train, name_vocab, batch_size, k, rng):
+    """Endless training batches: random functions, each with k of its contexts drawn
+    afresh — (contexts, names (B, T), name lengths (B,)); :meth:`Tables.batch` turns the
+    contexts (of one rank's rows, under --distributed) into the model's input."""
     while True:
         picks = [train[i] for i in rng.integers(0, len(train), batch_size)]
-        yield (tables.batch([sample(f.contexts, k, rng) for f in picks], k),
-               *encode_names(picks, name_vocab))
+        yield ([sample(f.contexts, k, rng) for f in picks], *encode_names(picks, name_vocab))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -448,9 +453,11 @@ class HeldOut:
 
 
 def show_predictions(corpus, held, names, betas, n):
-    """The first n held-out functions: file and true name, the prediction with a mark per
-    subtoken (✓ in the true name), and for each predicted subtoken its most attended path."""
-    for f, name, beta, rows in list(zip(held.functions, names, betas, held.contexts))[:n]:
+    """n held-out functions, evenly spaced through the held-out files: file and true name,
+    the prediction with a mark per subtoken (✓ in the true name), and for each predicted
+    subtoken the path-context it attended to most."""
+    for j in np.linspace(0, len(names) - 1, n).round().astype(int) if n else []:
+        f, name, beta, rows = held.functions[j], names[j], betas[j], held.contexts[j]
         marks = " ".join(s + ("✓" if s in f.target else "") for s in name) or "(nothing)"
         print(f"  {f.file}: def {f.name}  ->  {marks}")
         for t, s in enumerate([*name, "<EOS>"][:len(beta)]):
@@ -476,8 +483,9 @@ def plot(history, f1s, base_f1, path, title):
             b.plot(xs, [y[j] for y in ys], "o-", color=color, ms=3, lw=2 if j == 2 else 1,
                    label=f"code2seq {label}")
     b.axhline(base_f1, color="gray", ls="--", label=f"most frequent subtokens, F1 {base_f1:.2f}")
-    b.set(xlabel="step", ylabel="over subtokens, held-out functions", ylim=(0, 1),
-          title="naming held-out functions")
+    top = max([base_f1, *(v for _, y in f1s for v in y)])
+    b.set(xlabel="step", ylabel="over subtokens, held-out functions", ylim=(0, 1.3 * top),
+          title="naming functions in files never trained on")
     b.grid(alpha=0.3)
     b.legend()
     common.save_figure(fig, path, dpi=100)
@@ -522,11 +530,13 @@ def main(argv=None):
     history = common.restore(ckpt, model, optimizer) if ckpt else common.History()
     optimizer.lr = args.lr
     start = len(history.losses)
+    optimizer, sync = common.parallel.distribute(args, model, optimizer, start, data=(
+        common.parallel.digest([f.contexts for f in train])))
     f1s = [tuple(x) for x in ckpt["meta"].get("f1", [])] if ckpt else []
     checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
                                    vocab=[node_vocab.itos, sub_vocab.itos, name_vocab.itos])
     checkpoint.meta["f1"] = f1s  # held-out (step, (P, R, F1)): saved with every checkpoint
-    stream = batches(train, tables, name_vocab, args.batch, k,
+    stream = batches(train, name_vocab, args.batch, k,
                      np.random.default_rng([args.seed, 3, start]))
     log_v = math.log(len(name_vocab))
     base_k, base_names, base = baseline(train, held)
@@ -570,8 +580,16 @@ def main(argv=None):
                    f"precision {p:.3f} recall {r:.3f} F1 {f1:.3f}")
 
     t1 = time.perf_counter()
-    common.train(model, optimizer, lambda b: model.loss(*b), stream, args.steps,
-                 history=history, clip=args.clip,
+    def loss_fn(batch):
+        if not sync:
+            return model.loss(tables.batch(batch[0], k), *batch[1:])
+        # this rank's functions, as a share of the whole batch's mean per name subtoken
+        contexts, names, lengths = dist.shard(*batch)
+        return model.loss(tables.batch(contexts, k), names, lengths, reduction="sum") * (
+            1.0 / float(batch[2].sum()))
+
+    common.train(model, optimizer, loss_fn, stream, args.steps,
+                 history=history, clip=args.clip, sync=sync,
                  every=args.eval_every or max(1, args.steps // 8), on_every=report,
                  desc=arch["cell"], progress=not args.no_progress, checkpoint=checkpoint,
                  save_every=args.save_every, max_loss=max_loss)
@@ -593,8 +611,9 @@ def main(argv=None):
         print(f"\nSampled at temperature {args.temperature}: def {held[0].name} -> "
               + ", ".join("_".join(s) for s in samples))
     plot_path = os.path.join(args.out, "code2seq.png")
-    plot(history, f1s, base[2], plot_path,
-         f"code2seq on Python {version}'s stdlib: {arch['cell']} {arch['hidden']}")
+    if common.parallel.primary():  # rank 0 alone draws under --distributed
+        plot(history, f1s, base[2], plot_path,
+             f"code2seq on Python {version}'s stdlib: {arch['cell']} {arch['hidden']}")
     held_loss = history.evals[-1][1]
     print(f"\nLoss per name subtoken (nats): initial {history.losses[0]:.3f} (log V = "
           f"{log_v:.3f}) -> final {history.recent():.3f}, held-out {held_loss:.3f}, after "
