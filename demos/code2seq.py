@@ -13,19 +13,24 @@ of us wrote, present wherever Python is, read with ``ast`` — nothing is downlo
   skipped; a file that does not parse with this Python (a syntax error, a bad encoding,
   another version's syntax) is counted and skipped.
 * **Train/test by file.**  A file's functions are all train or all held out, decided by a
-  hash of (seed, its path), so the split depends only on the stdlib version.
+  hash of (seed, its path), so the split depends only on the stdlib version.  An exact copy
+  of a function already read is dropped (the codecs repeat the same methods), so no
+  held-out function is a copy of a training one.
 * **Path-contexts.**  A function is a bag of (leaf token, path of node types, leaf token)
   between pairs of its AST leaves, at most ``--max-length`` edges long and ``--max-width``
   siblings apart at the top (the paper's 8 and 2), e.g. ``self Name ↑Attribute ↑Call
-  ↓Name open``.  Each step samples k of a function's contexts afresh (the paper's 200;
-  ``--contexts``), as the paper does.
+  ↓Name open``.  Each step draws k of a function's contexts afresh (``--contexts``; the
+  paper's 200), as the paper does.
 * **The model** (:mod:`models.code2seq`): a bidirectional LSTM over each path's node
   types, leaf tokens as sums of subtoken embeddings, tanh of a fully connected layer;
   attention pooling starts an LSTM decoder that attends over the contexts at every step.
+  One change from the paper, for a corpus ~50x smaller than its Java ones: leaves and names
+  share one subtoken table, tied to the output layer (``--separate-vocab`` for the paper's
+  two vocabularies), so a name subtoken starts out knowing what it meant in bodies.
 
-    python -m demos.code2seq                 # the whole stdlib, ~5 minutes on 2 cores
-    python -m demos.code2seq --quick         # 80 files, a few seconds of training
-    python -m demos.code2seq --resume --steps 6000
+    python -m demos.code2seq                 # the whole stdlib, @FULLTIME@
+    python -m demos.code2seq --quick         # 200 files, 400 small steps: ~30 s
+    python -m demos.code2seq --resume --steps 5000
 
 Reports precision, recall and F1 over subtokens on the held-out files (per subtoken,
 case-insensitive, order-insensitive, as the paper), against a baseline that names every

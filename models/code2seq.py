@@ -23,6 +23,10 @@ the k contexts as :mod:`models.seq2seq` attends over the source (Luong, "general
     e<t,i>    = s<t>ᵀ W_α z_i ,  β<t,i> = softmax_i(e<t,i>),  c<t> = Σ_i β<t,i> z_i
     s~<t>     = tanh(W_c [c<t>, s<t>] + b_c),      ŷ<t> = softmax(W_y s~<t> + b_y)
 
+The paper gives names their own subtoken vocabulary; by default (``target_vocab_size=None``)
+names are spelled in the leaves' subtokens instead, with one table E_sub that also makes the
+output layer, W_y = E_sub W_p (tied): see :class:`Code2Seq`.
+
 A batch stores each distinct path and each distinct leaf token once
 (:class:`PathContexts`): the path LSTM runs over the distinct paths (one compiled call
 with ``lengths``), and the contexts gather rows of the results.  Padding contexts (a

@@ -113,7 +113,8 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path):
         names.main([*QUICK, "--out", str(tmp_path), "--resume"])
 
 
-DEMOS = ["names", "words", "seq2seq", "vanishing_gradients", "clipping", "bidirectional"]
+DEMOS = ["names", "words", "seq2seq", "vanishing_gradients", "clipping", "bidirectional",
+         "code2seq"]
 
 
 def demo_parser(name, monkeypatch):

@@ -310,6 +310,27 @@ def test_the_other_demos_learn_on_two_ranks(tmp_path, demo, flags):
     assert run.stdout.count("Saved ") == 1
 
 
+@needs_mpi
+def test_code2seq_on_two_ranks_equals_one_process(tmp_path):
+    """code2seq gives each rank its share of a batch's functions (their paths are encoded
+    on that rank alone): without dropout, 2 ranks train the model one process trains —
+    the same losses, and each weight tensor within RTOL in norm (one attention weight in
+    16 384 lands 2e-5 away after Adam's per-component division; see RTOL, ATOL)."""
+    from demos import code2seq
+
+    flags = [*QUICK, "--max-files", "30", "--steps", "8", "--batch", "8", "--contexts", "10",
+             "--dropout", "0", "--show", "0"]
+    one, many = tmp_path / "one", tmp_path / "many"
+    code2seq.main([*flags, "--out", str(one)])
+    run = ok(mpirun(2, "-m", "demos.code2seq", "--distributed", *flags, "--out", many))
+    assert run.stdout.count("Saved ") == 1 and (many / "code2seq.png").exists()
+    (ca, wa), (cb, wb) = weights(one), weights(many)
+    assert ca["step"] == cb["step"] == 8
+    np.testing.assert_allclose(cb["losses"], ca["losses"], rtol=RTOL)
+    for name, w in wa.items():
+        assert np.linalg.norm(wb[name] - w) <= RTOL * np.linalg.norm(w), name
+
+
 def _ranks(out):
     """The pids of the Python ranks of a demo job writing to ``out``."""
     pids = []
