@@ -429,7 +429,7 @@ class HeldOut:
         rng = np.random.default_rng([seed, 7])
         self.functions, self.name_vocab = functions, name_vocab
         self.contexts = [sample(f.contexts, k, rng) for f in functions]
-        self.parts = []
+        self.parts, self.last = [], None
         for i in range(0, len(functions), batch_size):
             part = functions[i:i + batch_size]
             self.parts.append((tables.batch(self.contexts[i:i + batch_size], k),
@@ -454,7 +454,9 @@ class HeldOut:
         return names, betas
 
     def scores(self, model):
-        return scores(self.predict(model)[0], [f.target for f in self.functions])
+        """(precision, recall, F1); the names and attention stay in ``last``."""
+        self.last = self.predict(model)
+        return scores(self.last[0], [f.target for f in self.functions])
 
 
 def show_predictions(corpus, held, names, betas, n):
@@ -584,7 +586,6 @@ def main(argv=None):
         tqdm.write(f"step {step:5d}  loss {hist.recent():.3f}  held-out {held_loss:.3f}  "
                    f"precision {p:.3f} recall {r:.3f} F1 {f1:.3f}")
 
-    t1 = time.perf_counter()
     def loss_fn(batch):
         if not sync:
             return model.loss(tables.batch(batch[0], k), *batch[1:])
@@ -593,19 +594,20 @@ def main(argv=None):
         return model.loss(tables.batch(contexts, k), names, lengths, reduction="sum") * (
             1.0 / float(batch[2].sum()))
 
+    t1 = time.perf_counter()
     common.train(model, optimizer, loss_fn, stream, args.steps,
                  history=history, clip=args.clip, sync=sync,
                  every=args.eval_every or max(1, args.steps // 8), on_every=report,
                  desc=arch["cell"], progress=not args.no_progress, checkpoint=checkpoint,
                  save_every=args.save_every, max_loss=max_loss)
     seconds = time.perf_counter() - t1
-    if f1s[-1][0] != len(history.losses):
-        history.evals.append((len(history.losses), held_out.loss(model)))
+    if f1s[-1][0] != len(history.losses) or held_out.last is None:  # stopped early, or resumed
+        history.evals.append((len(history.losses), held_out.loss(model)))    # with no steps
         f1s.append((len(history.losses), held_out.scores(model)))
     path = checkpoint.save_final(history)
 
-    names, betas = held_out.predict(model)
-    precision, recall, f1 = scores(names, [f.target for f in held])
+    names, betas = held_out.last
+    precision, recall, f1 = f1s[-1][1]
     print("\nHeld-out functions (files never trained on), each predicted subtoken with the "
           "path-context it attended to most (β):")
     show_predictions(corpus, held_out, names, betas, args.show)

@@ -289,3 +289,17 @@ def test_quick_run_names_held_out_functions_better_than_the_baseline(quick_run):
     assert r["files"] + sum(r["failed"].values()) == 200 and len(r["train"]) > 2000
     with open(r["plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_resumes_where_it_stopped(tmp_path):
+    """--resume continues from the checkpoint: same vocabularies (saved in it), the losses so
+    far kept, the F1 curve carried on."""
+    flags = ["--quick", "--no-progress", "--max-files", "30", "--show", "0", "--out",
+             str(tmp_path)]
+    first = demo.main([*flags, "--steps", "10", "--eval-every", "5"])
+    again = demo.main([*flags, "--steps", "15", "--eval-every", "5", "--resume"])
+    assert again["start_step"] == 10 and again["step"] == 15
+    assert again["losses"][:10] == first["losses"]
+    assert [s for s, _ in again["f1"]] == [0, 5, 10, 15]
+    with pytest.raises(SystemExit, match="already holds"):
+        demo.main([*flags, "--steps", "5"])  # a shorter fresh run would overwrite it
