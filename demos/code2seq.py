@@ -28,7 +28,7 @@ of us wrote, present wherever Python is, read with ``ast`` — nothing is downlo
   share one subtoken table, tied to the output layer (``--separate-vocab`` for the paper's
   two vocabularies), so a name subtoken starts out knowing what it meant in bodies.
 
-    python -m demos.code2seq                 # the whole stdlib, @FULLTIME@
+    python -m demos.code2seq                 # the whole stdlib: ~15 minutes on 2 cores
     python -m demos.code2seq --quick         # 200 files, 400 small steps: ~30 s
     python -m demos.code2seq --resume --steps 5000
 
@@ -80,13 +80,13 @@ _SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
-    common.add_training_args(parser, steps=3000, lr=2e-3, batch=128, hidden=256,
+    common.add_training_args(parser, steps=1500, lr=2e-3, batch=128, hidden=256,
                              out="runs/code2seq")
     parser.set_defaults(temperature=0.0)  # names are greedy unless asked otherwise
     parser.add_argument("--embed", type=common.POSITIVE_INT, default=64,
                         help="node-type, subtoken and name embedding size; the path LSTM's "
                              "size per direction (%(default)s)")
-    parser.add_argument("--dropout", type=common.FRACTION, default=0.25,
+    parser.add_argument("--dropout", type=common.FRACTION, default=0.5,
                         help="dropout on each context's [token; path; token] (%(default)s)")
     parser.add_argument("--separate-vocab", action="store_true",
                         help="the paper's separate vocabularies for leaf and name subtokens; "
@@ -106,10 +106,10 @@ def parse_args(argv=None):
                         help="held-out predictions to print (%(default)s)")
     parser.add_argument("--eval-every", type=common.COUNT, default=0,
                         help="held-out loss and F1 every N steps (default: 8 times per run)")
-    # --quick: ~20 s — 200 files, a smaller model, 64 functions of 25 contexts per step
+    # --quick: ~30 s — 200 files, a smaller model, 64 functions of 25 contexts per step
     return common.parse(parser, argv, dict(hidden=128, embed=32, batch=64, contexts=25,
-                                           steps=400, lr=3e-3, max_files=200, show=5,
-                                           eval_every=100))
+                                           steps=400, lr=3e-3, dropout=0.25, max_files=200,
+                                           show=5, eval_every=100))
 
 
 # ---------------------------------------------------------------------------- subtokens
