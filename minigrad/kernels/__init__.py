@@ -1,7 +1,9 @@
 """Numba kernels: pure functions on NumPy arrays (never Tensors), split by concern.
 
-* :mod:`~minigrad.kernels.jit` — the one decorator and its options (``cache=True``, one
-  project-wide fastmath choice that keeps NaN/Inf semantics, ``error_model='numpy'``);
+* :mod:`~minigrad.kernels.jit` — the one decorator and its options (one project-wide
+  fastmath choice that keeps NaN/Inf semantics, ``error_model='numpy'``);
+* :mod:`~minigrad.kernels.cache` — the compile cache on disk, keyed by every source and
+  version compiled code depends on, checked on load, pruned past a size limit;
 * :mod:`~minigrad.kernels.numerics` — fast-math float32 tanh / sigmoid / exp (exact in
   float64) and the activations' ufuncs;
 * :mod:`~minigrad.kernels.loops` — reductions, softmax-family rows, gathers and scatter-adds;
@@ -11,7 +13,8 @@ Callers hand the array kernels C-contiguous 1-D or 2-D arrays so each compiles f
 signatures.  Every kernel has a plain-NumPy reference in ``tests/test_kernels.py``.
 """
 
-from minigrad.kernels.generated import cache_dir, load_kernels
+from minigrad.kernels.cache import CacheWarning
+from minigrad.kernels.generated import load_kernels
 from minigrad.kernels.jit import FASTMATH, OPTIONS, Ufunc, elementwise, inline, kernel
 from minigrad.kernels.loops import (
     cross_entropy_backward_rows,
@@ -37,7 +40,7 @@ from minigrad.kernels.numerics import (
 )
 
 __all__ = [
-    "FASTMATH", "OPTIONS", "Ufunc", "cache_dir", "cross_entropy_backward_rows",
+    "CacheWarning", "FASTMATH", "OPTIONS", "Ufunc", "cross_entropy_backward_rows",
     "cross_entropy_rows", "elementwise", "exp_row", "gather_rows", "inline", "kernel",
     "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "relu_backward",
     "scatter_add_rows", "sigmoid", "sigmoid_backward", "sigmoid_forward", "softmax_backward_rows",

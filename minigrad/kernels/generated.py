@@ -1,41 +1,59 @@
-"""Generated kernels: the recurrence compiler's fused kernels, written as a module file named
-by the hash of its source and imported from there, so that Numba's ``cache=True`` keeps
-their machine code between processes (``$MINIGRAD_CACHE_DIR``, default
-``~/.cache/minigrad``).  Their source compiles them with :func:`minigrad.kernels.kernel`."""
+"""Generated kernels: the recurrence compiler's kernels and loops, written as a module file
+``mg_<hash of its text>.py`` in the compile cache (:mod:`minigrad.kernels.cache`), where
+Numba keeps their machine code between processes.
+
+The file is for people (to read, and for tracebacks): what runs is always the text minigrad
+generated, never the file's.  A file whose text differs (damaged, or edited by hand) is
+rewritten, with one warning naming it."""
 
 import hashlib
-import importlib.util
 import os
 import sys
-import tempfile
+import types
 
-
-def cache_dir():
-    """Where generated kernel modules (and Numba's cache of them) live."""
-    d = os.environ.get("MINIGRAD_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "minigrad")
-    d = os.path.join(d, "kernels")
-    try:
-        os.makedirs(d, exist_ok=True)
-        return d
-    except OSError:
-        return tempfile.mkdtemp(prefix="minigrad-kernels-")
+from minigrad.kernels import cache
 
 
 def load_kernels(source):
-    """Import a generated kernel module from a file named by its hash, so that Numba's
-    ``cache=True`` can keep the compiled code between processes."""
+    """The module made of ``source`` (once per process), its kernels cached on disk."""
     name = "mg_" + hashlib.sha1(source.encode()).hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
-    path = os.path.join(cache_dir(), name + ".py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
+    where = cache.directory()
+    path = os.path.join(where or cache.tag(), name + ".py")
+    if where is not None:
+        _keep(path, source)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module  # before running it: Numba's cached code refers to it by name
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
+
+
+def _keep(path, source):
+    """Make the file hold ``source`` (its time is its last use: pruning goes oldest first)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            same = f.read() == source
+    except FileNotFoundError:
+        same = None
+    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
+        same, why = False, str(e)
+    else:
+        why = "its text differs from the code minigrad generated"
+    try:
+        if same:
+            os.utime(path)
+            return
+        if same is False:
+            cache.warn(f"minigrad: discarded the damaged compile-cache file {path} ({why}); "
+                       "writing it again")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cache.write_text(path, source)
+    except OSError as e:  # e.g. removed or made read-only by someone else meanwhile
+        cache.warn_once(path, f"minigrad: could not write {path} ({e.strerror or e}); the "
+                        "generated code runs from memory")

@@ -1,22 +1,29 @@
 """The one place Numba's options live: every kernel in this package, and every kernel the
 recurrence compiler generates, is compiled through :func:`kernel` (array kernels),
 :func:`inline` (scalar helpers inlined into them), :func:`scalar_overload` (a Python scalar
-function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs)."""
+function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs).
+
+Compiled code is kept on disk by :mod:`minigrad.kernels.cache` (not by Numba's
+``cache=True``, which keys a kernel on its own file only and would go on loading a kernel
+whose inlined helper in another file has changed)."""
 
 import numba
 from numba.extending import overload
+from numba.np.ufunc.dufunc import DUFunc
+
+from minigrad.kernels.cache import cached
 
 # NOTE: no 'nnan'/'ninf' (they let LLVM assume NaN/Inf never happen) and no 'afn'
 # (approximate libm calls would break float64 gradient checks).
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
 
-OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy"}
+OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
 
 
 def kernel(fn):
-    """The decorator every array kernel is compiled with."""
-    return numba.njit(**OPTIONS)(fn)
+    """The decorator every array kernel is compiled with (cached on disk)."""
+    return cached(numba.njit(**OPTIONS)(fn))
 
 
 def inline(fn):
@@ -60,8 +67,14 @@ class Ufunc:
 
     def ufunc(self):
         if self._ufunc is None:
-            options = {k: v for k, v in OPTIONS.items() if k != "error_model"}  # njit-only
-            self._ufunc = numba.vectorize(self.signatures, nopython=True, **options)(self.fn).ufunc
+            # numba.vectorize(signatures, ...), with the disk cache put in before it compiles
+            vec = DUFunc(self.fn, targetoptions={"nopython": True,
+                                                 "fastmath": OPTIONS["fastmath"]})
+            cached(vec._dispatcher, "cache")
+            for sig in self.signatures:
+                vec.add(sig)
+            vec.disable_compile()
+            self._ufunc = vec.build_ufunc().ufunc
             type(self).__call__ = self._ufunc  # not a descriptor: called without self
         return self._ufunc
 

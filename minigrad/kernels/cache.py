@@ -1,0 +1,366 @@
+"""The compile cache on disk: where compiled code lives, what it is keyed by, what is
+trusted on load, and how it is kept small.
+
+Layout: ``<root>/<tag>/`` where ``<root>`` is ``$MINIGRAD_CACHE_DIR`` (default
+``~/.cache/minigrad``) and ``<tag>`` hashes everything compiled code depends on besides its
+own text: the source of every file of ``minigrad/kernels`` and ``minigrad/compiler`` (the
+helpers a kernel calls or inlines), the Numba, llvmlite, NumPy and Python versions and the
+CPU target (:func:`versions`).  So editing or upgrading any of them starts a new directory
+and nothing stale is ever loaded.  Inside it are the generated modules (``mg_<hash>.py``,
+named by the hash of their text) and Numba's index (``.nbi``) and data (``.nbc``) files of
+every kernel: the package's own and the generated ones (never beside the sources).
+
+Nothing read back is trusted: every ``.nbi``/``.nbc`` payload is stored behind its SHA-256,
+and a file that is cut short, changed or fails to unpickle is discarded and rebuilt with one
+:class:`CacheWarning` naming it (:mod:`.generated` does the same for the modules' text).  An
+unusable root gives one warning and a private fallback directory in the temporary
+directory, reused by later runs, or, failing that, compilation in memory.  Past a size
+limit (``$MINIGRAD_CACHE_MAX_SIZE``, default 256M) the entries used least recently are
+removed; every step tolerates another process removing files under it, so that is safe
+while other processes use the cache.  ``python -m minigrad.cache`` inspects and prunes it.
+"""
+
+import contextlib
+import functools
+import glob
+import hashlib
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+
+import llvmlite
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataCacheFile
+from numba.core.caching import _CacheLocator as CacheLocator
+from numba.core.serialize import dumps
+
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../minigrad
+TAG_RE = re.compile(r"^[0-9a-f]{16}$")
+DEFAULT_MAX_SIZE = 256 * 2**20
+STALE_TMP = 3600.0  # seconds: a temporary file this old belongs to a writer that died
+
+
+class CacheWarning(UserWarning):
+    """The compile cache had a problem (a damaged file, an unusable directory); the run
+    goes on, recompiling what it could not trust."""
+
+
+def versions():
+    """What the tag is made of: {name: value}."""
+    h = hashlib.sha256()
+    for sub in ("kernels", "compiler"):
+        for path in sorted(glob.glob(os.path.join(PACKAGE, sub, "**", "*.py"), recursive=True)):
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, PACKAGE).encode() + b"\0" + f.read() + b"\0")
+    cfg = numba.config
+    cpu = cfg.CPU_NAME or llvm.get_host_cpu_name()
+    features = cfg.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return {"minigrad kernels+compiler": h.hexdigest()[:16], "numba": numba.__version__,
+            "llvmlite": llvmlite.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "target": f"{llvm.get_process_triple()} {cpu}",
+            "cpu features": hashlib.sha256(features.encode()).hexdigest()[:16]}
+
+
+@functools.cache
+def tag():
+    """This installation's cache directory name: a hash of :func:`versions`."""
+    return hashlib.sha256(repr(sorted(versions().items())).encode()).hexdigest()[:16]
+
+
+def root():
+    return os.environ.get("MINIGRAD_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "minigrad")
+
+
+def directory():
+    """This installation's cache directory (created), or None: compile in memory."""
+    return _resolve(root())
+
+
+def warn(message):
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+@functools.cache
+def _resolve(base):
+    path = os.path.join(base, tag())
+    problem = _usable(path)
+    if problem is None:
+        return path
+    fallback = os.path.join(tempfile.gettempdir(), f"minigrad-cache-{os.getuid()}")
+    if _usable(os.path.join(fallback, tag()), private=fallback) is None:
+        warn(f"minigrad: the compile cache {base} is not usable ({problem}); compiled code is "
+             f"cached in {fallback} instead. Set MINIGRAD_CACHE_DIR to a writable directory.")
+        return os.path.join(fallback, tag())
+    warn(f"minigrad: the compile cache {base} is not usable ({problem}), nor is {fallback}; "
+         "compiling in memory, so every run compiles again. Set MINIGRAD_CACHE_DIR to a "
+         "writable directory.")
+    return None
+
+
+def _usable(path, private=None):
+    """None if ``path`` is a writable directory (created if need be; ``private``: a parent
+    that must be ours and closed to others, as a shared temporary directory is not), or
+    the reason it is not."""
+    try:
+        if private is not None:
+            os.makedirs(private, mode=0o700, exist_ok=True)
+            st = os.lstat(private)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(private):
+                return f"{private} is not a private directory of this user"
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+        os.utime(path)  # the directory's time is its last use (pruning: oldest first)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def write_text(path, text):
+    """Write ``path`` so that a reader sees the old file, the whole new one or none."""
+    tmp = f"{path}.tmp.{uuid.uuid4().hex[:16]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- Numba's files
+
+class Damaged(Exception):
+    def __init__(self, path, why):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    data = blob[32:]
+    if hashlib.sha256(data).digest() != blob[:32]:
+        raise Damaged(path, "its checksum does not match: cut short or changed")
+    try:
+        return pickle.loads(data)
+    except Exception as e:
+        raise Damaged(path, f"it does not unpickle: {type(e).__name__}: {e}") from e
+
+
+class _Files(IndexDataCacheFile):
+    """Numba's index and data files, each payload stored behind its SHA-256."""
+
+    def _dump(self, obj):
+        data = dumps(obj)
+        return hashlib.sha256(data).digest() + data
+
+    def _load_index(self):
+        try:
+            version, stamp, overloads = _read(self._index_path)
+        except FileNotFoundError:  # not compiled yet, or removed by a pruning process
+            return {}
+        return overloads if (version, stamp) == (self._version, self._source_stamp) else {}
+
+    def _save_index(self, overloads):
+        with self._open_for_write(self._index_path) as f:
+            f.write(self._dump((self._version, self._source_stamp, overloads)))
+
+    def _load_data(self, name):
+        return _read(self._data_path(name))
+
+
+class _Locator(CacheLocator):
+    """Every kernel goes to the tagged directory, whichever file defines it."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file, self._lineno = py_file, py_func.__code__.co_firstlineno
+
+    def ensure_cache_path(self):
+        os.makedirs(self.get_cache_path(), exist_ok=True)
+
+    def get_cache_path(self):
+        return directory()
+
+    def get_source_stamp(self):
+        return tag()
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return cls(py_func, py_file)
+
+
+class _Impl(CompileResultCacheImpl):
+    _locator_classes = [_Locator]
+
+
+class KernelCache(FunctionCache):
+    """Numba's per-function cache, in the tagged directory, checked on load: anything that
+    fails to load is discarded (one warning naming the file) and compiled again."""
+
+    _impl_class = _Impl
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._cache_file = _Files(self._cache_path, self._impl.filename_base, tag())
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as e:
+            files = self._cache_file
+            path = getattr(e, "path", files._index_path)
+            why = getattr(e, "why", f"{type(e).__name__}: {e}")
+            warn(f"minigrad: discarded the damaged compile-cache file {path} ({why}); "
+                 "compiling it again")
+            for p in glob.glob(os.path.join(glob.escape(self._cache_path),
+                                            glob.escape(self._impl.filename_base) + ".*")):
+                _unlink(p)
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except OSError as e:
+            warn_once(self._cache_path, f"minigrad: could not write to the compile cache "
+                      f"{self._cache_path} ({e.strerror or e}); the compiled code is used "
+                      "from memory")
+            return
+        prune(limit())
+
+
+_WARNED = set()
+
+
+def warn_once(key, message):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warn(message)
+
+
+def cached(dispatcher, attr="_cache"):
+    """Give a Numba dispatcher (``attr='cache'`` for a ufunc's) the checked disk cache."""
+    if directory() is not None:
+        setattr(dispatcher, attr, KernelCache(dispatcher.py_func))
+    return dispatcher
+
+
+# --------------------------------------------------------------------------- size and pruning
+
+def parse_size(text):
+    """'256M', '2G', '500k', '1000' (bytes) -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not m:
+        raise ValueError(f"expected a size such as 256M or 2G, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+
+
+def limit():
+    text = os.environ.get("MINIGRAD_CACHE_MAX_SIZE")
+    try:
+        return DEFAULT_MAX_SIZE if text is None else parse_size(text)
+    except ValueError as e:
+        warn(f"minigrad: MINIGRAD_CACHE_MAX_SIZE: {e}; using {DEFAULT_MAX_SIZE >> 20}M")
+        return DEFAULT_MAX_SIZE
+
+
+def _unlink(path):
+    with contextlib.suppress(OSError):  # gone already: another process pruned it
+        os.unlink(path)
+
+
+def _stat(path):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def entries(base=None):
+    """What the cache under ``base`` (default :func:`root`) holds, as dicts with ``name``,
+    ``paths`` (to remove it), ``size`` (bytes), ``files``, ``used`` (last use, seconds since
+    the epoch) and ``what``.  This installation's directory is split into its generated modules and
+    the package's own kernels; another installation's directory (an older minigrad, other
+    library versions) is one entry; so is a stale temporary file."""
+    base = root() if base is None else base
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    out, now = [], time.time()
+    for name in names:
+        path = os.path.join(base, name)
+        if name == tag():
+            out += _split(path, now)
+        elif TAG_RE.match(name) or name == "kernels":  # "kernels": before the tagged layout
+            sizes = [s.st_size for s in map(_stat, _walk(path)) if s]
+            st = _stat(path)
+            out.append({"name": name + "/", "paths": [path], "size": sum(sizes),
+                        "files": len(sizes), "used": st.st_mtime if st else 0,
+                        "what": "another installation"})
+    return out
+
+
+def _walk(path):
+    for dirpath, _, files in os.walk(path):
+        yield from (os.path.join(dirpath, f) for f in files)
+
+
+def _split(path, now):
+    groups, stale = {}, []
+    for f in _walk(path):
+        st = _stat(f)
+        if st is None:
+            continue
+        if ".tmp." in os.path.basename(f):  # a write in flight, or a writer that died
+            if now - st.st_mtime > STALE_TMP:
+                stale.append({"name": os.path.basename(f), "paths": [f], "size": st.st_size,
+                              "files": 1, "used": st.st_mtime, "what": "stale temporary file"})
+            continue
+        key = os.path.basename(f).split(".")[0]
+        key = key if key.startswith("mg_") else ""
+        g = groups.setdefault(key, {"paths": [], "size": 0, "used": 0})
+        g["paths"].append(f)
+        g["size"] += st.st_size
+        g["used"] = max(g["used"], st.st_mtime)
+    st = _stat(path)
+    out = []
+    for key, g in sorted(groups.items()):
+        g["files"] = len(g["paths"])
+        if key:
+            out.append({"name": f"{tag()}/{key}", "what": "a generated recurrence", **g})
+        else:  # compiled at first use, then used by every run: its time is the directory's
+            out.append({"name": f"{tag()}/ (package kernels)", "what": "minigrad's own kernels",
+                        **g, "used": st.st_mtime if st else g["used"]})
+    return out + stale
+
+
+def prune(max_size, base=None):
+    """Remove entries, least recently used first, until the cache is at most ``max_size``
+    bytes.  Returns the entries removed."""
+    items = sorted(entries(base), key=lambda e: e["used"])
+    total = sum(e["size"] for e in items)
+    removed = []
+    for e in items:
+        if total <= max_size:
+            break
+        for p in e["paths"]:
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                _unlink(p)
+        total -= e["size"]
+        removed.append(e)
+    return removed
