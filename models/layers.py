@@ -333,7 +333,9 @@ class _Stack(Module):
                              f"{want}, got a tuple of {len(state)} (an LSTM's (a, c) pair?)")
         first = self.layers[0]
         dtype = (first.fwd if isinstance(first, Bidirectional) else first).cell.dtype
-        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=dtype) for p in parts]
+        # NumPy arrays keep their dtype, so that each layer refuses a wrong one (as tensors)
+        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p) if isinstance(p, np.ndarray)
+                 else mg.tensor(p, dtype=dtype) for p in parts]
         for p in parts:
             if p.shape != want:
                 raise ValueError(f"{type(self).__name__}: initial state has shape {p.shape}, "

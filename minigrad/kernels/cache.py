@@ -158,7 +158,23 @@ def _read(path):
 
 
 class _Files(IndexDataCacheFile):
-    """Numba's index and data files, each payload stored behind its SHA-256."""
+    """Numba's index and data files, each payload stored behind its SHA-256; a data file
+    also holds its key (signature, target, code hash), so one copied over another fails."""
+
+    def save(self, key, data):
+        super().save(key, (key, data))
+
+    def load(self, key):
+        name = self._load_index().get(key)
+        if name is None:
+            return None
+        try:
+            saved, data = self._load_data(name)
+        except FileNotFoundError:  # removed by a pruning process since the index was read
+            return None
+        if saved != key:
+            raise Damaged(self._data_path(name), "it holds another kernel's code")
+        return data
 
     def _dump(self, obj):
         data = dumps(obj)
