@@ -43,7 +43,7 @@ from demos.common.flags import (
     number,
     parse,
 )
-from demos.common.interrupts import ctrl_c, is_interrupt, run
+from demos.common.interrupts import EXIT_CODE, ctrl_c, is_interrupt, run
 from demos.common.lm import LanguageModelRun
 from demos.common.plots import plot_losses, pyplot, save_figure
 from demos.common.training import (
@@ -62,10 +62,10 @@ from demos.common.training import (
 )
 
 __all__ = [
-    "BEST", "CHECKPOINT", "COUNT", "DIVERGED", "FINITE", "FRACTION", "NONNEGATIVE", "PLOT",
-    "POSITIVE", "POSITIVE_INT", "BestModel", "Checkpoint", "Diverged", "History",
-    "LanguageModelRun", "Stop", "add_run_args", "add_story_args", "add_training_args",
-    "ctrl_c", "describe_args", "evaluate", "forever", "is_interrupt", "make_parser",
-    "model_args", "number", "parse", "perplexity", "plot_losses", "prepare_out", "pyplot",
-    "read_lines", "restore", "run", "save_figure", "train",
+    "BEST", "CHECKPOINT", "COUNT", "DIVERGED", "EXIT_CODE", "FINITE", "FRACTION", "NONNEGATIVE",
+    "PLOT", "POSITIVE", "POSITIVE_INT", "BestModel", "Checkpoint", "Diverged", "History",
+    "LanguageModelRun", "Stop", "add_run_args", "add_story_args", "add_training_args", "ctrl_c",
+    "describe_args", "evaluate", "forever", "is_interrupt", "make_parser", "model_args", "number",
+    "parse", "perplexity", "plot_losses", "prepare_out", "pyplot", "read_lines", "restore", "run",
+    "save_figure", "train"
 ]
