@@ -6,7 +6,7 @@ it or prune it to a size.
     python -m minigrad.cache --clear          # remove everything (it is rebuilt on demand)
 
 The cache itself (keys, checks on load, automatic pruning) is
-:mod:`minigrad.kernels.cache`.  Removing entries is safe while other processes use the
+:mod:`minigrad.compile_cache`.  Removing entries is safe while other processes use the
 cache: they recompile what they no longer find.
 """
 
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from minigrad.kernels import cache
+from minigrad import compile_cache as cache
 
 
 def _mb(n):

@@ -15,6 +15,11 @@ Why these limits (code lines; today's counts in the README's table):
   compiler will generate instead; the rest (reductions, softmax and cross-entropy rows,
   gather/scatter, fast tanh/sigmoid) is ~240.  450 leaves room for the compiler's shared
   runtime helpers, not for a second hand-fused cell.
+* **cache ≤ 320**: the compile cache on disk and its command line (``python -m
+  minigrad.cache``): the key (sources, library versions, CPU), Numba's files checked on load
+  (checksums, keys), unusable directories and the private fallback, entries and pruning that
+  tolerate other processes; ~300 today plus 5 %.  It is not kernel code, so it has a tier of
+  its own rather than a raised kernels budget.
 * **compiler ≤ 950**: trace and IR (~160), four rewrites (~150), the scan primitive with its
   signature cache and the compile-time check against eager (~150), and the code generator
   (~450), which derives two loops (forward, reverse) and two kernels per fused group from

@@ -1,4 +1,4 @@
-"""The compile cache (``minigrad/kernels/cache.py``), with real processes, real scratch copies
+"""The compile cache (``minigrad/compile_cache.py``), with real processes, real scratch copies
 of the package and real cache directories:
 
 * keyed by everything compiled code depends on: a behaviour change planted in a helper of a
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import pytest
 
-from minigrad.kernels import cache
+from minigrad import compile_cache as cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ m = logits.max(1, keepdims=True)
 ref = np.mean(np.log(np.exp(logits - m).sum(1)) + m[:, 0] - logits[np.arange(4), t])
 print(json.dumps({"compiled": res[True], "eager": res[False], "file": mg.__file__,
                   "ce": float(mg.cross_entropy(mg.tensor(logits), t).data),
-                  "ce_ref": float(ref), "dir": mg.kernels.cache.directory()}))
+                  "ce_ref": float(ref), "dir": mg.compile_cache.directory()}))
 """
 
 
@@ -148,7 +148,7 @@ def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):
 
 def test_the_key_covers_sources_versions_and_cpu():
     v = cache.versions()
-    assert {"minigrad kernels+compiler", "numba", "llvmlite", "numpy", "python", "target",
+    assert {"minigrad kernels+compiler+cache", "numba", "llvmlite", "numpy", "python", "target",
             "cpu features"} <= set(v)
     assert len(cache.tag()) == 16 and cache.directory().endswith(cache.tag())
 

@@ -30,6 +30,8 @@ TIERS = {
               "minigrad/core/**/*.py"], 750),
     "kernels": ("Numba kernels: pure functions on arrays",
                 ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 450),
+    "cache": ("the compile cache: keys, checks on load, directories, pruning, command line",
+              ["minigrad/compile_cache.py", "minigrad/cache.py"], 320),
     "compiler": ("the recurrence compiler: trace, IR, rewrites, generated code",
                  ["minigrad/compiler/**/*.py"], 950),
     "library": ("nn, optim, functional, data, serialization, gradcheck",

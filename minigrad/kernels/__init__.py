@@ -2,18 +2,18 @@
 
 * :mod:`~minigrad.kernels.jit` — the one decorator and its options (one project-wide
   fastmath choice that keeps NaN/Inf semantics, ``error_model='numpy'``);
-* :mod:`~minigrad.kernels.cache` — the compile cache on disk, keyed by every source and
-  version compiled code depends on, checked on load, pruned past a size limit;
 * :mod:`~minigrad.kernels.numerics` — fast-math float32 tanh / sigmoid / exp (exact in
   float64) and the activations' ufuncs;
 * :mod:`~minigrad.kernels.loops` — reductions, softmax-family rows, gathers and scatter-adds;
 * :mod:`~minigrad.kernels.generated` — loading the kernels the recurrence compiler generates.
 
+Compiled code is kept on disk by :mod:`minigrad.compile_cache`.
+
 Callers hand the array kernels C-contiguous 1-D or 2-D arrays so each compiles for few type
 signatures.  Every kernel has a plain-NumPy reference in ``tests/test_kernels.py``.
 """
 
-from minigrad.kernels.cache import CacheWarning
+from minigrad.compile_cache import CacheWarning
 from minigrad.kernels.generated import load_kernels
 from minigrad.kernels.jit import FASTMATH, OPTIONS, Ufunc, elementwise, inline, kernel
 from minigrad.kernels.loops import (

@@ -1,5 +1,5 @@
 """Generated kernels: the recurrence compiler's kernels and loops, written as a module file
-``mg_<hash of its text>.py`` in the compile cache (:mod:`minigrad.kernels.cache`), where
+``mg_<hash of its text>.py`` in the compile cache (:mod:`minigrad.compile_cache`), where
 Numba keeps their machine code between processes.
 
 The file is for people (to read, and for tracebacks): what runs is always the text minigrad
@@ -11,7 +11,7 @@ import os
 import sys
 import types
 
-from minigrad.kernels import cache
+from minigrad import compile_cache as cache
 
 
 def load_kernels(source):

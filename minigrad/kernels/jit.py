@@ -3,7 +3,7 @@ recurrence compiler generates, is compiled through :func:`kernel` (array kernels
 :func:`inline` (scalar helpers inlined into them), :func:`scalar_overload` (a Python scalar
 function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs).
 
-Compiled code is kept on disk by :mod:`minigrad.kernels.cache` (not by Numba's
+Compiled code is kept on disk by :mod:`minigrad.compile_cache` (not by Numba's
 ``cache=True``, which keys a kernel on its own file only and would go on loading a kernel
 whose inlined helper in another file has changed)."""
 
@@ -11,7 +11,7 @@ import numba
 from numba.extending import overload
 from numba.np.ufunc.dufunc import DUFunc
 
-from minigrad.kernels.cache import cached
+from minigrad.compile_cache import cached
 
 # NOTE: no 'nnan'/'ninf' (they let LLVM assume NaN/Inf never happen) and no 'afn'
 # (approximate libm calls would break float64 gradient checks).

@@ -1,23 +1,24 @@
-"""The compile cache on disk: where compiled code lives, what it is keyed by, what is
-trusted on load, and how it is kept small.
+"""The compile cache on disk: where compiled code lives, what it is keyed by, what is trusted
+on load, and how it is kept small.
 
 Layout: ``<root>/<tag>/`` where ``<root>`` is ``$MINIGRAD_CACHE_DIR`` (default
 ``~/.cache/minigrad``) and ``<tag>`` hashes everything compiled code depends on besides its
 own text: the source of every file of ``minigrad/kernels`` and ``minigrad/compiler`` (the
-helpers a kernel calls or inlines), the Numba, llvmlite, NumPy and Python versions and the
-CPU target (:func:`versions`).  So editing or upgrading any of them starts a new directory
-and nothing stale is ever loaded.  Inside it are the generated modules (``mg_<hash>.py``,
-named by the hash of their text) and Numba's index (``.nbi``) and data (``.nbc``) files of
-every kernel: the package's own and the generated ones (never beside the sources).
+helpers a kernel calls or inlines) and of this file (the cache's formats), the Numba,
+llvmlite, NumPy and Python versions and the CPU target (:func:`versions`). So editing or
+upgrading any of them starts a new directory and nothing stale is ever loaded. Inside it are
+the generated modules (``mg_<hash>.py``, named by the hash of their text) and Numba's index
+(``.nbi``) and data (``.nbc``) files of every kernel: the package's own and the generated
+ones (never beside the sources).
 
 Nothing read back is trusted: every ``.nbi``/``.nbc`` payload is stored behind its SHA-256,
 and a file that is cut short, changed or fails to unpickle is discarded and rebuilt with one
-:class:`CacheWarning` naming it (:mod:`.generated` does the same for the modules' text).  An
-unusable root gives one warning and a private fallback directory in the temporary
-directory, reused by later runs, or, failing that, compilation in memory.  Past a size
-limit (``$MINIGRAD_CACHE_MAX_SIZE``, default 256M) the entries used least recently are
-removed; every step tolerates another process removing files under it, so that is safe
-while other processes use the cache.  ``python -m minigrad.cache`` inspects and prunes it.
+:class:`CacheWarning` naming it (:mod:`minigrad.kernels.generated` does the same for the
+modules' text). An unusable root gives one warning and a private fallback directory in the
+temporary directory, reused by later runs, or, failing that, compilation in memory. Past a
+size limit (``$MINIGRAD_CACHE_MAX_SIZE``, default 256M) the entries used least recently are
+removed; every step tolerates another process removing files under it, so that is safe while
+other processes use the cache. ``python -m minigrad.cache`` inspects and prunes it.
 """
 
 import contextlib
@@ -42,7 +43,7 @@ from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataC
 from numba.core.caching import _CacheLocator as CacheLocator
 from numba.core.serialize import dumps
 
-PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../minigrad
+PACKAGE = os.path.dirname(os.path.abspath(__file__))  # .../minigrad
 TAG_RE = re.compile(r"^[0-9a-f]{16}$")
 DEFAULT_MAX_SIZE = 256 * 2**20
 STALE_TMP = 3600.0  # seconds: a temporary file this old belongs to a writer that died
@@ -56,14 +57,15 @@ class CacheWarning(UserWarning):
 def versions():
     """What the tag is made of: {name: value}."""
     h = hashlib.sha256()
-    for sub in ("kernels", "compiler"):
-        for path in sorted(glob.glob(os.path.join(PACKAGE, sub, "**", "*.py"), recursive=True)):
-            with open(path, "rb") as f:
-                h.update(os.path.relpath(path, PACKAGE).encode() + b"\0" + f.read() + b"\0")
+    sources = [glob.glob(os.path.join(PACKAGE, d, "**", "*.py"), recursive=True)
+               for d in ("kernels", "compiler")]
+    for path in sorted([__file__, *sources[0], *sources[1]]):
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, PACKAGE).encode() + b"\0" + f.read() + b"\0")
     cfg = numba.config
     cpu = cfg.CPU_NAME or llvm.get_host_cpu_name()
     features = cfg.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    return {"minigrad kernels+compiler": h.hexdigest()[:16], "numba": numba.__version__,
+    return {"minigrad kernels+compiler+cache": h.hexdigest()[:16], "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0], "target": f"{llvm.get_process_triple()} {cpu}",
             "cpu features": hashlib.sha256(features.encode()).hexdigest()[:16]}
@@ -133,8 +135,7 @@ def write_text(path, text):
             f.write(text)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)  # gone already after the replace
 
 
 # --------------------------------------------------------------------------- Numba's files
@@ -297,35 +298,32 @@ def _unlink(path):
         os.unlink(path)
 
 
-def _stat(path):
+def _mtime(path):
     try:
-        return os.stat(path)
-    except OSError:
+        return os.stat(path).st_mtime
+    except OSError:  # gone already: another process pruned it
         return None
 
 
 def entries(base=None):
     """What the cache under ``base`` (default :func:`root`) holds, as dicts with ``name``,
-    ``paths`` (to remove it), ``size`` (bytes), ``files``, ``used`` (last use, seconds since
-    the epoch) and ``what``.  This installation's directory is split into its generated modules and
-    the package's own kernels; another installation's directory (an older minigrad, other
-    library versions) is one entry; so is a stale temporary file."""
+    ``what``, ``paths`` (to remove), ``files``, ``size`` (bytes) and ``used`` (last use,
+    seconds since the epoch).  This installation's directory is split into its generated
+    modules and the package's own kernels; another installation's directory (an older
+    minigrad, other library versions) is one entry; so is a stale temporary file."""
     base = root() if base is None else base
     try:
         names = sorted(os.listdir(base))
     except OSError:
         return []
-    out, now = [], time.time()
+    out = []
     for name in names:
         path = os.path.join(base, name)
         if name == tag():
-            out += _split(path, now)
+            out += _split(path)
         elif TAG_RE.match(name) or name == "kernels":  # "kernels": before the tagged layout
-            sizes = [s.st_size for s in map(_stat, _walk(path)) if s]
-            st = _stat(path)
-            out.append({"name": name + "/", "paths": [path], "size": sum(sizes),
-                        "files": len(sizes), "used": st.st_mtime if st else 0,
-                        "what": "another installation"})
+            out.append(_entry(name + "/", "another installation", list(_walk(path)), [path],
+                              _mtime(path)))
     return out
 
 
@@ -334,33 +332,33 @@ def _walk(path):
         yield from (os.path.join(dirpath, f) for f in files)
 
 
-def _split(path, now):
-    groups, stale = {}, []
+def _split(path):
+    groups = {}
     for f in _walk(path):
-        st = _stat(f)
-        if st is None:
-            continue
-        if ".tmp." in os.path.basename(f):  # a write in flight, or a writer that died
-            if now - st.st_mtime > STALE_TMP:
-                stale.append({"name": os.path.basename(f), "paths": [f], "size": st.st_size,
-                              "files": 1, "used": st.st_mtime, "what": "stale temporary file"})
-            continue
-        key = os.path.basename(f).split(".")[0]
-        key = key if key.startswith("mg_") else ""
-        g = groups.setdefault(key, {"paths": [], "size": 0, "used": 0})
-        g["paths"].append(f)
-        g["size"] += st.st_size
-        g["used"] = max(g["used"], st.st_mtime)
-    st = _stat(path)
+        name = os.path.basename(f)
+        key = name if ".tmp." in name else name.split(".")[0] if name.startswith("mg_") else ""
+        groups.setdefault(key, []).append(f)
     out = []
-    for key, g in sorted(groups.items()):
-        g["files"] = len(g["paths"])
-        if key:
-            out.append({"name": f"{tag()}/{key}", "what": "a generated recurrence", **g})
+    for key, files in sorted(groups.items()):
+        if ".tmp." in key:  # a write in flight (left alone), or one whose writer died
+            e = _entry(key, "stale temporary file", files)
+            out += [e] if time.time() - e["used"] > STALE_TMP else []
+        elif key:
+            out.append(_entry(f"{tag()}/{key}", "a generated recurrence", files))
         else:  # compiled at first use, then used by every run: its time is the directory's
-            out.append({"name": f"{tag()}/ (package kernels)", "what": "minigrad's own kernels",
-                        **g, "used": st.st_mtime if st else g["used"]})
-    return out + stale
+            out.append(_entry(f"{tag()}/ (package kernels)", "minigrad's own kernels", files,
+                              used=_mtime(path)))
+    return out
+
+
+def _entry(name, what, files, remove=None, used=None):
+    times = [t for t in map(_mtime, files) if t is not None]
+    size = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(f)
+    return {"name": name, "what": what, "paths": remove or files, "files": len(times),
+            "size": size, "used": used or max(times, default=0)}
 
 
 def prune(max_size, base=None):
