@@ -265,7 +265,7 @@ def main(argv=None):
         pred = translate(model, [pair[0]], src_vocab, tgt_vocab)[0]
         tqdm.write(f"step {step:5d}  loss {hist.recent():.3f}  held-out {held:.3f}"
                    f" | {pair[0]!r} -> {pred!r} {'✓' if pred == pair[1] else '✗'}")
-        if args.early_stop and best.waited(hist) >= args.early_stop:
+        if args.early_stop and best.waited(hist) >= args.early_stop and step < args.steps:
             raise common.Stop(f"early stop at step {step}: no better held-out loss in "
                               f"{args.early_stop} evaluations (best {best.loss:.3f} at step "
                               f"{best.step})")

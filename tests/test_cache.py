@@ -337,14 +337,14 @@ def test_pruning_is_safe_while_another_process_uses_the_cache(tmp_path, warm):
     pruner = threading.Thread(target=clear)
     pruner.start()
     try:
-        runs = [probe(cache_dir, *args) for args in ((4,), (4,), (3, "relu"))]
+        runs = [probe(cache_dir, *args) for args in ((4,), (3, "relu"))]
     finally:
         stop.set()
         pruner.join()
     assert sum(cleared) > 0, "the pruner never found anything to remove"
     for i, (result, err) in enumerate(runs):
         assert cache_warnings(err) == [], err
-        if i < 2:
+        if i == 0:
             assert result["compiled"] == pytest.approx(warm[1]["compiled"], rel=1e-12,
                                                        abs=1e-15)
 

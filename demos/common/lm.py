@@ -99,7 +99,7 @@ class LanguageModelRun:
             hist.evals.append((step, held))
             best.offer(step, held, hist)
             tqdm.write(self.describe(step))
-            if args.early_stop and best.waited(hist) >= args.early_stop:
+            if args.early_stop and best.waited(hist) >= args.early_stop and step < args.steps:
                 raise Stop(f"early stop at step {step}: no better held-out loss in "
                            f"{args.early_stop} evaluations (best {best.loss:.3f} at step "
                            f"{best.step})")

@@ -103,9 +103,10 @@ def sigmoid_backward(g, y):
 @elementwise("f4(f4, f4)", "f8(f8, f8)")
 def relu_backward(g, y):
     """g where y = relu(x) > 0, else 0 (also where y is NaN)."""
-    # NOTE: y >= 0 or NaN, so y > 0 is y != 0 and y == y: quiet comparisons ('>' would raise
-    # the 'invalid' flag on a NaN, a RuntimeWarning from NumPy on every call).
-    return g if (y != 0) & (y == y) else 0
+    # NOTE: y > 0 exactly when y + |y| is neither 0 nor NaN; == and != are quiet comparisons
+    # ('>' would raise the 'invalid' flag on a NaN: a RuntimeWarning from NumPy every call).
+    t = y + abs(y)
+    return g if (t != 0) & (t == t) else 0
 
 
 
