@@ -141,6 +141,8 @@ def write_text(path, text):
 # --------------------------------------------------------------------------- Numba's files
 
 class Damaged(Exception):
+    """A cache file that cannot be trusted: ``path``, and ``why``."""
+
     def __init__(self, path, why):
         super().__init__(f"{path}: {why}")
         self.path, self.why = path, why
@@ -250,10 +252,10 @@ class KernelCache(FunctionCache):
     def save_overload(self, sig, data):
         try:
             super().save_overload(sig, data)
-        except OSError as e:
+        except Exception as e:  # e.g. a full disk, a directory gone read-only: not fatal
             warn_once(self._cache_path, f"minigrad: could not write to the compile cache "
-                      f"{self._cache_path} ({e.strerror or e}); the compiled code is used "
-                      "from memory")
+                      f"{self._cache_path} ({getattr(e, 'strerror', None) or e}); the "
+                      "compiled code is used from memory")
             return
         prune(limit())
 
@@ -289,7 +291,8 @@ def limit():
     try:
         return DEFAULT_MAX_SIZE if text is None else parse_size(text)
     except ValueError as e:
-        warn(f"minigrad: MINIGRAD_CACHE_MAX_SIZE: {e}; using {DEFAULT_MAX_SIZE >> 20}M")
+        warn_once("size", f"minigrad: MINIGRAD_CACHE_MAX_SIZE: {e}; using "
+                  f"{DEFAULT_MAX_SIZE >> 20}M")
         return DEFAULT_MAX_SIZE
 
 

@@ -186,8 +186,11 @@ class Recurrent(Module):
             x = F.one_hot(x, cell.input_size, dtype=_dtype(cell))
         outs = [None] * T
         self.states = []
-        for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
-            new = _checked(cell, cell(x[:, t], state), state)
+        steps = range(T - 1, -1, -1) if self.reverse else range(T)
+        for t in steps:
+            new = cell(x[:, t], state)
+            if t == steps[0]:  # a cell of the wrong shape fails here, not in a later matmul
+                _check_state(cell, new, state)
             if valid is not None:  # past a sequence's end its state stays as it was
                 new = _select(valid[:, t:t + 1], new, state)
             state = new
@@ -200,8 +203,8 @@ class Recurrent(Module):
         return mg.stack(outs, axis=1), state
 
 
-def _checked(cell, new, old):
-    """The new state, if it has the structure, shapes and dtypes of the old one."""
+def _check_state(cell, new, old):
+    """Raise ValueError unless ``new`` has the structure, shapes and dtypes of ``old``."""
     olds = (old,) if isinstance(old, mg.Tensor) else tuple(old)
     news = (new,) if isinstance(new, mg.Tensor) else tuple(new) \
         if isinstance(new, (tuple, list)) else (new,)
@@ -212,7 +215,6 @@ def _checked(cell, new, old):
                          f"was given: {len(want)} tensor(s) of shape and dtype "
                          f"{', '.join(f'{s} {d}' for s, d in want)}; it returned "
                          f"{', '.join(f'{s} {d}' for s, d in got)}")
-    return new
 
 
 def _fallback_message(name, cell, x, state, error):
