@@ -3,16 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oracle lint bench clean
+.PHONY: demo demo-mpi test test-oracle lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m demos.names $(ARGS)
+
+# The names demo trained data-parallel on N MPI ranks (MPICH's mpiexec, installed in the venv).
+N ?= 2
+demo-mpi: $(STAMP)
+	$(VENV)/bin/mpiexec -n $(N) $(PY) -m mpi4py -m demos.names --distributed $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
@@ -26,11 +31,15 @@ test-oracle: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The engine's building blocks, then training steps with 1 and 2 threads (both tables, the
-# min-char-rnn reference, peak memory and compile cost) written to benchmarks/results.md.
+# The engine's building blocks, then training steps against the optional peers PyTorch and JAX
+# (same weights, losses checked first; 1 and 2 threads) -> benchmarks/results.md.  The peers
+# are installed into the venv here only, pinned as in test-oracle (an unpinned torch
+# downloads gigabytes); they are never dependencies of the package or of `make test`.
+# ARGS go to bench_rnn.py, e.g. make bench ARGS="--configs N --threads 1 --quick".
 bench: $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0 jax==0.10.2 jaxlib==0.10.2
 	$(PY) benchmarks/bench_engine.py
-	$(PY) benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md
+	$(PY) benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

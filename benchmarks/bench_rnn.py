@@ -1,37 +1,34 @@
-"""Training-step benchmark of minigrad's RNN/GRU/LSTM against PyTorch, a numpy min-char-rnn
-and the machine's GEMM floor; peak memory and compile cost in fresh processes.
+"""Training-step benchmark: minigrad against PyTorch and JAX, same models, same weights.
 
-A training step is forward + backward + SGD update, float32, cross-entropy (mean) at every
-time step.  Configurations (issue 8):
+A training step is forward + a linear head at every step + mean cross-entropy + backward +
+SGD, float32 (``peers.py`` writes it in all three frameworks).  Configurations:
 
-    A  V65 H100 B1 T25             character LM, 1 layer         (overhead-bound)
-    B  V65 H128 B32 T64            character LM, 1 layer         (GEMM-bound)
-    C  V65 H256 B64 T100           character LM, 2 layers
-    D  I50 H64 B16 T40, 17 tags    BiLSTM tagger, dense input    (LSTM only)
+    A  V65 H100 B1 T25                 min-char-rnn                RNN GRU LSTM
+    N  V29 H128 B64 T10                the names demo (make demo)  GRU LSTM
+    B  V65 H128 B32 T64                                            RNN GRU LSTM
+    K  V65 H128 B50 T50, 2 layers      char-rnn's defaults         GRU LSTM
+    C  V65 H256 B64 T100, 2 layers                                 GRU LSTM
+    D  BiLSTM I50 H64 B16 T40, 17 tags a tagger (dense input)      LSTM
 
-At A–C minigrad gets (B, T) int64 ids (the layer's input size is V: a row lookup), PyTorch
-one-hot floats; at D both get dense (B, T, 50) floats.  minigrad runs its layers *compiled*
-and *eager* (``RNN/GRU/LSTM(..., compiled=True|False)``; where the layers do not take that
-keyword yet, eager only and the compiled column says n/a).  All runs of one row are timed in
-the same process in interleaved rounds (each round times every contender for ≥ a window);
-the table shows the median round.  ratio = torch time / minigrad time: > 1 means minigrad
-is faster.  Absolute times move ±20–40 % between runs on a shared 2-core machine: compare
-ratios measured in one run.
+For every (config, cell, thread count) each framework runs in its own process, pinned to
+``threads`` cores before anything is imported (XLA sizes its thread pool from the affinity
+mask when its client starts), with ``mg.set_num_threads`` / ``torch.set_num_threads``.
+The processes start from minigrad's initial weights; before any timing, their losses over
+the first 4 steps (3 SGD updates) must agree (relative 1e-5, and the loss's fall within
+1 %), or the run stops.  Then interleaved rounds: each round times every framework (and the
+step's GEMMs alone, through NumPy's BLAS, in minigrad's process) for a window of steps; the
+table shows the median round.  Peak RSS is each process's own.  First steps run in fresh
+processes: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same directory
+(warm), then, cold, a new hidden size after the first; JAX's first step is its compile.
 
-Sections (``--sections``, default all):
-  steps    the training-step table, once per ``--threads`` value
-  minchar  minigrad's vanilla RNN against benchmarks/min_char_rnn.py at A (same algorithm:
-           summed loss, clip ±5, Adagrad, state carried over)
-  rss      peak RSS per config in a fresh process per run (``resource.getrusage``)
-  compile  first training step in a fresh process: cold (empty NUMBA_CACHE_DIR) and warm
-
-    python benchmarks/bench_rnn.py                          # everything, 2 threads
-    python benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md
-    python benchmarks/bench_rnn.py --quick --configs A,B --cells lstm,gru
+    python benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md  # make bench
+    python benchmarks/bench_rnn.py --configs N --cells lstm --threads 1 --quick    # < 1 minute
+    python benchmarks/bench_rnn.py --frameworks minigrad,jax --sections steps
 """
 
 import argparse
-import inspect
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -40,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -50,273 +47,243 @@ for _p in (ROOT, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-# minigrad and torch are imported lazily: the memory and compile-cost children must measure
-# their own imports, and a torch child must not carry Numba's memory (or the reverse).
+# Only numpy here: the parent stays small (a child's ru_maxrss starts at its parent's peak),
+# and minigrad, torch and JAX are imported in their own children.
+import peers  # noqa: E402
+from peers import CONFIGS, FRAMEWORKS, GATES, Config, disagreement, gemm_flops  # noqa: E402
+
+VERIFY_STEPS = 4      # losses compared: before the first update and after each of 3 updates
+RTOL = 1e-5           # float32: the three agree to ~5e-7 on every config
+FALL_RTOL = 0.01      # the fall loss_4 - loss_1 must agree to 1 % (tests the update itself)
+NEW_HIDDEN = 96       # the "new hidden size" row: H -> 96 after a warm H
+_CHILD = "--child"
+_TAG = "@@ "          # protocol lines on a child's stdout; anything else is passed through
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    V: int          # input size (vocabulary at A–C, features at D)
-    H: int
-    B: int
-    T: int
-    layers: int = 1
-    out: int = 0    # classes of the read-out; 0 means V (a language model)
-    dense: bool = False          # dense float input for both frameworks (else ids / one-hot)
-    bidirectional: bool = False
-    cells: tuple = ("rnn", "gru", "lstm")
+# ------------------------------------------------------------------------ child side
 
-    @property
-    def classes(self):
-        return self.out or self.V
+def _peak_mib():
+    """This process's peak resident set (MiB): ``VmHWM``, else ``ru_maxrss``.
 
-    def describe(self):
-        s = f"{'I' if self.dense else 'V'}{self.V} H{self.H} B{self.B} T{self.T}"
-        if self.layers > 1:
-            s += f" ×{self.layers} layers"
-        if self.bidirectional:
-            s = f"Bi {s}, {self.classes} tags"
-        return s
+    NOTE: Linux carries a parent's high-water mark into ``ru_maxrss`` across fork + exec;
+    ``VmHWM`` belongs to this address space alone (the parent is small either way)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-CONFIGS = {
-    "A": Config("A", V=65, H=100, B=1, T=25),
-    "B": Config("B", V=65, H=128, B=32, T=64),
-    "C": Config("C", V=65, H=256, B=64, T=100, layers=2),
-    "D": Config("D", V=50, H=64, B=16, T=40, out=17, dense=True, bidirectional=True,
-                cells=("lstm",)),
-}
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks acting on [a, x]: GEMM width G·H
+def _send(obj):
+    print(_TAG + json.dumps(obj), flush=True)
 
 
-def gemm_flops(cfg, cell):
-    """GEMM FLOPs of one training step that no implementation can avoid.
+def _setup(spec):
+    """Pin, import the framework, set its threads; returns the import time (s)."""
+    os.sched_setaffinity(0, spec["cpus"])  # before JAX exists: its pool follows the mask
+    t0 = time.perf_counter()
+    if spec["framework"].startswith("minigrad"):
+        import minigrad as mg
+        import models.language_model  # noqa: F401  (part of the import a user pays)
 
-    Per GEMM (M, K, N): forward 2MKN, weight gradient 2MKN, input gradient 2MKN unless the
-    input is data.  Counted: every layer's recurrent GEMM (B·T, H, G·H), the input
-    projections of layers ≥ 2 (B·T, H·D, G·H), the dense input projection at D, the read-out
-    (B·T, H·D, classes).  Not counted: ids at A–C (a row lookup, no GEMM; PyTorch spends
-    real FLOPs on its one-hot GEMM, and that is its choice) and all elementwise work — so
-    the floor is a lower bound, reachable only by a step that is all GEMM.
-    """
-    G, BT = GATES[cell], cfg.B * cfg.T
-    D = 2 if cfg.bidirectional else 1
-    total = 0
-    for l in range(cfg.layers):
-        n_in = cfg.V if l == 0 else cfg.H * D
-        for _ in range(D):
-            total += 3 * 2 * BT * cfg.H * G * cfg.H
-            if l > 0:
-                total += 3 * 2 * BT * n_in * G * cfg.H
-            elif cfg.dense:
-                total += 2 * 2 * BT * n_in * G * cfg.H
-    total += 3 * 2 * BT * cfg.H * D * cfg.classes
-    return total
+        mg.set_num_threads(spec["threads"])
+        mg.freeze_gc()  # what the demos do: Numba's objects out of the collector's sight
+    elif spec["framework"] == "torch":
+        import torch
 
+        torch.set_num_threads(spec["threads"])
+    elif spec["framework"] == "jax":
+        import jax  # noqa: F401
+    else:  # the NumPy reference
+        import threadpoolctl
 
-# ------------------------------------------------------------------------ models and steps
-
-def compiled_supported():
-    """True when the recurrent layers take ``compiled=`` (the compiled path has landed)."""
-    from models.layers import LAYERS, Recurrent
-
-    return all("compiled" in inspect.signature(c).parameters
-               for c in (Recurrent, *LAYERS.values()))
-
-
-def _data(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    if cfg.dense:
-        x = rng.standard_normal((cfg.B, cfg.T, cfg.V)).astype(np.float32)
-    else:
-        x = rng.integers(0, cfg.V, (cfg.B, cfg.T))
-    return x, rng.integers(0, cfg.classes, (cfg.B, cfg.T))
-
-
-def minigrad_model(cfg, cell, compiled=None):
-    """The layer stack and its read-out: ``(model, params)``, ``model(x) -> logits``."""
-    import minigrad as mg
-    from minigrad.nn import Linear
-    from models.layers import SequenceTagger, make_layer
-
-    mg.manual_seed(0)
-    kw = {} if compiled is None else {"compiled": compiled}
-    rnn = make_layer(cell, cfg.V, cfg.H, num_layers=cfg.layers,
-                     bidirectional=cfg.bidirectional, **kw)
-    if cfg.bidirectional:
-        tagger = SequenceTagger(rnn, cfg.classes)
-        return tagger, list(tagger.parameters())
-    head = Linear(cfg.H, cfg.classes)
-
-    def model(x, state=None):
-        out, final = rnn(x, state)
-        return head(out), final
-
-    return model, list(rnn.parameters()) + list(head.parameters())
-
-
-def minigrad_step(cfg, cell, compiled=None):
-    import minigrad as mg
-
-    model, params = minigrad_model(cfg, cell, compiled)
-    opt = mg.optim.SGD(params, lr=0.1)
-    x_np, y = _data(cfg)
-    x = mg.tensor(x_np)
-
-    def step():
-        logits = model(x) if cfg.bidirectional else model(x)[0]
-        loss = mg.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
-
-
-def torch_step(cfg, cell):
-    import torch
-
-    torch.manual_seed(0)
-    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
-    rnn = cls(cfg.V, cfg.H, num_layers=cfg.layers, batch_first=True,
-              bidirectional=cfg.bidirectional)
-    D = 2 if cfg.bidirectional else 1
-    head = torch.nn.Linear(cfg.H * D, cfg.classes)
-    opt = torch.optim.SGD(list(rnn.parameters()) + list(head.parameters()), lr=0.1)
-    x_np, y_np = _data(cfg)
-    x = torch.from_numpy(x_np)
-    if not cfg.dense:
-        x = torch.nn.functional.one_hot(x, cfg.V).float()
-    y = torch.from_numpy(y_np).reshape(-1)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        out, _ = rnn(x)
-        loss = loss_fn(head(out).reshape(-1, cfg.classes), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
-
-
-def minchar_steps(compiled_modes):
-    """Config A, the min-char-rnn algorithm on both sides: summed cross-entropy, every
-    gradient element clipped to ±5, Adagrad lr 0.1, the final state carried to the next
-    step (detached).  Returns {label: step}."""
-    from min_char_rnn import MinCharRNN
-
-    import minigrad as mg
-
-    cfg = CONFIGS["A"]
-    x_np, y = _data(cfg)
-    steps = {}
-    ref = MinCharRNN(cfg.V, cfg.H)
-    inputs, targets = x_np[0].tolist(), y[0].tolist()
-    h_ref = [np.zeros((cfg.H, 1), np.float32)]
-
-    def ref_step():
-        loss, h_ref[0] = ref.step(inputs, targets, h_ref[0])
-        return loss
-
-    steps["numpy min-char-rnn"] = ref_step
-    for compiled in compiled_modes:
-        model, params = minigrad_model(cfg, "rnn", compiled)
-        opt = mg.optim.Adagrad(params, lr=0.1)
-        x = mg.tensor(x_np)
-        state = [None]
-
-        def step(model=model, params=params, opt=opt, x=x, state=state):
-            logits, final = model(x, state[0])
-            loss = mg.cross_entropy(logits, y, reduction="sum")
-            opt.zero_grad()
-            loss.backward()
-            mg.optim.clip_grad_value_(params, 5.0)
-            opt.step()
-            state[0] = final.detach()
-            return loss.item()
-
-        steps[f"minigrad RNN, {_mode(compiled)}"] = step
-    return steps
-
-
-def _mode(compiled):
-    return {None: "eager", False: "eager", True: "compiled"}[compiled]
-
-
-# ------------------------------------------------------------------------ timing
-
-@dataclass
-class Timing:
-    rounds: int
-    window: float   # seconds each contender runs per round (at least one step)
-    settle: float   # pause between contenders: spinning BLAS/OpenMP workers go to sleep
-
-
-def interleaved(steps, tm):
-    """Median over rounds of the mean step time of each contender: {label: seconds}.
-
-    Each contender is warmed up (JIT compile, allocator, caches) first; each round runs
-    every contender for ≥ ``tm.window`` seconds, starting with a different one each round.
-    """
-    labels = list(steps)
-    n_steps = {}
-    last_loss = {}
-    for k in labels:
-        steps[k]()  # compile / first-call costs
-        t0 = time.perf_counter()
-        steps[k]()
-        dt = time.perf_counter() - t0
-        n_steps[k] = max(1, math.ceil(tm.window / max(dt, 1e-6)))
-    per_round = {k: [] for k in labels}
-    for r in range(tm.rounds):
-        order = labels[r % len(labels):] + labels[:r % len(labels)]
-        for k in order:
-            time.sleep(tm.settle)
-            fn, n = steps[k], n_steps[k]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                last_loss[k] = fn()
-            per_round[k].append((time.perf_counter() - t0) / n)
-    for k, loss in last_loss.items():
-        if not math.isfinite(loss):
-            print(f"**warning: {k} ended with a non-finite loss {loss}**")
-    return {k: float(np.median(v)) for k, v in per_round.items()}
-
-
-def gemm_rate(n, repeats):
-    """The machine's float32 GEMM rate (FLOP/s): best of ``repeats`` n×n×n ``numpy.dot``
-    (the BLAS minigrad's matmul calls), at the thread count currently set."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    c = np.empty((n, n), np.float32)
-    np.dot(a, b, out=c)
-    best = min(_timed(lambda: np.dot(a, b, out=c)) for _ in range(repeats))
-    return 2 * n ** 3 / best
+        threadpoolctl.threadpool_limits(spec["threads"], user_api="blas")
+    return time.perf_counter() - t0
 
 
 def _timed(fn):
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
-def set_threads(n, have_torch):
-    import minigrad as mg
+def child_main(spec):
+    cfg = Config(**spec["cfg"])
+    t_import = _setup(spec)
+    step = peers.make_step(spec["framework"], cfg, spec["cell"], spec["weights"],
+                           compiled=spec.get("compiled"))
+    t_first, loss = _timed(step)
+    if spec["mode"] == "first":
+        t_second, _ = _timed(step)
+        out = {"import": t_import, "first": t_first, "second": t_second}
+        if spec.get("new_hidden"):
+            again = peers.make_step("minigrad", cfg, spec["cell"], None, hidden=spec["new_hidden"])
+            out["new_hidden_first"] = _timed(again)[0]
+        _send(out)
+        return
+    losses = [loss] + [step() for _ in range(VERIFY_STEPS - 1)]
+    floor = peers.gemm_floor(cfg, spec["cell"]) if spec["framework"] == "minigrad" else None
+    _send({"losses": losses})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        fn = floor if cmd["cmd"] == "floor" else step
+        t0 = time.perf_counter()
+        for _ in range(cmd["n"]):
+            loss = fn()
+        _send({"seconds": time.perf_counter() - t0, "loss": loss})
+    _send({"rss": _peak_mib()})
 
-    mg.set_num_threads(n)
-    mg.freeze_gc()  # opt-in: full collections would walk Numba's objects (see README)
-    if have_torch:
-        import torch
 
-        torch.set_num_threads(n)
+# ------------------------------------------------------------------------ parent side
+
+class Child:
+    """A framework's process: JSON commands on stdin, tagged JSON replies on stdout."""
+
+    def __init__(self, spec, env=None):
+        self.spec = spec
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed in kill)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), _CHILD, json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+            env=env)
+
+    def receive(self):
+        for line in self.proc.stdout:
+            if line.startswith(_TAG):
+                return json.loads(line[len(_TAG):])
+            print(f"  [{self.spec['framework']}] {line.rstrip()}", flush=True)
+        self.proc.wait()
+        self.err.seek(0)
+        raise RuntimeError(f"bench_rnn: the {self.spec['framework']} process for "
+                           f"{self.spec['cfg']['name']} {self.spec['cell']} exited "
+                           f"({self.proc.returncode}):\n{self.err.read()[-3000:]}")
+
+    def ask(self, cmd, **kw):
+        self.proc.stdin.write(json.dumps(dict(cmd=cmd, **kw)) + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self):
+        """Ends the process; returns its peak RSS (MiB)."""
+        rss = self.ask("quit")["rss"]
+        self.proc.wait()
+        return rss
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
 
 
-# ------------------------------------------------------------------------ report helpers
+@dataclass
+class Timing:
+    rounds: int
+    window: float   # seconds of steps per contender per round (at least one step)
+    settle: float   # pause between contenders: spinning BLAS/OpenMP workers go to sleep
+
+
+def _spec(mode, framework, cfg, cell, threads, cpus, weights, **kw):
+    return dict(mode=mode, framework=framework, cfg=asdict(cfg), cell=cell, threads=threads,
+                cpus=cpus, weights=weights, **kw)
+
+
+def check_agreement(cfg, cell, threads, losses):
+    """Stops the run unless every framework's losses agree with minigrad's."""
+    ref = losses["minigrad"]
+    bad = []
+    for k, other in losses.items():
+        fall_ref, fall = ref[-1] - ref[0], other[-1] - other[0]
+        if (disagreement(ref, other) > RTOL
+                or abs(fall - fall_ref) > FALL_RTOL * abs(fall_ref) + 2e-6):
+            bad.append(k)
+    if bad:
+        lines = "\n".join(f"  {k:16s} " + " ".join(f"{v:.7f}" for v in ls)
+                          for k, ls in losses.items())
+        raise SystemExit(f"bench_rnn: {cfg.name} {cell} ({threads} thread(s)): the losses of "
+                         f"{', '.join(bad)} disagree with minigrad's over {VERIFY_STEPS} "
+                         f"steps from the same weights (relative {RTOL:g}, fall "
+                         f"{FALL_RTOL:.0%}): not the same model or not the same update; "
+                         f"nothing was timed.\n{lines}")
+
+
+def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
+    """One row: ``{"time": {contender: median seconds per step}, "rss": ..., "losses": ...}``.
+
+    ``contenders``: {label: (framework, compiled)}; the first is minigrad (the reference,
+    which writes the weights).  ``check``: verify the losses and time the GEMM floor."""
+    weights = os.path.join(tmp, f"{cfg.name}-{cell}.npz")
+    children = {}
+    try:
+        info = {}
+        for label, (framework, compiled) in contenders.items():  # one at a time: clean starts
+            children[label] = Child(_spec("serve", framework, cfg, cell, threads, cpus,
+                                          None if compiled is False else weights,
+                                          compiled=compiled))
+            info[label] = children[label].receive()
+        runs = {k: (c, "step") for k, c in children.items()}
+        if check:
+            check_agreement(cfg, cell, threads, {k: v["losses"] for k, v in info.items()})
+            runs["GEMM floor"] = (children["minigrad"], "floor")
+        n = {}
+        for k, (child, cmd) in runs.items():  # warm up, then size the window
+            child.ask(cmd, n=1)
+            n[k] = max(1, math.ceil(tm.window / max(child.ask(cmd, n=1)["seconds"], 1e-6)))
+        per_round = {k: [] for k in runs}
+        labels = list(runs)
+        last = {}
+        for r in range(tm.rounds):
+            for k in labels[r % len(labels):] + labels[:r % len(labels)]:
+                time.sleep(tm.settle)
+                child, cmd = runs[k]
+                reply = child.ask(cmd, n=n[k])
+                per_round[k].append(reply["seconds"] / n[k])
+                last[k] = reply["loss"]
+        for k, loss in last.items():
+            if k in children and not math.isfinite(loss):
+                print(f"  **warning: {k} ended with a non-finite loss {loss}**", flush=True)
+        rss = {k: c.close() for k, c in children.items()}
+    finally:
+        for c in children.values():
+            c.kill()
+    return {"time": {k: float(np.median(v)) for k, v in per_round.items()}, "rss": rss,
+            "losses": {k: v["losses"] for k, v in info.items()}}
+
+
+def first_steps(cfg, cell, threads, cpus, others, tmp):
+    """Seconds: minigrad's first step cold, warm and at a new hidden size; peers' first."""
+    weights = os.path.join(tmp, f"first-{cfg.name}-{cell}.npz")
+    new_h = NEW_HIDDEN if cfg.H != NEW_HIDDEN else NEW_HIDDEN + 16
+    out = {"new_h": new_h}
+
+    def once(framework, env=None, **kw):
+        child = Child(_spec("first", framework, cfg, cell, threads, cpus, weights, **kw), env)
+        try:
+            reply = child.receive()
+            child.proc.wait()
+            return reply
+        finally:
+            child.kill()
+
+    with tempfile.TemporaryDirectory(prefix="mg-bench-cache-") as cache:
+        env = dict(os.environ, MINIGRAD_CACHE_DIR=cache)
+        cold = once("minigrad", env, new_hidden=new_h)
+        warm = once("minigrad", env)
+    out.update(cold=cold["first"], warm=warm["first"], new=cold["new_hidden_first"],
+               import_warm=warm["import"])
+    for p in others:
+        out[p] = once(p)["first"]
+    return out
+
+
+# ------------------------------------------------------------------------ report
 
 class Report:
     """Prints markdown as it goes and keeps it for ``--markdown``."""
@@ -329,7 +296,6 @@ class Report:
         self.lines.append(text)
 
     def table(self, headers, rows, left=2):
-        """A markdown table: the first ``left`` columns are labels, the rest numbers."""
         self("| " + " | ".join(headers) + " |")
         self("|" + "|".join("---" if i < left else "---:" for i in range(len(headers))) + "|")
         for r in rows:
@@ -338,220 +304,139 @@ class Report:
 
 
 def _ms(t):
-    return "n/a" if t is None else f"{t * 1e3:.2f}" if t < 1 else f"{t * 1e3:.0f}"
+    return "n/a" if t is None else f"{t * 1e3:.2f}" if t < 0.1 else f"{t * 1e3:.1f}" \
+        if t < 1 else f"{t * 1e3:.0f}"
 
 
-def _ratio(num, den):
-    return "n/a" if num is None or den is None else f"{num / den:.2f}"
-
-
-def _bold(text):
-    return text if text == "n/a" else f"**{text}**"
+def _x(peer, mine):
+    """peer time / minigrad time, bold where minigrad is slower (< 1)."""
+    if peer is None or mine is None:
+        return "n/a"
+    r = peer / mine
+    return f"**{r:.2f}**" if r < 1 else f"{r:.2f}"
 
 
 def _pct(floor, t):
     return "n/a" if t is None else f"{100 * floor / t:.0f} %"
 
 
-def machine_lines(have_torch, torch_version):
-    import numba
+def _s(t):
+    return "n/a" if t is None else f"{t:.2f}"
 
-    import minigrad  # noqa: F401  (the version lines below name what was loaded)
+
+def machine_lines(others):
+    def version(pkg):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
 
     load = os.getloadavg()
-    lines = [
-        f"- {platform.processor() or platform.machine()}, nproc = {os.cpu_count()}; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}"
-        f", torch {torch_version if have_torch else 'n/a (not installed or --no-torch)'}",
-        f"- load average at start: {', '.join(f'{x:.2f}' for x in load)}",
-    ]
-    if load[0] > 0.75 * (os.cpu_count() or 1):
+    lines = [f"- {platform.processor() or platform.machine()}, nproc = {os.cpu_count()}; "
+             f"Python {platform.python_version()}, numpy {np.__version__}, numba "
+             f"{version('numba')}; peers: "
+             + (", ".join(f"{p} {version(p)}" for p in others) or "none"),
+             f"- load average at start: {', '.join(f'{x:.2f}' for x in load)}"]
+    if load[0] > 0.5 * (os.cpu_count() or 1):
         lines.append(f"- **warning: the machine is busy (1-min load {load[0]:.1f} on "
-                     f"{os.cpu_count()} cores): multi-threaded times, torch's above all, "
-                     f"can be many times too slow — rerun idle**")
+                     f"{os.cpu_count()} cores): times are noisy and 2-thread times can be "
+                     f"many times too slow — rerun on a quiet machine**")
     try:
         import threadpoolctl
 
         for lib in threadpoolctl.threadpool_info():
             if lib.get("user_api") == "blas":
-                lines.append(f"- BLAS: {lib.get('internal_api')} {lib.get('version')} "
-                             f"({os.path.basename(lib.get('filepath', ''))})")
+                lines.append(f"- BLAS (NumPy's, minigrad's and the floor's): "
+                             f"{lib.get('internal_api')} {lib.get('version')}")
     except Exception:  # informative only
         pass
     return lines
 
 
-# ------------------------------------------------------------------------ sections
+def report_steps(rep, threads, rows, labels):
+    rep(f"### Training step, {threads} thread{'s' if threads > 1 else ''} (ms per step, "
+        f"median round; × peer = peer time / minigrad time)")
+    rep()
+    extra = [k for k in labels if k not in ("minigrad", "torch", "jax")]
+    table = []
+    for cfg, cell, m in rows:
+        t, rss = m["time"], m["rss"]
+        mine, floor = t["minigrad"], t["GEMM floor"]
+        flops = gemm_flops(cfg, cell)
+        table.append([cfg.name, cell, _ms(mine), _ms(t.get("torch")), _ms(t.get("jax")),
+                      _x(t.get("torch"), mine), _x(t.get("jax"), mine),
+                      *[_ms(t[k]) for k in extra],
+                      f"{flops / 1e9:.3f}", _ms(floor), f"{flops / floor / 1e9:.0f}",
+                      " / ".join(_pct(floor, t.get(k)) for k in FRAMEWORKS),
+                      " / ".join("n/a" if k not in rss else f"{rss[k]:.0f}"
+                                 for k in FRAMEWORKS)])
+    rep.table(["config", "cell", "minigrad", "torch", "JAX", "× torch", "× JAX",
+               *[f"{k} ms" for k in extra], "GEMM GFLOP", "GEMM floor ms",
+               "floor GFLOP/s", "floor % minigrad / torch / JAX",
+               "peak RSS MiB minigrad / torch / JAX"], table)
 
-def section_steps(rep, args, tm, threads, have_torch, modes):
-    set_threads(threads, have_torch)
-    n = 512 if args.quick else 1024
-    rate = gemm_rate(n, 5 if args.quick else 10)
-    rep(f"### Training step, {threads} thread{'s' if threads > 1 else ''} "
-        f"(float32 GEMM floor: {rate / 1e9:.0f} GFLOP/s, numpy.dot {n}³)")
+
+def report_summary(rep, results, thread_counts):
+    rep("### Summary: minigrad ms / × torch / × JAX (> 1: minigrad faster)")
     rep()
     rows = []
-    for name in args.configs:
-        cfg = CONFIGS[name]
-        for cell in [c for c in args.cells if c in cfg.cells]:
-            steps = {_mode(m): minigrad_step(cfg, cell, m) for m in modes}
-            if have_torch:
-                steps["torch"] = torch_step(cfg, cell)
-            t = interleaved(steps, tm)
-            tc, te, tt = t.get("compiled"), t.get("eager"), t.get("torch")
-            flops = gemm_flops(cfg, cell)
-            floor = flops / rate
-            rows.append([f"{name} ({cfg.describe()})", cell, _ms(tc), _ms(te), _ms(tt),
-                         _bold(_ratio(tt, tc)), _ratio(tt, te), _ratio(te, tc),
-                         f"{flops / 1e9:.3f}", _ms(floor), _pct(floor, tc), _pct(floor, te),
-                         _pct(floor, tt)])
-            print(f"  [{name} {cell}: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
-                                                   for k, v in t.items()) + "]", flush=True)
-    rep.table(["config", "cell", "compiled ms", "eager ms", "torch ms", "× torch (compiled)",
-               "× torch (eager)", "compiled / eager", "GEMM GFLOP", "floor ms",
-               "floor % compiled", "floor % eager", "floor % torch"], rows)
-    return rate
+    for (cfg, cell), by_threads in results.items():
+        row = [cfg.name, cfg.describe(), cell]
+        for n in thread_counts:
+            m = by_threads.get(n)
+            if m is None:
+                row.append("n/a")
+                continue
+            t = m["time"]
+            row.append(f"{_ms(t['minigrad'])} / {_x(t.get('torch'), t['minigrad'])} / "
+                       f"{_x(t.get('jax'), t['minigrad'])}")
+        rows.append(row)
+    rep.table(["config", "shape", "cell",
+               *[f"{n} thread{'s' if n > 1 else ''}" for n in thread_counts]], rows, left=3)
 
 
-def section_minchar(rep, tm, threads, have_torch, modes):
-    set_threads(threads, have_torch)
-    t = interleaved(minchar_steps(modes), tm)
-    ref = t.pop("numpy min-char-rnn")
-    rep(f"### Vanilla RNN vs numpy min-char-rnn at A, {threads} "
-        f"thread{'s' if threads > 1 else ''} (summed loss, clip ±5, Adagrad, state carried)")
-    rep()
-    rows = [["numpy min-char-rnn (float32)", _ms(ref), "1.00"]]
-    rows += [[k, _ms(v), f"**{ref / v:.2f}**"] for k, v in t.items()]
-    if "minigrad RNN, compiled" not in t:
-        rows.append(["minigrad RNN, compiled", "n/a", "n/a"])
-    rep.table(["implementation", "ms/step", "× min-char-rnn (> 1: faster)"], rows, left=1)
-
-
-_CHILD_FLAG = "--child"
-
-
-def _run_child(spec, env=None, timeout=900):
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), _CHILD_FLAG,
-                          json.dumps(spec)], env=env, capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"bench_rnn child {spec} failed:\n{out.stderr[-3000:]}")
-    d = json.loads(out.stdout.strip().splitlines()[-1])
-    d["wall"] = wall
-    return d
-
-
-def child_main(spec):
-    """Runs in a fresh interpreter: import, build, train; prints one JSON line."""
-    def peak_mib():
-        # NOTE: ru_maxrss of an exec'd child starts at its parent's peak (Linux carries the
-        # high-water mark across fork + exec), which here is torch + Numba; VmHWM belongs to
-        # the new address space alone.  getrusage is the fallback off Linux.
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024  # kB
-        except OSError:
-            pass
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-    cfg, cell = CONFIGS[spec["config"]], spec["cell"]
-    t0 = time.perf_counter()
-    if spec["framework"] == "torch":
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-        t_import = time.perf_counter() - t0
-        rss_import = peak_mib()
-        step = torch_step(cfg, cell)
-    else:
-        import minigrad as mg
-        import models.layers  # noqa: F401  (part of the import cost a user pays)
-
-        mg.set_num_threads(spec["threads"])
-        t_import = time.perf_counter() - t0
-        rss_import = peak_mib()
-        step = minigrad_step(cfg, cell, spec["compiled"])
-    t_build = time.perf_counter() - t0 - t_import
-    t1 = time.perf_counter()
-    step()
-    t_first = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    step()
-    t_second = time.perf_counter() - t2
-    for _ in range(spec["steps"]):
-        step()
-    print(json.dumps({"import": t_import, "build": t_build, "first": t_first, "second": t_second,
-                      "rss_import": rss_import, "rss_peak": peak_mib()}))
-
-
-def section_rss(rep, args, threads, have_torch, modes):
-    rep(f"### Peak RSS (MiB), one fresh process per run ({threads} "
-        f"thread{'s' if threads > 1 else ''}; import, build, {2 + args.rss_steps} steps)")
+def report_agreement(rep, results):
+    rep("### Same model, same update: losses over the first 4 steps from the same weights")
     rep()
     rows = []
-    for name in args.configs:
-        cfg = CONFIGS[name]
-        for cell in [c for c in args.cells if c in cfg.cells]:
-            runs = {"compiled": ("minigrad", True) if True in modes else None,
-                    "eager": ("minigrad", modes[-1]),
-                    "torch": ("torch", None) if have_torch else None}
-            row = [f"{name} ({cfg.describe()})", cell]
-            for run in runs.values():
-                if run is None:
-                    row.append("n/a")
-                    continue
-                d = _run_child(dict(framework=run[0], compiled=run[1], config=name,
-                                    cell=cell, threads=threads, steps=args.rss_steps))
-                row.append(f"{d['rss_peak']:.0f} (+{d['rss_peak'] - d['rss_import']:.0f})")
-            rows.append(row)
-            print(f"  [{name} {cell}: {row[2:]}]", flush=True)
-    rep.table(["config", "cell", "minigrad compiled", "minigrad eager", "torch"], rows)
-    rep("Peak = the child's peak resident set (`VmHWM`) after its last step; (+n) = growth "
-        "after the imports (model, data, tape, workspace, kernels loaded from the cache). "
-        "Children use the project's Numba cache, warm once any earlier run (e.g. the steps "
-        "section) has compiled the kernels; otherwise compile memory is included.")
-    rep()
+    for (cfg, cell), by_threads in results.items():
+        for n, m in by_threads.items():
+            ls = m["losses"]
+            rows.append([cfg.name, cell, n, " → ".join(f"{v:.5f}" for v in ls["minigrad"]),
+                         *[("n/a" if k not in ls else f"{disagreement(ls['minigrad'], ls[k]):.1e}")
+                           for k in ("torch", "jax")]])
+    rep.table(["config", "cell", "threads", "minigrad loss, steps 1–4",
+               "max rel. diff torch", "max rel. diff JAX"], rows, left=4)
 
 
-def section_compile(rep, args, threads, modes):
-    cfg_name = args.configs[0]
-    cells = [c for c in args.cells if c in CONFIGS[cfg_name].cells]
-    rep(f"### Compile cost: first training step in a fresh process, config {cfg_name} "
-        f"(seconds)")
+def report_minchar(rep, rows):
+    rep("### Vanilla RNN at A against the NumPy min-char-rnn (`min_char_rnn.py`; summed loss, "
+        "clip ±5, Adagrad, state carried; same initial weights)")
     rep()
-    rows = []
-    n_warm = 1 if args.quick else 3
-    for cell in cells:
-        for compiled in modes:
-            with tempfile.TemporaryDirectory(prefix="mg-bench-numba-") as cache:
-                env = dict(os.environ, NUMBA_CACHE_DIR=cache, MINIGRAD_CACHE_DIR=cache)
-                spec = dict(framework="minigrad", compiled=compiled, config=cfg_name,
-                            cell=cell, threads=threads, steps=0)
-                cold = _run_child(spec, env)
-                warm = sorted((_run_child(spec, env) for _ in range(n_warm)),
-                              key=lambda d: d["wall"])[n_warm // 2]
-            total = warm["import"] + warm["build"] + warm["first"]
-            rows.append([cell, _mode(compiled), f"{cold['first']:.2f}", f"{warm['first']:.2f}",
-                         f"{warm['second'] * 1e3:.1f} ms", f"{warm['import']:.2f}",
-                         f"**{total:.2f}** {'✓' if total <= 1.5 else '✗'}",
-                         f"{cold['wall']:.1f}", f"{warm['wall']:.1f}"])
-            print(f"  [{cell} {_mode(compiled)}: cold {cold['first']:.2f} s, warm "
-                  f"{warm['first']:.2f} s]", flush=True)
-        if True not in modes:
-            rows.append([cell, "compiled", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"])
-    rep.table(["cell", "mode", "first step, cold cache", "first step, warm cache",
-               "second step", "import minigrad + models",
-               "warm import + model + first step (≤ 1.5)",
-               "process wall cold", "process wall warm"], rows)
-    rep(f"Cold = a new empty `NUMBA_CACHE_DIR` (every kernel compiled); warm = the same "
-        f"directory again (median of {n_warm}). Code generated outside Numba's cache, if "
-        f"any, is not made cold by this.")
+    table = []
+    for threads, m in rows:
+        t, ref = m["time"], m["time"]["numpy min-char-rnn"]
+        table.append([threads, _ms(ref), _ms(t["minigrad"]), f"{ref / t['minigrad']:.2f}",
+                      " / ".join(f"{m['losses'][k][0]:.4f}" for k in t),
+                      " / ".join(f"{m['rss'][k]:.0f}" for k in t)])
+    rep.table(["threads", "min-char-rnn ms", "minigrad ms", "× min-char-rnn",
+               "first loss minigrad / min-char-rnn", "peak RSS MiB minigrad / min-char-rnn"],
+              table, left=1)
+
+
+def report_first(rep, rows, others):
+    rep("### First training step in a fresh process (seconds)")
+    rep()
+    table = [[cfg.name, cell, _s(f["cold"]), _s(f["warm"]), f"{_s(f['new'])} (H {f['new_h']})",
+              _s(f["import_warm"]), *[_s(f.get(p)) for p in ("jax", "torch")]]
+             for cfg, cell, f in rows]
+    rep.table(["config", "cell", "minigrad cold", "minigrad warm", "minigrad new hidden size",
+               "minigrad import (warm)", "JAX (compile + step)", "torch"], table)
+    rep("cold = a new empty `MINIGRAD_CACHE_DIR` (minigrad's generated code compiled; the "
+        "package's own Numba kernels come from its `__pycache__`); warm = a second process "
+        "on the same directory; new hidden size = in the cold process, after its first "
+        "steps, the first step of the same model at another H. Peers: their first step in a "
+        "fresh process (JAX's is its trace and XLA compile).")
     rep()
 
 
@@ -560,85 +445,123 @@ def section_compile(rep, args, threads, modes):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fast smoke run: short windows")
-    ap.add_argument("--configs", default="A,B,C,D", help="subset of A,B,C,D")
-    ap.add_argument("--cells", default="rnn,gru,lstm", help="subset of rnn,gru,lstm")
-    ap.add_argument("--threads", default="2",
-                    help="BLAS / torch intra-op threads; a list such as 1,2 runs each")
-    ap.add_argument("--sections", default="steps,minchar,rss,compile")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="subset of A,N,B,K,C,D")
+    ap.add_argument("--cells", default="rnn,gru,lstm",
+                    help="subset of rnn,gru,lstm (each config runs the ones it lists)")
+    ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1 or 1,2")
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                    help="minigrad plus any of torch,jax (missing peers are skipped)")
+    ap.add_argument("--sections", default="steps,first,minchar",
+                    help="subset of steps,first,minchar")
     ap.add_argument("--rounds", type=int, default=None, help="timing rounds (median; ≥ 3)")
-    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, short windows")
+    ap.add_argument("--eager", action="store_true",
+                    help="also time minigrad's eager path (compiled=False)")
+    ap.add_argument("--core", type=int, default=None,
+                    help="the CPU that 1-thread runs are pinned to (default: the first one)")
     ap.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
     args = ap.parse_args(argv)
 
-    def listed(text, allowed, what):
-        items = [s.strip().upper() if what == "config" else s.strip().lower()
+    def listed(text, allowed, what, upper=False):
+        items = [s.strip().upper() if upper else s.strip().lower()
                  for s in text.split(",") if s.strip()]
         bad = [s for s in items if s not in allowed]
         if bad or not items:
-            ap.error(f"--{what}s: unknown {what} {bad or text!r}; expected a subset of "
+            ap.error(f"--{what}: unknown {bad or text!r}; expected a subset of "
                      f"{','.join(allowed)}")
         return items
 
-    args.configs = listed(args.configs, list(CONFIGS), "config")
-    args.cells = listed(args.cells, list(GATES), "cell")
-    args.sections = listed(args.sections, ["steps", "minchar", "rss", "compile"], "section")
+    configs = [CONFIGS[c] for c in listed(args.configs, list(CONFIGS), "configs", True)]
+    cells = listed(args.cells, list(GATES), "cells")
+    sections = listed(args.sections, ["steps", "first", "minchar"], "sections")
+    frameworks = listed(args.frameworks, list(FRAMEWORKS), "frameworks")
+    if "minigrad" not in frameworks:
+        ap.error("--frameworks: minigrad is the reference every peer is compared with")
     try:
         thread_counts = [int(s) for s in args.threads.split(",")]
-        assert all(n >= 1 for n in thread_counts)
-    except (ValueError, AssertionError):
-        ap.error(f"--threads: expected positive integers such as 1,2; got {args.threads!r}")
+    except ValueError:
+        thread_counts = [0]
+    mask = sorted(os.sched_getaffinity(0))
+    if not all(1 <= n <= len(mask) for n in thread_counts):
+        ap.error(f"--threads: expected counts from 1 to {len(mask)} (the CPUs this process "
+                 f"may use), such as 1,2; got {args.threads!r}")
+    if args.core is not None and args.core not in mask:
+        ap.error(f"--core: CPU {args.core} is not among the usable CPUs {mask}")
     rounds = args.rounds or (3 if args.quick else 5)
     if rounds < 3:
         ap.error("--rounds: at least 3 (the table reports the median round)")
-    tm = Timing(rounds=rounds, window=0.05 if args.quick else 0.25,
-                settle=0.02 if args.quick else 0.05)
-    args.rss_steps = 2 if args.quick else 5
+    tm = Timing(rounds, window=0.05 if args.quick else 0.3, settle=0.02 if args.quick else 0.05)
+
+    missing = [p for p in frameworks[1:] if importlib.util.find_spec(peers.MODULES[p]) is None]
+    present = [p for p in frameworks[1:] if p not in missing]
+    contenders = {"minigrad": ("minigrad", None), **{p: (p, None) for p in present}}
+    if args.eager:
+        contenders["minigrad eager"] = ("minigrad", False)
+
+    def cpus(threads):
+        first = mask.index(args.core) if args.core is not None else 0
+        return (mask[first:] + mask[:first])[:threads]
 
     t_start = time.perf_counter()
-    torch_version = None
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch_version = torch.__version__
-        except ImportError:
-            pass
-    have_torch = torch_version is not None
-    modes = (True, False) if compiled_supported() else (None,)
-
     rep = Report()
     rep(f"## `{' '.join(['python benchmarks/bench_rnn.py'] + sys.argv[1:])}`")
     rep()
-    rep(f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{'--quick; ' if args.quick else ''}median of {rounds} interleaved rounds, "
-        f"≥ {tm.window * 1e3:.0f} ms per contender per round")
-    for line in machine_lines(have_torch, torch_version):
+    rep(f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; median of {rounds} "
+        f"interleaved rounds, ≥ {tm.window * 1e3:.0f} ms per contender per round; "
+        f"each framework in its own process, pinned to its thread count's cores")
+    for line in machine_lines(present):
         rep(line)
-    if True not in modes:
-        rep("- compiled: n/a — the layers do not take `compiled=` yet; minigrad runs eager")
-    rep("- ratio = torch time / minigrad time (> 1: minigrad faster); compiled / eager = "
-        "eager time / compiled time; floor = GEMM FLOPs of the step (fwd + bwd) at the "
-        "measured GEMM rate, floor % = floor / step time")
+    for p in missing:
+        rep(f"- {p}: not installed, left out (`make bench` installs it)")
+    rep("- ratio × peer = peer time / minigrad time (> 1: minigrad faster; bold: slower). "
+        "GEMM floor = the step's GEMMs alone at their shapes through NumPy's BLAS "
+        "(`peers.gemms`), timed in minigrad's process; floor % = floor / step time")
     rep()
-    for threads in thread_counts:
-        if "steps" in args.sections:
-            section_steps(rep, args, tm, threads, have_torch, modes)
-        if "minchar" in args.sections:
-            section_minchar(rep, tm, threads, have_torch, modes)
-    if "rss" in args.sections:
-        section_rss(rep, args, thread_counts[-1], have_torch, modes)
-    if "compile" in args.sections:
-        section_compile(rep, args, thread_counts[-1], modes)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mg-bench-") as tmp:
+        rows_first, rows_minchar = [], []
+        if "steps" in sections:
+            for threads in thread_counts:
+                rows = []
+                for cfg in configs:
+                    for cell in [c for c in cells if c in cfg.cells]:
+                        m = measure(cfg, cell, threads, cpus(threads), contenders, tm, tmp)
+                        rows.append((cfg, cell, m))
+                        results.setdefault((cfg, cell), {})[threads] = m
+                        print(f"  [{cfg.name} {cell}, {threads} thread(s): " + ", ".join(
+                            f"{k} {v * 1e3:.2f} ms" for k, v in m["time"].items()) + "]",
+                            flush=True)
+                report_steps(rep, threads, rows, list(contenders))
+        if "minchar" in sections:
+            for threads in thread_counts:
+                minchar = {"minigrad": ("minigrad min-char-rnn", None),
+                           "numpy min-char-rnn": ("numpy min-char-rnn", None)}
+                rows_minchar.append((threads, measure(CONFIGS["A"], "rnn", threads,
+                                                      cpus(threads), minchar, tm, tmp, False)))
+        if "first" in sections:
+            for cfg in configs:
+                for cell in [c for c in cells if c in cfg.cells]:
+                    f = first_steps(cfg, cell, thread_counts[0], cpus(thread_counts[0]),
+                                    present, tmp)
+                    rows_first.append((cfg, cell, f))
+                    print(f"  [{cfg.name} {cell} first steps: {f}]", flush=True)
+    if results:
+        report_summary(rep, results, thread_counts)
+        report_agreement(rep, results)
+    if rows_minchar:
+        report_minchar(rep, rows_minchar)
+    if rows_first:
+        report_first(rep, rows_first, present)
     rep(f"_Total {time.perf_counter() - t_start:.0f} s; load average at end: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}_")
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write("\n".join(rep.lines) + "\n")
+    return results
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == _CHILD_FLAG:
+    if len(sys.argv) == 3 and sys.argv[1] == _CHILD:
         child_main(json.loads(sys.argv[2]))
     else:
         main()

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import minigrad as mg
 from demos import common
+from minigrad import distributed as dist
 from minigrad.data import Vocab, pad_batch
 from minigrad.optim import Adam
 from models.seq2seq import Seq2Seq
@@ -218,6 +219,8 @@ def main(argv=None):
     history = common.restore(ckpt, model, optimizer) if ckpt else common.History()
     optimizer.lr = args.lr  # a resumed run may change the learning rate
     start = len(history.losses)
+    optimizer, sync = common.parallel.distribute(args, model, optimizer, start,
+                                                 data=common.parallel.digest(train_dates))
     log_v = math.log(len(tgt_vocab))
     checkpoint = common.Checkpoint(args.out, DEMO, model, optimizer, arch, args,
                                    vocab=[src_vocab.itos, tgt_vocab.itos])
@@ -253,6 +256,8 @@ def main(argv=None):
         best.resume(history, held_out_loss(model, test_data))
 
     def loss_fn(batch):
+        if sync:  # this rank's rows, as a share of the whole batch's mean per character
+            return model.loss(*dist.shard(*batch), reduction="sum") * (1.0 / float(batch[3].sum()))
         return model.loss(*batch)
 
     def report(step, hist):
@@ -275,16 +280,17 @@ def main(argv=None):
     common.train(model, optimizer, loss_fn, stream, args.steps, history=history,
                  clip=args.clip, every=every, on_every=report, desc=arch["cell"],
                  progress=not args.no_progress, checkpoint=checkpoint,
-                 save_every=args.save_every, max_loss=max_loss)
+                 save_every=args.save_every, max_loss=max_loss, sync=sync)
     seconds = time.perf_counter() - t0
     held_last = held_out_loss(model, test_data)
     path = checkpoint.save_final(history)
     plot = os.path.join(args.out, common.PLOT)
-    common.plot_losses(history, plot, baseline=log_v, evals_label="held-out dates",
-                       title=f"dates: {arch['cell']} {arch['hidden']}, per-character loss")
+    if common.parallel.primary():  # rank 0 alone draws under --distributed
+        common.plot_losses(history, plot, baseline=log_v, evals_label="held-out dates",
+                           title=f"dates: {arch['cell']} {arch['hidden']}, per-character loss")
     print(best.finish(history, held_last, args.use_last))
     plots, alignments = [plot], []
-    if arch["attention"]:
+    if arch["attention"] and common.parallel.primary():
         plots.append(os.path.join(args.out, "attention.png"))
         alignments = plot_attention(model, test_pairs[:3], src_vocab, tgt_vocab, plots[-1])
 

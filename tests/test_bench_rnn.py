@@ -1,20 +1,28 @@
-"""``make bench`` keeps working: a tiny run of the training-step benchmark, minigrad only.
+"""``make bench`` keeps working: the training-step benchmark's harness, its FLOP count, its
+loss check, and (where torch / JAX are installed) that the peers' models are minigrad's.
 
-No timing is asserted (house rule); the test checks that the harness runs the public layer
-API end to end, reports every requested row, and counts the GEMM FLOPs it divides by.
+No timing is asserted (house rule).  The peers are optional: their tests skip cleanly
+without them, and the harness runs with minigrad alone.
 """
 
 import importlib.util
 import pathlib
+import sys
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rnn.py"
-_spec = importlib.util.spec_from_file_location("bench_rnn", _PATH)
+import numpy as np
+import pytest
+
+_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(_DIR))
+_spec = importlib.util.spec_from_file_location("bench_rnn", _DIR / "bench_rnn.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+peers = bench.peers
+Config = peers.Config
 
 
-def test_gemm_flops_count_the_recurrent_and_readout_gemms_three_times():
-    # config B, LSTM: recurrent (2048, 128) @ (128, 512), read-out (2048, 128) @ (128, 65);
+def test_gemm_flops_count_the_recurrent_and_head_gemms_three_times():
+    # config B, LSTM: recurrent (2048, 128) @ (128, 512), head (2048, 128) @ (128, 65);
     # forward, weight gradient and input gradient each; the id input is a lookup (no GEMM)
     BT = 32 * 64
     assert bench.gemm_flops(bench.CONFIGS["B"], "lstm") == 3 * 2 * BT * 128 * (512 + 65)
@@ -22,16 +30,61 @@ def test_gemm_flops_count_the_recurrent_and_readout_gemms_three_times():
     BT = 16 * 40
     assert bench.gemm_flops(bench.CONFIGS["D"], "lstm") == (
         2 * 3 * 2 * BT * 64 * 256 + 2 * 2 * 2 * BT * 50 * 256 + 3 * 2 * BT * 128 * 17)
+    # config K, GRU: layer 2's input projection (H -> 3H) has all three GEMMs
+    BT = 50 * 50
+    assert bench.gemm_flops(bench.CONFIGS["K"], "gru") == (
+        2 * 3 * 2 * BT * 128 * 384 + 3 * 2 * BT * 128 * 384 + 3 * 2 * BT * 128 * 65)
 
 
-def test_quick_run_reports_every_row(tmp_path):
+def test_the_loss_check_rejects_a_different_update_even_when_losses_are_close():
+    def check(other):
+        bench.check_agreement(bench.CONFIGS["A"], "lstm", 1, {"minigrad": ref, "jax": other})
+
+    ref = [4.0, 3.9999, 3.9998, 3.9997]              # the loss falls by 3e-4 over 3 steps
+    check([v * (1 + 3e-7) for v in ref])              # float32 noise: accepted
+    for other in ([4.0 - 0.97 * (4.0 - v) for v in ref],   # each loss within 3e-6 relative,
+                                                            # but a 3 % smaller fall
+                  [v * (1 + 3e-5) for v in ref],            # every loss 3e-5 off
+                  ref[:3] + [float("nan")]):
+        with pytest.raises(SystemExit, match="jax disagree"):
+            check(other)
+
+
+def test_quick_run_reports_every_section_with_minigrad_alone(tmp_path):
     out = tmp_path / "results.md"
-    bench.main(["--quick", "--configs", "A,D", "--cells", "rnn,lstm", "--sections",
-                "steps,minchar", "--threads", "1", "--no-torch", "--markdown", str(out)])
+    results = bench.main(["--quick", "--configs", "A", "--cells", "rnn", "--threads", "1",
+                          "--frameworks", "minigrad", "--markdown", str(out)])
     text = out.read_text()
-    rows = [ln for ln in text.splitlines() if ln.startswith(("| A (", "| D ("))]
-    assert [r.split(" | ")[1] for r in rows] == ["rnn", "lstm", "lstm"]  # D is LSTM only
-    for r in rows:
-        eager_ms = r.split(" | ")[3]
-        assert float(eager_ms) > 0
-    assert "| numpy min-char-rnn (float32) |" in text and "minigrad RNN, eager" in text
+    m = results[(bench.CONFIGS["A"], "rnn")][1]
+    assert m["time"]["minigrad"] > 0 and m["time"]["GEMM floor"] > 0
+    assert m["rss"]["minigrad"] > 50  # MiB: Python + NumPy + Numba at least
+    losses = m["losses"]["minigrad"]
+    assert len(losses) == bench.VERIFY_STEPS and losses[-1] < losses[0]  # SGD learns
+    row = next(ln for ln in text.splitlines() if ln.startswith("| A | rnn | "))
+    cols = row.split(" | ")
+    assert float(cols[2]) > 0 and cols[3] == "n/a" and cols[5] == "n/a"  # minigrad, no peers
+    first = next(ln for ln in text.splitlines() if ln.startswith("| A | rnn | ")
+                 and "(H 96)" in ln).split(" | ")
+    assert all(float(c) > 0 for c in first[2:4])  # cold and warm first steps, seconds
+    assert "### Summary" in text and "| A | V65 H100 B1 T25 (min-char-rnn) | rnn |" in text
+
+
+# ---------------------------------------------------------------- the peers are the same model
+
+TINY = [Config("ids", 7, 5, 3, 4, cells=("rnn", "gru", "lstm")),
+        Config("deep", 7, 5, 3, 4, layers=2, cells=("rnn", "gru", "lstm")),
+        Config("bi", 6, 5, 3, 4, out=4, dense=True, bidirectional=True, cells=("lstm",))]
+CASES = [pytest.param(c, cell, id=f"{c.name}-{cell}") for c in TINY for cell in c.cells]
+
+
+@pytest.mark.parametrize("peer", ["torch", "jax"])
+@pytest.mark.parametrize("cfg, cell", CASES)
+def test_a_peer_computes_minigrads_losses_from_its_weights(peer, cfg, cell, tmp_path):
+    pytest.importorskip(peer)
+    weights = str(tmp_path / "w.npz")
+    mine = peers.make_step("minigrad", cfg, cell, weights)
+    ref = [mine() for _ in range(bench.VERIFY_STEPS)]
+    theirs = peers.make_step(peer, cfg, cell, weights)
+    other = [theirs() for _ in range(bench.VERIFY_STEPS)]
+    assert np.isfinite(ref).all() and ref[-1] < ref[0] - 1e-3  # the updates move the loss
+    bench.check_agreement(cfg, cell, 1, {"minigrad": ref, peer: other})

@@ -30,6 +30,10 @@ Why these limits (code lines; today's counts in the README's table):
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the
   one atomic write with its orphan sweep, bounded checkpoint loads and the one id-range
   rule) plus ~5 %, so a small addition fits but a second copy of a rule does not.
+* **distributed ≤ 150**: ``init``/``rank``/``size``, ``shard``, ``broadcast_parameters`` with
+  its check that every rank built the same model and data (the error names the mismatch),
+  and ``DistributedOptimizer``'s one fused Allreduce (~135 today).  Its own tier, not the
+  library's: it is optional (mpi4py), and the library's 5 % margin is for the library.
 * the runtime (RNG, BLAS threads) and ``models/`` are counted and published, not budgeted.
 """
 

@@ -40,6 +40,8 @@ TIERS = {
                  "minigrad/gradcheck.py", "minigrad/atomic.py", "minigrad/creation.py",
                  "minigrad/lib/**/*.py"],
                 1600),
+    "distributed": ("data-parallel training on MPI (mpi4py), Horovod's shape",
+                    ["minigrad/distributed.py"], 150),
     "runtime": ("process-wide settings: the random generator, BLAS threads",
                 ["minigrad/random.py", "minigrad/threads.py"], None),
     "models": ("cells, layers, language model, seq2seq (uses the library)",

@@ -26,6 +26,7 @@ What a run never loses (see the README, "Runs that never lose work"):
   (:class:`BestModel`), ``--early-stop N`` ends a run that stopped improving.
 """
 
+from demos.common import parallel
 from demos.common.checkpoints import BestModel, Checkpoint, prepare_out, restore
 from demos.common.flags import (
     COUNT,
@@ -62,10 +63,10 @@ from demos.common.training import (
 )
 
 __all__ = [
-    "BEST", "CHECKPOINT", "COUNT", "DIVERGED", "EXIT_CODE", "FINITE", "FRACTION", "NONNEGATIVE",
-    "PLOT", "POSITIVE", "POSITIVE_INT", "BestModel", "Checkpoint", "Diverged", "History",
-    "LanguageModelRun", "Stop", "add_run_args", "add_story_args", "add_training_args", "ctrl_c",
+    "BEST", "BestModel", "CHECKPOINT", "COUNT", "Checkpoint", "DIVERGED", "Diverged", "EXIT_CODE",
+    "FINITE", "FRACTION", "History", "LanguageModelRun", "NONNEGATIVE", "PLOT", "POSITIVE",
+    "POSITIVE_INT", "Stop", "add_run_args", "add_story_args", "add_training_args", "ctrl_c",
     "describe_args", "evaluate", "forever", "is_interrupt", "make_parser", "model_args", "number",
-    "parse", "perplexity", "plot_losses", "prepare_out", "pyplot", "read_lines", "restore", "run",
-    "save_figure", "train"
+    "parallel", "parse", "perplexity", "plot_losses", "prepare_out", "pyplot", "read_lines",
+    "restore", "run", "save_figure", "train"
 ]

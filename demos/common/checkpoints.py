@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 import minigrad as mg
 from demos.common.flags import describe_args
+from demos.common.parallel import primary
 from demos.common.training import BEST, CHECKPOINT, History
+from minigrad.distributed import broadcast_object
 
 
 class Checkpoint:
@@ -32,16 +34,18 @@ class Checkpoint:
         self.saved_step = None
 
     def save(self, history):
-        """Write the checkpoint now (atomically); raises OSError naming the target."""
+        """Write the checkpoint now (atomically; on rank 0 alone under ``--distributed``);
+        raises OSError naming the target."""
         self.write(self.path, history)
         self.saved_step = len(history.losses)
         return self.path
 
     def write(self, path, history, **meta):
-        mg.save({"model": self.model, "optim": self.optimizer, "step": len(history.losses),
-                 "losses": np.asarray(history.losses, dtype=np.float64),
-                 "evals": np.asarray(history.evals, dtype=np.float64).reshape(-1, 2),
-                 "meta": {**self.meta, **meta}}, path)
+        if primary():
+            mg.save({"model": self.model, "optim": self.optimizer, "step": len(history.losses),
+                     "losses": np.asarray(history.losses, dtype=np.float64),
+                     "evals": np.asarray(history.evals, dtype=np.float64).reshape(-1, 2),
+                     "meta": {**self.meta, **meta}}, path)
 
     def save_first(self, history):
         """The save before training: proves ``--out`` writable with a real checkpoint (a
@@ -95,8 +99,11 @@ class BestModel:
         self.step, self.loss, self.state = None, math.inf, None
 
     def resume(self, history, held):
-        """On ``--resume``: the run's best so far (or the model resumed, held-out ``held``)."""
-        ckpt = _load(self.path, None) if os.path.exists(self.path) else None
+        """On ``--resume``: the run's best so far (or the model resumed, held-out ``held``).
+        Under ``--distributed`` rank 0 reads it and sends it to every rank: all ranks must
+        take the same early-stopping decisions."""
+        ckpt = broadcast_object(_load(self.path, None) if primary() and
+                                os.path.exists(self.path) else None)
         best = ckpt["meta"].get("best") if _demo_of(ckpt) == self.checkpoint.demo else None
         if isinstance(best, dict) and ckpt["step"] <= len(history.losses):
             self.step, self.loss, self.state = ckpt["step"], best["held_out"], ckpt["model"]
@@ -141,7 +148,12 @@ def prepare_out(args, demo):
     """Before anything is trained: create ``--out`` and check it is writable; with
     ``--resume`` return the checkpoint to continue (checked to be this demo's), else refuse
     to overwrite a longer run or another demo's run without ``--force``.  Errors exit with
-    a message saying what is wrong and what to do."""
+    a message saying what is wrong and what to do.  Under ``--distributed`` rank 0 alone
+    does this and sends the checkpoint to every rank."""
+    return broadcast_object(_prepare_out(args, demo) if primary() else None)
+
+
+def _prepare_out(args, demo):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise SystemExit(f"--out {args.out}: is a file, not a directory; choose another --out "
                          "(a directory for the checkpoint and the plot)")

@@ -6,6 +6,7 @@ import gc
 import math
 
 import minigrad as mg
+from demos.common import parallel
 
 
 def number(kind, low=None, high=None, *, low_open=False, high_open=False):
@@ -76,6 +77,9 @@ def add_training_args(parser, *, steps, lr, batch, hidden=128, cell="lstm", out=
     parser.add_argument("--use-last", action="store_true",
                         help="sample and score with the last model, not the best one by "
                              "held-out loss (best.npz)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="train data-parallel on the ranks of an MPI job: mpiexec -n N "
+                             "python -m mpi4py -m demos.NAME --distributed (README)")
     return add_run_args(parser, out)
 
 
@@ -118,6 +122,7 @@ def parse(parser, argv, quick):
         parser.set_defaults(**{"out": parser.get_default("out") + "-quick", **quick})
         args = parser.parse_args(argv)
     mg.set_num_threads(args.threads)
+    parallel.start(args)  # --distributed: join the MPI job
     if gc.get_freeze_count() == 0:
         mg.freeze_gc()
     return args

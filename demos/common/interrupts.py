@@ -20,6 +20,8 @@ import signal
 import sys
 import threading
 
+from minigrad import distributed as dist
+
 EXIT_CODE = 130
 
 
@@ -70,12 +72,15 @@ def is_interrupt(e):
 def run(main, argv=None):
     """A demo's entry point: ``main(argv)`` with Ctrl-C handled as above (exit code 130 after
     a clean stop) and running out of memory reported in one line instead of a traceback."""
-    with ctrl_c() as handler:
+    with ctrl_c():
         try:
             main(argv)
         except MemoryError as e:
             prog = os.path.basename(sys.argv[0]) if sys.argv[0] else "demo"
             raise SystemExit(f"{prog}: out of memory ({e}); choose a smaller --hidden, "
                              "--layers, --embed or --batch") from None
-    if handler.requested:
+        handler = signal.getsignal(signal.SIGINT)  # --distributed installs its own
+    # NOTE: under MPI only rank 0, which saves, sets the code: a rank leaving with a non-zero
+    # code makes mpi4py abort the whole job, perhaps before rank 0's final save.
+    if isinstance(handler, CtrlC) and handler.requested and dist.rank() == 0:
         sys.exit(EXIT_CODE)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from demos.common import parallel
 from demos.common.checkpoints import BestModel, Checkpoint, restore
 from demos.common.plots import plot_losses
 from demos.common.training import (
@@ -47,6 +48,7 @@ class LanguageModelRun:
     log_v: float        # what a uniform guess costs: log V nats
     held_before: float = math.nan
     seconds: float = 0.0
+    sync: object = None  # --distributed: the training loop's Allreduce hook
 
     @classmethod
     def setup(cls, demo, model, args, ckpt, vocab, arch, train_texts, held_texts):
@@ -58,12 +60,14 @@ class LanguageModelRun:
         optimizer.lr = args.lr  # a resumed run may change the learning rate
         start = len(history.losses)
         train_ids = [vocab.encode(t, add_eos=True) for t in train_texts]
+        optimizer, sync = parallel.distribute(args, model, optimizer, start,
+                                              data=parallel.digest(vocab.itos, train_ids))
         batches = forever(SequenceBatches(train_ids, args.batch,
                                           rng=np.random.default_rng([args.seed, start])))
         checkpoint = Checkpoint(args.out, demo, model, optimizer, arch, args, vocab=vocab.itos)
         return cls(model, args, optimizer, history, batches, checkpoint,
                    [vocab.encode(t, add_eos=True) for t in held_texts], start,
-                   math.log(len(vocab)))
+                   math.log(len(vocab)), sync=sync)
 
     def describe(self, step):
         """The line printed every few steps (a subclass adds samples)."""
@@ -90,6 +94,8 @@ class LanguageModelRun:
 
         def loss_fn(batch):
             ids, lengths, _ = batch
+            if self.sync:  # this rank's rows, as a share of the whole batch's mean
+                return parallel.lm_loss(model, ids, lengths)
             return model.loss(ids, lengths)[0]
 
         def on_every(step, hist):
@@ -109,13 +115,14 @@ class LanguageModelRun:
         train(model, self.optimizer, loss_fn, self.batches, args.steps, history=history,
               clip=args.clip, every=every, on_every=on_every, desc=model.cell_type,
               progress=not args.no_progress, checkpoint=self.checkpoint,
-              save_every=args.save_every, max_loss=max_loss)
+              save_every=args.save_every, max_loss=max_loss, sync=self.sync)
         self.seconds = time.perf_counter() - t0
         self.held_last = evaluate(model, self.held_ids)
         self.path = self.checkpoint.save_final(history)
         self.plot = os.path.join(args.out, PLOT)
-        plot_losses(history, self.plot, baseline=self.log_v, evals_label=evals_label,
-                    title=title)
+        if parallel.primary():
+            plot_losses(history, self.plot, baseline=self.log_v, evals_label=evals_label,
+                        title=title)
         print(best.finish(history, self.held_last, args.use_last))
 
     def report(self, unit):

@@ -80,7 +80,7 @@ def perplexity(nats):
 
 def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None, every=0,
           on_every=None, desc="training", progress=True, checkpoint=None, save_every=0,
-          max_loss=math.inf):
+          max_loss=math.inf, sync=None):
     """Train until ``len(history.losses) == steps`` and return the history.
 
     ``loss_fn(batch)`` returns a scalar loss Tensor; ``batches`` yields batches forever.
@@ -94,6 +94,10 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
     Divergence — a non-finite loss or gradient norm, or a loss above ``max_loss`` — raises
     SystemExit with one line: the step, the reason, the fix (lower --lr, use --clip) and
     the last good checkpoint, which is left as it was.
+
+    ``sync(loss) -> (loss, stop)``, if given, runs after ``backward()``: data-parallel
+    training sums every rank's gradients and loss in it, and all ranks stop together
+    (:mod:`demos.common.parallel`).
     """
     history = History() if history is None else history
     start = len(history.losses)
@@ -105,16 +109,16 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
     with ctrl_c() as interrupt:
         try:
             for step in range(start + 1, steps + 1):
-                if interrupt.requested:
+                if interrupt.requested and sync is None:  # with sync: all ranks at once, below
                     break
                 loss = loss_fn(next(batches))
-                value = float(loss.data)
+                optimizer.zero_grad()
+                loss.backward()
+                value, stop = sync(float(loss.data)) if sync else (float(loss.data), False)
                 if not value <= max_loss:  # NaN fails this comparison too
                     raise Diverged(step, f"the loss is {value:.4g}" + (
                         f", far above log V (stopping above {max_loss:.3g})"
                         if math.isfinite(value) else ""))
-                optimizer.zero_grad()
-                loss.backward()
                 params = model.parameters()
                 norm = clip_grad_norm_(params, clip) if clip else grad_norm(params)
                 if not math.isfinite(norm):
@@ -127,6 +131,9 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
                     on_every(step, history)
                 if save_every and checkpoint is not None and step % save_every == 0:
                     checkpoint.save_periodic(history)
+                if stop:  # some rank was interrupted: every rank stops after this same step
+                    interrupt.requested = True
+                    break
         except Stop as e:
             history.stopped = "early stop"
             tqdm.write(str(e))
