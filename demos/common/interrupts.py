@@ -4,7 +4,8 @@ The first SIGINT only sets a flag, which the training loop reads between steps: 
 flight finishes, the run writes its final checkpoint (atomically), prints its summary and
 exits with code 130 (128 + SIGINT, what a shell reports after Ctrl-C).  A second SIGINT
 exits at once with code 130 and saves nothing; the checkpoint on disk is the last complete
-one, since every save is atomic.
+one, since every save is atomic.  (Python runs the handler between bytecodes: two signals
+that arrive during one compiled call are seen as one.)
 
 Why not ``KeyboardInterrupt``: it is raised wherever the signal lands.  Inside a Numba call
 it comes back as ``SystemError: ... returned a result with an exception set``, which the old
