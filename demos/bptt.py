@@ -63,7 +63,7 @@ class _Spy:
     calls its VJP: the visiting order is observed, not recomputed."""
 
     def __init__(self, prim, seq, log):
-        self._prim, self.name, self.nout = prim, prim.name, prim.nout
+        self._prim, self.name, self.nout, self.scalar = prim, prim.name, prim.nout, prim.scalar
 
         def logged(f):
             def vjp(*a):
@@ -285,8 +285,14 @@ def print_compiled_ir(r):
     print(_indent(repr(step.traced)))
     print("\n   ... rewritten: weights stacked, the input term hoisted out of the loop")
     print(_indent(repr(step.program)))
-    print("\n   ... and the reverse loop derived from the table's rules (generated Python; the")
-    print("   elementwise chain is one generated Numba kernel each way):")
+    print("\n   ... its loop body, and the reverse body derived from it by the table's rules:")
+    print("   BPTT as equations.  da is dL/da<t> carried back from step t+1, ga what this")
+    print("   step's own loss adds; da_prev, an output, is what step t carries to step t-1;")
+    print("   the acc outputs (after the second ';') are summed over all steps")
+    print(_indent(repr(step.body)))
+    print(_indent(repr(step.reverse)))
+    print("\n   Both bodies are lowered and rendered by one emitter (generated Python here; the")
+    print("   elementwise chain is one generated Numba kernel each way); the reverse loop:")
     print(_indent(step.source.split("\n\n\n")[1]))
     print(f"\n   Compiled (one tape node for the sequence) vs the tape above: gradients equal to "
           f"max relative difference {r['compiled_rel_diff']:.1e}")

@@ -39,9 +39,20 @@ class RecurrentCell(Module):
                                  f"got {v!r}")
         self.input_size, self.hidden_size, self.dtype = int(input_size), int(hidden_size), dtype
 
-    def weight(self):
-        """A new (H, H + I) weight acting on [a<t-1>, x<t>]."""
-        return self._param((self.hidden_size, self.hidden_size + self.input_size))
+    def weight(self, gates=None, k=0):
+        """A new (H, H + I) weight acting on [a<t-1>, x<t>]: gate ``k`` of ``gates`` gates
+        stored side by side (``gates=None``: on its own).
+
+        NOTE: the compiler stacks the gates' weights in the order the forward uses them;
+        stored in that order they are already stacked, and stacking copies nothing."""
+        H, I = self.hidden_size, self.input_size
+        if gates is None:
+            return self._param((H, H + I))
+        if not hasattr(self, "_gates"):
+            self._gates = np.zeros((gates * H, H + I), dtype=self.dtype)
+        p = Parameter(np.zeros((0,), self.dtype))
+        p.data = self._gates[k * H:(k + 1) * H]
+        return init.rnn_uniform_(p, H)
 
     def bias(self):
         return self._param((self.hidden_size,))
@@ -150,10 +161,11 @@ class GRUCell(RecurrentCell):
                              "has no relevance gate)")
         super().__init__(input_size, hidden_size, dtype)
         self.full, self.reset_after = bool(full), bool(reset_after)
-        self.W_c, self.b_c = self.weight(), self.bias()
-        self.W_u, self.b_u = self.weight(), self.bias()
+        n = 3 if full else 2  # stored in the order of use: u, r, c (full) or c, u
+        self.W_c, self.b_c = self.weight(n, 2 if full else 0), self.bias()
+        self.W_u, self.b_u = self.weight(n, 0 if full else 1), self.bias()
         if full:
-            self.W_r, self.b_r = self.weight(), self.bias()
+            self.W_r, self.b_r = self.weight(n, 1), self.bias()
         if reset_after:
             self.b_cc = self.bias()
         self._equations = (self._reset_after if reset_after else
@@ -217,10 +229,10 @@ class LSTMCell(RecurrentCell):
                  dtype=np.float32):
         super().__init__(input_size, hidden_size, dtype)
         self.peephole = bool(peephole)
-        self.W_c, self.b_c = self.weight(), self.bias()
-        self.W_u, self.b_u = self.weight(), self.bias()
-        self.W_f, self.b_f = self.weight(), self.bias()
-        self.W_o, self.b_o = self.weight(), self.bias()
+        self.W_c, self.b_c = self.weight(4, 3), self.bias()  # stored in the order of use:
+        self.W_u, self.b_u = self.weight(4, 0), self.bias()  # u, f, o, c
+        self.W_f, self.b_f = self.weight(4, 1), self.bias()
+        self.W_o, self.b_o = self.weight(4, 2), self.bias()
         if forget_bias:
             init.constant_(self.b_f, forget_bias)
         if peephole:

@@ -2,14 +2,20 @@
 the list of built-in cells the model tests share, and the ``fallbacks`` fixture."""
 
 import os
+import sys
 import warnings
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import minigrad as mg
+from minigrad.compiler import rewrites
 from models.cells import GRUCell, LSTMCell, RNNCell
 
+# Every rewrite's result is checked by ir.verify (single assignment, shapes, dtypes).
+rewrites.CHECK = True
+# No background compiles in tests: a compiled step's Numba loops compile at its second call.
+sys.modules["minigrad.compiler.scan"].BACKGROUND = False
 # Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
 mg.set_num_threads(1)
 # The test process opts in, as the demos do: full collections skip Numba's ~10⁵ objects.

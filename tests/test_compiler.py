@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minigrad as mg
-from minigrad.compiler import rewrites
-from minigrad.compiler.ir import Var
+from minigrad.compiler import compile_step, rewrites
+from minigrad.compiler.ir import Var, stages, verify
 from minigrad.nn import Module, Parameter, init
 from models.cells import GRUCell, LSTMCell, RNNCell
 from models.layers import GRU, LSTM, RNN, Recurrent, gradient_flow
@@ -60,6 +60,16 @@ class CoupledLSTM(LSTMCell):
         return (ax @ self.W_o.T + self.b_o).sigmoid() * c.tanh(), c
 
 
+class SoftmaxRNN(RNNCell):
+    """Rows with no rule of their own in the loop (softmax over the state, a sum): the
+    reverse program calls their VJPs, and the loop runs as Python."""
+
+    def forward(self, x, a):
+        z = mg.concat([a, x], axis=1) @ self.W_a.T + self.b_a
+        s = z.softmax(axis=1)
+        return s * z.tanh() + 0.1 * (s * a).sum(axis=1, keepdims=True)
+
+
 class Branchy(RNNCell):
     """Python control flow on a tensor's value: cannot be traced into a fixed program."""
 
@@ -68,7 +78,8 @@ class Branchy(RNNCell):
         return a * 2.0 if float(a.data.sum()) > 0 else a
 
 
-CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k)})
+CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
+              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k)})
 
 
 # ------------------------------------------------------------------ compiled = eager
@@ -299,7 +310,7 @@ def test_gather_one_hot_turns_the_input_matmul_into_a_lookup():
 def test_merge_gemms_leaves_one_gemm_on_the_state_and_one_on_the_input():
     _, prog = _traced("lstm")
     out = prog.optimize()
-    level = out.level
+    level = stages(out)
     gemms = [e for e in out.eqns if e.prim.name == "matmul"]
     assert [level[e.outs[0]] for e in gemms] == [rewrites.INPUT, rewrites.LOOP]
     assert gemms[0].outs[0].shape == (None, 16) and gemms[1].outs[0].shape == (None, 16)
@@ -310,14 +321,14 @@ def test_reset_before_gru_keeps_two_gemms_in_the_loop():
     _, prog = _traced("gru-full")
     out = prog.optimize()
     loop = [e for e in out.eqns if e.prim.name == "matmul"
-            and out.level[e.outs[0]] == rewrites.LOOP]
+            and stages(out)[e.outs[0]] == rewrites.LOOP]
     assert len(loop) == 2
 
 
 def test_hoist_orders_invariant_then_input_then_loop():
     _, prog = _traced("gru-reset-after")
     out = prog.optimize()
-    levels = [out.level[e.outs[0]] for e in out.eqns]
+    levels = [stages(out)[e.outs[0]] for e in out.eqns]
     assert levels == sorted(levels)
     text = repr(out)
     for header in ("once per sequence", "for all t at once", "the loop body"):
@@ -332,39 +343,317 @@ def test_the_printed_ir_reads_like_the_chapter():
     assert "W_c" in text and "W_u" in text and "c_prev" in text
 
 
-def test_the_compiled_step_shows_its_derived_reverse_loop():
-    from minigrad.compiler import compile_step
+def test_the_compiled_step_shows_its_derived_reverse_program():
+    """``print(step)``: the loop body, its reverse (BPTT as equations: da_prev, what step t
+    carries to step t-1, is an output) and the generated loops."""
     cell = CELLS["lstm"](3, 4, dtype=F64)
-    step = compile_step(cell, mg.zeros(2, 3, dtype=F64), (mg.zeros(2, 4, dtype=F64),) * 2)
-    assert "def backward" in step.source and "range(T - 1, -1, -1)" in step.source
-    assert "@kernel" in step.kernel_source and "def fused" in step.kernel_source
+    step = compile_step(cell, mg.zeros(2, 3, dtype=F64), _parts(2, 4, 2))
+    text = repr(step.reverse)
+    assert text.startswith("{ lambda") and "da_prev" in text and "dc_prev" in text
+    assert step.reverse.outs[0].name == "da_prev" and step.reverse.state[0].name == "da"
+    assert "def backward" in step.source and "def forward" in step.source
     # one GEMM and one fused kernel per step forward; one kernel and one GEMM back
     fwd, bwd = step.source.split("def backward")
-    assert fwd.count("gemm(") == 1 and fwd.count("_fwd(") == 1
-    assert bwd.count("gemm(") == 1 and bwd.count("_bwd(") == 1
+    assert fwd.count("gemm(") == 1 and fwd.count("fused") == 1
+    assert bwd.count("gemm(") == 1 and bwd.count("fused") == 1
+    assert "@kernel" in step.kernel_source
 
 
-@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full"])
-def test_numba_loops_equal_the_same_loops_in_python(name, monkeypatch):
-    """float32 runs the generated loops compiled by Numba (BLAS called from Numba); they are
-    the same source as the Python loops the float64 checks run: equal results, masked and
-    reversed, values and every gradient."""
+def test_liveness_keeps_the_five_gate_activations_of_an_lstm():
+    """What each step keeps for the backward is what the reverse program reads."""
+    step = compile_step(CELLS["lstm"](3, 4, dtype=F64), mg.zeros(2, 3, dtype=F64),
+                        _parts(2, 4, 2))
+    ops_of = {v: e.prim.name for e in step.body.eqns for v in e.outs}
+    assert sorted(ops_of[v] for v in step.kept) == ["sigmoid"] * 3 + ["tanh"] * 2
+
+
+def _parts(B, H, n, rng=None):
+    rng = rng or np.random.default_rng(0)
+    parts = tuple(mg.tensor(rng.standard_normal((B, H))) for _ in range(n))
+    return parts[0] if n == 1 else parts
+
+
+def _interpreted_loop(step, env, G, T, reverse):
+    """The loop run by the interpreter (``Program.run``): the body forward step by step,
+    keeping every value, then the *reverse program* backwards.  Returns the cotangents of
+    the loop's inputs and the carried cotangent of the initial state."""
+    body, rev = step.body, step.reverse
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    consts = {c: env[c] for c in body.consts}
+    state, seen = [env[f"H{i}"][T if reverse else 0] for i in range(len(body.state))], {}
+    for t in order:
+        vals = body.run({**consts, **{x: env[x][t] for x in body.xs},
+                         **dict(zip(body.state, state))}, everything=True)
+        seen[t] = {v: np.asarray(mg.as_array(val)) for v, val in vals.items()}
+        state = [seen[t][v] for v in body.outs]
+    carry = [np.zeros_like(s) for s in state]
+    ys = {v: np.zeros_like(env[v]) for v in step.dxs}
+    acc = {c: 0 for c in step.dconsts}
+    given = rev.xs[-len(body.state):]
+    for t in reversed(list(order)):
+        inputs = {**{c: env[c] for c in rev.consts}, **{v: seen[t][v] for v in rev.xs
+                                                       if v not in given},
+                  **{g: G[i][t] for i, g in enumerate(given)}, **dict(zip(rev.state, carry))}
+        out = [mg.as_array(o) for o in rev.run(inputs)]
+        carry, y, a = out[:len(rev.outs)], out[len(rev.outs):-len(rev.acc) or None], \
+            out[len(out) - len(rev.acc):]
+        for v, val in zip(step.dxs, y):
+            ys[v][t] = val
+        for c, val in zip(step.dconsts, a):
+            acc[c] = acc[c] + val
+    return {**ys, **acc}, carry
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["", "reverse"])
+@pytest.mark.parametrize("name", CELLS)
+def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, reverse, masked):
+    """The reverse program, evaluated step by step by the interpreter, gives the generated
+    reverse loop's cotangents, and through the equations before the loop, the eager tape's
+    gradients (every cell, a user cell with a two-part state, lengths, both directions)."""
+    rng = np.random.default_rng(20)
+    B, T, I, H = 3, 4, 3, 5
+    mg.manual_seed(20)
+    cell = CELLS[name](I, H, dtype=F64)
+    n = getattr(cell, "state_arity", 1)
+    step = compile_step(cell, mg.zeros(2, I, dtype=F64), _parts(2, H, n), masked=masked)
+    verify(step.reverse)
+    params = [p.data for _, p in cell.named_parameters()]
+    x, init = rng.standard_normal((T, B, I)), [rng.standard_normal((B, H)) for _ in range(n)]
+    lengths = np.array([4, 2, 1])
+    mask = (np.arange(T)[:, None] < lengths[None, :]).astype(F64)[:, :, None] if masked \
+        else None
+    G = [rng.standard_normal((T, B, H)) for _ in range(n)]
+    ctx = {}
+    out = step._fwd(*params, x, *init, mask, reverse, None, ctx)
+    env, r = ctx["env"], int(reverse)
+    step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, ctx)  # fills ctx
+    (chunk,) = ctx["chunks"]
+    generated = step._loop_cotangents(chunk, r, T)
+    env.update((f"H{i}", chunk[f"H{i}"]) for i in range(n))
+    interpreted, carry = _interpreted_loop(step, env, G, T, reverse)
+    for v in generated:
+        np.testing.assert_allclose(interpreted[v], generated[v], rtol=1e-10, atol=1e-12)
+    grads = step._pre_vjp(env, interpreted, carry)
+    # the eager tape: the same cell unrolled step by step, every state part at every step
+    ps = [p for _, p in cell.named_parameters()]
+    xt, st = mg.tensor(x, requires_grad=True), [mg.tensor(i, requires_grad=True) for i in init]
+    state, loss = st[0] if n == 1 else tuple(st), 0
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        new = cell(xt[t], state)
+        new = (new,) if n == 1 else tuple(new)
+        if masked:
+            old = (state,) if n == 1 else state
+            new = tuple(mg.where(mask[t] > 0, a, b) for a, b in zip(new, old))
+        loss = loss + sum((part * G[i][t]).sum() for i, part in enumerate(new))
+        state = new[0] if n == 1 else new
+    loss.backward()
+    want = [p.grad for p in ps] + [xt.grad] + [s.grad for s in st]
+    for got, w in zip(grads, want):
+        if w is None:  # a parameter the forward never reads (CoupledLSTM's W_u)
+            assert got is None or not np.any(got)
+            continue
+        np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
+def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads):
+    """float32 runs the generated loops as Python first and as Numba once compiled (in the
+    background): the same source, the same kernels and the same BLAS calls, so the switch
+    changes no bit — values, every gradient and ∂L/∂a<t>, masked, reversed, in chunks."""
     import sys
 
     scan_module = sys.modules["minigrad.compiler.scan"]
-    x = np.random.default_rng(12).standard_normal((3, 6, 3)).astype(np.float32)
-    results = []
-    for njit in (True, False):
-        monkeypatch.setattr(scan_module, "NJIT_LOOPS", njit)
+    mg.set_num_threads(threads)
+    try:
         mg.manual_seed(12)
         layer = Recurrent(CELLS[name](3, 4), reverse=True)
         layer.retain_states = True
-        xt = mg.tensor(x, requires_grad=True)
-        out, _ = layer(xt, lengths=np.array([6, 4, 1]))
+        x = mg.tensor(np.random.default_rng(12).standard_normal((17, 6, 3)).astype(np.float32),
+                      requires_grad=True)
+        results = []
+        for _ in range(2):
+            for p in [x, *layer.parameters()]:
+                p.grad = None
+            out, _ = layer(x, lengths=np.arange(17) % 6 + 1)
+            (out * out).sum().backward()
+            step = next(s for s in scan_module._CACHE[layer.cell].values() if s.dims.size)
+            results.append((step.njit, [out.data, x.grad, *(p.grad for p in layer.parameters()),
+                                        *(a.grad for a in layer.states)]))
+            step.compile_loops()
+        assert [r[0] for r in results] == [False, True]
+        for a, b in zip(results[0][1], results[1][1]):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        mg.set_num_threads(1)
+
+
+# ------------------------------------------------------------------ every row, compiled
+
+def _u_v(a, x):
+    """Two state-dependent operands."""
+    return a + x, a * 0.5 - x
+
+
+# Each differentiable elementwise row, with state-dependent operands in every position and
+# a (H,) parameter in one (broadcasting undone in the loop).  A new row must add a line.
+ROW_CASES = {
+    "add": lambda u, v, p: u + v + p,
+    "sub": lambda u, v, p: u - v - p,
+    "mul": lambda u, v, p: u * v * p,
+    "div": lambda u, v, p: u / (v * v + 1.0) + v / (p * p + 1.0),
+    "neg": lambda u, v, p: -u,
+    "pow": lambda u, v, p: u ** 3 * 0.1,
+    "abs": lambda u, v, p: abs(u),
+    "exp": lambda u, v, p: (0.3 * u).exp(),
+    "log": lambda u, v, p: (u * u + 0.5).log(),
+    "clip": lambda u, v, p: u.clip(-0.5, 0.5) + v.clip(min=0.1) + v.clip(max=0.2),
+    "tanh": lambda u, v, p: u.tanh(),
+    "sigmoid": lambda u, v, p: u.sigmoid(),
+    "relu": lambda u, v, p: u.relu(),
+    "where": lambda u, v, p: mg.where(np.array([True, False, True, True]), u, v),
+}
+
+
+class RowCell(Module):
+    """a<t> = 0.5 · row(u, v, p) with u, v made from a<t-1> and x<t>."""
+
+    def __init__(self, row, dtype):
+        super().__init__()
+        self.input_size = self.hidden_size = 4
+        self.row = row
+        self.p = Parameter(np.linspace(0.5, 1.5, 4).astype(dtype))
+
+    def forward(self, x, a):
+        return 0.5 * ROW_CASES[self.row](*_u_v(a, x), self.p)
+
+
+def test_every_differentiable_elementwise_row_has_a_compiled_case():
+    rows = {p.name for p in mg.ops.PRIMITIVES.values() if p.elementwise and any(p.rules)}
+    assert rows - set(ROW_CASES) == set(), "elementwise rows without a compiled case"
+
+
+@pytest.mark.parametrize("dtype", [F64, np.float32])
+@pytest.mark.parametrize("row", ROW_CASES)
+def test_every_elementwise_row_is_differentiated_the_same_compiled(row, dtype):
+    """Values and gradients of a compiled cell made of the row (float64: the generated loops
+    in Python; float32: in Numba) against the eager tape in float64."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 5, 4))
+    results = []
+    for dt, compiled in ((dtype, True), (F64, False)):
+        cell = RowCell(row, dt)
+        layer = Recurrent(cell, compiled=compiled)
+        xt = mg.tensor(x.astype(dt), requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to eager
+            out, _ = layer(xt, lengths=np.array([5, 3, 2]))
+        (out * np.cos(np.arange(4))).sum().backward()
+        assert layer.compiled == compiled
+        results.append([out.data, xt.grad, cell.p.grad])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-3, atol=2e-4)
+    for got, want in zip(*results):
+        if want is None:  # a unary row's case does not read p
+            assert got is None
+            continue
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [F64, np.float32])
+@pytest.mark.parametrize("prim", [p for p in mg.ops.PRIMITIVES.values() if p.elementwise],
+                         ids=lambda p: p.name)
+def test_every_elementwise_rows_scalar_form_is_its_forward(prim, dtype):
+    """The text a fused kernel is made of, compiled by Numba, equals the row's forward
+    (comparisons at ties too)."""
+    import numba
+
+    from minigrad.compiler.emit import lit
+    from minigrad.kernels import sigmoid, tanh
+
+    names = [a for a in prim.args]
+    statics = {"pow": {"p": 3.0}, "clip": {"lo": -0.5, "hi": 0.5}}.get(prim.name, {})
+    tensors = [a for a in names if a not in statics]
+    expr = prim.scalar(*[lit(statics[a]) if a in statics else a for a in names])
+    ns = {"np": np, "DT": np.dtype(dtype).type, "ONE": dtype(1), "ZERO": dtype(0),
+          "tanh": tanh, "sigmoid": sigmoid}
+    exec(f"def f({', '.join(tensors)}):\n    return {expr}", ns)
+    f = numba.njit(ns["f"])
+    rng = np.random.default_rng(22)
+    vals = [rng.uniform(0.1, 2.0, 12).astype(dtype) for _ in tensors]
+    if len(vals) > 1:
+        vals[1][:4] = vals[0][:4]  # ties
+    want = prim.fwd(*[statics.get(a) if a in statics else vals[tensors.index(a)]
+                      for a in names])
+    got = np.array([f(*[v[i] for v in vals]) for i in range(12)])
+    np.testing.assert_allclose(got, np.asarray(want, dtype), rtol=1e-6 if dtype == np.float32
+                               else 1e-14)
+
+
+# ------------------------------------------------------------------ every core busy
+
+@pytest.fixture
+def two_threads():
+    mg.set_num_threads(2)
+    yield
+    mg.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
+def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypatch):
+    """With two threads a compiled layer runs its batch in two chunks at once (each with
+    its own weight-gradient buffers); values, every gradient and the retained ∂L/∂a<t>
+    equal the eager tape, with lengths, in both directions."""
+    import sys
+
+    scan_module = sys.modules["minigrad.compiler.scan"]
+    chunks = []
+    real = scan_module.CompiledStep._fwd
+
+    def spy(self, *arrays):
+        out = real(self, *arrays)
+        chunks.append((arrays[-1]["chunks"][-1]["rows"][1], len(arrays[-1]["chunks"])))
+        return out
+    monkeypatch.setattr(scan_module.CompiledStep, "_fwd", spy)
+    rng = np.random.default_rng(23)
+    x, lengths = rng.standard_normal((19, 6, 3)), rng.integers(1, 7, 19)
+    for reverse in (False, True):
+        _both_paths(lambda compiled, r=reverse: Recurrent(CELLS[name](3, 4, dtype=F64), reverse=r,
+                                               compiled=compiled), x, lengths=lengths)
+    # the split ran (no silent single chunk); the compile-time check uses a batch of 3
+    assert {n for B, n in chunks if B == 19} == {2}
+    flows = []
+    for compiled in (True, False):
+        mg.manual_seed(23)
+        layer = Recurrent(CELLS[name](3, 4, dtype=F64), compiled=compiled)
+        layer.retain_states = True
+        out, _ = layer(mg.tensor(x), lengths=lengths)
         (out * out).sum().backward()
-        step = next(iter(scan_module._CACHE[layer.cell].values()))
-        assert step.njit == njit
-        results.append([out.data, xt.grad, *(p.grad for p in layer.parameters()),
-                        *(a.grad for a in layer.states)])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        flows.append(np.stack([a.grad for a in layer.states]))
+    np.testing.assert_allclose(flows[0], flows[1], rtol=1e-10, atol=1e-13)
+
+
+def test_threads_split_a_batch_into_chunks_of_at_least_eight_rows(two_threads):
+    from minigrad import threads
+    assert threads.batch_chunks(15) == [(0, 15)]
+    assert threads.batch_chunks(16) == [(0, 8), (8, 16)]
+    assert threads.batch_chunks(64, allowed=False) == [(0, 64)]
+    with pytest.raises(ValueError, match="positive integer"):
+        mg.set_num_threads(0)
+
+
+# ------------------------------------------------------------------ compiled once per structure
+
+@pytest.mark.parametrize("name", ["lstm", "gru-full", "mgu"])
+def test_a_new_hidden_or_input_size_reuses_the_compiled_code(name):
+    """Sizes are run-time arguments (``D``): the same cell at other sizes generates the same
+    source, so its compiled kernels and loops are reused, not compiled again."""
+    steps = []
+    for I, H in ((3, 5), (7, 9), (2, 11)):
+        cell = CELLS[name](I, H)  # float32: the loops run in Numba
+        parts = tuple(mg.zeros(2, H) for _ in range(getattr(cell, "state_arity", 1)))
+        steps.append(compile_step(cell, mg.zeros(2, I), parts if len(parts) > 1 else parts[0],
+                                  masked=True))
+    assert steps[0].kernel_source == steps[1].kernel_source == steps[2].kernel_source
+    assert steps[0]._numba is steps[1]._numba is steps[2]._numba  # one module, compiled once
+    assert [list(s.dims) for s in steps][1] != list(steps[0].dims)

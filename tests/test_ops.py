@@ -374,7 +374,7 @@ CASES = [
 # fmt: on
 
 # Fused recurrent-cell primitives are checked in their own test files.
-NO_GRADIENT = {"one_hot"}
+NO_GRADIENT = {"one_hot", "gt", "ge", "lt", "le", "zeros_like"}  # values, not derivatives
 
 
 # ----------------------------------------------------------------------------- helpers

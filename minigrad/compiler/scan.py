@@ -1,174 +1,277 @@
 """A cell compiled once per signature and run over a whole sequence as one tape node.
 
-``compile_step(cell, x_t, state)`` traces the cell, rewrites the program and generates its
-loops; calling the result on a sequence
-
-1. runs the equations that depend only on parameters once, and those that depend only on
-   the inputs for all T steps at once (the hoisted input projection), as ordinary tensor ops
-   recorded on the tape, then
-2. records **one** tape node for the loop: its forward is the generated forward loop and its
-   VJP the generated reverse loop — BPTT, derived from the table's rules.
+``compile_step(cell, x_t, state)`` traces the cell (:mod:`.ir`), rewrites it
+(:mod:`.rewrites`), cuts out the loop body and derives its reverse (:mod:`.transpose`),
+lowers both (:mod:`.lower`) and renders both with one emitter (:mod:`.emit`).  Calling the
+result on a sequence records **one** tape node.  Its forward runs, on arrays, the equations
+of the parameters once and those of x<t> for all t at once, then the forward loop; its VJP
+runs the reverse loop (BPTT, derived), the loop GEMMs' weight gradients as one GEMM each
+(:class:`~minigrad.core.autograd.OuterSum`), then the VJPs of the equations before the loop,
+newest first, from the table.
 
 ``scan(cell, xs, init)`` is the public entry point; :class:`models.layers.Recurrent` uses it.
 """
 
+import glob
+import os
+import sys
+import threading
+import warnings
 import weakref
 
+import numba
 import numpy as np
+import tqdm
 
-from minigrad import kernels
-from minigrad.compiler import codegen
-from minigrad.compiler.ir import TraceError, Var, trace
-from minigrad.compiler.rewrites import INPUT, INVARIANT, batched_args, optimize
+from minigrad import kernels, threads
+from minigrad.compiler.emit import Emitter, kernel_module
+from minigrad.compiler.ir import INVARIANT, LOOP, TraceError, Var, stages, trace, with_lengths
+from minigrad.compiler.lower import Lowered
+from minigrad.compiler.rewrites import batched, optimize
+from minigrad.compiler.transpose import loop_body, transpose
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum, given_vjps, no_grad
+from minigrad.core.autograd import OuterSum, given_vjps, no_grad, unbroadcast
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply
 from minigrad.kernels import blas
 
 NJIT_LOOPS = True  # False: every compiled loop runs as Python (tests compare the two)
-
-
-def prev_states(init, hist, reverse):
-    """The state each step started from, in time order: (T, B, H)."""
-    if reverse:
-        return np.concatenate([hist[1:], init[None]])
-    return np.concatenate([init[None], hist[:-1]])
-
-
-def outer(lefts, grads):
-    """Σ_t left_tᵀ dy_t as one deferred GEMM on the stacked steps."""
-    return OuterSum(lefts.reshape(-1, lefts.shape[-1]), grads.reshape(-1, grads.shape[-1]))
-
-
-def add_outer(dense, outers):
-    total = outers[0]
-    for o in outers[1:]:
-        total = total.add(o)
-    return total if dense is None else total.materialize() + dense
-
-
-def vjp(prim, g, out, args, needs):
-    """A generic equation's input cotangents, from the table (zeros for missing g)."""
-    g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
-    g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
-    vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))  # the walk's one convention
-    gs = [vjps[i](g, out, *args) for i in needs]
-    return [gi.materialize() if isinstance(gi, OuterSum) else gi for gi in gs]
+BACKGROUND = True  # False: the Numba loops compile at the second call, in the caller's thread
 
 
 class CompiledStep:
-    """``cell.forward`` traced, rewritten and compiled for one signature."""
+    """``cell.forward`` traced, rewritten, reversed and compiled for one signature.
 
-    def __init__(self, cell, x_t, state):
+    ``traced``: the cell's equations; ``program``: rewritten (three sections); ``body`` and
+    ``reverse``: the loop body and its derived reverse (programs; ``print`` them);
+    ``source``: the generated loops; ``kernel_source``: the generated module.
+    """
+
+    def __init__(self, cell, x_t, state, masked=False):
+        self.name, self.dtype = type(cell).__name__, np.dtype(x_t.dtype if x_t.dtype.kind
+                                                               == "f" else state_dtype(state))
         self.traced = trace(cell, x_t, state)
-        self.program = optimize(self.traced)
-        self.plan = codegen.Plan(self.program)
-        parts = (state,) if isinstance(state, Tensor) else tuple(state)
-        self.dtype = parts[0].dtype
-        loops, finish, kernel_source, njit = codegen.generate(self.plan, self.dtype)
-        self.source = loops
-        # NOTE: float32 (training) runs the loops compiled by Numba; float64 (gradient checks)
-        # runs the same source as Python, sparing a Numba compile per checked cell.
-        njit = njit and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
-        self.njit = njit
-        if njit:  # the same loops, compiled by Numba into the kernel module (cached on disk)
-            kernel_source += ("\nfrom minigrad.kernels.blas import gemm32 as gemm, keep_rows, "
-                              f"split_masked\n\n\n{loops}\n\nforward = kernel(forward)\n"
-                              "backward = kernel(backward)\n")
-        self.kernel_source = kernel_source
-        ns = {"np": np, "DT": self.dtype.type, "outer": outer, "add_outer": add_outer,
-              "prev_states": prev_states, "vjp": vjp, "gemm": blas.py_gemm,
-              "keep_rows": blas.py_keep_rows, "split_masked": blas.py_split_masked}
-        module = kernels.load_kernels(kernel_source)
-        ns.update({k: getattr(module, k) for k in dir(module) if k.startswith("fused")})
-        for j, (kind, op) in enumerate(self.plan.ops):
-            if kind == "generic":
-                ns[f"PRIM{j}"] = op.prim
-                for i, a in enumerate(op.args):
-                    if not isinstance(a, Var):
-                        ns[f"A{j}_{i}"] = a
-        exec(compile(loops + "\n\n" + finish, f"<compiled {type(cell).__name__}>", "exec"), ns)
-        self._forward, self._backward = ns["forward"], ns["backward"]
-        if njit:
-            self._forward, self._backward = module.forward, module.backward
-        self._finish = ns["finish"]
-        self.n_state = len(parts)
-        level = self.program.level
-        self.pre = [e for e in self.program.eqns if level[e.outs[0]] in (INVARIANT, INPUT)]
-        # outputs: the state parts at every step, then what the backward reads (auxiliary)
-        self.prim = Prim(f"scan[{type(cell).__name__}]", self._fwd, vjp_all=self._vjp,
-                         nout=None)
+        self.program = optimize(with_lengths(self.traced) if masked else self.traced)
+        stage = stages(self.program)
+        self.pre = [e for e in self.program.eqns if stage[e.outs[0]] != LOOP]
+        self.body = loop_body(self.program)
+        self.reverse, self.dxs, self.dconsts = transpose(self.body)
+        made = {v for e in self.body.eqns for v in e.outs} - set(self.body.outs)
+        self.kept = [v for v in self.reverse.xs if v in made]  # residuals each step keeps
+        self.fwd, self.rev = Lowered(self.body, self.kept), Lowered(self.reverse)
+        self._emit()
 
     def __repr__(self):
-        return f"{self.program!r}\n\n{self.source}"
+        return f"{self.body!r}\n\n{self.reverse!r}\n\n{self.source}"
+
+    def _emit(self):
+        em, body, rev = Emitter(), self.body, self.reverse
+        n = len(body.state)
+        self.fbind = {**{v: (f"K{i}", None) for i, v in enumerate(self._consts(self.fwd))},
+                      **{v: (f"X{i}", "t") for i, v in enumerate(body.xs)},
+                      **{v: (f"S{i}", "t") for i, v in enumerate(self.kept)}}
+        for i, (old, new) in enumerate(zip(body.state, body.outs)):
+            self.fbind[old], self.fbind[new] = (f"H{i}", "t + r"), (f"H{i}", "t + 1 - r")
+        residuals = {v: self.fbind[v] for v in rev.xs if v in self.fbind}
+        self.rbind = {**{v: (f"K{i}", None) for i, v in enumerate(self._consts(self.rev))},
+                      **residuals,
+                      **{v: (f"G{i}", "t") for i, v in enumerate(rev.xs[-n:])},
+                      **{v: (f"C{i}", None) for i, v in enumerate(rev.state)},
+                      **{v: (f"N{i}", None) for i, v in enumerate(rev.outs)},
+                      **{v: (f"A{i}", None) for i, v in enumerate(rev.acc)}}
+        self.rbind.update({v: (f"Y{i}", "t") for i, v in enumerate(rev.ys[:-1])})
+        self.rbind[rev.ys[-1]] = ("Z", "min(t, Z.shape[0] - 1)")
+        stored = [g for _, pairs in _outers(self) for _, g in pairs if g not in self.rbind]
+        self.rbind.update({v: (f"Y{len(rev.ys) - 1 + i}", "t") for i, v in enumerate(stored)})
+        carry = [(f"C{i}", f"N{i}") for i in range(n)]
+        loops = [em.loop("forward", self.fwd, self.fbind), em.loop("backward", self.rev,
+                                                                     self.rbind, carry)]
+        self.source, self.dims = "\n\n".join(loops), np.array(em.dims, np.int64)
+        self._plan()
+        generic = any(k == "generic" for low in (self.fwd, self.rev) for k, *_ in low.ops)
+        numba_loops = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
+        self.kernel_source = kernel_module(self.dtype, em.kernels, loops if numba_loops else ())
+        module = kernels.load_kernels(self.kernel_source)
+        _announce(self, module)
+        ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
+              **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
+        exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
+        self._forward, self._backward = ns["forward"], ns["backward"]
+        self.njit, self._numba, self._sigs, self._compiling = False, None, {}, None
+        if numba_loops:  # the same loops compiled by Numba replace these when ready
+            self._numba = module
+
+    def _loop(self, name, *args):
+        """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
+        kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
+        if self._numba is not None and name not in self._sigs:
+            names = [None] * 5 + [a for a, _ in (self.fargs if name == "forward" else self.rargs)]
+            self._sigs[name] = tuple(numba.types.Array(numba.float32, 2, "A")
+                                     if n in self.weights else numba.typeof(a)
+                                     for n, a in zip(names, args))
+        return getattr(self, "_" + name)(*args)
+
+    def _start_compiling(self):
+        """Once both loops have run: compile them with Numba — in the background
+        (``BACKGROUND``), so that no step waits for it — and use them when ready."""
+        if self._numba is not None and self._compiling is None and len(self._sigs) == 2:
+            self._compiling = threading.Thread(target=self.compile_loops, daemon=True)
+            if BACKGROUND:
+                self._compiling.start()
+                _COMPILING.add(self._compiling)
+            else:
+                self._compiling.run()
+
+    def compile_loops(self):
+        """Compile the Numba loops now (the background thread runs this) and use them."""
+        try:
+            loops = [getattr(self._numba, n) for n in ("forward", "backward")]
+            for f, n in zip(loops, ("forward", "backward")):
+                f.compile(self._sigs[n])
+            self._forward, self._backward = loops
+            self.njit = True
+        except Exception as e:  # NOTE: the Python loops are the same computation
+            warnings.warn(f"{self.name}: the loops stay in Python ({type(e).__name__}: {e})",
+                          RuntimeWarning, stacklevel=2)
+
+    @staticmethod
+    def _consts(low):
+        return list(dict.fromkeys(low.prog.consts + [v for e in low.prologue for v in e.outs]))
 
     # -------------------------------------------------------------- the one tape node
-    # Inputs: the cell's parameters, x (T, B, I) or ids (T, B), the initial state parts; then
-    # the statics mask, reverse, retain and ctx (a dict the forward leaves its values in).
+    # Inputs: the cell's parameters, x (T, B, I) or ids (T, B), the initial state parts,
+    # then the statics mask (T, B, 1) or None, reverse, retain and ctx (a dict the forward
+    # leaves its arrays in for the VJP).
 
-    def _pre(self, params, x):
-        """What runs before the loop, on arrays: equations of the parameters once, equations
-        of x<t> for all t at once.  Returns every value, by Var."""
-        prog = self.program
-        env = dict(zip(prog.params, params))
-        env.update((c, c.value) for c in prog.consts)
-        env[prog.xs[0]] = x
-        for e in self.pre:
-            args = e.args if prog.level[e.outs[0]] == INVARIANT else batched_args(e)
-            out = e.prim.fwd(*[env[a] if isinstance(a, Var) else a for a in args])
-            env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
-        return env
+    def _plan(self):
+        """What each call does, decided once: the equations before the loop (batched over
+        time where they run for all t), and each loop's arrays in signature order."""
+        stage = stages(self.program)
+        self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
+        self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
+        # GEMM weights go to BLAS as they are (a transposed view too): typed as any layout
+        self.weights = {bind[op.args[1]][0] for low, bind in ((self.fwd, self.fbind),
+                                                                (self.rev, self.rbind))
+                        for kind, op, *_ in low.ops if kind == "gemm"}
+        self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
     def _fwd(self, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        n = len(self.program.params)
+        n, r, dt = len(self.program.params), int(reverse), self.dtype
         params, x, init = arrays[:n], arrays[n], arrays[n + 1:]
-        env = ctx["env"] = self._pre(params, x)
-        xs = [np.ascontiguousarray(env[v]) for v in self.plan.xs]
-        consts = [np.ascontiguousarray(env[v]) for v in self.plan.consts]
-        init = [np.ascontiguousarray(i) for i in init]
-        ctx["loop"] = (xs, consts, init, x.shape[0])
-        masked = mask is not None
-        m = mask if masked else np.zeros((0, 1, 1), self.dtype)
-        out = self._forward(init[0].shape[0], x.shape[0], *xs, *consts, *init, m, masked,
-                            reverse)
-        return out
+        T, B = x.shape[0], init[0].shape[0]
+        env = ctx["env"] = dict(zip(self.program.params, params))
+        env.update((c, c.value) for c in self.program.consts)
+        env.update(zip(self.program.xs, (x, mask)))
+        _run(self.pre + self.fwd.prologue, env)
+        self._start_compiling()
+        chunks = ctx["chunks"] = [{"rows": rows} for rows in threads.batch_chunks(B)]
+        for c in chunks:
+            b0, b1 = c["rows"]
+            for a, v in self.fargs:
+                if a[0] == "X":
+                    c[a] = np.ascontiguousarray(env[v][:, b0:b1])
+            for i, h in enumerate(init):
+                c[f"H{i}"] = np.empty((T + 1, b1 - b0) + h.shape[1:], dt)
+                c[f"H{i}"][T if r else 0] = h[b0:b1]
+            for i, v in enumerate(self.kept):
+                c[f"S{i}"] = np.empty((T, b1 - b0) + v.shape[1:], dt)
+        threads.parallel(lambda c: self._loop("forward", c["rows"][1] - c["rows"][0], T, r, r,
+                                                 self.dims, *self._arrays(self.fargs, c, env)),
+                         chunks)
+        return tuple(_stitch([c[f"H{i}"][1 - r:T + 1 - r] for c in chunks], chunks)
+                     for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        xs, consts, init, T = ctx["loop"]
-        B = init[0].shape[0]
-        G = [np.zeros_like(o) if gi is None else np.ascontiguousarray(gi)
-             for gi, o in zip(g[:self.n_state], out)]
-        masked = mask is not None
-        m = mask if masked else np.zeros((0, 1, 1), self.dtype)
-        R = np.empty_like(out[0]) if retain is not None else np.zeros((0, 1, 1), self.dtype)
-        raw = self._backward(B, T, *G, *xs, *consts, *init, *out, m, masked, reverse, R,
-                             retain is not None)
-        grads = self._finish(raw, *xs, *consts, *init, *out, reverse)
-        if retain is not None:
-            for t, r in enumerate(retain):
-                r.grad = R[t]
-        # the reverse of the pre-loop equations: the table's VJPs, newest first
-        prog, env = self.program, ctx["env"]
-        cot = {v: gi.materialize() if isinstance(gi, OuterSum) else gi
-               for v, gi in zip(self.plan.xs + self.plan.consts, grads)}
+        env, chunks, r = ctx["env"], ctx["chunks"], int(reverse)
+        T = out[0].shape[0]
+        _run(self.rev.prologue, env)
+        threads.parallel(lambda c: self._chunk_vjp(c, g, env, T, r, retain is not None), chunks)
+        for t, ret in enumerate(retain or ()):
+            ret.grad = _stitch([c["Z"][t] for c in chunks], chunks, axis=0)
+        cot = {v: _stitch([c["cot"][v] for c in chunks], chunks) for v in self.dxs}
+        for v in self.dconsts:  # private sums, added in a fixed order
+            cot[v] = chunks[0]["cot"][v]
+            for c in chunks[1:]:
+                cot[v] = cot[v] + c["cot"][v]
+        carried = [_stitch([c["carried"][i] for c in chunks], chunks, axis=0)
+                   for i in range(len(out))]
+        return self._pre_vjp(env, cot, carried)
+
+    def _chunk_vjp(self, c, g, env, T, r, retain):
+        """One chunk's reverse loop and its loop cotangents (its own weight gradients)."""
+        (b0, b1), dt = c["rows"], self.dtype
+        Bc = b1 - b0
+        for i, v in enumerate(self.reverse.state):
+            gi = None if g[i] is None else np.ascontiguousarray(g[i][:, b0:b1])
+            c[f"G{i}"] = np.zeros((T, Bc) + v.shape[1:], dt) if gi is None else gi
+        for arg, shape in self.buffers.items():
+            c[arg] = (np.zeros if arg[0] == "C" else np.empty)(
+                (Bc,) + shape if arg[0] in "CN" else (T, Bc) + shape, dt)
+        for i, v in enumerate(self.reverse.acc):
+            c[f"A{i}"] = np.zeros(v.shape, dt)
+        c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
+        c["carried"] = self._loop("backward", Bc, T, 1 - r, r, self.dims,
+                                  *self._arrays(self.rargs, c, env))
+        c["cot"] = self._loop_cotangents(c, r, T)
+
+    def _arrays(self, args, chunk, env):
+        """A loop's arrays: a chunk's own; constants from the values before the loop
+        (contiguous, but a GEMM weight as it is if its rows or its columns are)."""
+        out = []
+        for a, v in args:
+            x = chunk[a] if a[0] != "K" else env[v]
+            if a in self.weights and (x.strides[0] == x.itemsize or x.strides[1] == x.itemsize):
+                out.append(x)
+            else:
+                out.append(np.ascontiguousarray(x) if a[0] == "K" else x)
+        return out
+
+    def _stack(self, v, env, r, T, bind):
+        """All steps' values of v, (T, B, n), in time order."""
+        low = self.fwd if bind is self.fbind else self.rev
+        b, c0 = low.base(v)
+        arg, index = bind[b]
+        full = env[arg]
+        if arg[0] == "H":
+            full = full[r:T + r] if index == "t + r" else full[1 - r:T + 1 - r]
+        return full[..., c0:c0 + v.shape[-1]] if c0 or v.shape[-1] != b.shape[-1] else full
+
+    def _loop_cotangents(self, env, r, T):
+        """{Var: cotangent} of the loop's inputs: per-step ones from the reverse loop's
+        outputs, constants' from its accumulators plus one GEMM per outer product."""
+        rev, cot = self.reverse, {}
+        for v, y in zip(self.dxs, rev.ys):
+            cot[v] = env[self.rbind[y][0]]
+        for (c, pairs), acc in zip(_outers(self), rev.acc):
+            total = env[self.rbind[acc][0]]
+            for a, g in pairs:
+                A, G = self._stack(a, env, r, T, self.fbind), self._stack(g, env, r, T,
+                                                                        self.rbind)
+                total = total + OuterSum(A.reshape(-1, A.shape[-1]),
+                                         G.reshape(-1, G.shape[-1])).materialize()
+            cot[c] = total
+        return cot
+
+    def _pre_vjp(self, env, cot, carried):
+        """The reverse of the equations before the loop (the table's VJPs, newest first),
+        from the loop's cotangents; returns the tape node's input gradients."""
+        prog = self.program
         for e in reversed(self.pre):
             gs = [cot.pop(v, None) for v in e.outs]
             if all(gi is None for gi in gs):
                 continue
-            args = e.args if prog.level[e.outs[0]] == INVARIANT else batched_args(e)
-            vals = [env[a] if isinstance(a, Var) else a for a in args]
-            needs = [i for i, a in enumerate(args) if isinstance(a, Var) and a.dtype.kind == "f"
-                     and a.kind != "const"]
-            outs = [env[v] for v in e.outs]
-            for i, gi in zip(needs, vjp(e.prim, gs, outs, vals, needs)):
-                cot[args[i]] = gi if args[i] not in cot else cot[args[i]] + gi
-        init_grads = grads[len(self.plan.xs) + len(self.plan.consts):]
+            vals = [env[a] if isinstance(a, Var) else a for a in e.args]
+            needs = [i for i, a in enumerate(e.args) if isinstance(a, Var) and
+                     a.dtype.kind == "f" and a.kind not in ("const", "mask")]
+            for i, gi in zip(needs, _table_vjp(e.prim, gs, [env[v] for v in e.outs], vals,
+                                               needs)):
+                a = e.args[i]
+                cot[a] = gi if a not in cot else cot[a] + gi
         x = prog.xs[0]
         return (*[cot.get(v) for v in prog.params], cot.get(x) if x.dtype.kind == "f" else None,
-                *init_grads, None, None, None, None)
+                *carried, None, None, None, None)
 
     # -------------------------------------------------------------- run a sequence
     def __call__(self, params, x_seq, init, mask=None, reverse=False, retain=None):
@@ -176,8 +279,69 @@ class CompiledStep:
         (T, B) ids; init: the state parts (B, H); mask: (T, B) bool (False = padding).
         Returns the state parts at every step, (T, B, H) each, as tensors: one tape node."""
         m = None if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)[:, :, None]
-        outs = apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
-        return outs[:self.n_state]
+        if not hasattr(self, "prim"):
+            self.prim = Prim(f"scan[{self.name}]", self._fwd, vjp_all=self._vjp, nout=None)
+        return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
+
+
+def _announce(step, module):
+    """One line before a first compile of this cell's kernels (nothing when Numba's cache
+    already has them)."""
+    where = os.path.join(os.path.dirname(module.__file__), "__pycache__")
+    if not glob.glob(os.path.join(where, module.__name__ + ".fused*.nbi")):
+        tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
+                        "later runs load them from the cache", file=sys.stderr)
+
+
+def _arg_list(bind):
+    """[(argument, a Var bound to it)] of a loop, in its signature's order."""
+    first = {}
+    for v, (arg, _) in bind.items():
+        first.setdefault(arg, v)
+    return list(first.items())
+
+
+
+
+
+def _stitch(parts, chunks, axis=1):
+    """The chunks' rows put back together (the part itself when there is one chunk)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = np.empty(parts[0].shape[:axis] + (chunks[-1]["rows"][1],) + parts[0].shape[axis + 1:],
+                   parts[0].dtype)
+    for p, c in zip(parts, chunks):
+        out[(slice(None),) * axis + (slice(*c["rows"]),)] = p
+    return out
+
+
+def _run(eqns, env):
+    """Evaluate equations on arrays (the values before a loop)."""
+    for e in eqns:
+        out = e.prim.fwd(*[env[a] if isinstance(a, Var) else a for a in e.args])
+        env.update(zip(e.outs, out if isinstance(out, tuple) else (out,)))
+
+
+def _outers(step):
+    """[(const, [(a, g)])]: the outer products of each accumulated output."""
+    return [(c, step.rev.outers[acc]) for c, acc in zip(step.dconsts, step.reverse.acc)]
+
+
+def _table_vjp(prim, g, out, args, needs):
+    """A generic equation's input cotangents, from the table (zeros for missing g)."""
+    g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
+    g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
+    vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))  # the walk's one convention
+    gs = []
+    for i in needs:
+        gi = vjps[i](g, out, *args)
+        gi = gi.materialize() if isinstance(gi, OuterSum) else gi
+        gs.append(unbroadcast(gi, args[i].shape) if prim.elementwise else gi)
+    return gs
+
+
+def state_dtype(state):
+    return (state if isinstance(state, Tensor) else state[0]).dtype
 
 
 def _examples(cell, x_t, parts, batch, seed):
@@ -193,25 +357,39 @@ def _examples(cell, x_t, parts, batch, seed):
 
 
 _CACHE = weakref.WeakKeyDictionary()
+_COMPILING = weakref.WeakSet()
 
 
-def compile_step(cell, x_t, state):
+def wait():
+    """Wait until every compile running in the background has finished (benchmarks call
+    this before they time steps)."""
+    for t in list(_COMPILING):
+        t.join()
+
+
+def compile_step(cell, x_t, state, masked=False):
     """The :class:`CompiledStep` of ``cell`` for the signature of ``x_t`` and ``state``
-    (cached per cell and signature).  Raises :class:`TraceError` with the cause when the
-    cell cannot be compiled, or when the compiled step does not reproduce ``cell(x_t, s)``
-    on fresh inputs (Python control flow or NumPy on tensor values, a batch size built in)."""
+    (cached per cell and signature; ``masked``: with a lengths mask).  Raises
+    :class:`TraceError` with the cause when the cell cannot be compiled, or when the
+    compiled step does not reproduce ``cell(x_t, s)`` on fresh inputs (Python control flow
+    or NumPy on tensor values, a batch size built in)."""
     parts = (state,) if isinstance(state, Tensor) else tuple(state)
-    key = (x_t.dtype.str, x_t.shape[1:], tuple((p.shape[1:], p.dtype.str) for p in parts))
+    key = (x_t.dtype.str, x_t.shape[1:], tuple((p.shape[1:], p.dtype.str) for p in parts),
+           masked)
     per_cell = _CACHE.setdefault(cell, {})
     if key not in per_cell:
         try:
             wrap = (lambda s: s[0]) if isinstance(state, Tensor) else tuple
             x2, s2 = _examples(cell, x_t, parts, 2, 0)
-            step = CompiledStep(cell, x2, wrap(s2))
+            step = CompiledStep(cell, x2, wrap(s2), masked)
             _verify(step, cell, x_t, parts, wrap)
             per_cell[key] = step
         except TraceError as e:
             per_cell[key] = e
+        except Exception as e:  # NOTE: a compiler bug must not cost the user's run
+            per_cell[key] = TraceError(
+                f"{type(cell).__name__}: the compiler failed ({type(e).__name__}: {e}); "
+                "please report it — run the cell with compiled=False meanwhile")
     hit = per_cell[key]
     if isinstance(hit, Exception):
         raise hit
@@ -221,8 +399,7 @@ def compile_step(cell, x_t, state):
 def _verify(step, cell, x_t, parts, wrap):
     xs, states = zip(*[_examples(cell, x_t, parts, 3, seed) for seed in (1, 2)])
     with no_grad():
-        s = states[0]
-        want = []
+        s, want = states[0], []
         for x in xs:
             if x.dtype.kind in "iu":
                 x = Tensor(ops.ONE_HOT.fwd(x.data, cell.input_size, step.dtype))
@@ -231,7 +408,8 @@ def _verify(step, cell, x_t, parts, wrap):
             want.append(s)
         x_seq = Tensor(np.stack([x.data for x in xs]))
         params = [p for _, p in cell.named_parameters()]
-        got = step(params, x_seq, states[0])
+        mask = np.ones((len(xs), 3), bool) if step.program.xs[1:] else None
+        got = step(params, x_seq, states[0], mask)
     tol = 1e-9 if step.dtype == np.float64 else 2e-4
     for t in range(len(xs)):
         for w, h in zip(want[t], got):
@@ -254,7 +432,7 @@ def scan(cell, xs, init, mask=None, reverse=False, retain=None):
     """
     parts = (init,) if isinstance(init, Tensor) else tuple(init)
     example = Tensor._result(xs.data[0], None, 0)
-    step = compile_step(cell, example, init)
+    step = compile_step(cell, example, init, masked=mask is not None)
     params = [p for _, p in cell.named_parameters()]
     hist = step(params, xs, parts, mask, reverse, retain)
     return hist[0] if isinstance(init, Tensor) else hist

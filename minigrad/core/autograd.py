@@ -11,9 +11,12 @@ its factors until it is needed.
 
 import contextlib
 import itertools
+import math
 from heapq import heappop, heappush
 
 import numpy as np
+
+from minigrad import kernels
 
 
 class _GradMode:
@@ -158,6 +161,8 @@ def backward(root, grad=None, retain_graph=False):
             for i in node.needs:
                 gi = vjps[i](g, out, *args)
                 if gi is not None:
+                    if prim.scalar is not None:  # an elementwise rule: undo broadcasting
+                        gi = unbroadcast(gi, args[i].shape)
                     _accumulate(parents[i], gi, prim, leaves, heap)
     finally:
         for _, node in heap:  # only after an error: forget the half-summed gradients
@@ -224,6 +229,26 @@ def _accumulate(x, g, prim, leaves, heap):
         else:  # the first sum allocates; from then on the slot's array is ours to add into
             slot.grads[j] = (cur.materialize() if type(cur) is OuterSum else cur) + g
             slot.owned |= 1 << j
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape``, undoing NumPy broadcasting (the only place this happens).
+
+    Leading axes that broadcasting added are summed away, and so are axes where ``shape``
+    has size 1 but ``g`` does not.  ``g`` may also be one of the compiler's symbols (it has
+    ``shape`` and ``sum``): the reverse program's reductions come from here too.
+    """
+    if g.shape == shape:
+        return g
+    lead = len(g.shape) - len(shape)
+    if type(g) is _ndarray and lead > 0 and g.shape[lead:] == shape and g.size \
+            and g.flags.c_contiguous and (g.dtype == np.float32 or g.dtype == np.float64):
+        # The common case — a bias gradient — as one column-sum kernel, no temporaries.
+        return kernels.sum_axis0(g.reshape(-1, math.prod(shape))).reshape(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    ones = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=ones, keepdims=True) if ones else g
 
 
 def given_vjps(grads):

@@ -20,102 +20,112 @@ import numpy as np
 
 from minigrad import kernels
 from minigrad.core.autograd import OuterSum
+from minigrad.kernels.jit import Ufunc
 
 PRIMITIVES = {}
 
 
 class Prim:
-    """A primitive: ``fwd(*inputs)``, per-input ``vjps`` or one ``vjp_all``, ``nout`` outputs
-    (``None``: as many as the forward returns)."""
+    """A primitive, everything about it in one row.
 
-    __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout", "scalar")
+    ``fwd(*inputs)``; per-input ``vjps`` or one ``vjp_all``; ``nout`` outputs (``None``: as
+    many as the forward returns); ``args``, the names of its arguments in order (``"*xs"``:
+    any number of tensors), by which the compiler reads static ones (``Eqn.params``);
+    ``batch(eqn) -> params | None``, its static parameters when its per-step inputs get a
+    leading time axis (None: that would not be the same computation; the compiler then keeps
+    the equation inside the time loop).
 
-    def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1, scalar=None):
+    An **elementwise** row also has ``scalar``, its forward for one element as source text
+    (``scalar(*names) -> str``; the compiler's fused kernels are made of these), and its VJPs
+    are *rules*: arithmetic on ``g``, ``out`` and the inputs (and calls of other elementwise
+    rows) that returns the cotangent before broadcasting is undone (the walk calls
+    :func:`~minigrad.core.autograd.unbroadcast`).  A rule is the one definition of that
+    derivative: the walk runs it on arrays (a unary row's arithmetic as a Numba ufunc made
+    from it) and the compiler on symbols, which gives the equations of the reverse program.
+    Elementwise rows batch over time as they are.
+    """
+
+    __slots__ = ("name", "fwd", "vjps", "vjp_all", "nout", "args", "scalar", "rules", "batch")
+
+    def __init__(self, name, fwd, *vjps, vjp_all=None, nout=1, args="", scalar=None,
+                 batch=None):
         if vjps and vjp_all is not None:
             raise TypeError(f"defprim {name!r}: give per-input VJPs or vjp_all, not both")
-        self.name, self.fwd, self.vjps, self.vjp_all, self.nout = name, fwd, vjps, vjp_all, nout
-        self.scalar = scalar
+        self.name, self.fwd, self.vjp_all, self.nout = name, fwd, vjp_all, nout
+        self.args, self.scalar, self.rules = tuple(args.split()), scalar, vjps
+        unary = scalar is not None and len(self.args) == 1
+        # NOTE: a unary rule of arithmetic only runs as one ufunc; one that calls rows, as NumPy
+        self.vjps = tuple(Ufunc(r, _UNARY) if unary and r and not r.__code__.co_names else r
+                          for r in vjps)
+        self.batch = same if scalar is not None else batch
+
+    @property
+    def elementwise(self):
+        return self.scalar is not None
+
+    def __call__(self, *args):
+        """The row applied inside a rule: on arrays its forward, on the compiler's symbols
+        an equation (so ``lambda g, out, a: g * EXP(-out)`` is a rule too)."""
+        sym = next((a for a in args if hasattr(a, "emit")), None)
+        return self.fwd(*args) if sym is None else sym.emit(self, *args)
 
     def __repr__(self):
         return f"Prim({self.name})"
 
 
-def defprim(name, fwd, *vjps, vjp_all=None, nout=1, scalar=None):
-    """Add a row to the table.  ``scalar`` (elementwise primitives only) is the same rule
-    for one element, as source text for the recurrence compiler's generated kernels:
-    ``(fwd(*args) -> str, (vjp_i(g, out, *args) -> str, ...))`` over the names of the
-    values (``ONE``/``ZERO`` are constants of the kernel's dtype)."""
-    PRIMITIVES[name] = prim = Prim(name, fwd, *vjps, vjp_all=vjp_all, nout=nout, scalar=scalar)
+_UNARY = ("f4(f4, f4, f4)", "f8(f8, f8, f8)")  # a unary rule as a ufunc: (g, out, a)
+
+
+def defprim(name, fwd, *vjps, vjp_all=None, nout=1, args="", scalar=None, batch=None):
+    """Add a row to the table (see :class:`Prim`)."""
+    PRIMITIVES[name] = prim = Prim(name, fwd, *vjps, vjp_all=vjp_all, nout=nout, args=args,
+                                   scalar=scalar, batch=batch)
     return prim
 
 
-def unbroadcast(g, shape):
-    """Sum ``g`` down to ``shape``, undoing NumPy broadcasting (the only place this happens).
-
-    Leading axes that broadcasting added are summed away, and so are axes where ``shape``
-    has size 1 but ``g`` does not.
-    """
-    if g.shape == shape:
-        return g
-    lead = g.ndim - len(shape)
-    if lead > 0 and g.shape[lead:] == shape and g.size and g.flags.c_contiguous \
-            and (g.dtype == np.float32 or g.dtype == np.float64):
-        # The common case — a bias gradient — as one column-sum kernel, no temporaries.
-        return kernels.sum_axis0(g.reshape(-1, math.prod(shape))).reshape(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    return g.sum(axis=axes).reshape(shape)
+def same(e):
+    """Batching rule: the same static parameters."""
+    return e.params
 
 
-# ----------------------------------------------------------------------- arithmetic
-
-ADD = defprim(
-    "add", np.add,
-    lambda g, out, a, b: unbroadcast(g, a.shape),
-    lambda g, out, a, b: unbroadcast(g, b.shape),
-    scalar=(lambda a, b: f"{a} + {b}", (lambda g, o, a, b: g, lambda g, o, a, b: g)),
-)
-SUB = defprim(
-    "sub", np.subtract,
-    lambda g, out, a, b: unbroadcast(g, a.shape),
-    lambda g, out, a, b: -unbroadcast(g, b.shape),
-    scalar=(lambda a, b: f"{a} - {b}", (lambda g, o, a, b: g, lambda g, o, a, b: f"-{g}")),
-)
-MUL = defprim(
-    "mul", np.multiply,
-    lambda g, out, a, b: unbroadcast(g * b, a.shape),
-    lambda g, out, a, b: unbroadcast(g * a, b.shape),
-    scalar=(lambda a, b: f"{a} * {b}",
-            (lambda g, o, a, b: f"{g} * {b}", lambda g, o, a, b: f"{g} * {a}")),
-)
-DIV = defprim(
-    "div", np.true_divide,
-    lambda g, out, a, b: unbroadcast(g / b, a.shape),
-    lambda g, out, a, b: unbroadcast(-g * out / b, b.shape),
-    scalar=(lambda a, b: f"{a} / {b}",
-            (lambda g, o, a, b: f"{g} / {b}", lambda g, o, a, b: f"-{g} * {o} / {b}")),
-)
-NEG = defprim("neg", np.negative, lambda g, out, a: -g,
-              scalar=(lambda a: f"-{a}", (lambda g, o, a: f"-{g}",)))
-POW = defprim("pow", np.power, lambda g, out, a, p: g * p * a ** (p - 1),
-              scalar=(lambda a, p: f"{a} ** {p}",
-                      (lambda g, o, a, p: f"{g} * {p} * {a} ** ({p} - ONE)", None)))
-ABS = defprim("abs", np.abs, lambda g, out, a: g * np.sign(a),
-              scalar=(lambda a: f"abs({a})", (lambda g, o, a: f"{g} * np.sign({a})",)))
-EXP = defprim("exp", np.exp, lambda g, out, a: g * out,
-              scalar=(lambda a: f"np.exp({a})", (lambda g, o, a: f"{g} * {o}",)))
-LOG = defprim("log", np.log, lambda g, out, a: g / a,
-              scalar=(lambda a: f"np.log({a})", (lambda g, o, a: f"{g} / {a}",)))
+def shift(name):
+    """Batching rule: the axis parameter ``name`` moves one place right (negative axes count
+    from the end and stay)."""
+    def rule(e):
+        axis = e.params[name]
+        return {**e.params, name: axis + 1 if axis >= 0 else axis}
+    return rule
 
 
-def _clip_vjp(g, out, a, lo, hi):
-    keep = np.ones(a.shape, dtype=bool)
+# ----------------------------------------------------------------------- elementwise
+# Rules use + - * / ** and comparisons on g, out and the inputs (and may call other
+# elementwise rows), so that arrays and the compiler's symbols both evaluate them.
+
+ADD = defprim("add", np.add, lambda g, out, a, b: g, lambda g, out, a, b: g,
+              args="a b", scalar=lambda a, b: f"{a} + {b}")
+SUB = defprim("sub", np.subtract, lambda g, out, a, b: g, lambda g, out, a, b: -g,
+              args="a b", scalar=lambda a, b: f"{a} - {b}")
+MUL = defprim("mul", np.multiply, lambda g, out, a, b: g * b, lambda g, out, a, b: g * a,
+              args="a b", scalar=lambda a, b: f"{a} * {b}")
+DIV = defprim("div", np.true_divide, lambda g, out, a, b: g / b,
+              lambda g, out, a, b: -g * out / b, args="a b", scalar=lambda a, b: f"{a} / {b}")
+NEG = defprim("neg", np.negative, lambda g, out, a: -g, args="a", scalar=lambda a: f"-{a}")
+POW = defprim("pow", np.power, lambda g, out, a, p: g * p * a ** (p - 1), None,
+              args="a p", scalar=lambda a, p: f"{a} ** {p}")
+ABS = defprim("abs", np.abs, lambda g, out, a: g * (a > 0) - g * (a < 0), args="a",
+              scalar=lambda a: f"abs({a})")
+EXP = defprim("exp", np.exp, lambda g, out, a: g * out, args="a",
+              scalar=lambda a: f"np.exp({a})")
+LOG = defprim("log", np.log, lambda g, out, a: g / a, args="a",
+              scalar=lambda a: f"np.log({a})")
+
+
+def _clip_rule(g, out, a, lo, hi):
     if lo is not None:
-        keep &= a >= lo
+        g = g * (a >= lo)
     if hi is not None:
-        keep &= a <= hi
-    return g * keep
+        g = g * (a <= hi)
+    return g
 
 
 def _clip_scalar(a, lo, hi):
@@ -123,30 +133,32 @@ def _clip_scalar(a, lo, hi):
     return x if hi == "None" else f"min({x}, {hi})"
 
 
-def _clip_scalar_vjp(g, out, a, lo, hi):
-    inside = " and ".join([f"{a} >= {lo}"] * (lo != "None") + [f"{a} <= {hi}"] * (hi != "None"))
-    return f"({g} if {inside} else ZERO)"
+CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_rule, None, None,
+               args="a lo hi", scalar=_clip_scalar)
+# fast-math float32, exact float64 (kernels.numerics); their rules read the output
+TANH = defprim("tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: g * (1 - out * out),
+               args="a", scalar=lambda a: f"tanh({a})")
+SIGMOID = defprim("sigmoid", lambda a: kernels.sigmoid_forward(a),
+                  lambda g, out, a: g * out * (1 - out), args="a",
+                  scalar=lambda a: f"sigmoid({a})")
+RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: g * (out > 0), args="a",
+               scalar=lambda a: f"max({a}, ZERO)")
+# c: a mask, bool or 0/1 in the values' dtype (a compiled loop's lengths are one)
+WHERE = defprim("where", np.where, None, lambda g, out, c, a, b: g * c,
+                lambda g, out, c, a, b: g - g * c, args="c a b",
+                scalar=lambda c, a, b: f"({a} if {c} else {b})")
 
 
-CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_vjp,
-               scalar=(_clip_scalar, (_clip_scalar_vjp, None, None)))
+def _compare(name, ufunc, op):
+    """A comparison, as 0/1 in its operands' float dtype: the rules above are made of them."""
+    def fwd(a, b):
+        return ufunc(a, b).astype(np.result_type(a, b, np.float32))
+    return defprim(name, fwd, None, None, args="a b", scalar=lambda a, b: f"DT({a} {op} {b})")
 
 
-# ----------------------------------------------------------------------- fused activations
-
-# kernels.tanh_forward & co. are kernels.Ufunc objects: NumPy ufuncs built on first call.
-TANH = defprim(
-    "tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: kernels.tanh_backward(g, out),
-    scalar=(lambda a: f"tanh({a})", (lambda g, o, a: f"{g} * (ONE - {o} * {o})",)),
-)
-SIGMOID = defprim(
-    "sigmoid", lambda a: kernels.sigmoid_forward(a),
-    lambda g, out, a: kernels.sigmoid_backward(g, out),
-    scalar=(lambda a: f"sigmoid({a})", (lambda g, o, a: f"{g} * {o} * (ONE - {o})",)),
-)
-RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: kernels.relu_backward(g, out),
-               scalar=(lambda a: f"max({a}, ZERO)",
-                       (lambda g, o, a: f"({g} if {o} > ZERO else ZERO)",)))
+GT, GE = _compare("gt", np.greater, ">"), _compare("ge", np.greater_equal, ">=")
+LT, LE = _compare("lt", np.less, "<"), _compare("le", np.less_equal, "<=")
+ZEROS_LIKE = defprim("zeros_like", np.zeros_like, None, args="a", scalar=lambda a: "ZERO")
 
 
 def _one_hot(ids, n, dtype):
@@ -156,7 +168,7 @@ def _one_hot(ids, n, dtype):
 
 
 # (…) integer ids -> (…, n) one-hot rows; no gradient (the ids are not differentiable).
-ONE_HOT = defprim("one_hot", _one_hot, None)
+ONE_HOT = defprim("one_hot", _one_hot, None, args="ids n dtype", batch=same)
 
 
 # ----------------------------------------------------------------------- matmul
@@ -194,7 +206,14 @@ def _matmul_vjp_b(g, out, a, b):
     return _matmul(a.transpose(0, 2, 1), g)
 
 
-MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b)
+def _matmul_batch(e):
+    """(T, B, K) @ (K, N) is T GEMMs at once; a per-step right operand is not."""
+    b = e.args[1]
+    return e.params if len(b.shape) == 2 and b.shape[0] is not None else None
+
+
+MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b, args="a b",
+                 batch=_matmul_batch)
 
 # ----------------------------------------------------------------------- shape
 
@@ -205,13 +224,15 @@ def _inverse_perm(axes):
 TRANSPOSE = defprim(
     "transpose", np.transpose,
     lambda g, out, a, axes: np.transpose(g, None if axes is None else _inverse_perm(axes)),
+    args="a axes",
 )
-RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape))
+RESHAPE = defprim("reshape", np.reshape, lambda g, out, a, shape: g.reshape(a.shape),
+                  args="a shape")
 ASTYPE = defprim("astype", lambda a, dtype: a.astype(dtype),
-                 lambda g, out, a, dtype: g.astype(a.dtype))
+                 lambda g, out, a, dtype: g.astype(a.dtype), args="a dtype", batch=same)
 CONTIGUOUS = defprim(
     "contiguous", lambda a: a if a.flags.c_contiguous else a.copy(order="C"),
-    lambda g, out, a: g,
+    lambda g, out, a: g, args="a", batch=same,
 )
 
 
@@ -251,7 +272,20 @@ def _getitem(a, key):
     return a[key]
 
 
-GETITEM = defprim("getitem", _getitem, _getitem_vjp)
+def _getitem_batch(e):
+    """W[ids] for ids of any shape; basic keys get a leading full slice."""
+    if "key" not in e.params:  # the key is a tensor of ids: W[ids] batches if W does not
+        return e.params if None not in e.args[0].shape else None
+    key = e.params["key"]
+    key = key if isinstance(key, tuple) else (key,)
+    if key[:1] == (Ellipsis,):
+        return e.params
+    if all(isinstance(k, (slice, int)) for k in key):
+        return {"key": (slice(None),) + key}
+    return None
+
+
+GETITEM = defprim("getitem", _getitem, _getitem_vjp, args="a key", batch=_getitem_batch)
 
 
 def _concat_vjp(g, out, axis, *arrays):
@@ -259,10 +293,32 @@ def _concat_vjp(g, out, axis, *arrays):
     return (None, *np.split(g, bounds, axis=axis))
 
 
-CONCAT = defprim("concat", lambda axis, *xs: np.concatenate(xs, axis=axis), vjp_all=_concat_vjp)
+def _concat(axis, *xs):
+    """``np.concatenate``; pieces that already lie side by side in one array (a cell's gate
+    weights: see models.cells) give a read-only view of it instead of a copy."""
+    a, end = xs[0], 0
+    root = a
+    while root.base is not None:
+        root = root.base
+    for x in xs:
+        r = x
+        while r.base is not None:
+            r = r.base
+        step = a.strides[axis] * end if a.ndim else None
+        if r is not root or x.strides != a.strides or x.dtype != a.dtype or step is None or \
+                x.ctypes.data != a.ctypes.data + step or \
+                x.shape[:axis] + x.shape[axis + 1:] != a.shape[:axis] + a.shape[axis + 1:]:
+            return np.concatenate(xs, axis=axis)
+        end += x.shape[axis]
+    shape = a.shape[:axis] + (end,) + a.shape[axis + 1:]
+    return np.lib.stride_tricks.as_strided(a, shape, a.strides, writeable=False)
+
+
+CONCAT = defprim("concat", _concat, vjp_all=_concat_vjp, args="axis *xs", batch=shift("axis"))
 STACK = defprim(
     "stack", lambda axis, *xs: np.stack(xs, axis=axis),
     vjp_all=lambda g, out, axis, *xs: (None, *np.moveaxis(g, axis, 0)),
+    args="axis *xs", batch=shift("axis"),
 )
 
 
@@ -274,22 +330,14 @@ def _pieces(g, out):
 SPLIT = defprim(
     "split", lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
     lambda g, out, a, bounds, axis: np.concatenate(_pieces(g, out), axis=axis), nout=None,
+    args="a bounds axis", batch=shift("axis"),
 )
 # The slices along ``axis`` (views), one output each.
 UNSTACK = defprim(
     "unstack", lambda a, axis: tuple(np.moveaxis(a, axis, 0)),
     lambda g, out, a, axis: np.stack(_pieces(g, out), axis=axis), nout=None,
+    args="a axis", batch=shift("axis"),
 )
-
-
-def _where_vjp(branch):
-    def vjp(g, out, cond, a, b):
-        picked = np.where(cond, g, 0) if branch else np.where(cond, 0, g)
-        return unbroadcast(picked, (a if branch else b).shape)
-    return vjp
-
-
-WHERE = defprim("where", np.where, None, _where_vjp(True), _where_vjp(False))
 
 
 # ----------------------------------------------------------------------- reductions
@@ -340,13 +388,13 @@ def _max_vjp(g, out, a, axis, keepdims):
 
 SUM = defprim(
     "sum", _sum,
-    lambda g, out, a, axis, keepdims: _expand(g, a, axis, keepdims),
+    lambda g, out, a, axis, keepdims: _expand(g, a, axis, keepdims), args="a axis keepdims",
 )
 MAX = defprim(
     # NumPy's max: vectorised and NaN-propagating (a Numba loop with a NaN-aware compare
     # does not vectorise; it measured 0.2x).
     "max", lambda a, axis, keepdims: np.max(a, axis=_norm_axes(axis, a.ndim), keepdims=keepdims),
-    _max_vjp,
+    _max_vjp, args="a axis keepdims",
 )
 
 
@@ -373,7 +421,8 @@ def _row_prim(name, fwd_rows, bwd_rows):
     def fwd(a, axis):
         _check_float(name, a)
         return _rows(fwd_rows, axis, a)
-    return defprim(name, fwd, lambda g, out, a, axis: _rows(bwd_rows, axis, g, out))
+    return defprim(name, fwd, lambda g, out, a, axis: _rows(bwd_rows, axis, g, out),
+                   args="a axis", batch=shift("axis"))
 
 
 SOFTMAX = _row_prim("softmax", kernels.softmax_rows, kernels.softmax_backward_rows)
@@ -395,4 +444,5 @@ def _cross_entropy_vjp(g, out, logits, targets, weights):
 
 # Inputs must be C-contiguous (N, V) float logits, (N,) int64 targets, (N,) float weights;
 # functional.cross_entropy checks and reshapes.  Output 1 (logsumexp) is auxiliary.
-CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2)
+CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2,
+                        args="logits targets weights")

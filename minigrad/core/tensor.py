@@ -5,6 +5,7 @@ grad mode is on and an input requires grad, records a :class:`~minigrad.core.aut
 Every Tensor method below is a thin call to ``apply`` (or a composition of such calls).
 """
 
+import contextlib
 import functools
 import math
 import numbers
@@ -329,9 +330,22 @@ def apply(prim, *inputs):
     return outs
 
 
-# The recurrence compiler's tracer (minigrad.compiler.ir.trace) sees every primitive
-# application while it is set; None otherwise.
+# The compiler's tracer sees every primitive application while it is set (see tracing).
 _TRACER = None
+
+
+@contextlib.contextmanager
+def tracing(recorder):
+    """``with tracing(recorder):`` — ``recorder(prim, inputs, outputs)`` sees every primitive
+    that :func:`apply` runs inside the block (the compiler's ``trace``).  Not reentrant."""
+    global _TRACER
+    if _TRACER is not None:
+        raise RuntimeError("tracing: already tracing (a traced function may not trace another)")
+    _TRACER = recorder
+    try:
+        yield recorder
+    finally:
+        _TRACER = None
 
 
 _new = object.__new__

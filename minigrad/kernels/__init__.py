@@ -30,19 +30,16 @@ from minigrad.kernels.loops import (
 )
 from minigrad.kernels.numerics import (
     exp_row,
-    relu_backward,
     sigmoid,
-    sigmoid_backward,
     sigmoid_forward,
     tanh,
-    tanh_backward,
     tanh_forward,
 )
 
 __all__ = [
     "CacheWarning", "FASTMATH", "OPTIONS", "Ufunc", "cross_entropy_backward_rows",
     "cross_entropy_rows", "elementwise", "exp_row", "gather_rows", "inline", "kernel",
-    "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "relu_backward",
-    "scatter_add_rows", "sigmoid", "sigmoid_backward", "sigmoid_forward", "softmax_backward_rows",
-    "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_backward", "tanh_forward",
+    "load_kernels", "log_softmax_backward_rows", "log_softmax_rows", "scatter_add_rows",
+    "sigmoid", "sigmoid_forward", "softmax_backward_rows", "softmax_rows", "sum_axis0",
+    "sum_axis1", "tanh", "tanh_forward",
 ]

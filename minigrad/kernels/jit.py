@@ -18,7 +18,8 @@ from minigrad.compile_cache import cached
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
 
-OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
+# nogil: compiled recurrences run chunks of a batch on several threads at once
+OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
 
 
 def kernel(fn):
@@ -33,10 +34,11 @@ def inline(fn):
                       error_model=OPTIONS["error_model"])(fn)
 
 
-def scalar_overload(fn):
-    """Give the Python scalar function ``fn`` a Numba implementation (per argument type),
-    inlined where kernels call it."""
-    return overload(fn, inline="always", jit_options={"fastmath": OPTIONS["fastmath"]})
+def scalar_overload(fn, inline="never"):
+    """Give the Python scalar function ``fn`` a Numba implementation (per argument type).
+    NOTE: by default not inlined by Numba (that doubled the compile time of a generated
+    kernel); LLVM inlines it, and the kernels run as fast."""
+    return overload(fn, inline=inline, jit_options={"fastmath": OPTIONS["fastmath"]})
 
 
 def elementwise(*signatures):

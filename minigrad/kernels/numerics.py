@@ -88,27 +88,6 @@ def sigmoid_forward(x):
     return sigmoid(x)
 
 
-@elementwise("f4(f4, f4)", "f8(f8, f8)")
-def tanh_backward(g, y):
-    """g * (1 - y²) where y = tanh(x): the VJP from the forward's output."""
-    return g * (1 - y * y)
-
-
-@elementwise("f4(f4, f4)", "f8(f8, f8)")
-def sigmoid_backward(g, y):
-    """g * y * (1 - y) where y = σ(x)."""
-    return g * y * (1 - y)
-
-
-@elementwise("f4(f4, f4)", "f8(f8, f8)")
-def relu_backward(g, y):
-    """g where y = relu(x) > 0, else 0 (also where y is NaN)."""
-    # NOTE: y > 0 exactly when y + |y| is neither 0 nor NaN; == and != are quiet comparisons
-    # ('>' would raise the 'invalid' flag on a NaN: a RuntimeWarning from NumPy every call).
-    t = y + abs(y)
-    return g if (t != 0) & (t == t) else 0
-
-
 
 _LOG2E = 1.44269504088896341
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so k·ln2 is exact in float32
@@ -127,7 +106,7 @@ def exp_row(v, ibuf):
         v[j] = np.exp(v[j])
 
 
-@scalar_overload(exp_row)
+@scalar_overload(exp_row, inline="always")  # NOTE: its float32 tail needs it
 def _exp_row_impl(v, ibuf):
     if v.dtype != _F32:
         def exact(v, ibuf):
