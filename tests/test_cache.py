@@ -120,8 +120,9 @@ def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):
     before, _ = probe(cache_dir, cwd=pkg)
     assert before["dir"].endswith(os.path.basename(warm[1]["dir"]))  # same sources, same key
     files = compiled_files(cache_dir)
-    again, _ = probe(cache_dir, cwd=pkg)
+    again, err = probe(cache_dir, cwd=pkg)
     assert compiled_files(cache_dir) == files, "a warm run compiled something"
+    assert "minigrad: compiling" not in err  # and says nothing about compiling
     assert again["compiled"] == before["compiled"]
     assert before["ce"] == pytest.approx(before["ce_ref"], abs=1e-12)
 
@@ -139,7 +140,8 @@ def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):
         text = text.replace(old, new)
     numerics.write_text(text)
 
-    after, _ = probe(cache_dir, cwd=pkg)  # the same cache directory, warm for the old code
+    after, err = probe(cache_dir, cwd=pkg)  # the same cache directory, warm for the old code
+    assert "minigrad: compiling RNNCell's kernels" in err
     assert after["dir"] != before["dir"] and os.path.isdir(before["dir"])
     assert abs(after["compiled"][0] - before["compiled"][0]) > 1e-3  # tanh changed ...
     # ... compiled and eager agree (probe()), and the softmax rows' exp doubled:
