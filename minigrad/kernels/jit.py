@@ -7,7 +7,10 @@ Compiled code is kept on disk by :mod:`minigrad.compile_cache` (not by Numba's
 ``cache=True``, which keys a kernel on its own file only and would go on loading a kernel
 whose inlined helper in another file has changed)."""
 
+import dis
+
 import numba
+import numpy as np
 from numba.extending import overload
 from numba.np.ufunc.dufunc import DUFunc
 
@@ -76,11 +79,20 @@ class Ufunc:
             for sig in self.signatures:
                 vec.add(sig)
             vec.disable_compile()
-            self._ufunc = vec.build_ufunc().ufunc
-            type(self).__call__ = self._ufunc  # not a descriptor: called without self
+            self._ufunc = ufunc = vec.build_ufunc().ufunc
+            type(self).__call__ = ufunc  # not a descriptor: called without self
+            if any(i.opname == "COMPARE_OP" for i in dis.get_instructions(self.fn)):
+                # NOTE: compiled, a comparison with a NaN raises the CPU's 'invalid' flag,
+                # which NumPy reports after the loop as a RuntimeWarning (its own comparisons
+                # do not): a quiet NaN in must not warn (a relu rule, g * (out > 0)).
+                def quiet(*args, **kwargs):
+                    with np.errstate(invalid="ignore"):
+                        return ufunc(*args, **kwargs)
+                type(self).__call__ = staticmethod(quiet)
         return self._ufunc
 
     def __call__(self, *args, **kwargs):  # the first call only: see __init__
-        return self.ufunc()(*args, **kwargs)
+        self.ufunc()
+        return type(self).__call__(*args, **kwargs)
 
 
