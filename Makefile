@@ -22,24 +22,27 @@ demo-mpi: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# Optional: every recurrent layer against torch.nn (float64, values and gradients).  Torch is
-# installed into the venv here only; it is never a dependency of the package or of `make test`.
+# Optional: every recurrent and Transformer layer against torch.nn (float64, values and
+# gradients).  Torch is installed into the venv here only; it is never a dependency of the
+# package or of `make test`.
 test-oracle: $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pytest -q tests/test_torch_oracle.py $(ARGS)
+	$(PY) -m pytest -q tests/test_torch_oracle.py tests/test_torch_oracle_attention.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The engine's building blocks, then training steps against the optional peers PyTorch and JAX
-# (same weights, losses checked first; 1 and 2 threads) -> benchmarks/results.md.  The peers
-# are installed into the venv here only, pinned as in test-oracle (an unpinned torch
+# (same weights, losses checked first; 1 and 2 threads) -> benchmarks/results.md, and the
+# causal Transformer LM against torch's nn.TransformerEncoder -> benchmarks/results_transformer.md.
+# The peers are installed into the venv here only, pinned as in test-oracle (an unpinned torch
 # downloads gigabytes); they are never dependencies of the package or of `make test`.
 # ARGS go to bench_rnn.py, e.g. make bench ARGS="--configs N --threads 1 --quick".
 bench: $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0 jax==0.10.2 jaxlib==0.10.2
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md $(ARGS)
+	$(PY) benchmarks/bench_transformer.py --threads 1,2 --markdown benchmarks/results_transformer.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

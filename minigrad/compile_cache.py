@@ -13,7 +13,7 @@ ones (never beside the sources).
 
 Nothing read back is trusted: every ``.nbi``/``.nbc`` payload is stored behind its SHA-256,
 and a file that is cut short, changed or fails to unpickle is discarded and rebuilt with one
-:class:`CacheWarning` naming it (:mod:`minigrad.kernels.generated` does the same for the
+:class:`CacheWarning` naming it (:func:`load_kernels` does the same for the generated
 modules' text). An unusable root gives one warning and a private fallback directory in the
 temporary directory, reused by later runs, or, failing that, compilation in memory. Past a
 size limit (``$MINIGRAD_CACHE_MAX_SIZE``, default 256M) the entries used least recently are
@@ -31,7 +31,9 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
+import types
 import uuid
 import warnings
 
@@ -136,6 +138,62 @@ def write_text(path, text):
         os.replace(tmp, path)
     finally:
         _unlink(tmp)  # gone already after the replace
+
+
+# --------------------------------------------------------------------------- generated modules
+
+def load_kernels(source):
+    """The module made of ``source``, a generated kernel module (once per process), written
+    as ``mg_<hash of its text>.py`` in the cache, where Numba keeps its machine code.
+
+    The file is for people (to read, and for tracebacks): what runs is always the text
+    minigrad generated, never the file's.  A file whose text differs (damaged, or edited by
+    hand) is rewritten, with one warning naming it."""
+    name = "mg_" + hashlib.sha1(source.encode()).hexdigest()[:16]
+    with _LOADING:
+        if name in sys.modules:
+            return sys.modules[name]
+        where = directory()
+        path = os.path.join(where or tag(), name + ".py")
+        if where is not None:
+            _keep(path, source)
+        module = types.ModuleType(name)
+        module.__file__ = path
+        sys.modules[name] = module  # before it runs: Numba's cached code refers to it by name
+        try:
+            exec(compile(source, path, "exec"), module.__dict__)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+
+
+_LOADING = threading.RLock()  # one thread at a time: another must not see a half-run module
+
+
+def _keep(path, source):
+    """Make the file hold ``source`` (its time is its last use: pruning goes oldest first)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            same = f.read() == source
+    except FileNotFoundError:
+        same = None
+    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
+        same, why = False, str(e)
+    else:
+        why = "its text differs from the code minigrad generated"
+    try:
+        if same:
+            os.utime(path)
+            return
+        if same is False:
+            warn(f"minigrad: discarded the damaged compile-cache file {path} ({why}); "
+                       "writing it again")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_text(path, source)
+    except OSError as e:  # e.g. removed or made read-only by someone else meanwhile
+        warn_once(path, f"minigrad: could not write {path} ({e.strerror or e}); the "
+                        "generated code runs from memory")
 
 
 # --------------------------------------------------------------------------- Numba's files

@@ -1,11 +1,14 @@
 """Functions on tensors that are not methods: losses, one-hot, dropout, activations.
 
-All are compositions of Tensor operations (no backward code here).
+All are compositions of Tensor operations (no backward code here).  The Transformer's
+``gelu``, ``layer_norm`` and ``scaled_dot_product_attention`` come from
+:mod:`minigrad.attention`.
 """
 
 
 import numpy as np
 
+from minigrad.attention import gelu, layer_norm, linear, scaled_dot_product_attention
 from minigrad.core import ops
 from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
@@ -125,3 +128,8 @@ def where(cond, a, b):
 def _operand(x):
     """A tensor, or a Python number as it is (the primitive broadcasts it)."""
     return x if isinstance(x, (Tensor, int, float)) else Tensor(np.asarray(x))
+
+
+__all__ = ["addmm", "cross_entropy", "dropout", "gelu", "layer_norm", "linear", "log_softmax",
+           "one_hot", "relu", "scaled_dot_product_attention", "sigmoid", "softmax", "tanh",
+           "where"]

@@ -27,8 +27,10 @@ from minigrad.data import check_ids
 from minigrad.random import get_rng
 
 __all__ = [
-    "Dropout", "Embedding", "Linear", "Module", "ModuleList", "Parameter", "ReLU", "Sequential",
-    "Sigmoid", "Tanh", "init",
+    "GELU", "Dropout", "Embedding", "LayerNorm", "LearnedPositionalEmbedding", "Linear",
+    "Module", "ModuleList", "MultiheadAttention", "Parameter", "ReLU", "Sequential", "Sigmoid",
+    "SinusoidalPositionalEmbedding", "Tanh", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "TransformerEncoderLayer", "generate_square_subsequent_mask", "init",
 ]
 
 
@@ -535,3 +537,19 @@ class init:
         hidden_size = _positive_int("init.rnn_uniform_", "hidden_size", hidden_size)
         bound = 1.0 / math.sqrt(hidden_size)
         return init.uniform_(t, -bound, bound)
+
+
+# The Transformer layers (mg.nn.LayerNorm, ...) live in minigrad/transformer.py, which builds
+# on the classes above: imported last, so that file finds them defined.
+from minigrad.attention import generate_square_subsequent_mask  # noqa: E402
+from minigrad.transformer import (  # noqa: E402
+    GELU,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    MultiheadAttention,
+    SinusoidalPositionalEmbedding,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)

@@ -3,7 +3,8 @@
 ``mg.set_num_threads(n)`` gives minigrad n threads.  It then keeps NumPy's BLAS at one
 thread and splits its own work: a compiled recurrence runs the rows of its batch in
 ``n`` chunks at once (rows never interact, so no step needs a barrier; each chunk has its
-own weight-gradient buffers, summed in a fixed order).  One BLAS thread per chunk means
+own weight-gradient buffers, summed in a fixed order), and a large GEMM runs in row blocks
+(:func:`dot`, :func:`dot_t`).  One BLAS thread per chunk means
 never more busy threads than ``n``: BLAS's own worker threads busy-wait between calls and,
 alternating with other threads, stalled them for milliseconds (``shared/perf-notes.md``).
 
@@ -13,10 +14,14 @@ Without a call, minigrad uses one thread of its own and leaves BLAS its default.
 """
 
 import concurrent.futures
+import threading
 
+import numpy as np
 import threadpoolctl
 
 MIN_ROWS = 8  # a chunk of a batch has at least this many rows: smaller ones do not pay
+MIN_FLOPS = 4e6  # a GEMM is split across threads in parts of at least this much work
+_inside = threading.local()
 _controller = None
 _threads = 1
 _pool = None
@@ -56,16 +61,57 @@ def batch_chunks(B, allowed=True):
 
 def parallel(fn, items):
     """``fn(item)`` for every item, at once on minigrad's threads (the first in this
-    thread); returns when all are done, re-raising the first error."""
+    thread); returns when all are done, re-raising the first error.  Inside such a call
+    (a chunk's own GEMMs) the items run one after the other."""
     global _pool
-    if len(items) == 1:
-        fn(items[0])
+    if len(items) == 1 or getattr(_inside, "flag", False):
+        for item in items:
+            fn(item)
         return
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(_threads - 1, "minigrad")
-    futures = [_pool.submit(fn, item) for item in items[1:]]
+    futures = [_pool.submit(_flagged, fn, item) for item in items[1:]]
     try:
-        fn(items[0])
+        _flagged(fn, items[0])
     finally:
         for f in futures:
             f.result()
+
+
+def _flagged(fn, item):
+    _inside.flag = True
+    try:
+        fn(item)
+    finally:
+        _inside.flag = False
+
+
+def _bounds(n, work):
+    """Row ranges of n rows for a product of ``work`` FLOPs: one per thread when it pays."""
+    k = max(1, min(_threads, n // MIN_ROWS, int(work // MIN_FLOPS))) if _threads > 1 else 1
+    edges = [n * i // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def dot(a, b):
+    """``a @ b`` for 2-D float arrays, its rows split across minigrad's threads."""
+    rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * b.shape[1])
+    if len(rows) == 1:
+        return np.dot(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    parallel(lambda r: np.dot(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), rows)
+    return out
+
+
+def dot_t(a, g):
+    """``aᵀ @ g`` (a sum over rows), as partial sums per thread added in a fixed order."""
+    rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * g.shape[1])
+    if len(rows) == 1:
+        return np.dot(a.T, g)
+    parts = [None] * len(rows)
+    parallel(lambda i: parts.__setitem__(i, np.dot(a[slice(*rows[i])].T, g[slice(*rows[i])])),
+             list(range(len(rows))))
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total

@@ -14,6 +14,10 @@ bidirectional=b)``                     bidirectional=b)``: ``weight_ih_l{k}[_rev
 ``Bidirectional(cell, cell)``          a one-layer bidirectional one (``_l0``, ``_l0_reverse``)
 ``RNNCell/GRUCell/LSTMCell``           ``nn.RNNCell/GRUCell/LSTMCell``: ``weight_ih``, ...
 ``nn.Linear``, ``nn.Embedding``        the same (``weight``, ``bias``)
+``nn.LayerNorm``,                      the same: their parameters carry torch's names
+``nn.MultiheadAttention``,             (``in_proj_weight``, ``out_proj.weight``, ``linear1``,
+``nn.Transformer{En,De}coder[Layer]``  ``norm1``, ``layers.0.self_attn...``), so the rule
+                                       below moves them as they are
 any other module                       its children converted under their own names, its
                                        own parameters copied as they are
 =====================================  ======================================================

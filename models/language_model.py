@@ -22,51 +22,12 @@ from minigrad.nn import Embedding, Linear, Module
 from models.layers import LAYERS
 
 
-class LanguageModel(Module):
-    """``LanguageModel(vocab_size, hidden_size, cell='lstm', num_layers=1, embedding_dim=None,
-    dropout=0.0, vocab=None, **cell_options)``.
-
-    * ``embedding_dim=None`` feeds one-hot inputs (as in the chapter; computed as a row
-      lookup, never a dense one-hot matmul); an integer adds an ``Embedding`` first.
-    * ``vocab`` (a :class:`minigrad.data.Vocab`) lets ``sample``/``log_prob`` speak text.
-    * ``forward(inputs (B, T) ids, state=None, lengths=None) -> (logits (B, T, V), state)``.
-    """
-
-    def __init__(self, vocab_size, hidden_size, cell="lstm", num_layers=1, embedding_dim=None,
-                 dropout=0.0, vocab=None, **cell_options):
-        super().__init__()
-        if cell not in LAYERS:
-            raise ValueError(f"LanguageModel: unknown cell {cell!r}; expected one of "
-                             f"{sorted(LAYERS)}")
-        if vocab is not None and len(vocab) != vocab_size:
-            raise ValueError(f"LanguageModel: vocab has {len(vocab)} tokens but "
-                             f"vocab_size={vocab_size}")
-        if vocab_size < 3:
-            raise ValueError(f"LanguageModel: vocab_size must be at least 3 (<PAD>, <UNK>, "
-                             f"<EOS>), got {vocab_size}")
-        self.vocab_size, self.hidden_size, self.cell_type = vocab_size, hidden_size, cell
-        self.vocab = vocab
-        self.start_id = EOS_ID
-        self.embedding = Embedding(vocab_size, embedding_dim) if embedding_dim else None
-        n_in = embedding_dim or vocab_size
-        self.rnn = LAYERS[cell](n_in, hidden_size, num_layers=num_layers, dropout=dropout,
-                                **cell_options)
-        self.dropout = dropout
-        self.out = Linear(hidden_size, vocab_size)  # ŷ<t> = softmax(W_ya a<t> + b_y)
-
-    def extra_repr(self):
-        return f"vocab_size={self.vocab_size}, cell={self.cell_type!r}"
-
-    def forward(self, inputs, state=None, lengths=None):
-        x = inputs if isinstance(inputs, mg.Tensor) else mg.tensor(np.asarray(inputs))
-        if self.embedding is not None:
-            x = self.embedding(x)
-            if self.dropout:
-                x = mg.dropout(x, self.dropout, self.training)
-        a, state = self.rnn(x, state, lengths)
-        if self.dropout:
-            a = mg.dropout(a, self.dropout, self.training)
-        return self.out(a), state
+class Autoregressive(Module):
+    """What every left-to-right language model shares: teacher forcing (:meth:`shift`), the
+    masked loss, the probability of a sequence and sampling.  A subclass sets ``vocab_size``,
+    ``vocab`` and ``start_id`` and defines ``forward(inputs (B, T) ids, state=None,
+    lengths=None) -> (logits (B, T, V), state)``, where ``state`` carries what the next call
+    needs to continue the sequence (a recurrent state, or the tokens read so far)."""
 
     def shift(self, targets):
         """Inputs for teacher forcing: x<1> = start, x<t> = y<t-1>."""
@@ -214,6 +175,53 @@ class LanguageModel(Module):
         return check_ids("sample: prime", ids.astype(np.int64), self.vocab_size)
 
 
+class LanguageModel(Autoregressive):
+    """``LanguageModel(vocab_size, hidden_size, cell='lstm', num_layers=1, embedding_dim=None,
+    dropout=0.0, vocab=None, **cell_options)``.
+
+    * ``embedding_dim=None`` feeds one-hot inputs (as in the chapter; computed as a row
+      lookup, never a dense one-hot matmul); an integer adds an ``Embedding`` first.
+    * ``vocab`` (a :class:`minigrad.data.Vocab`) lets ``sample``/``log_prob`` speak text.
+    * ``forward(inputs (B, T) ids, state=None, lengths=None) -> (logits (B, T, V), state)``.
+    """
+
+    def __init__(self, vocab_size, hidden_size, cell="lstm", num_layers=1, embedding_dim=None,
+                 dropout=0.0, vocab=None, **cell_options):
+        super().__init__()
+        if cell not in LAYERS:
+            raise ValueError(f"LanguageModel: unknown cell {cell!r}; expected one of "
+                             f"{sorted(LAYERS)}")
+        if vocab is not None and len(vocab) != vocab_size:
+            raise ValueError(f"LanguageModel: vocab has {len(vocab)} tokens but "
+                             f"vocab_size={vocab_size}")
+        if vocab_size < 3:
+            raise ValueError(f"LanguageModel: vocab_size must be at least 3 (<PAD>, <UNK>, "
+                             f"<EOS>), got {vocab_size}")
+        self.vocab_size, self.hidden_size, self.cell_type = vocab_size, hidden_size, cell
+        self.vocab = vocab
+        self.start_id = EOS_ID
+        self.embedding = Embedding(vocab_size, embedding_dim) if embedding_dim else None
+        n_in = embedding_dim or vocab_size
+        self.rnn = LAYERS[cell](n_in, hidden_size, num_layers=num_layers, dropout=dropout,
+                                **cell_options)
+        self.dropout = dropout
+        self.out = Linear(hidden_size, vocab_size)  # ŷ<t> = softmax(W_ya a<t> + b_y)
+
+    def extra_repr(self):
+        return f"vocab_size={self.vocab_size}, cell={self.cell_type!r}"
+
+    def forward(self, inputs, state=None, lengths=None):
+        x = inputs if isinstance(inputs, mg.Tensor) else mg.tensor(np.asarray(inputs))
+        if self.embedding is not None:
+            x = self.embedding(x)
+            if self.dropout:
+                x = mg.dropout(x, self.dropout, self.training)
+        a, state = self.rnn(x, state, lengths)
+        if self.dropout:
+            a = mg.dropout(a, self.dropout, self.training)
+        return self.out(a), state
+
+
 def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
@@ -252,4 +260,4 @@ def draw(logits, temperature, top_k, banned, rng, where="sample"):
     return np.array([rng.choice(len(row), p=row) for row in p])
 
 
-__all__ = ["LanguageModel", "check_temperature", "draw"]
+__all__ = ["Autoregressive", "LanguageModel", "check_temperature", "draw"]

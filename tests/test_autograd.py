@@ -45,6 +45,17 @@ def test_reused_node_accumulates():
     np.testing.assert_allclose(a.grad, 8 * a.data)
 
 
+@pytest.mark.parametrize("shape", [(), (1,), (2, 3)])
+def test_a_leaf_used_four_times_gets_four_gradients(shape):
+    """The third use adds in place into the second's sum; for a 0-d tensor that sum was a
+    NumPy scalar, which `+=` cannot update, so the third and later gradients were lost."""
+    x = mg.tensor(np.full(shape, 2.0), requires_grad=True)
+    y = x * 1.0 + x * 2.0 + x * 3.0 + x
+    y.backward(np.ones(shape))
+    np.testing.assert_array_equal(x.grad, np.full(shape, 7.0))
+    assert isinstance(x.grad, np.ndarray) and x.grad.shape == shape
+
+
 def test_diamond_graph():
     x = f64(0.3, -0.7)
     h = x.tanh()  # shared by both branches

@@ -657,3 +657,24 @@ def test_a_new_hidden_or_input_size_reuses_the_compiled_code(name):
     assert steps[0].kernel_source == steps[1].kernel_source == steps[2].kernel_source
     assert steps[0]._numba is steps[1]._numba is steps[2]._numba  # one module, compiled once
     assert [list(s.dims) for s in steps][1] != list(steps[0].dims)
+
+
+def test_large_products_are_split_across_threads(two_threads, monkeypatch):
+    """A large GEMM runs in row blocks, a weight gradient as partial sums per thread added
+    in a fixed order: the same numbers as one call (to round-off), every time the same."""
+    from minigrad import threads
+    calls = []
+    real = threads.parallel
+    monkeypatch.setattr(threads, "parallel", lambda fn, items: calls.append(len(items))
+                        or real(fn, items))
+    rng = np.random.default_rng(24)
+    a, b, g = rng.standard_normal((600, 300)), rng.standard_normal((300, 50)), \
+        rng.standard_normal((600, 50))
+    np.testing.assert_allclose(threads.dot(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(threads.dot_t(a, g), a.T @ g, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(threads.dot_t(a, g), threads.dot_t(a, g))
+    assert calls == [2, 2, 2, 2]
+    x = mg.tensor(a, requires_grad=True)
+    w = mg.tensor(b, requires_grad=True)
+    (x @ w).sum().backward()  # the matmul row and its weight gradient go through them
+    np.testing.assert_allclose(w.grad, a.T @ np.ones((600, 50)), rtol=1e-12, atol=1e-12)

@@ -6,6 +6,8 @@ absolute term scaled by the number of summed terms.  The float32 ``tanh``/``sigm
 rational approximation (abs error <= 3e-7); float64 is exact (<= 1e-15).
 """
 
+import math
+
 import numba
 import numpy as np
 import pytest
@@ -124,6 +126,8 @@ TESTED = {
     "sum_axis0", "sum_axis1", "log_softmax_rows", "softmax_rows",
     "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
     "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows",
+    "gelu", "gelu_backward", "layer_norm_rows", "layer_norm_backward_rows",
+    "attention_softmax", "attention_softmax_backward",
 }
 # Fused recurrent-cell kernels are checked against the composed cells in their own tests.
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
@@ -407,3 +411,127 @@ def test_an_elementwise_kernel_is_one_object_with_a_ufunc_accessor():
     assert isinstance(before.ufunc(), np.ufunc) and before.ufunc() is before.ufunc()
     out = np.empty(2)
     assert before(g, y, y, out=out) is out  # ufunc keywords pass through
+
+
+# ----------------------------------------------------------------------------- Transformer
+
+ERF = np.vectorize(math.erf)
+
+
+def gelu_ref(x, tanh_form):
+    x = f64(x)
+    if tanh_form:
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + ERF(x / np.sqrt(2)))
+
+
+def gelu_backward_ref(g, x, tanh_form):
+    x = f64(x)
+    if tanh_form:
+        c = np.sqrt(2 / np.pi)
+        t = np.tanh(c * (x + 0.044715 * x ** 3))
+        return f64(g) * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
+    return f64(g) * (0.5 * (1 + ERF(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi))
+
+
+def layer_norm_ref(x, w, b, eps):
+    x = f64(x)
+    mean = x.mean(axis=1, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    return (x - mean) * rstd * f64(w) + f64(b), mean[:, 0], rstd[:, 0]
+
+
+def layer_norm_backward_ref(g, x, w, eps):
+    x, g = f64(x), f64(g)
+    _, mean, rstd = layer_norm_ref(x, np.ones(x.shape[1]), np.zeros(x.shape[1]), eps)
+    xh = (x - mean[:, None]) * rstd[:, None]
+    gh = g * f64(w)
+    dx = rstd[:, None] * (gh - gh.mean(1, keepdims=True) - xh * (gh * xh).mean(1, keepdims=True))
+    return dx, (g * xh).sum(0), g.sum(0)
+
+
+def attention_softmax_ref(s, mask, drop, scale):
+    z = f64(s) * scale + f64(mask)
+    e = np.where(np.isneginf(z), 0.0, np.exp(z - z.max(-1, keepdims=True)))
+    p = e / e.sum(-1, keepdims=True)
+    return p * f64(drop), p
+
+
+def attention_softmax_backward_ref(da, p, drop, scale):
+    dp = f64(da) * f64(drop)
+    return p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+
+
+@pytest.mark.parametrize("tanh_form", [False, True])
+@given(data=st.data(), dtype=FLOATS, n=st.integers(1, 600))
+def test_gelu_kernels(tanh_form, data, dtype, n):
+    """Forward and VJP on 1-D arrays (the exact VJP's exp works on chunks of any length)."""
+    x, g = rand(data, n, dtype, -6, 6), rand(data, n, dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(kernels.gelu(x, tanh_form), gelu_ref(x, tanh_form), **tol)
+    if tanh_form and dtype == np.float32:
+        # NOTE: 1 - t² inherits the float32 tanh's 2.8e-7 twice, times the chain factor
+        # ½x·√(2/π)(1 + 0.134x²) (≤ 15 on [-6, 6])
+        tol["atol"] = 1e-5
+    np.testing.assert_allclose(kernels.gelu_backward(g, x, tanh_form),
+                               gelu_backward_ref(g, x, tanh_form), **tol)
+
+
+@numba.njit
+def erf_array(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = kernels.erf(x[i])
+    return out
+
+
+def test_float32_erf_error_bound_on_a_dense_grid():
+    """The rational float32 erf (README: within 4.2e-7 of the exact value, and never
+    outside [-1, 1]); the float64 one is libm's."""
+    x = np.linspace(-8, 8, 400_001)
+    e32 = erf_array(x.astype(np.float32))
+    assert e32.dtype == np.float32
+    assert np.abs(e32 - ERF(x.astype(np.float32).astype(np.float64))).max() <= 4.2e-7
+    assert np.abs(e32).max() <= 1
+    np.testing.assert_allclose(erf_array(x), ERF(x), rtol=0, atol=1e-16)
+
+
+@given(data=st.data(), dtype=FLOATS, shape=matrix_shapes, eps=st.sampled_from([1e-5, 0.1]))
+def test_layer_norm_kernels(data, dtype, shape, eps):
+    x, g = rand(data, shape, dtype, -3, 3), rand(data, shape, dtype)
+    w, b = rand(data, shape[1], dtype), rand(data, shape[1], dtype)
+    y, mean, rstd = kernels.layer_norm_rows(x, w, b, dtype(eps))
+    for got, ref in zip((y, mean, rstd), layer_norm_ref(x, w, b, eps)):
+        close(got, ref, dtype, terms=shape[1] * 30)  # rstd up to 1/sqrt(eps) amplifies
+    for got, ref in zip(kernels.layer_norm_backward_rows(g, x, w, mean, rstd),
+                        layer_norm_backward_ref(g, x, w, eps)):
+        close(got, ref, dtype, terms=shape[0] * shape[1] * 30)
+
+
+@st.composite
+def attention_inputs(draw, dtype):
+    """Scores (B, H, L, S), an additive mask broadcasting over some axes (every row keeps a
+    key), dropout multipliers, and a gradient."""
+    b, h, L, S = (draw(st.integers(1, 4)) for _ in range(4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mshape = tuple(n if draw(st.booleans()) else 1 for n in (b, h, L)) + (S,)
+    mask = np.where(rng.random(mshape) < 0.3, -np.inf, rng.uniform(-2, 0, mshape))
+    mask[..., rng.integers(0, S)] = 0.5
+    drop = np.where(rng.random((b, h, L, S)) < 0.3, 0, 1 / 0.7)
+    s, da = rng.uniform(-4, 4, (b, h, L, S)), rng.standard_normal((b, h, L, S))
+    return [x.astype(dtype) for x in (s, mask, drop, da)]
+
+
+@given(data=st.data(), dtype=FLOATS, use_drop=st.booleans())
+def test_attention_softmax_kernels(data, dtype, use_drop):
+    s, mask, drop, da = data.draw(attention_inputs(dtype))
+    scale = dtype(0.7)
+    ra, rp = attention_softmax_ref(s, mask, drop if use_drop else np.ones(1), 0.7)
+    a, p = kernels.attention_softmax(s.copy(), mask, drop if use_drop else None, scale)
+    close(p, rp, dtype, terms=10)
+    close(a, ra, dtype, terms=10)
+    assert (a is p) != use_drop
+    assert (p[np.isneginf(np.broadcast_to(mask, p.shape))] == 0).all()  # masked: exactly 0
+    ds = kernels.attention_softmax_backward(da.copy(), p, drop if use_drop else None, scale)
+    close(ds, attention_softmax_backward_ref(da, p, drop if use_drop else np.ones(1), 0.7),
+          dtype, terms=s.shape[-1] * 10)

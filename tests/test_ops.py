@@ -13,6 +13,7 @@ line is checked three ways, over hypothesis-drawn small shapes:
 ids, has no gradient to check and its own test below).
 """
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
+from minigrad.attention import attend
 from minigrad.core import ops
 
 # ----------------------------------------------------------------------------- strategies
@@ -245,6 +247,137 @@ def weighted(parts, axis):
     return mg.concat([p * (i + 1.0) for i, p in enumerate(parts)], axis)
 
 
+# ----------------------------------------------------------------------------- Transformer rows
+
+ERF = np.vectorize(math.erf)
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def gelu_ref(x):
+    return 0.5 * x * (1 + ERF(x / math.sqrt(2)))
+
+
+def gelu_tanh_ref(x):
+    return 0.5 * x * (1 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+
+
+@st.composite
+def linear_shapes(draw):
+    """x (..., I), weight (O, I), bias (O,) or none."""
+    lead = draw(shape(max_dims=2))
+    i, o = draw(sides), draw(sides)
+    return ((*lead, i), (o, i), (o,)) if draw(st.booleans()) else ((*lead, i), (o, i)), {}
+
+
+def linear_ref(x, w, b=None):
+    return x @ w.T + (0 if b is None else b)
+
+
+@st.composite
+def layer_norm_shapes(draw, affine=True):
+    """x (..., *normalized) with weight and bias of the normalized shape (1 or 2 axes)."""
+    s = draw(shape(min_dims=1))
+    d = draw(st.integers(1, len(s)).filter(lambda d: d <= 2))
+    return ((s, s[len(s) - d:], s[len(s) - d:]) if affine else (s,)), {"d": d}
+
+
+def layer_norm_ref(x, w=None, b=None, d=1, eps=0.01):
+    axes = tuple(range(x.ndim - d, x.ndim))
+    xc = x - x.mean(axis=axes, keepdims=True)
+    y = xc / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
+    return y if w is None else y * w + b
+
+
+@st.composite
+def attention_shapes(draw):
+    """q (..., L, E), k (..., S, E), v (..., S, Ev) with 1 or 2 leading axes; a bool mask
+    (True = attend, every row keeps key 0) broadcasting over some axes, or none; causal."""
+    lead = tuple(draw(st.lists(sides, min_size=1, max_size=2)))
+    L, S, E, Ev = (draw(sides) for _ in range(4))
+    mask = None
+    if draw(st.booleans()):
+        mshape = tuple(n if draw(st.booleans()) else 1 for n in lead) + (L, S)
+        mask = draw(hnp.arrays(np.bool_, mshape))
+        mask[..., 0] = True
+    return ((*lead, L, E), (*lead, S, E), (*lead, S, Ev)), {"mask": mask,
+                                                             "causal": draw(st.booleans())}
+
+
+def attention_ref(q, k, v, mask=None, causal=False):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    if causal:
+        s = s + np.triu(np.full(s.shape[-2:], -np.inf), k=1)
+    return softmax_ref(s, -1) @ v
+
+
+def sdpa(q, k, v, mask=None, causal=False):
+    return mg.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+def heads_first(x):
+    """(B, L, H, E), the primitive's layout -> (B, H, L, E)."""
+    return np.swapaxes(x, 1, 2)
+
+
+def attention_weights(q, k, v):
+    """Both outputs of the primitive (output and weights), so the weights' VJP is checked."""
+    out, w = attend(q, k, v, (0, 0, 0, q.shape[2]), None, 0.0, 0.5)
+    return mg.concat([out.reshape(-1), w.reshape(-1)])
+
+
+def attention_weights_ref(q, k, v):
+    q, k, v = (heads_first(x) for x in (q, k, v))
+    p = softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1)
+    return np.concatenate([heads_first(p @ v).reshape(-1), p.reshape(-1)])
+
+
+def attention_dropout(q, k, v):
+    """Dropout on the weights, with the same drop mask on every call (seeded)."""
+    mg.manual_seed(7)
+    return attend(q, k, v, (0, 0, 0, q.shape[2]), None, 0.4, 0.5)[0]
+
+
+def attention_dropout_ref(q, k, v):
+    mg.manual_seed(7)
+    q, k, v = (heads_first(x) for x in (q, k, v))
+    keep = (mg.get_rng().random(q.shape[:-1] + (k.shape[-2],)) >= 0.4) / 0.6
+    return heads_first((softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) * keep) @ v)
+
+
+def attention_packed(qkv, heads):
+    """One packed (B, L, 3H, E) projection read as q, k and v (self-attention)."""
+    return attend(qkv, None, None, (0, heads, 2 * heads, heads), None, 0.0, 0.5)[0]
+
+
+def attention_packed_ref(qkv, heads):
+    q, k, v = (heads_first(x) for x in np.split(qkv, 3, axis=2))
+    return heads_first(softmax_ref(q @ np.swapaxes(k, -1, -2) * 0.5, -1) @ v)
+
+
+def attention_same(x):
+    """q = k = v: one tensor in the same slots (the VJP adds the three gradients)."""
+    return attend(x, None, None, (0, 0, 0, x.shape[2]), None, 0.0, 0.5)[0]
+
+
+def attention_same_ref(x):
+    x = heads_first(x)
+    return heads_first(softmax_ref(x @ np.swapaxes(x, -1, -2) * 0.5, -1) @ x)
+
+
+def qkv4():
+    """(B, L, H, E) q, (B, S, H, E) k, (B, S, H, Ev) v: the primitive's own layout."""
+    return st.tuples(*(sides,) * 6).map(
+        lambda d: (((d[0], d[2], d[1], d[4]), (d[0], d[3], d[1], d[4]),
+                    (d[0], d[3], d[1], d[5])), {}))
+
+
+def packed4():
+    return st.tuples(*(sides,) * 4).map(
+        lambda d: (((d[0], d[1], 3 * d[2], d[3]),), {"heads": d[2]}))
+
+
 # ----------------------------------------------------------------------------- the table
 
 @dataclass
@@ -370,6 +503,30 @@ CASES = [
     Case("astype",       "astype", lambda x: x.astype(F32).astype(np.float64),
          lambda x: x.astype(F32).astype(np.float64), (-2, 2), unary(), check={"eps": 1e-2},
          dtype32=np.float64),
+    # ---- the Transformer's fused rows (each also checked against its composition below)
+    Case("gelu",         "gelu", lambda x: mg.functional.gelu(x), gelu_ref, (-3, 3), unary(),
+         atol32=2e-6),
+    Case("gelu-tanh",    "gelu", lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_ref,
+         (-3, 3), unary(), atol32=2e-6),
+    Case("linear",       "linear", lambda x, w, b=None: mg.functional.linear(x, w, b),
+         linear_ref, (-2, 2), linear_shapes(), atol32=1e-5),
+    Case("layer_norm",   "layer_norm",
+         lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
+         layer_norm_ref, (-2, 2), layer_norm_shapes(), atol32=2e-5),
+    Case("layer_norm-plain", "layer_norm",
+         lambda x, d: mg.functional.layer_norm(x, x.shape[x.ndim - d:], eps=0.01),
+         lambda x, d: layer_norm_ref(x, d=d), (-2, 2), layer_norm_shapes(affine=False),
+         atol32=2e-5),
+    Case("attention",    "attention", sdpa, attention_ref, (-2, 2), attention_shapes(),
+         atol32=1e-5),
+    Case("attention-weights", "attention", attention_weights, attention_weights_ref, (-2, 2),
+         qkv4(), atol32=1e-5),
+    Case("attention-dropout", "attention", attention_dropout, attention_dropout_ref, (-2, 2),
+         qkv4(), atol32=1e-5),
+    Case("attention-packed", "attention", attention_packed, attention_packed_ref, (-2, 2),
+         packed4(), atol32=1e-5),
+    Case("attention-same", "attention", attention_same, attention_same_ref, (-2, 2),
+         qkv4().map(lambda sp: (sp[0][:1], {})), atol32=1e-5),
 ]
 # fmt: on
 
@@ -445,6 +602,80 @@ def test_float32_forward(case, data):
     assert out.dtype == case.dtype32
     assert out.shape == np.shape(ref)
     np.testing.assert_allclose(out.data, ref, rtol=1e-5, atol=case.atol32)
+
+
+# ----------------------------------------------------------------------------- fused = composed
+
+def gelu_tanh_composed(x):
+    return 0.5 * x * (1 + (SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)).tanh())
+
+
+def layer_norm_composed(x, w, b, d):
+    axes = tuple(range(x.ndim - d, x.ndim))
+    xc = x - x.mean(axes, keepdims=True)
+    return xc * ((xc * xc).mean(axes, keepdims=True) + 0.01) ** -0.5 * w + b
+
+
+def attention_composed(q, k, v, mask=None, causal=False):
+    """softmax(q kᵀ/√E + M) v from matmul, mul, add and softmax rows."""
+    lead, L, S = q.shape[:-2], q.shape[-2], k.shape[-2]
+    q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    add = np.zeros(lead + (L, S))
+    if mask is not None:
+        add = np.where(mask, add, -np.inf)
+    if causal:
+        add = add + np.triu(np.full((L, S), -np.inf), k=1)
+    s = (q3 @ k3.transpose(0, 2, 1)) * (1 / math.sqrt(q.shape[-1])) + add.reshape(-1, L, S)
+    return (s.softmax(-1) @ v3).reshape(*lead, L, v.shape[-1])
+
+
+def linear_composed(x, w, b=None):
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+    return y if b is None else y + b
+
+
+FUSED = {  # the exact GELU has no composition: erf is not a primitive (its reference is NumPy's)
+    "linear": (lambda x, w, b=None: mg.functional.linear(x, w, b), linear_composed,
+               linear_shapes()),
+    "gelu-tanh": (lambda x: mg.functional.gelu(x, "tanh"), gelu_tanh_composed, unary()),
+    "layer_norm": (lambda x, w, b, d: mg.functional.layer_norm(x, w.shape, w, b, eps=0.01),
+                   layer_norm_composed, layer_norm_shapes()),
+    "attention": (sdpa, attention_composed, attention_shapes()),
+}
+
+
+def tape_size(t):
+    nodes, todo = set(), [t._node]
+    while todo:
+        node = todo.pop()
+        if node is not None and id(node) not in nodes:
+            nodes.add(id(node))
+            todo.extend(getattr(p, "_node", None) for p in node.parents)
+    return len(nodes)
+
+
+@pytest.mark.parametrize("name", FUSED)
+@given(data=st.data())
+def test_fused_row_equals_its_composition(name, data):
+    """Each fused Transformer row gives its composition of older primitives' values and
+    gradients (float64), on fewer tape nodes (why it is fused: benchmarks/bench_transformer.py
+    measures the time)."""
+    fused, composed, shapes = FUSED[name]
+    shps, params = data.draw(shapes, label="shapes, params")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    arrays = [rng.uniform(-2, 2, s) for s in shps]
+    outs, grads, sizes = [], [], []
+    for fn in (fused, composed):
+        xs = [mg.tensor(a, requires_grad=True) for a in arrays]
+        y = fn(*xs, **params)
+        sizes.append(tape_size(y))
+        y.backward(np.random.default_rng(1).standard_normal(y.shape))
+        outs.append(y)
+        grads.append([x.grad for x in xs])
+    np.testing.assert_allclose(outs[0].data, outs[1].data, rtol=1e-12, atol=1e-12)
+    for gf, gc in zip(*grads):
+        np.testing.assert_allclose(gf, gc, rtol=1e-10, atol=1e-12)
+    assert sizes[0] < sizes[1]
 
 
 BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b,
@@ -595,3 +826,13 @@ def test_one_hot_is_a_row_without_gradient():
     assert out.dtype == np.float64 and out._node is None
     with pytest.raises(IndexError, match="4"):
         mg.one_hot(np.array([4]), 4)
+
+
+def test_concat_of_a_kernels_output():
+    """A Numba kernel's output array has a MemInfo, not an ndarray, as its ``base``: concat
+    (which looks for pieces lying side by side in one array) must not walk past it."""
+    x = mg.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = mg.concat([x.softmax(-1), mg.functional.layer_norm(x, 3), x], axis=1)
+    np.testing.assert_allclose(y.data[:, :3], softmax_ref(x.data, -1))
+    y.sum().backward()
+    assert x.grad.shape == (2, 3)

@@ -24,8 +24,18 @@ import numpy as np
 import tqdm
 
 from minigrad import kernels, threads
+from minigrad.compiler import rewrites
 from minigrad.compiler.emit import Emitter, kernel_module
-from minigrad.compiler.ir import INVARIANT, LOOP, TraceError, Var, stages, trace, with_lengths
+from minigrad.compiler.ir import (
+    INVARIANT,
+    LOOP,
+    TraceError,
+    Var,
+    stages,
+    trace,
+    verify,
+    with_lengths,
+)
 from minigrad.compiler.lower import Lowered
 from minigrad.compiler.rewrites import batched, optimize
 from minigrad.compiler.transpose import loop_body, transpose
@@ -56,6 +66,8 @@ class CompiledStep:
         self.pre = [e for e in self.program.eqns if stage[e.outs[0]] != LOOP]
         self.body = loop_body(self.program)
         self.reverse, self.dxs, self.dconsts = transpose(self.body)
+        if rewrites.CHECK:  # the tests check the derived program's contract too
+            verify(self.reverse)
         made = {v for e in self.body.eqns for v in e.outs} - set(self.body.outs)
         self.kept = [v for v in self.reverse.xs if v in made]  # residuals each step keeps
         self.fwd, self.rev = Lowered(self.body, self.kept), Lowered(self.reverse)
@@ -78,7 +90,8 @@ class CompiledStep:
                       **{v: (f"G{i}", "t") for i, v in enumerate(rev.xs[-n:])},
                       **{v: (f"C{i}", None) for i, v in enumerate(rev.state)},
                       **{v: (f"N{i}", None) for i, v in enumerate(rev.outs)},
-                      **{v: (f"A{i}", None) for i, v in enumerate(rev.acc)}}
+                      **{v: (f"A{i}", None) for i, v in enumerate(rev.acc)
+                         if self.rev.sums[v]}}  # (an accumulator with terms in the loop)
         self.rbind.update({v: (f"Y{i}", "t") for i, v in enumerate(rev.ys[:-1])})
         self.rbind[rev.ys[-1]] = ("Z", "min(t, Z.shape[0] - 1)")
         stored = [g for _, pairs in _outers(self) for _, g in pairs if g not in self.rbind]
@@ -105,10 +118,7 @@ class CompiledStep:
         """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
         kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
         if self._numba is not None and name not in self._sigs:
-            names = [None] * 5 + [a for a, _ in (self.fargs if name == "forward" else self.rargs)]
-            self._sigs[name] = tuple(numba.types.Array(numba.float32, 2, "A")
-                                     if n in self.weights else numba.typeof(a)
-                                     for n, a in zip(names, args))
+            self._sigs[name] = tuple(numba.typeof(a) for a in args)
         return getattr(self, "_" + name)(*args)
 
     def _start_compiling(self):
@@ -149,10 +159,6 @@ class CompiledStep:
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
-        # GEMM weights go to BLAS as they are (a transposed view too): typed as any layout
-        self.weights = {bind[op.args[1]][0] for low, bind in ((self.fwd, self.fbind),
-                                                                (self.rev, self.rbind))
-                        for kind, op, *_ in low.ops if kind == "gemm"}
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
     def _fwd(self, *arrays):
@@ -209,24 +215,20 @@ class CompiledStep:
         for arg, shape in self.buffers.items():
             c[arg] = (np.zeros if arg[0] == "C" else np.empty)(
                 (Bc,) + shape if arg[0] in "CN" else (T, Bc) + shape, dt)
-        for i, v in enumerate(self.reverse.acc):
-            c[f"A{i}"] = np.zeros(v.shape, dt)
+        for v in self.reverse.acc:
+            if v in self.rbind:
+                c[self.rbind[v][0]] = np.zeros(v.shape, dt)
         c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
         c["carried"] = self._loop("backward", Bc, T, 1 - r, r, self.dims,
                                   *self._arrays(self.rargs, c, env))
         c["cot"] = self._loop_cotangents(c, r, T)
 
-    def _arrays(self, args, chunk, env):
-        """A loop's arrays: a chunk's own; constants from the values before the loop
-        (contiguous, but a GEMM weight as it is if its rows or its columns are)."""
-        out = []
-        for a, v in args:
-            x = chunk[a] if a[0] != "K" else env[v]
-            if a in self.weights and (x.strides[0] == x.itemsize or x.strides[1] == x.itemsize):
-                out.append(x)
-            else:
-                out.append(np.ascontiguousarray(x) if a[0] == "K" else x)
-        return out
+    @staticmethod
+    def _arrays(args, chunk, env):
+        """A loop's arrays: a chunk's own; constants from the values before the loop, made
+        contiguous once per call.  NOTE: a weight read transposed cost BLAS 20-40 % per step
+        at these sizes (benchmarks: 82 against 106 GFLOP/s at 64x128x512); one copy is less."""
+        return [np.ascontiguousarray(env[v]) if a[0] == "K" else chunk[a] for a, v in args]
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
@@ -245,13 +247,14 @@ class CompiledStep:
         for v, y in zip(self.dxs, rev.ys):
             cot[v] = env[self.rbind[y][0]]
         for (c, pairs), acc in zip(_outers(self), rev.acc):
-            total = env[self.rbind[acc][0]]
+            total = env[self.rbind[acc][0]] if acc in self.rbind else None
             for a, g in pairs:
                 A, G = self._stack(a, env, r, T, self.fbind), self._stack(g, env, r, T,
                                                                         self.rbind)
-                total = total + OuterSum(A.reshape(-1, A.shape[-1]),
-                                         G.reshape(-1, G.shape[-1])).materialize()
-            cot[c] = total
+                product = OuterSum(A.reshape(-1, A.shape[-1]),
+                                   G.reshape(-1, G.shape[-1])).materialize()
+                total = product if total is None else total + product
+            cot[c] = np.zeros(c.shape, self.dtype) if total is None else total
         return cot
 
     def _pre_vjp(self, env, cot, carried):

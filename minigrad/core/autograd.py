@@ -16,7 +16,7 @@ from heapq import heappop, heappush
 
 import numpy as np
 
-from minigrad import kernels
+from minigrad import kernels, threads
 
 
 class _GradMode:
@@ -120,8 +120,8 @@ class OuterSum:
     def materialize(self):
         # np.dot hands transposed views to BLAS as they are and copies other strides itself.
         if len(self.lefts) == 1:
-            return np.dot(self.lefts[0].T, self.rights[0])
-        return np.dot(np.concatenate(self.lefts).T, np.concatenate(self.rights))
+            return threads.dot_t(self.lefts[0], self.rights[0])
+        return threads.dot_t(np.concatenate(self.lefts), np.concatenate(self.rights))
 
 
 class _Leaf:
@@ -227,7 +227,9 @@ def _accumulate(x, g, prim, leaves, heap):
         if slot.owned >> j & 1:
             cur += g
         else:  # the first sum allocates; from then on the slot's array is ours to add into
-            slot.grads[j] = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            total = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            # NOTE: the sum of two 0-d arrays is a NumPy scalar, which `+=` cannot update
+            slot.grads[j] = total if type(total) is _ndarray else np.asarray(total)
             slot.owned |= 1 << j
 
 

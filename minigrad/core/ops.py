@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from minigrad import kernels
-from minigrad.core.autograd import OuterSum
+from minigrad import kernels, threads
+from minigrad.core.autograd import OuterSum, unbroadcast
 from minigrad.kernels.jit import Ufunc
 
 PRIMITIVES = {}
@@ -181,7 +181,7 @@ def _mm2(a, b):
         a = np.ascontiguousarray(a)
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
-    return np.dot(a, b)
+    return threads.dot(a, b)
 
 
 def _matmul(a, b):
@@ -218,7 +218,7 @@ MATMUL = defprim("matmul", _matmul, _matmul_vjp_a, _matmul_vjp_b, args="a b",
 # ----------------------------------------------------------------------- shape
 
 def _inverse_perm(axes):
-    return tuple(np.argsort(axes))
+    return tuple(sorted(range(len(axes)), key=axes.__getitem__))
 
 
 TRANSPOSE = defprim(
@@ -298,11 +298,11 @@ def _concat(axis, *xs):
     weights: see models.cells) give a read-only view of it instead of a copy."""
     a, end = xs[0], 0
     root = a
-    while root.base is not None:
+    while isinstance(root.base, np.ndarray):  # NOTE: a Numba kernel's output has a MemInfo base
         root = root.base
     for x in xs:
         r = x
-        while r.base is not None:
+        while isinstance(r.base, np.ndarray):
             r = r.base
         step = a.strides[axis] * end if a.ndim else None
         if r is not root or x.strides != a.strides or x.dtype != a.dtype or step is None or \
@@ -446,3 +446,97 @@ def _cross_entropy_vjp(g, out, logits, targets, weights):
 # functional.cross_entropy checks and reshapes.  Output 1 (logsumexp) is auxiliary.
 CROSS_ENTROPY = defprim("cross_entropy", _cross_entropy, _cross_entropy_vjp, nout=2,
                         args="logits targets weights")
+
+
+# ======================================================================= Transformer rows
+# GELU, linear, layer normalisation and attention are fused: each replaces 3-11 recorded ops
+# and as many passes over memory (tests/test_ops.py checks each against its composition).
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+GELU = defprim(
+    "gelu", lambda a, approx: kernels.gelu(_flat(a), approx == "tanh").reshape(a.shape),
+    lambda g, out, a, approx: kernels.gelu_backward(_flat(g), _flat(a), approx == "tanh")
+    .reshape(a.shape), args="a approx")
+
+
+def _linear(x, w, b):
+    """x (..., I) wᵀ + b for w (O, I): one GEMM, the bias added in place (PyTorch's F.linear)."""
+    y = _mm2(x.reshape(-1, x.shape[-1]), w.T)
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+LINEAR = defprim(
+    "linear", _linear,
+    lambda g, out, x, w, b: _mm2(g.reshape(-1, g.shape[-1]), w).reshape(x.shape),
+    lambda g, out, x, w, b: OuterSum(g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])),
+    lambda g, out, x, w, b: unbroadcast(g, b.shape), args="x w b",
+)
+
+
+def _layer_norm(x, weight, bias, d, eps):
+    """Normalise over the last ``d`` axes, then ·weight + bias: returns (y, mean, rstd)."""
+    rows = np.ascontiguousarray(x).reshape(-1, math.prod(x.shape[x.ndim - d:]))
+    y, mean, rstd = kernels.layer_norm_rows(rows, weight.reshape(-1), bias.reshape(-1),
+                                            x.dtype.type(eps))
+    return y.reshape(x.shape), mean, rstd
+
+
+def _layer_norm_vjp(g, out, x, weight, bias, d, eps):
+    rows = np.ascontiguousarray(x).reshape(out[1].size, -1)
+    gx, gw, gb = kernels.layer_norm_backward_rows(np.ascontiguousarray(g[0]).reshape(rows.shape),
+                                                  rows, weight.reshape(-1), out[1], out[2])
+    return gx.reshape(x.shape), gw.reshape(weight.shape), gb.reshape(bias.shape), None, None
+
+
+# Outputs 1 and 2 (the rows' mean and 1/σ) are auxiliary, saved for the VJP.
+LAYER_NORM = defprim("layer_norm", _layer_norm, vjp_all=_layer_norm_vjp, nout=3,
+                     args="x weight bias d eps")
+
+
+def _attention(q, k, v, heads, mask, drop, scale):
+    """Queries q (B, L, ·, E), keys k (B, S, ·, E), values v (B, S, ·, Ev); ``heads`` =
+    (q0, k0, v0, H) picks head h as q[:, :, q0 + h] ...; k or v None: the same as the input
+    before it (one packed projection).  P = softmax(q kᵀ·scale + mask) over S, A = P·drop,
+    out = A v: returns (out (B, L, H, Ev), A, P (B, H, L, S)).  ``mask`` (B|1, H|1, L|1, S)
+    is additive with a finite entry in every row; ``drop`` holds dropout's 0 or 1/(1-p), or
+    is None.  The products are NumPy's batched GEMMs on strided views, the softmax a kernel."""
+    (q, k, v), (q0, k0, v0, H) = _packed(q, k, v), heads
+    s = np.matmul(_heads(q, q0, H), _heads(k, k0, H).swapaxes(2, 3))
+    a, p = kernels.attention_softmax(s, mask, drop, q.dtype.type(scale))
+    out = np.empty(q.shape[:2] + (H, v.shape[3]), q.dtype)
+    np.matmul(a, _heads(v, v0, H), out=out.transpose(0, 2, 1, 3))
+    return out, a, p
+
+
+def _packed(q, k, v):
+    k = q if k is None else k
+    return q, k, k if v is None else v
+
+
+def _heads(x, first, H):
+    """Slots first .. first + H of (B, L, ·, E) as a (B, H, L, E) view."""
+    return x[:, :, first:first + H].transpose(0, 2, 1, 3)
+
+
+def _attention_vjp(g, out, q, k, v, heads, mask, drop, scale):
+    (q0, k0, v0, H), go = heads, g[0].transpose(0, 2, 1, 3)
+    grads = [None if x is None else np.zeros(x.shape, x.dtype) for x in (q, k, v)]
+    dq, dk, dv = _packed(*grads)
+    (q, k, v), (_, a, p) = _packed(q, k, v), out
+    da = np.matmul(go, _heads(v, v0, H).swapaxes(2, 3))
+    if g[1] is not None:  # the weights were used too (need_weights)
+        da += g[1]
+    ds = kernels.attention_softmax_backward(da, p, drop, q.dtype.type(scale))
+    _heads(dv, v0, H)[...] += np.matmul(np.swapaxes(a, 2, 3), go)  # += : slots may coincide
+    _heads(dq, q0, H)[...] += np.matmul(ds, _heads(k, k0, H))
+    _heads(dk, k0, H)[...] += np.matmul(np.swapaxes(ds, 2, 3), _heads(q, q0, H))
+    return (*grads, None, None, None, None)
+
+
+ATTENTION = defprim("attention", _attention, vjp_all=_attention_vjp, nout=3,
+                    args="q k v heads mask drop scale")
