@@ -691,7 +691,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _run_child(cache_dir):
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, MINIGRAD_CACHE_DIR=cache_dir,
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     t0 = perf()
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,

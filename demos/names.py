@@ -10,8 +10,10 @@ sampling feeds each drawn letter back in until <EOS> appears.
     python -m demos.names --cell gru --steps 2000
     python -m demos.names --resume --steps 1500  # continue the run saved in --out
 
-At the end it prints samples at two temperatures, scores real names the model never saw
-against implausible strings, and writes ``loss.png`` and ``checkpoint.npz`` to ``--out``.
+At the end it prints samples at three temperatures (0.5, ``--temperature``, 1.0), scores real
+names the model never saw against implausible strings — both with the model of the lowest
+held-out loss (``--use-last`` for the last) — and writes ``loss.png``, ``checkpoint.npz``
+(the last model) and ``best.npz`` (the best) to ``--out``.
 """
 
 import os
@@ -113,9 +115,10 @@ def main(argv=None):
     (before, after), (ppl_before, ppl_after) = result["held_out_loss"], result["perplexity"]
     print(f"Held-out names: {before:.3f} -> {after:.3f} nats per letter "
           f"(perplexity {ppl_before:.1f} -> {ppl_after:.1f})")
-    print(f"Saved {run.plot} and {run.path}")
+    print(f"Saved {run.plot}, {run.path} (the last model) and {run.best.path} (the best, "
+          f"step {run.best.step})")
     return {**result, "samples": samples, "scores": scores, "vocab": vocab}
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

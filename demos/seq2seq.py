@@ -22,9 +22,10 @@ match overall by the end of the default run, under 40 % on that format); with
 ``--attention`` each output character looks straight at the source characters it needs
 (``attention.png`` shows where), and the same budget reaches about 97 %.
 
-Prints held-out translations marked ✓/✗, the exact-match accuracy before and after, and
-writes ``loss.png`` (training and held-out loss; ``attention.png`` with --attention) and
-``checkpoint.npz`` to ``--out``.
+Prints held-out translations marked ✓/✗ and the exact-match accuracy before and after (of
+the model with the lowest held-out loss; ``--use-last`` for the last), and writes
+``loss.png`` (training and held-out loss; ``attention.png`` with --attention),
+``checkpoint.npz`` (the last model) and ``best.npz`` (the best) to ``--out``.
 """
 
 import datetime
@@ -246,9 +247,13 @@ def main(argv=None):
     before = translate(model, test_sources, src_vocab, tgt_vocab)
     acc_before, chars_before = accuracy(before, test_pairs), char_accuracy(before, test_pairs)
     max_loss = common.DIVERGED * log_v
+    best = common.BestModel(checkpoint)
     if not start:
         history.evals.append((0, held_out_loss(model, test_data)))
         checkpoint.save_first(history)
+        best.offer(0, history.evals[-1][1], history)
+    else:
+        best.resume(history, held_out_loss(model, test_data))
 
     def loss_fn(batch):
         if sync:  # this rank's rows, as a share of the whole batch's mean per character
@@ -260,10 +265,15 @@ def main(argv=None):
         if not held <= max_loss:  # e.g. weights gone to inf after a finite loss
             raise common.Diverged(step, f"the held-out loss is {held:.4g}")
         hist.evals.append((step, held))
+        best.offer(step, held, hist)
         pair = test_pairs[step % len(test_pairs)]
         pred = translate(model, [pair[0]], src_vocab, tgt_vocab)[0]
         tqdm.write(f"step {step:5d}  loss {hist.recent():.3f}  held-out {held:.3f}"
                    f" | {pair[0]!r} -> {pred!r} {'✓' if pred == pair[1] else '✗'}")
+        if args.early_stop and best.waited(hist) >= args.early_stop and step < args.steps:
+            raise common.Stop(f"early stop at step {step}: no better held-out loss in "
+                              f"{args.early_stop} evaluations (best {best.loss:.3f} at step "
+                              f"{best.step})")
 
     every = args.eval_every or max(1, args.steps // 10)
     t0 = time.perf_counter()
@@ -272,11 +282,13 @@ def main(argv=None):
                  progress=not args.no_progress, checkpoint=checkpoint,
                  save_every=args.save_every, max_loss=max_loss, sync=sync)
     seconds = time.perf_counter() - t0
+    held_last = held_out_loss(model, test_data)
     path = checkpoint.save_final(history)
     plot = os.path.join(args.out, common.PLOT)
     if common.parallel.primary():  # rank 0 alone draws under --distributed
         common.plot_losses(history, plot, baseline=log_v, evals_label="held-out dates",
                            title=f"dates: {arch['cell']} {arch['hidden']}, per-character loss")
+    print(best.finish(history, held_last, args.use_last))
     plots, alignments = [plot], []
     if arch["attention"] and common.parallel.primary():
         plots.append(os.path.join(args.out, "attention.png"))
@@ -305,17 +317,20 @@ def main(argv=None):
     print("\nExact-match accuracy by source format: " + ", ".join(
         f"{f!r} {a:.0%}" for f, a in per_format.items() if not math.isnan(a)))
 
-    final = history.recent()
+    final, initial = history.recent(), history.losses[0] if history.losses else math.nan
     held = held_out_loss(model, test_data)
-    print(f"\nLoss per character (nats): initial {history.losses[0]:.3f} (log V = {log_v:.3f})"
+    print(f"\nLoss per character (nats): initial {initial:.3f} (log V = {log_v:.3f})"
           f" -> final {final:.3f} (mean of the last {history.window} steps), held-out "
           f"{held:.3f}, after "
           f"{len(history.losses)} steps ({len(history.losses) - start} in {seconds:.1f} s)")
     print(f"Held-out exact-match accuracy: {acc_before:.1%} -> {acc_after:.1%} "
           f"({len(test_pairs)} dates; chance is about 1/{(LAST - FIRST).days + 1}); "
           f"characters right: {chars_before:.1%} -> {chars_after:.1%}")
-    print("Saved " + ", ".join(plots) + f" and {path}")
-    return {"initial_loss": history.losses[0], "final_loss": final, "held_out_loss": held,
+    print("Saved " + ", ".join(plots) + f", {path} (the last model) and {best.path} (the best, "
+          f"step {best.step})")
+    return {"initial_loss": initial, "final_loss": final, "held_out_loss": held,
+            "held_out_last": held_last, "best_step": best.step, "best": best.path,
+            "stopped": history.stopped,
             "log_v": log_v, "accuracy": (acc_before, acc_after),
             "char_accuracy": (chars_before, chars_after), "per_format": per_format,
             "start_step": start, "step": len(history.losses), "losses": history.losses,
@@ -325,4 +340,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -11,7 +11,9 @@ equally likely words the model is choosing between at each step.
     python -m demos.words --cell gru --steps 2000
     python -m demos.words --resume --steps 2000
 
-Writes ``loss.png`` (training and held-out loss) and ``checkpoint.npz`` to ``--out``.
+Samples come from the model of the lowest held-out loss (``--use-last`` for the last).  Writes
+``loss.png`` (training and held-out loss), ``checkpoint.npz`` (the last model) and
+``best.npz`` (the best) to ``--out``.
 """
 
 import os
@@ -106,10 +108,11 @@ def main(argv=None):
     ppl = result["perplexity"]
     print(f"Held-out perplexity: {ppl[0]:.1f} -> {ppl[1]:.1f} "
           f"(a uniform guess over the vocabulary: {len(vocab)})")
-    print(f"Saved {run.plot} and {run.path}")
+    print(f"Saved {run.plot}, {run.path} (the last model) and {run.best.path} (the best, "
+          f"step {run.best.step})")
     return {**result, "samples": samples, "greedy": greedy, "held_out": held_s,
             "vocab": vocab}
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -2,7 +2,7 @@
 
 import gc
 
-from minigrad import data, distributed, functional, kernels, nn, optim
+from minigrad import compile_cache, data, distributed, functional, kernels, nn, optim
 from minigrad.compiler import TraceError, scan, trace
 from minigrad.core import ops
 from minigrad.core.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -10,12 +10,19 @@ from minigrad.core.tensor import Tensor, as_array, chunk, concat, matmul, split,
 from minigrad.creation import arange, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 from minigrad.functional import addmm, cross_entropy, dropout, one_hot, where
 from minigrad.gradcheck import GradcheckError, check_grads
+from minigrad.kernels import CacheWarning
 from minigrad.nn import Module, Parameter
 from minigrad.random import get_rng, manual_seed
 from minigrad.serialization import load, save
 from minigrad.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
+
+
+class CompileFallbackWarning(UserWarning):
+    """A recurrent layer could not compile its cell and runs it eagerly (same values,
+    slower); the message says whether the cell or minigrad's compiler is the cause.  Make it
+    an error to find out: ``warnings.simplefilter("error", mg.CompileFallbackWarning)``."""
 
 
 def freeze_gc():
@@ -35,10 +42,11 @@ def freeze_gc():
 
 
 __all__ = [
-    "GradcheckError", "Module", "Parameter", "Tensor", "TraceError", "addmm", "arange", "as_array",
-    "check_grads", "chunk", "concat", "cross_entropy", "data", "distributed", "dropout",
-    "enable_grad", "freeze_gc", "functional", "get_num_threads", "get_rng", "is_grad_enabled",
-    "kernels", "load", "manual_seed", "matmul", "nn", "no_grad", "one_hot", "ones", "ones_like",
-    "ops", "optim", "rand", "randn", "save", "scan", "set_grad_enabled", "set_num_threads",
-    "split", "stack", "tensor", "trace", "unstack", "where", "zeros", "zeros_like",
+    "CacheWarning", "CompileFallbackWarning", "GradcheckError", "Module", "Parameter", "Tensor",
+    "TraceError", "addmm", "arange", "as_array", "check_grads", "chunk", "compile_cache", "concat",
+    "cross_entropy", "data", "distributed", "dropout", "enable_grad", "freeze_gc", "functional",
+    "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
+    "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",
+    "scan", "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "trace", "unstack",
+    "where", "zeros", "zeros_like"
 ]

@@ -67,7 +67,7 @@ def check_lengths(where, lengths, B, T, what="lengths"):
     if lengths.shape[0] != B:
         raise ValueError(f"{where}: batch sizes differ: {lengths.shape[0]} {what} for a batch "
                          f"of {B} sequences")
-    if lengths.min() < 1 or lengths.max() > T:
+    if lengths.size and (lengths.min() < 1 or lengths.max() > T):
         raise ValueError(f"{where}: {what} must be in 1..{T} (T, the padded length), got min "
                          f"{lengths.min()} max {lengths.max()}")
     return lengths.astype(np.int64)

@@ -121,6 +121,13 @@ class Recurrent(Module):
                                 else f"a tuple of {arity} (B, H) tensors, e.g. (a, c)"))
         out = []
         for p in parts:
+            # NOTE: as for inputs, a float state of another dtype is refused, not cast: a
+            # float64 state would run a float32 model in float64 (and eagerly).
+            if isinstance(p, (mg.Tensor, np.ndarray)) and p.dtype != dtype:
+                raise TypeError(f"{type(self).__name__}({name}): the initial state has dtype "
+                                f"{p.dtype} but the model is {dtype}; convert the state "
+                                f"(state.astype(np.{dtype})) or build the model with "
+                                f"dtype=np.{p.dtype}")
             p = p if isinstance(p, mg.Tensor) else mg.tensor(np.asarray(p), dtype=dtype)
             if p.shape != (batch_size, H):
                 raise ValueError(f"{name}: initial state has shape {p.shape}, "
@@ -138,18 +145,21 @@ class Recurrent(Module):
         if lengths is not None:
             lengths = check_lengths(name, lengths, B, T)
             valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
-        if self.compiled:
+        outputs = None
+        if self.compiled and B > 0:  # an empty batch has nothing to compile
             try:
-                outputs, state = self._compiled(x, state, valid)
+                outputs, final = self._compiled(x, state, valid)
             except TraceError as e:
-                warnings.warn(f"{name}: running {type(cell).__name__} eagerly: {e}",
-                              stacklevel=2)
                 self.compiled = False
-        if not self.compiled:
-            outputs, state = self._eager(x, state, valid)
+                # eager first: a cell that is wrong on both paths gets the eager path's error
+                outputs, final = self._eager(x, state, valid)
+                warnings.warn(_fallback_message(name, cell, x, state, e),
+                              mg.CompileFallbackWarning, stacklevel=2)
+        if outputs is None:
+            outputs, final = self._eager(x, state, valid)
         if valid is not None:
             outputs = outputs * valid[:, :, None].astype(outputs.dtype)
-        return outputs, state
+        return outputs, final
 
     def _compiled(self, x, state, valid):
         """The whole sequence as one tape node (see :func:`minigrad.compiler.scan`)."""
@@ -176,8 +186,11 @@ class Recurrent(Module):
             x = F.one_hot(x, cell.input_size, dtype=_dtype(cell))
         outs = [None] * T
         self.states = []
-        for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
+        steps = range(T - 1, -1, -1) if self.reverse else range(T)
+        for t in steps:
             new = cell(x[:, t], state)
+            if t == steps[0]:  # a cell of the wrong shape fails here, not in a later matmul
+                _check_state(cell, new, state)
             if valid is not None:  # past a sequence's end its state stays as it was
                 new = _select(valid[:, t:t + 1], new, state)
             state = new
@@ -188,6 +201,47 @@ class Recurrent(Module):
         if self.reverse:
             self.states.reverse()
         return mg.stack(outs, axis=1), state
+
+
+def _check_state(cell, new, old):
+    """Raise ValueError unless ``new`` has the structure, shapes and dtypes of ``old``."""
+    olds = (old,) if isinstance(old, mg.Tensor) else tuple(old)
+    news = (new,) if isinstance(new, mg.Tensor) else tuple(new) \
+        if isinstance(new, (tuple, list)) else (new,)
+    want = [(o.shape, o.dtype) for o in olds]
+    got = [(getattr(n, "shape", None), getattr(n, "dtype", type(n).__name__)) for n in news]
+    if got != want or not all(isinstance(n, mg.Tensor) for n in news):
+        raise ValueError(f"{type(cell).__name__}.forward must return the new state as it "
+                         f"was given: {len(want)} tensor(s) of shape and dtype "
+                         f"{', '.join(f'{s} {d}' for s, d in want)}; it returned "
+                         f"{', '.join(f'{s} {d}' for s, d in got)}")
+
+
+def _fallback_message(name, cell, x, state, error):
+    """Why a cell runs eagerly, blaming the cell only when it is the cause: when its
+    forward traces to different equations on fresh inputs of other values and batch sizes
+    (it branches on tensor values, computes with NumPy on ``.data`` or builds in a batch
+    size), or does not trace at all.  Otherwise the compiler is at fault."""
+    parts = (state,) if isinstance(state, mg.Tensor) else tuple(state)
+    rng = np.random.default_rng(0)  # NOTE: never the user's generator (reproducibility)
+    seen, who = set(), type(cell).__name__
+    try:
+        for B, sign in ((2, 1), (2, -1), (3, 1), (3, -1)):
+            ids = x.dtype.kind in "iu"
+            xt = mg.tensor(rng.integers(0, cell.input_size, B) if ids else
+                           rng.standard_normal((B, x.shape[2])).astype(x.dtype))
+            s = tuple(mg.tensor(sign * rng.standard_normal((B, p.shape[1])).astype(p.dtype))
+                      for p in parts)
+            prog = mg.trace(cell, xt, s[0] if len(s) == 1 else s)
+            seen.add(repr(prog) + repr([c.value.tolist() for c in prog.consts]))
+    except Exception:  # it does not trace on fresh inputs: the cell's own doing
+        return f"{name}: running {who} eagerly: {error}"
+    if len(seen) > 1:
+        return f"{name}: running {who} eagerly: {error}"
+    return (f"{name}: running {who} eagerly (the same values, slower): minigrad's compiler "
+            f"failed on it although its forward traces to the same equations on fresh "
+            f"inputs, so the cell is not the cause: this is a bug in minigrad, please report "
+            f"it with this message ({str(error).split(';')[0]})")
 
 
 def _arity(cell):
@@ -281,7 +335,9 @@ class _Stack(Module):
                              f"{want}, got a tuple of {len(state)} (an LSTM's (a, c) pair?)")
         first = self.layers[0]
         dtype = (first.fwd if isinstance(first, Bidirectional) else first).cell.dtype
-        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p, dtype=dtype) for p in parts]
+        # NumPy arrays keep their dtype, so that each layer refuses a wrong one (as tensors)
+        parts = [p if isinstance(p, mg.Tensor) else mg.tensor(p) if isinstance(p, np.ndarray)
+                 else mg.tensor(p, dtype=dtype) for p in parts]
         for p in parts:
             if p.shape != want:
                 raise ValueError(f"{type(self).__name__}: initial state has shape {p.shape}, "

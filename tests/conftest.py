@@ -1,9 +1,11 @@
-"""Test configuration: hypothesis profiles (small shapes, no deadline: JIT compile time) and
-the list of built-in cells the model tests share."""
+"""Test configuration: hypothesis profiles (small shapes, no deadline: JIT compile time),
+the list of built-in cells the model tests share, and the ``fallbacks`` fixture."""
 
 import os
 import sys
+import warnings
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 import minigrad as mg
@@ -39,3 +41,19 @@ CELL_OPTIONS = [
     ("lstm-peephole", LSTMCell, {"peephole": True}),
 ]
 IDS = [c[0] for c in CELL_OPTIONS]
+
+
+@pytest.fixture
+def fallbacks():
+    """Count the layers that fell back to eager during a test: ``assert fallbacks() == []``.
+
+    A compiled-equals-eager test must, because a layer that fell back equals eager
+    trivially.  Inside, ``mg.CompileFallbackWarning`` is recorded instead of raised (as
+    ``pyproject.toml`` makes it everywhere else); other warnings go on to pytest."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield lambda: [str(w.message) for w in caught
+                       if issubclass(w.category, mg.CompileFallbackWarning)]
+    for w in caught:
+        if not issubclass(w.category, mg.CompileFallbackWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -52,8 +52,11 @@ def assert_outputs(out, r, steps):
     assert ckpt["meta"]["vocab"] == r["vocab"].itos
     adam_steps = {s["step"] for s in ckpt["optim"]["state"].values()}
     assert adam_steps == {steps}  # the optimizer state is saved, not just the weights
+    # the model the run reports on (samples, scores) is the best one by held-out loss
+    best = mg.load(os.path.join(out, "best.npz"))
+    assert best["step"] == r["best_step"] <= steps
     model_state = r["model"].state_dict()
-    assert all(np.array_equal(ckpt["model"][k], v) for k, v in model_state.items())
+    assert all(np.array_equal(best["model"][k], v) for k, v in model_state.items())
     return ckpt
 
 

@@ -460,6 +460,31 @@ def test_a_disk_full_mid_save_keeps_the_old_checkpoint_and_names_the_target(tmp_
     np.testing.assert_array_equal(mg.load(path)["w"], np.arange(3.0))
 
 
+def test_a_failed_fsync_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    """The new file must be on disk before it replaces the old one: a save whose fsync fails
+    (an I/O error, a disk gone) has not touched the checkpoint, whatever the order of calls
+    a refactoring gives ``atomic_write``."""
+    import errno
+
+    from minigrad import atomic
+
+    path = tmp_path / "ckpt.npz"
+    mg.save({"step": 1, "w": np.arange(3.0)}, path)
+    before = path.read_bytes()
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match=r"save: could not write '.*ckpt\.npz': Input/output"):
+        mg.save({"step": 2, "w": np.zeros(1000)}, path)
+    assert calls and path.read_bytes() == before and orphans(tmp_path) == []
+    monkeypatch.undo()
+    assert mg.load(path)["step"] == 1
+
+
 def test_a_read_only_directory_names_the_target_not_a_temp_file(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root ignores directory permissions")

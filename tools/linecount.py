@@ -30,6 +30,8 @@ TIERS = {
               "minigrad/core/**/*.py"], 855),
     "kernels": ("Numba kernels: pure functions on arrays",
                 ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 520),
+    "cache": ("the compile cache: keys, checks on load, directories, pruning, command line",
+              ["minigrad/compile_cache.py", "minigrad/cache.py"], 365),
     "compiler": ("the recurrence compiler: trace, IR, rewrites, transpose, lower, emit",
                  ["minigrad/compiler/**/*.py"], 1200),
     "library": ("nn, optim, functional, data, serialization, gradcheck",

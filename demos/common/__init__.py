@@ -1,6 +1,6 @@
 """Shared helpers for the demos, by concern: :mod:`.flags`, :mod:`.training` (the loop, the
-history, evaluation), :mod:`.plots`, :mod:`.checkpoints` and :mod:`.lm` (a language-model
-run as one object).
+history, evaluation), :mod:`.interrupts` (Ctrl-C, the entry point :func:`run`),
+:mod:`.plots`, :mod:`.checkpoints` and :mod:`.lm` (a language-model run as one object).
 
 Kept deliberately small.  A demo builds its data and model, then calls :func:`train` with a
 ``loss_fn(batch) -> scalar Tensor`` and an endless batch iterator; the loop shows a tqdm
@@ -20,11 +20,14 @@ What a run never loses (see the README, "Runs that never lose work"):
   ``kill -9``;
 * divergence (a non-finite loss or gradient norm, or a loss far above log V) stops the run
   with one line naming the step and the fix; the last good checkpoint stays;
-* if the final save fails, the model is written to a rescue file whose path is printed.
+* if the final save fails, the model is written to a rescue file whose path is printed;
+* Ctrl-C finishes the step in flight, saves, prints the summary and exits with code 130
+  (a second Ctrl-C exits at once); the best model by held-out loss is kept as ``best.npz``
+  (:class:`BestModel`), ``--early-stop N`` ends a run that stopped improving.
 """
 
 from demos.common import parallel
-from demos.common.checkpoints import Checkpoint, prepare_out, restore
+from demos.common.checkpoints import BestModel, Checkpoint, prepare_out, restore
 from demos.common.flags import (
     COUNT,
     FINITE,
@@ -41,14 +44,17 @@ from demos.common.flags import (
     number,
     parse,
 )
+from demos.common.interrupts import EXIT_CODE, ctrl_c, is_interrupt, run
 from demos.common.lm import LanguageModelRun
 from demos.common.plots import plot_losses, pyplot, save_figure
 from demos.common.training import (
+    BEST,
     CHECKPOINT,
     DIVERGED,
     PLOT,
     Diverged,
     History,
+    Stop,
     evaluate,
     forever,
     perplexity,
@@ -57,9 +63,10 @@ from demos.common.training import (
 )
 
 __all__ = [
-    "CHECKPOINT", "COUNT", "DIVERGED", "FINITE", "FRACTION", "NONNEGATIVE", "PLOT", "POSITIVE",
-    "POSITIVE_INT", "Checkpoint", "Diverged", "History", "LanguageModelRun", "add_run_args",
-    "add_story_args", "add_training_args", "describe_args", "evaluate", "forever",
-    "make_parser", "model_args", "number", "parallel", "parse", "perplexity", "plot_losses",
-    "prepare_out", "pyplot", "read_lines", "restore", "save_figure", "train",
+    "BEST", "BestModel", "CHECKPOINT", "COUNT", "Checkpoint", "DIVERGED", "Diverged", "EXIT_CODE",
+    "FINITE", "FRACTION", "History", "LanguageModelRun", "NONNEGATIVE", "PLOT", "POSITIVE",
+    "POSITIVE_INT", "Stop", "add_run_args", "add_story_args", "add_training_args", "ctrl_c",
+    "describe_args", "evaluate", "forever", "is_interrupt", "make_parser", "model_args", "number",
+    "parallel", "parse", "perplexity", "plot_losses", "prepare_out", "pyplot", "read_lines",
+    "restore", "run", "save_figure", "train"
 ]

@@ -1,6 +1,8 @@
 """Checkpoints that never lose a run: atomic saves that name the demo and the architecture
-actually used, an ``--out`` checked before training, resume, and a rescue file."""
+actually used, an ``--out`` checked before training, resume, a rescue file, and the best
+model by held-out loss kept beside the last one."""
 
+import math
 import os
 import tempfile
 import time
@@ -11,7 +13,7 @@ from tqdm import tqdm
 import minigrad as mg
 from demos.common.flags import describe_args
 from demos.common.parallel import primary
-from demos.common.training import CHECKPOINT, History
+from demos.common.training import BEST, CHECKPOINT, History
 from minigrad.distributed import broadcast_object
 
 
@@ -34,13 +36,16 @@ class Checkpoint:
     def save(self, history):
         """Write the checkpoint now (atomically; on rank 0 alone under ``--distributed``);
         raises OSError naming the target."""
+        self.write(self.path, history)
+        self.saved_step = len(history.losses)
+        return self.path
+
+    def write(self, path, history, **meta):
         if primary():
             mg.save({"model": self.model, "optim": self.optimizer, "step": len(history.losses),
                      "losses": np.asarray(history.losses, dtype=np.float64),
                      "evals": np.asarray(history.evals, dtype=np.float64).reshape(-1, 2),
-                     "meta": self.meta}, self.path)
-        self.saved_step = len(history.losses)
-        return self.path
+                     "meta": {**self.meta, **meta}}, path)
 
     def save_first(self, history):
         """The save before training: proves ``--out`` writable with a real checkpoint (a
@@ -80,6 +85,65 @@ class Checkpoint:
                          f"{where} and continue with --resume")
 
 
+class BestModel:
+    """The model with the lowest held-out loss so far: its weights in memory and, as a
+    complete checkpoint of that step, ``best.npz`` beside ``checkpoint.npz`` (the last).
+
+    A fresh run starts from the step-0 model; a resumed run from its ``best.npz`` when that
+    is this demo's and not newer than the checkpoint resumed, else from the model resumed.
+    """
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.path = os.path.join(os.path.dirname(checkpoint.path), BEST)
+        self.step, self.loss, self.state = None, math.inf, None
+
+    def resume(self, history, held):
+        """On ``--resume``: the run's best so far (or the model resumed, held-out ``held``).
+        Under ``--distributed`` rank 0 reads it and sends it to every rank: all ranks must
+        take the same early-stopping decisions."""
+        ckpt = broadcast_object(_load(self.path, None) if primary() and
+                                os.path.exists(self.path) else None)
+        best = ckpt["meta"].get("best") if _demo_of(ckpt) == self.checkpoint.demo else None
+        if isinstance(best, dict) and ckpt["step"] <= len(history.losses):
+            self.step, self.loss, self.state = ckpt["step"], best["held_out"], ckpt["model"]
+        else:
+            self.offer(len(history.losses), held, history)
+
+    def offer(self, step, held, history):
+        """Keep the model now if ``held`` (its held-out loss at ``step``) is the lowest yet.
+        A failed write of ``best.npz`` is reported; training goes on."""
+        if not held < self.loss:
+            return False
+        self.step, self.loss, self.state = step, held, self.checkpoint.model.state_dict()
+        try:
+            self.checkpoint.write(self.path, history, best={"step": step, "held_out": held})
+        except OSError as e:
+            tqdm.write(f"warning: step {step}: {e}; the best model is kept in memory only")
+        return True
+
+    def waited(self, history):
+        """Evaluations since the best one."""
+        return sum(1 for s, _ in history.evals if s > self.step)
+
+    def finish(self, history, held_last, use_last):
+        """After the final save: offer the last model (held-out ``held_last``), put the best
+        weights in the model unless ``use_last``, and say which model the summary is from."""
+        last = len(history.losses)
+        self.offer(last, held_last, history)
+        if self.step == last:
+            return (f"\nThe last model (step {last}) has the best held-out loss so far "
+                    f"({held_last:.3f}): the summary below comes from it.")
+        if use_last:
+            return (f"\nThe summary below comes from the last model (step {last}, held-out "
+                    f"{held_last:.3f}), as --use-last asks; the best (step {self.step}, "
+                    f"{self.loss:.3f}) is in {self.path}.")
+        self.checkpoint.model.load_state_dict(self.state)
+        return (f"\nThe summary below comes from the best model by held-out loss: step "
+                f"{self.step} ({self.loss:.3f}; the last, step {last}: {held_last:.3f}), "
+                f"kept in {self.path}. --use-last for the last one.")
+
+
 def prepare_out(args, demo):
     """Before anything is trained: create ``--out`` and check it is writable; with
     ``--resume`` return the checkpoint to continue (checked to be this demo's), else refuse
@@ -90,6 +154,9 @@ def prepare_out(args, demo):
 
 
 def _prepare_out(args, demo):
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"--out {args.out}: is a file, not a directory; choose another --out "
+                         "(a directory for the checkpoint and the plot)")
     try:
         os.makedirs(args.out, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.out):

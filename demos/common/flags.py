@@ -71,6 +71,12 @@ def add_training_args(parser, *, steps, lr, batch, hidden=128, cell="lstm", out=
     parser.add_argument("--force", action="store_true",
                         help="let a fresh run overwrite a longer run (or another demo's run) "
                              "in --out")
+    parser.add_argument("--early-stop", type=COUNT, default=0, metavar="N",
+                        help="stop after N evaluations without a better held-out loss; 0 = "
+                             "never (%(default)s)")
+    parser.add_argument("--use-last", action="store_true",
+                        help="sample and score with the last model, not the best one by "
+                             "held-out loss (best.npz)")
     parser.add_argument("--distributed", action="store_true",
                         help="train data-parallel on the ranks of an MPI job: mpiexec -n N "
                              "python -m mpi4py -m demos.NAME --distributed (README)")

@@ -15,13 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from demos.common import parallel
-from demos.common.checkpoints import Checkpoint, restore
+from demos.common.checkpoints import BestModel, Checkpoint, restore
 from demos.common.plots import plot_losses
 from demos.common.training import (
     DIVERGED,
     PLOT,
     Diverged,
     History,
+    Stop,
     evaluate,
     forever,
     perplexity,
@@ -75,14 +76,21 @@ class LanguageModelRun:
 
     def train(self, title, evals_label):
         """Measure the held-out loss, save the step-0 checkpoint of a fresh run, train with
-        :meth:`describe` printed and periodic checkpoints, save the final checkpoint and the
-        plot.  Sets ``held_before``, ``seconds``, ``path`` and ``plot``."""
+        :meth:`describe` printed, periodic checkpoints and the best model kept (stopping
+        early after ``--early-stop`` evaluations without a better one), save the final
+        checkpoint and the plot, then put the best model in place for the summary unless
+        ``--use-last``.  Sets ``held_before``, ``held_last``, ``best``, ``seconds``,
+        ``path`` and ``plot``."""
         model, args, history = self.model, self.args, self.history
         self.held_before = evaluate(model, self.held_ids)
         max_loss = DIVERGED * self.log_v
+        best = self.best = BestModel(self.checkpoint)
         if not self.start:
             history.evals.append((0, self.held_before))
             self.checkpoint.save_first(history)
+            best.offer(0, self.held_before, history)
+        else:
+            best.resume(history, self.held_before)
 
         def loss_fn(batch):
             ids, lengths, _ = batch
@@ -95,7 +103,12 @@ class LanguageModelRun:
             if not held <= max_loss:  # e.g. weights gone to inf after a finite loss
                 raise Diverged(step, f"the held-out loss is {held:.4g}")
             hist.evals.append((step, held))
+            best.offer(step, held, hist)
             tqdm.write(self.describe(step))
+            if args.early_stop and best.waited(hist) >= args.early_stop and step < args.steps:
+                raise Stop(f"early stop at step {step}: no better held-out loss in "
+                           f"{args.early_stop} evaluations (best {best.loss:.3f} at step "
+                           f"{best.step})")
 
         every = args.sample_every or max(1, args.steps // 5)
         t0 = time.perf_counter()
@@ -104,23 +117,32 @@ class LanguageModelRun:
               progress=not args.no_progress, checkpoint=self.checkpoint,
               save_every=args.save_every, max_loss=max_loss, sync=self.sync)
         self.seconds = time.perf_counter() - t0
+        self.held_last = evaluate(model, self.held_ids)
         self.path = self.checkpoint.save_final(history)
         self.plot = os.path.join(args.out, PLOT)
         if parallel.primary():
             plot_losses(history, self.plot, baseline=self.log_v, evals_label=evals_label,
                         title=title)
+        print(best.finish(history, self.held_last, args.use_last))
 
     def report(self, unit):
         """Print the initial vs final training loss per ``unit`` (the final one is the mean
         of the last ``history.window`` steps); return the fields every language-model demo
-        returns, with the held-out loss before and after."""
+        returns, with the held-out loss before and after (of the model the summary is
+        from: the best, or the last with ``--use-last``)."""
         h = self.history
-        print(f"\nLoss per {unit} (nats): initial {h.losses[0]:.3f} (log V = {self.log_v:.3f})"
-              f" -> final {h.recent():.3f} (mean of the last {h.window} steps) after "
-              f"{len(h.losses)} steps ({len(h.losses) - self.start} in {self.seconds:.1f} s)")
+        if h.losses:
+            print(f"\nLoss per {unit} (nats): initial {h.losses[0]:.3f} (log V = "
+                  f"{self.log_v:.3f}) -> final {h.recent():.3f} (mean of the last {h.window} "
+                  f"steps) after {len(h.losses)} steps ({len(h.losses) - self.start} in "
+                  f"{self.seconds:.1f} s)")
+        else:
+            print(f"\nLoss per {unit} (nats): no training step was taken")
         held_after = evaluate(self.model, self.held_ids)
-        return {"initial_loss": h.losses[0], "final_loss": h.recent(), "log_v": self.log_v,
-                "start_step": self.start, "step": len(h.losses), "losses": h.losses,
-                "held_out_loss": (self.held_before, held_after),
+        return {"initial_loss": h.losses[0] if h.losses else math.nan, "final_loss": h.recent(),
+                "log_v": self.log_v, "start_step": self.start, "step": len(h.losses),
+                "losses": h.losses, "stopped": h.stopped,
+                "held_out_loss": (self.held_before, held_after), "held_out_last": self.held_last,
                 "perplexity": (perplexity(self.held_before), perplexity(held_after)),
+                "best_step": self.best.step, "best": self.best.path,
                 "model": self.model, "checkpoint": self.path, "plot": self.plot}

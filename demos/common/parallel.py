@@ -25,9 +25,10 @@ import sys
 import numpy as np
 
 import minigrad as mg
+from demos.common.interrupts import CtrlC
 from minigrad import distributed as dist
 
-_stop = {"requested": False}
+_ctrl_c = CtrlC()  # the run's Ctrl-C flag: the training loop's too (interrupts.ctrl_c)
 
 
 def start(args):
@@ -43,14 +44,7 @@ def start(args):
     if dist.rank() > 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         args.no_progress = True
-    signal.signal(signal.SIGINT, _on_interrupt)
-
-
-def _on_interrupt(*_):
-    if _stop["requested"]:  # a second Ctrl-C (without mpiexec, which aborts by itself)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        raise KeyboardInterrupt
-    _stop["requested"] = True
+    signal.signal(signal.SIGINT, _ctrl_c)
 
 
 def primary():
@@ -81,7 +75,7 @@ def distribute(args, model, optimizer, start_step, **agree):
     optimizer = dist.DistributedOptimizer(optimizer, op="sum")
 
     def sync(loss):
-        total, stop = optimizer.synchronize(loss, _stop["requested"])
+        total, stop = optimizer.synchronize(loss, _ctrl_c.requested)
         return total, stop > 0
 
     return optimizer, sync

@@ -1,5 +1,5 @@
-"""The training loop (progress, clipping, divergence, periodic checkpoints), its loss
-history, and evaluation."""
+"""The training loop (progress, clipping, divergence, Ctrl-C, early stopping, periodic
+checkpoints), its loss history, and evaluation."""
 
 import math
 from dataclasses import dataclass, field
@@ -8,10 +8,12 @@ import numpy as np
 from tqdm import tqdm
 
 import minigrad as mg
+from demos.common.interrupts import ctrl_c, is_interrupt
 from minigrad.data import pad_batch
 from minigrad.optim import clip_grad_norm_, grad_norm
 
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"  # the model with the lowest held-out loss, beside the last checkpoint
 PLOT = "loss.png"
 DIVERGED = 4.0  # a loss above DIVERGED * log V (a uniform guess costs log V) has diverged
 
@@ -29,6 +31,7 @@ class History:
     losses: list = field(default_factory=list)
     evals: list = field(default_factory=list)
     window: int = 20
+    stopped: str = ""  # why training ended before its last step: "interrupted", "early stop"
 
     def add(self, loss):
         self.losses.append(loss)
@@ -56,6 +59,11 @@ def forever(batches):
         yield from batches
 
 
+class Stop(Exception):
+    """Raised by an ``on_every`` callback to end training cleanly before its last step
+    (early stopping); ``str()`` says why and :func:`train` prints it."""
+
+
 class Diverged(Exception):
     """Training diverged at ``step``; ``str()`` says why.  :func:`train` turns it into a
     one-line exit; an ``on_every`` callback may raise it too (e.g. a NaN held-out loss)."""
@@ -77,10 +85,11 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
 
     ``loss_fn(batch)`` returns a scalar loss Tensor; ``batches`` yields batches forever.
     Every ``every`` steps ``on_every(step, history)`` runs (print samples with
-    ``tqdm.write`` so the bar stays intact); every ``save_every`` steps ``checkpoint``
-    (a :class:`Checkpoint`) is saved — a failed periodic save is reported and training
-    goes on, the previous checkpoint intact.  Ctrl-C stops training cleanly after the
-    current step, so the caller can still save and resume later.
+    ``tqdm.write`` so the bar stays intact; raise :class:`Stop` to end training there);
+    every ``save_every`` steps ``checkpoint`` (a :class:`Checkpoint`) is saved — a failed
+    periodic save is reported and training goes on, the previous checkpoint intact.
+    Ctrl-C stops training after the current step (:mod:`.interrupts`), so the caller can
+    still save and resume later; ``history.stopped`` says why training ended early.
 
     Divergence — a non-finite loss or gradient norm, or a loss above ``max_loss`` — raises
     SystemExit with one line: the step, the reason, the fix (lower --lr, use --clip) and
@@ -97,43 +106,55 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
     model.train()
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=not progress)
-    step = start
-    try:
-        for step in range(start + 1, steps + 1):
-            loss = loss_fn(next(batches))
-            optimizer.zero_grad()
-            loss.backward()
-            value, stop = sync(float(loss.data)) if sync else (float(loss.data), False)
-            if not value <= max_loss:  # NaN fails this comparison too
-                raise Diverged(step, f"the loss is {value:.4g}" + (
-                    f", far above log V (stopping above {max_loss:.3g})"
-                    if math.isfinite(value) else ""))
-            params = model.parameters()
-            norm = clip_grad_norm_(params, clip) if clip else grad_norm(params)
-            if not math.isfinite(norm):
-                raise Diverged(step, f"the gradient norm is {norm}")
-            optimizer.step()
-            history.add(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{history.recent():.3f}", refresh=False)
-            if every and on_every and step % every == 0:
-                on_every(step, history)
-            if save_every and checkpoint is not None and step % save_every == 0:
-                checkpoint.save_periodic(history)
-            if stop:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        tqdm.write(f"interrupted at step {len(history.losses)}; stopping cleanly")
-    except Diverged as e:
-        bar.close()
-        kept = (f"; the last good checkpoint (step {checkpoint.saved_step}) is kept at "
-                f"{checkpoint.path}" if checkpoint is not None and checkpoint.saved_step
-                is not None else "")
-        who = f"{checkpoint.demo}.py" if checkpoint is not None else desc
-        raise SystemExit(f"{who}: training diverged at step {e.step}: {e}. Lower --lr or "
-                         f"clip the gradient norm (--clip 1){kept}") from None
-    finally:
-        bar.close()
+    with ctrl_c() as interrupt:
+        try:
+            for step in range(start + 1, steps + 1):
+                if interrupt.requested and sync is None:  # with sync: all ranks at once, below
+                    break
+                loss = loss_fn(next(batches))
+                optimizer.zero_grad()
+                loss.backward()
+                value, stop = sync(float(loss.data)) if sync else (float(loss.data), False)
+                if not value <= max_loss:  # NaN fails this comparison too
+                    raise Diverged(step, f"the loss is {value:.4g}" + (
+                        f", far above log V (stopping above {max_loss:.3g})"
+                        if math.isfinite(value) else ""))
+                params = model.parameters()
+                norm = clip_grad_norm_(params, clip) if clip else grad_norm(params)
+                if not math.isfinite(norm):
+                    raise Diverged(step, f"the gradient norm is {norm}")
+                optimizer.step()
+                history.add(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{history.recent():.3f}", refresh=False)
+                if every and on_every and step % every == 0:
+                    on_every(step, history)
+                if save_every and checkpoint is not None and step % save_every == 0:
+                    checkpoint.save_periodic(history)
+                if stop:  # some rank was interrupted: every rank stops after this same step
+                    interrupt.requested = True
+                    break
+        except Stop as e:
+            history.stopped = "early stop"
+            tqdm.write(str(e))
+        except Diverged as e:
+            bar.close()
+            kept = (f"; the last good checkpoint (step {checkpoint.saved_step}) is kept at "
+                    f"{checkpoint.path}" if checkpoint is not None and checkpoint.saved_step
+                    is not None else "")
+            who = f"{checkpoint.demo}.py" if checkpoint is not None else desc
+            raise SystemExit(f"{who}: training diverged at step {e.step}: {e}. Lower --lr or "
+                             f"clip the gradient norm (--clip 1){kept}") from None
+        except BaseException as e:  # an interrupt raised anyway: the step in flight is lost
+            if not is_interrupt(e):
+                raise
+            interrupt.requested = True
+        finally:
+            bar.close()
+        if interrupt.requested:
+            history.stopped = "interrupted"
+            tqdm.write(f"interrupted at step {len(history.losses)}: stopping cleanly (Ctrl-C "
+                       "again to quit at once)")
     return history
 
 

@@ -290,7 +290,7 @@ class CompiledStep:
 def _announce(step, module):
     """One line before a first compile of this cell's kernels (nothing when Numba's cache
     already has them)."""
-    where = os.path.join(os.path.dirname(module.__file__), "__pycache__")
+    where = os.path.dirname(module.__file__)  # the compile cache keeps them beside it
     if not glob.glob(os.path.join(where, module.__name__ + ".fused*.nbi")):
         tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
                         "later runs load them from the cache", file=sys.stderr)

@@ -1,18 +1,20 @@
 """Numba kernels: pure functions on NumPy arrays (never Tensors), split by concern.
 
-* :mod:`~minigrad.kernels.jit` — the one decorator and its options (``cache=True``, one
-  project-wide fastmath choice that keeps NaN/Inf semantics, ``error_model='numpy'``);
+* :mod:`~minigrad.kernels.jit` — the one decorator and its options (one project-wide
+  fastmath choice that keeps NaN/Inf semantics, ``error_model='numpy'``);
 * :mod:`~minigrad.kernels.numerics` — fast-math float32 tanh / sigmoid / exp (exact in
   float64) and the activations' ufuncs;
 * :mod:`~minigrad.kernels.loops` — reductions, softmax-family rows, gathers and scatter-adds;
-* :mod:`~minigrad.kernels.transformer` — GELU and layer-normalisation rows;
-* :mod:`~minigrad.kernels.generated` — loading the kernels the recurrence compiler generates.
+* :mod:`~minigrad.kernels.transformer` — GELU and layer-normalisation rows.
+
+Compiled code is kept on disk by :mod:`minigrad.compile_cache`, which also loads the kernel
+modules the recurrence compiler generates (``load_kernels``).
 
 Callers hand the array kernels C-contiguous 1-D or 2-D arrays so each compiles for few type
 signatures.  Every kernel has a plain-NumPy reference in ``tests/test_kernels.py``.
 """
 
-from minigrad.kernels.generated import cache_dir, load_kernels
+from minigrad.compile_cache import CacheWarning, load_kernels
 from minigrad.kernels.jit import FASTMATH, OPTIONS, Ufunc, elementwise, inline, kernel
 from minigrad.kernels.loops import (
     cross_entropy_backward_rows,
@@ -44,10 +46,10 @@ from minigrad.kernels.transformer import (
 )
 
 __all__ = [
-    "FASTMATH", "OPTIONS", "Ufunc", "attention_softmax", "attention_softmax_backward",
-    "cache_dir", "cross_entropy_backward_rows", "cross_entropy_rows", "elementwise", "erf",
-    "exp_row", "gather_rows", "gelu", "gelu_backward", "inline", "kernel",
+    "CacheWarning", "FASTMATH", "OPTIONS", "Ufunc", "attention_softmax",
+    "attention_softmax_backward", "cross_entropy_backward_rows", "cross_entropy_rows",
+    "elementwise", "erf", "exp_row", "gather_rows", "gelu", "gelu_backward", "inline", "kernel",
     "layer_norm_backward_rows", "layer_norm_rows", "load_kernels", "log_softmax_backward_rows",
-    "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward",
-    "softmax_backward_rows", "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_forward",
+    "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward", "softmax_backward_rows",
+    "softmax_rows", "sum_axis0", "sum_axis1", "tanh", "tanh_forward"
 ]

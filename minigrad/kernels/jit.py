@@ -1,10 +1,20 @@
 """The one place Numba's options live: every kernel in this package, and every kernel the
 recurrence compiler generates, is compiled through :func:`kernel` (array kernels),
 :func:`inline` (scalar helpers inlined into them), :func:`scalar_overload` (a Python scalar
-function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs)."""
+function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs).
+
+Compiled code is kept on disk by :mod:`minigrad.compile_cache` (not by Numba's
+``cache=True``, which keys a kernel on its own file only and would go on loading a kernel
+whose inlined helper in another file has changed)."""
+
+import dis
 
 import numba
+import numpy as np
 from numba.extending import overload
+from numba.np.ufunc.dufunc import DUFunc
+
+from minigrad.compile_cache import cached
 
 # NOTE: no 'nnan'/'ninf' (they let LLVM assume NaN/Inf never happen) and no 'afn'
 # (approximate libm calls would break float64 gradient checks).
@@ -12,12 +22,12 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
 
 # nogil: compiled recurrences run chunks of a batch on several threads at once
-OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
+OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
 
 
 def kernel(fn):
-    """The decorator every array kernel is compiled with."""
-    return numba.njit(**OPTIONS)(fn)
+    """The decorator every array kernel is compiled with (cached on disk)."""
+    return cached(numba.njit(**OPTIONS)(fn))
 
 
 def inline(fn):
@@ -62,12 +72,27 @@ class Ufunc:
 
     def ufunc(self):
         if self._ufunc is None:
-            options = {k: v for k, v in OPTIONS.items() if k not in ("error_model", "nogil")}
-            self._ufunc = numba.vectorize(self.signatures, nopython=True, **options)(self.fn).ufunc
-            type(self).__call__ = self._ufunc  # not a descriptor: called without self
+            # numba.vectorize(signatures, ...), with the disk cache put in before it compiles
+            vec = DUFunc(self.fn, targetoptions={"nopython": True,
+                                                 "fastmath": OPTIONS["fastmath"]})
+            cached(vec._dispatcher, "cache")
+            for sig in self.signatures:
+                vec.add(sig)
+            vec.disable_compile()
+            self._ufunc = ufunc = vec.build_ufunc().ufunc
+            type(self).__call__ = ufunc  # not a descriptor: called without self
+            if any(i.opname == "COMPARE_OP" for i in dis.get_instructions(self.fn)):
+                # NOTE: compiled, a comparison with a NaN raises the CPU's 'invalid' flag,
+                # which NumPy reports after the loop as a RuntimeWarning (its own comparisons
+                # do not): a quiet NaN in must not warn (a relu rule, g * (out > 0)).
+                def quiet(*args, **kwargs):
+                    with np.errstate(invalid="ignore"):
+                        return ufunc(*args, **kwargs)
+                type(self).__call__ = staticmethod(quiet)
         return self._ufunc
 
     def __call__(self, *args, **kwargs):  # the first call only: see __init__
-        return self.ufunc()(*args, **kwargs)
+        self.ufunc()
+        return type(self).__call__(*args, **kwargs)
 
 

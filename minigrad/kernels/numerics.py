@@ -5,7 +5,7 @@ their VJPs as NumPy ufuncs."""
 import numba
 import numpy as np
 
-from minigrad.kernels.jit import elementwise, inline, scalar_overload
+from minigrad.kernels.jit import FASTMATH, elementwise, scalar_overload
 
 _F32 = numba.float32
 
@@ -20,10 +20,17 @@ _B4, _B6 = 1.18534705686654e-04, 1.19825839466702e-06
 _TANH_CLAMP = 7.90531110763549805
 
 
-@inline
+@numba.njit(fastmath=set(FASTMATH), error_model="numpy")  # not inline="always": see the NOTE
 def _tanh32(x):
-    x = min(max(x, np.float32(-_TANH_CLAMP)), np.float32(_TANH_CLAMP))
-    x2 = x * x
+    # NOTE: a NaN must not reach the clamp: min/max raise the CPU's 'invalid' flag on a
+    # quiet NaN, which NumPy reports as a RuntimeWarning on every call (IEEE tanh(NaN) is a
+    # quiet NaN).  So NaN lanes are replaced by 0 first (== is a quiet comparison) and put
+    # back at the end: selects, which vectorise.  (Numba warns about these selects when a
+    # function is inlined into another inlined one; LLVM inlines this one anyway.)
+    number = x == x
+    xc = min(max(x if number else np.float32(0), np.float32(-_TANH_CLAMP)),
+             np.float32(_TANH_CLAMP))
+    x2 = xc * xc
     p = np.float32(_A13)
     p = p * x2 + np.float32(_A11)
     p = p * x2 + np.float32(_A9)
@@ -35,7 +42,7 @@ def _tanh32(x):
     q = q * x2 + np.float32(_B4)
     q = q * x2 + np.float32(_B2)
     q = q * x2 + np.float32(_B0)
-    return x * p / q
+    return xc * p / q if number else x
 
 
 def tanh(x):
