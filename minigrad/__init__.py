@@ -2,7 +2,7 @@
 
 import gc
 
-from minigrad import compile_cache, data, distributed, functional, kernels, nn, optim
+from minigrad import compile_cache, data, distributed, functional, kernels, memory, nn, optim
 from minigrad.compiler import TraceError, scan, trace
 from minigrad.core import ops
 from minigrad.core.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -46,7 +46,7 @@ __all__ = [
     "TraceError", "addmm", "arange", "as_array", "check_grads", "chunk", "compile_cache", "concat",
     "cross_entropy", "data", "distributed", "dropout", "enable_grad", "freeze_gc", "functional",
     "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
-    "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn", "save",
-    "scan", "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "trace", "unstack",
-    "where", "zeros", "zeros_like"
+    "memory", "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn",
+    "save", "scan", "set_grad_enabled", "set_num_threads", "split", "stack", "tensor", "trace",
+    "unstack", "where", "zeros", "zeros_like"
 ]

@@ -44,8 +44,8 @@ TIERS = {
                   ["minigrad/attention.py", "minigrad/transformer.py"], 415),
     "distributed": ("data-parallel training on MPI (mpi4py), Horovod's shape",
                     ["minigrad/distributed.py"], 150),
-    "runtime": ("process-wide settings: the random generator, threads",
-                ["minigrad/random.py", "minigrad/threads.py"], None),
+    "runtime": ("process-wide settings: the random generator, threads, the C heap",
+                ["minigrad/random.py", "minigrad/threads.py", "minigrad/memory.py"], None),
     "models": ("cells, layers, language model, seq2seq (uses the library)",
                ["models/**/*.py"], None),
 }

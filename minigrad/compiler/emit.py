@@ -8,15 +8,15 @@ The generated code's names, in one place:
   sits in a state history); ``D`` holds every size the source needs, so that the source —
   and its compiled code — is the same for every hidden and input size;
 * arrays: ``K*`` constants (``KV*`` their 1-D views), ``X*`` per-step inputs, ``Y*`` per-step
-  outputs, ``A*`` accumulators (``AV*`` 1-D), ``C*``/``N*`` the carried value and the next
+  outputs, ``A*`` accumulators, ``C*``/``N*`` the carried value and the next
   one (swapped after each step), ``H*`` a state history (T + 1 steps: ``h0_prev`` is the
   state a step starts from), ``S*`` values kept for the reverse loop, ``G*`` ∂L/∂ of the
   outputs, ``Z`` ∂L/∂a<t> for ``retain_states``; a per-step array bound to step t is lower
   case (``x0 = X0[t]``);
 * ``v_<name>`` a value of the program (memory or, in kernels, a register);
 * kernels ``fused<j>(B, N, p0.., o0..)``: ``p*`` arrays, ``o*`` column offsets that are not
-  a multiple of the row width N, ``r_``/``s_``/``q_``/``d_`` a row read, a scalar read, a
-  row written and an accumulator; ``DT``, ``ONE``, ``ZERO`` the dtype and its constants.
+  a multiple of the row width N, ``r_``/``s_``/``q_`` a row read, a scalar read, a
+  row written; ``DT``, ``ONE``, ``ZERO`` the dtype and its constants.
 """
 
 import re
@@ -81,8 +81,8 @@ class Emitter:
         body += ["        " + s for _, s in steps.values()]
         for kind, op, *rest in low.ops:
             body += ["        " + s for s in getattr(self, kind)(op, *rest)]
-        body += [f"        {a} += {self.loc(v)}" for acc, vs in low.sums.items() for v in vs
-                 if not low._fused_sum(v) for a in [self.where[acc]]]
+        body += [f"        {self.where[acc]} += {self.loc(v)}" for acc, vs in low.sums.items()
+                 for v in vs]
         lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a in self.flat] + body
         if carry:
             ins, outs = zip(*carry)
@@ -155,11 +155,6 @@ class Emitter:
             b, off = self.low.base(e.outs[0])
             return [f"{k.array(self.where[b])}[b, {k.offset(off + i * n)} + j] = {ident(a)}"
                     for i, a in enumerate(e.ins)]
-        if e.prim is ops.SUM:  # summed over the batch and the steps: an accumulator
-            acc = next(a for a, vs in self.low.sums.items() if e.outs[0] in vs)
-            self.flat.add(self.where[acc])
-            p = k.array(self.where[acc] + "V")
-            return [f"{p}[{'0' if acc.shape in ((), (1,)) else 'j'}] += {ident(e.args[0])}"]
         args = [ident(a) if isinstance(a, Var) else lit(a) for a in e.args]
         return [f"{out} = {e.prim.scalar(*args)}"]
 

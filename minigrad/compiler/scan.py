@@ -94,7 +94,9 @@ class CompiledStep:
                          if self.rev.sums[v]}}  # (an accumulator with terms in the loop)
         self.rbind.update({v: (f"Y{i}", "t") for i, v in enumerate(rev.ys[:-1])})
         self.rbind[rev.ys[-1]] = ("Z", "min(t, Z.shape[0] - 1)")
-        stored = [g for _, pairs in _outers(self) for _, g in pairs if g not in self.rbind]
+        stored = [g for _, pairs in _outers(self) for _, g in pairs] + [
+            src for us in self.rev.colsums.values() for src, _, _ in us]
+        stored = [v for v in dict.fromkeys(stored) if v not in self.rbind]
         self.rbind.update({v: (f"Y{len(rev.ys) - 1 + i}", "t") for i, v in enumerate(stored)})
         carry = [(f"C{i}", f"N{i}") for i in range(n)]
         loops = [em.loop("forward", self.fwd, self.fbind), em.loop("backward", self.rev,
@@ -242,12 +244,18 @@ class CompiledStep:
 
     def _loop_cotangents(self, env, r, T):
         """{Var: cotangent} of the loop's inputs: per-step ones from the reverse loop's
-        outputs, constants' from its accumulators plus one GEMM per outer product."""
-        rev, cot = self.reverse, {}
+        outputs, constants' from its accumulators plus one GEMM per outer product and one
+        sum per column sum."""
+        rev, cot, sums = self.reverse, {}, {}
         for v, y in zip(self.dxs, rev.ys):
             cot[v] = env[self.rbind[y][0]]
         for (c, pairs), acc in zip(_outers(self), rev.acc):
             total = env[self.rbind[acc][0]] if acc in self.rbind else None
+            for src, c0, n in self.rev.colsums[acc]:
+                if src not in sums:  # every column of a kept value summed at once
+                    full = self._stack(src, env, r, T, self.rbind)
+                    sums[src] = full.reshape(-1, full.shape[-1]).sum(0)
+                total = sums[src][c0:c0 + n] if total is None else total + sums[src][c0:c0 + n]
             for a, g in pairs:
                 A, G = self._stack(a, env, r, T, self.fbind), self._stack(g, env, r, T,
                                                                         self.rbind)
