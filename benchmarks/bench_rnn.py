@@ -268,8 +268,9 @@ def first_steps(cfg, cell, threads, cpus, others, tmp):
     new_h = NEW_HIDDEN if cfg.H != NEW_HIDDEN else NEW_HIDDEN + 16
     out = {"new_h": new_h}
 
-    def once(framework, env=None, **kw):
-        child = Child(_spec("first", framework, cfg, cell, threads, cpus, weights, **kw), env)
+    def once(framework, env=None, model_cell=cell, **kw):
+        w = weights if model_cell == cell else f"{weights}.{model_cell}.npz"
+        child = Child(_spec("first", framework, cfg, model_cell, threads, cpus, w, **kw), env)
         try:
             reply = child.receive()
             child.proc.wait()
@@ -279,10 +280,17 @@ def first_steps(cfg, cell, threads, cpus, others, tmp):
 
     with tempfile.TemporaryDirectory(prefix="mg-bench-cache-") as cache:
         env = dict(os.environ, MINIGRAD_CACHE_DIR=cache)
-        cold = once("minigrad", env, new_hidden=new_h)
+        empty = once("minigrad", env)
         warm = once("minigrad", env)
-    out.update(cold=cold["first"], warm=warm["first"], new=cold["new_hidden_first"],
-               import_warm=warm["import"])
+    with tempfile.TemporaryDirectory(prefix="mg-bench-cache-") as cache:
+        env = dict(os.environ, MINIGRAD_CACHE_DIR=cache)
+        if cfg.bidirectional:  # (the tagger is always an LSTM: warm with its eager step)
+            once("minigrad", env, compiled=False)
+        else:
+            once("minigrad", env, model_cell="gru" if cell != "gru" else "rnn")  # another cell
+        cold = once("minigrad", env, new_hidden=new_h)
+    out.update(empty=empty["first"], cold=cold["first"], warm=warm["first"],
+               new=cold["new_hidden_first"], import_warm=warm["import"])
     for p in others:
         out[p] = once(p)["first"]
     return out
@@ -432,16 +440,20 @@ def report_minchar(rep, rows):
 def report_first(rep, rows, others):
     rep("### First training step in a fresh process (seconds)")
     rep()
-    table = [[cfg.name, cell, _s(f["cold"]), _s(f["warm"]), f"{_s(f['new'])} (H {f['new_h']})",
-              _s(f["import_warm"]), *[_s(f.get(p)) for p in ("jax", "torch")]]
-             for cfg, cell, f in rows]
-    rep.table(["config", "cell", "minigrad cold", "minigrad warm", "minigrad new hidden size",
-               "minigrad import (warm)", "JAX (compile + step)", "torch"], table)
-    rep("cold = a new empty `MINIGRAD_CACHE_DIR` (minigrad's generated code compiled; the "
-        "package's own Numba kernels come from its `__pycache__`); warm = a second process "
-        "on the same directory; new hidden size = in the cold process, after its first "
-        "steps, the first step of the same model at another H. Peers: their first step in a "
-        "fresh process (JAX's is its trace and XLA compile).")
+    table = [[cfg.name, cell, _s(f.get("empty")), _s(f["cold"]), _s(f["warm"]),
+              f"{_s(f['new'])} (H {f['new_h']})", _s(f["import_warm"]),
+              *[_s(f.get(p)) for p in ("jax", "torch")]] for cfg, cell, f in rows]
+    rep.table(["config", "cell", "minigrad empty cache", "minigrad new cell", "minigrad warm",
+               "minigrad new hidden size", "minigrad import (warm)", "JAX (compile + step)",
+               "torch"], table)
+    rep("empty cache = a new empty `MINIGRAD_CACHE_DIR`: the package's own Numba kernels and "
+        "the cell's generated code are compiled (once per installation); new cell = a new "
+        "directory where a model with another cell (GRU; RNN for a GRU; D: the eager step) ran "
+        "first, so only this cell's generated code is compiled; warm = a second process on the "
+        "empty-cache directory; new hidden size = in the new-cell process, after its first "
+        "steps, the first step of the same model at another H. Every minigrad first step "
+        "runs its loops as Python while Numba compiles them in the background. Peers: their "
+        "first step in a fresh process (JAX's is its trace and XLA compile).")
     rep()
 
 

@@ -65,7 +65,7 @@ def test_quick_run_reports_every_section_with_minigrad_alone(tmp_path):
     assert float(cols[2]) > 0 and cols[3] == "n/a" and cols[5] == "n/a"  # minigrad, no peers
     first = next(ln for ln in text.splitlines() if ln.startswith("| A | rnn | ")
                  and "(H 96)" in ln).split(" | ")
-    assert all(float(c) > 0 for c in first[2:4])  # cold and warm first steps, seconds
+    assert all(float(c) > 0 for c in first[2:5])  # empty-cache, new-cell, warm first steps (s)
     assert "### Summary" in text and "| A | V65 H100 B1 T25 (min-char-rnn) | rnn |" in text
 
 
