@@ -88,13 +88,15 @@ def _flagged(fn, item):
 
 def _bounds(n, work):
     """Row ranges of n rows for a product of ``work`` FLOPs: one per thread when it pays."""
-    k = max(1, min(_threads, n // MIN_ROWS, int(work // MIN_FLOPS))) if _threads > 1 else 1
+    k = max(1, min(_threads, n // MIN_ROWS, int(work // MIN_FLOPS)))
     edges = [n * i // k for i in range(k + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
 
 def dot(a, b):
     """``a @ b`` for 2-D float arrays, its rows split across minigrad's threads."""
+    if _threads == 1:  # (most calls: no split to plan)
+        return np.dot(a, b)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * b.shape[1])
     if len(rows) == 1:
         return np.dot(a, b)
@@ -105,6 +107,8 @@ def dot(a, b):
 
 def dot_t(a, g):
     """``aᵀ @ g`` (a sum over rows), as partial sums per thread added in a fixed order."""
+    if _threads == 1:
+        return np.dot(a.T, g)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * g.shape[1])
     if len(rows) == 1:
         return np.dot(a.T, g)

@@ -160,6 +160,9 @@ class CompiledStep:
         time where they run for all t), and each loop's arrays in signature order."""
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
+        self.pre_needs = [[i for i, a in enumerate(e.args) if isinstance(a, Var) and
+                           a.dtype.kind == "f" and a.kind not in ("const", "mask")]
+                          for e in self.pre]  # the inputs each one differentiates
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 
@@ -269,13 +272,11 @@ class CompiledStep:
         """The reverse of the equations before the loop (the table's VJPs, newest first),
         from the loop's cotangents; returns the tape node's input gradients."""
         prog = self.program
-        for e in reversed(self.pre):
+        for e, needs in zip(reversed(self.pre), reversed(self.pre_needs)):
             gs = [cot.pop(v, None) for v in e.outs]
             if all(gi is None for gi in gs):
                 continue
             vals = [env[a] if isinstance(a, Var) else a for a in e.args]
-            needs = [i for i, a in enumerate(e.args) if isinstance(a, Var) and
-                     a.dtype.kind == "f" and a.kind not in ("const", "mask")]
             for i, gi in zip(needs, _table_vjp(e.prim, gs, [env[v] for v in e.outs], vals,
                                                needs)):
                 a = e.args[i]
