@@ -678,3 +678,29 @@ def test_large_products_are_split_across_threads(two_threads, monkeypatch):
     w = mg.tensor(b, requires_grad=True)
     (x @ w).sum().backward()  # the matmul row and its weight gradient go through them
     np.testing.assert_allclose(w.grad, a.T @ np.ones((600, 50)), rtol=1e-12, atol=1e-12)
+
+
+EXIT_EARLY = """
+import numpy as np, minigrad as mg
+from models.layers import GRU
+layer = GRU(5, 24)
+x = mg.tensor(np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32))
+for _ in range(2):  # the second call starts compiling the Numba loops in the background
+    out, _ = layer(x)
+    out.sum().backward()
+"""
+
+
+def test_a_script_that_ends_while_the_loops_compile_exits_cleanly(tmp_path):
+    """Python waits for the background compile at exit: a daemon thread killed inside LLVM at
+    shutdown crashed the process (segfault or LLVM assertion, ~1 run in 6), and its work was
+    lost.  The compiled loops are then in the cache for the next run."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "MINIGRAD_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", EXIT_EARLY], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = {p.name.split(".")[1].split("-")[0] for p in tmp_path.rglob("mg_*.nbi")}
+    assert {"forward", "backward"} <= saved, saved

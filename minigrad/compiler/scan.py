@@ -127,7 +127,10 @@ class CompiledStep:
         """Once both loops have run: compile them with Numba — in the background
         (``BACKGROUND``), so that no step waits for it — and use them when ready."""
         if self._numba is not None and self._compiling is None and len(self._sigs) == 2:
-            self._compiling = threading.Thread(target=self.compile_loops, daemon=True)
+            # NOTE: not a daemon: Python waits for it at exit.  A daemon thread still inside
+            # LLVM when the interpreter shut down crashed the process (a segfault or an LLVM
+            # assertion, about 1 run in 6 of a short script).
+            self._compiling = threading.Thread(target=self.compile_loops, daemon=False)
             if BACKGROUND:
                 self._compiling.start()
                 _COMPILING.add(self._compiling)
