@@ -51,6 +51,7 @@ Why these limits (code lines; today's counts in the README's table):
 """
 
 import os
+import textwrap
 
 import pytest
 
@@ -70,6 +71,22 @@ def test_tier_is_within_its_budget(measured, tier):
     code = sum(r[2] for r in rows)
     biggest = ", ".join(f"{p} {c}" for p, _, c in sorted(rows, key=lambda r: -r[2])[:3])
     assert code <= limit, f"{tier}: {code} code lines > budget {limit} (largest: {biggest})"
+
+
+def test_no_compiler_function_is_longer_than_60_code_lines():
+    """The compiler reads in pieces: lowering, rendering and the transpose are separate
+    functions, none longer than 60 code lines (counted as the budgets count them)."""
+    import ast
+    longest = []
+    for path in linecount.tier_files(["minigrad/compiler/**/*.py"]):
+        with open(os.path.join(linecount.ROOT, path)) as f:
+            source = f.read()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = "\n".join(lines[node.lineno - 1:node.end_lineno]) + "\n"
+                longest.append((linecount.count(textwrap.dedent(text))[1], path, node.name))
+    assert max(longest)[0] <= 60, max(longest)
 
 
 def test_every_package_file_is_in_exactly_one_tier():
