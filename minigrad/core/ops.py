@@ -288,9 +288,19 @@ def _getitem_batch(e):
 GETITEM = defprim("getitem", _getitem, _getitem_vjp, args="a key", batch=_getitem_batch)
 
 
+def _split(a, bounds, axis):
+    """``np.split(a, bounds, axis)`` (views at the listed indices), without its overhead
+    (9 µs a call: a step's equations before the loop split five times)."""
+    edges, index, out = (0, *bounds, a.shape[axis]), [slice(None)] * a.ndim, []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        index[axis] = slice(lo, hi)
+        out.append(a[tuple(index)])
+    return tuple(out)
+
+
 def _concat_vjp(g, out, axis, *arrays):
     bounds = np.cumsum([x.shape[axis] for x in arrays])[:-1]
-    return (None, *np.split(g, bounds, axis=axis))
+    return (None, *_split(g, bounds, axis))
 
 
 def _concat(axis, *xs):
@@ -331,7 +341,7 @@ def _pieces(g, out):
 
 
 SPLIT = defprim(
-    "split", lambda a, bounds, axis: tuple(np.split(a, bounds, axis=axis)),
+    "split", _split,
     lambda g, out, a, bounds, axis: np.concatenate(_pieces(g, out), axis=axis), nout=None,
     args="a bounds axis", batch=shift("axis"),
 )
