@@ -43,8 +43,8 @@ class RecurrentCell(Module):
         """A new (H, H + I) weight acting on [a<t-1>, x<t>]: gate ``k`` of ``gates`` gates
         stored side by side (``gates=None``: on its own).
 
-        NOTE: the compiler stacks the gates' weights in the order the forward uses them;
-        stored in that order they are already stacked, and stacking copies nothing."""
+        NOTE: the gates' weights live in one array, in the order the forward uses them
+        (the order in which the compiler stacks them)."""
         H, I = self.hidden_size, self.input_size
         if gates is None:
             return self._param((H, H + I))

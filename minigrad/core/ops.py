@@ -289,13 +289,10 @@ GETITEM = defprim("getitem", _getitem, _getitem_vjp, args="a key", batch=_getite
 
 
 def _split(a, bounds, axis):
-    """``np.split(a, bounds, axis)`` (views at the listed indices), without its overhead
-    (9 µs a call: a step's equations before the loop split five times)."""
-    edges, index, out = (0, *bounds, a.shape[axis]), [slice(None)] * a.ndim, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        index[axis] = slice(lo, hi)
-        out.append(a[tuple(index)])
-    return tuple(out)
+    """``np.split(a, bounds, axis)`` (views at the listed indices) without its overhead."""
+    edges = (0, *bounds, a.shape[axis])
+    return tuple(a[(slice(None),) * (axis % a.ndim) + (slice(lo, hi),)]
+                 for lo, hi in zip(edges[:-1], edges[1:]))
 
 
 def _concat_vjp(g, out, axis, *arrays):
@@ -303,31 +300,8 @@ def _concat_vjp(g, out, axis, *arrays):
     return (None, *_split(g, bounds, axis))
 
 
-def _concat(axis, *xs):
-    """``np.concatenate``; pieces that already lie side by side in one array (a cell's gate
-    weights: see models.cells) give a read-only view of it instead of a copy (when large:
-    finding out costs ~15 µs, as much as copying 64k numbers)."""
-    a, end = xs[0], 0
-    if sum(x.size for x in xs) < 1 << 16:
-        return np.concatenate(xs, axis=axis)
-    root = a
-    while isinstance(root.base, np.ndarray):  # NOTE: a Numba kernel's output has a MemInfo base
-        root = root.base
-    for x in xs:
-        r = x
-        while isinstance(r.base, np.ndarray):
-            r = r.base
-        step = a.strides[axis] * end if a.ndim else None
-        if r is not root or x.strides != a.strides or x.dtype != a.dtype or step is None or \
-                x.ctypes.data != a.ctypes.data + step or \
-                x.shape[:axis] + x.shape[axis + 1:] != a.shape[:axis] + a.shape[axis + 1:]:
-            return np.concatenate(xs, axis=axis)
-        end += x.shape[axis]
-    shape = a.shape[:axis] + (end,) + a.shape[axis + 1:]
-    return np.lib.stride_tricks.as_strided(a, shape, a.strides, writeable=False)
-
-
-CONCAT = defprim("concat", _concat, vjp_all=_concat_vjp, args="axis *xs", batch=shift("axis"))
+CONCAT = defprim("concat", lambda axis, *xs: np.concatenate(xs, axis=axis),
+                 vjp_all=_concat_vjp, args="axis *xs", batch=shift("axis"))
 STACK = defprim(
     "stack", lambda axis, *xs: np.stack(xs, axis=axis),
     vjp_all=lambda g, out, axis, *xs: (None, *np.moveaxis(g, axis, 0)),
