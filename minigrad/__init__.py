@@ -3,7 +3,7 @@
 import gc
 
 from minigrad import compile_cache, data, distributed, functional, kernels, memory, nn, optim
-from minigrad.compiler import TraceError, scan, trace
+from minigrad.compiler import TraceError, compile, scan, trace
 from minigrad.core import ops
 from minigrad.core.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from minigrad.core.tensor import Tensor, as_array, chunk, concat, matmul, split, stack, unstack
@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 
 
 class CompileFallbackWarning(UserWarning):
-    """A recurrent layer could not compile its cell and runs it eagerly (same values,
-    slower); the message says whether the cell or minigrad's compiler is the cause.  Make it
-    an error to find out: ``warnings.simplefilter("error", mg.CompileFallbackWarning)``."""
+    """A recurrent layer could not compile its cell, or ``mg.compile`` a function, and it
+    runs eagerly (same values, slower); the message says what is the cause.  Make it an
+    error to find out: ``warnings.simplefilter("error", mg.CompileFallbackWarning)``."""
 
 
 def freeze_gc():
@@ -43,7 +43,8 @@ def freeze_gc():
 
 __all__ = [
     "CacheWarning", "CompileFallbackWarning", "GradcheckError", "Module", "Parameter", "Tensor",
-    "TraceError", "addmm", "arange", "as_array", "check_grads", "chunk", "compile_cache", "concat",
+    "TraceError", "addmm", "arange", "as_array", "check_grads", "chunk", "compile", "compile_cache",
+    "concat",
     "cross_entropy", "data", "distributed", "dropout", "enable_grad", "freeze_gc", "functional",
     "get_num_threads", "get_rng", "is_grad_enabled", "kernels", "load", "manual_seed", "matmul",
     "memory", "nn", "no_grad", "one_hot", "ones", "ones_like", "ops", "optim", "rand", "randn",

@@ -3,7 +3,8 @@
 
 import numpy as np
 
-from minigrad.core.tensor import Tensor, as_array
+from minigrad.core import ops
+from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.random import get_rng
 
 
@@ -17,12 +18,21 @@ def _shape_arg(shape):
     return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
 
 
+def _full(shape, value, dtype, requires_grad):
+    """A row (``full``), so that a function compiled with ``mg.compile`` makes it at every
+    call instead of refusing it as data."""
+    t = apply(ops.FULL, tuple(int(n) for n in _shape_arg(shape)), value, np.dtype(dtype))
+    if requires_grad:
+        t = Tensor(t.data, requires_grad=True)
+    return t
+
+
 def zeros(*shape, dtype=np.float32, requires_grad=False):
-    return Tensor(np.zeros(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+    return _full(shape, 0, dtype, requires_grad)
 
 
 def ones(*shape, dtype=np.float32, requires_grad=False):
-    return Tensor(np.ones(_shape_arg(shape), dtype=dtype), requires_grad=requires_grad)
+    return _full(shape, 1, dtype, requires_grad)
 
 
 def zeros_like(t, requires_grad=False):

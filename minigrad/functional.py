@@ -12,7 +12,6 @@ from minigrad.attention import gelu, layer_norm, linear, scaled_dot_product_atte
 from minigrad.core import ops
 from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
-from minigrad.random import get_rng
 
 
 def tanh(x):
@@ -58,26 +57,23 @@ def cross_entropy(logits, targets, mask=None, reduction="mean"):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', "
                          f"got {reduction!r}")
-    V = lshape[-1]
+    # The ids, the weights and the mean's count are rows too, so that mg.compile traces them.
+    V, t = lshape[-1], (targets if isinstance(targets, Tensor) else Tensor(t)).reshape(-1)
     if mask is None:
-        w = np.ones(t.shape, dtype=logits.dtype)
+        check_ids("cross_entropy", t.data, V, what="target", size="classes")
+        w = apply(ops.FULL, t.shape, 1, logits.dtype)
     else:
-        m = as_array(mask)
-        if m.shape != t.shape:
-            raise ValueError(f"cross_entropy: mask has shape {m.shape}, expected {t.shape}")
-        w = m.astype(logits.dtype)
-        t = np.where(m, t, 0)
-    t = t.reshape(-1).astype(np.int64)
-    w = w.reshape(-1)
-    check_ids("cross_entropy", t[w != 0], V, what="target", size="classes")
-    rows = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    loss = apply(ops.CROSS_ENTROPY, rows, t, w)[0]  # per row; output 1 is the logsumexp
-    if reduction == "none":
+        m = mask if isinstance(mask, Tensor) else Tensor(as_array(mask))
+        if m.shape != lshape[:-1]:
+            raise ValueError(f"cross_entropy: mask has shape {m.shape}, expected {lshape[:-1]}")
+        m = m.reshape(-1)
+        check_ids("cross_entropy", t.data[m.data != 0], V, what="target", size="classes")
+        w, t = m.astype(logits.dtype), where(m, t, 0)  # padding may hold any id
+    loss = apply(ops.CROSS_ENTROPY, logits.reshape(-1, V), t.astype(np.int64), w)[0]
+    if reduction == "none":  # (output 1 of the row is the logsumexp)
         return loss.reshape(lshape[:-1])
     total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total * (1.0 / max(float(w.sum()), 1.0))
+    return total if reduction == "sum" else total / w.sum().clip(1.0, None)
 
 
 def one_hot(indices, n, dtype=np.float32):
@@ -95,8 +91,7 @@ def dropout(x, p=0.5, training=True):
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not training or p == 0:
         return x
-    keep = get_rng().random(x.shape) >= p
-    return x * (keep / (1 - p)).astype(x.dtype)
+    return x * apply(ops.DROPOUT_SCALE, x.shape, p, x.dtype)
 
 
 def addmm(c, a, b):
@@ -115,7 +110,7 @@ def addmm(c, a, b):
 
 def where(cond, a, b):
     """Elementwise ``a`` where ``cond`` else ``b``; gradients flow to the chosen branch."""
-    cond = np.asarray(as_array(cond), dtype=bool)
+    cond = cond if isinstance(cond, Tensor) else np.asarray(as_array(cond), dtype=bool)
     a, b = _operand(a), _operand(b)
     try:
         np.broadcast_shapes(cond.shape, np.shape(as_array(a)), np.shape(as_array(b)))

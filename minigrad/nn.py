@@ -21,8 +21,9 @@ from collections import namedtuple
 import numpy as np
 
 from minigrad import functional
+from minigrad.core import ops
 from minigrad.core.autograd import no_grad
-from minigrad.core.tensor import Tensor, as_array
+from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
 from minigrad.random import get_rng
 
@@ -404,11 +405,14 @@ class Embedding(Module):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding: indices must be integers, got dtype {ids.dtype}")
         check_ids("Embedding", ids, self.num_embeddings, what="index", size="num_embeddings")
-        out = self.weight[ids]
+        if not isinstance(idx, Tensor):
+            idx = Tensor(ids)
+        out = apply(ops.GETITEM, self.weight, idx)  # the ids as a tensor: mg.compile traces it
         if self.padding_idx is not None:
             # Zeroing the padded positions also zeroes the gradient they send to that row.
-            keep = (ids != self.padding_idx)[..., None].astype(self.weight.dtype)
-            out = out * keep
+            pad = self.padding_idx
+            keep = apply(ops.LT, idx, pad) + apply(ops.GT, idx, pad)
+            out = out * keep.astype(self.weight.dtype)[..., None]
         return out
 
     def extra_repr(self):

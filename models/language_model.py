@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 
 import minigrad as mg
-from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids
+from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids, check_lengths
 from minigrad.nn import Embedding, Linear, Module
 from models.layers import LAYERS
 
@@ -27,7 +27,12 @@ class Autoregressive(Module):
     masked loss, the probability of a sequence and sampling.  A subclass sets ``vocab_size``,
     ``vocab`` and ``start_id`` and defines ``forward(inputs (B, T) ids, state=None,
     lengths=None) -> (logits (B, T, V), state)``, where ``state`` carries what the next call
-    needs to continue the sequence (a recurrent state, or the tokens read so far)."""
+    needs to continue the sequence (a recurrent state, or the tokens read so far).
+
+    ``compiled``: :meth:`loss` runs as one function compiled with ``mg.compile`` (its
+    checks stay in Python, in front of it); a subclass opts in."""
+
+    compiled, _step = False, None
 
     def shift(self, targets):
         """Inputs for teacher forcing: x<1> = start, x<t> = y<t-1>."""
@@ -54,9 +59,25 @@ class Autoregressive(Module):
                              f"{targets.shape} must have the same shape")
         mask = None
         if lengths is not None:
-            lengths = np.asarray(lengths)
+            lengths = check_lengths(type(self).__name__, lengths, *targets.shape)
             mask = np.arange(targets.shape[1])[None, :] < lengths[:, None]
-        logits, state = self(inputs, state, lengths)
+        if not self.compiled:
+            logits, state = self(inputs, state, lengths)
+            return mg.cross_entropy(logits, targets, mask=mask, reduction=reduction), state
+        for what, ids in (("inputs", inputs), ("targets", targets)):
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"LanguageModel.loss: {what} must be integer ids, got dtype "
+                                f"{ids.dtype}")
+        check_ids("LanguageModel.loss", inputs, self.vocab_size, what="input")
+        check_ids("LanguageModel.loss", targets if mask is None else targets[mask],
+                  self.vocab_size, what="target")
+        if self._step is None:
+            self._step = mg.compile(self._loss)
+        return self._step(inputs, targets, mask, state, reduction)
+
+    def _loss(self, inputs, targets, mask, state, reduction):
+        """The loss from tensors only (what ``mg.compile`` traces): the padding as a mask."""
+        logits, state = self(inputs, state, mask=mask)
         return mg.cross_entropy(logits, targets, mask=mask, reduction=reduction), state
 
     # ------------------------------------------------------------------ probabilities
@@ -206,17 +227,19 @@ class LanguageModel(Autoregressive):
                                 **cell_options)
         self.dropout = dropout
         self.out = Linear(hidden_size, vocab_size)  # ŷ<t> = softmax(W_ya a<t> + b_y)
+        # the loss, from the lookup to the mean, one compiled call (mg.compile) by default
+        self.compiled, self._step = cell_options.get("compiled", True), None
 
     def extra_repr(self):
         return f"vocab_size={self.vocab_size}, cell={self.cell_type!r}"
 
-    def forward(self, inputs, state=None, lengths=None):
+    def forward(self, inputs, state=None, lengths=None, mask=None):
         x = inputs if isinstance(inputs, mg.Tensor) else mg.tensor(np.asarray(inputs))
         if self.embedding is not None:
             x = self.embedding(x)
             if self.dropout:
                 x = mg.dropout(x, self.dropout, self.training)
-        a, state = self.rnn(x, state, lengths)
+        a, state = self.rnn(x, state, lengths, mask)
         if self.dropout:
             a = mg.dropout(a, self.dropout, self.training)
         return self.out(a), state

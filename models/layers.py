@@ -16,6 +16,8 @@ import numpy as np
 import minigrad as mg
 from minigrad import functional as F
 from minigrad.compiler import TraceError, scan
+from minigrad.core import ops
+from minigrad.core.tensor import apply
 from minigrad.data import check_ids, check_lengths
 from minigrad.nn import Linear, Module, ModuleList, Parameter, Sequential, Tanh
 from models.cells import CELLS, GRUCell, LSTMCell, RNNCell
@@ -105,9 +107,9 @@ class Recurrent(Module):
             if not self.learn_initial_state:
                 if hasattr(cell, "init_state"):
                     return cell.init_state(batch_size)
-                zeros = tuple(mg.zeros(batch_size, H, dtype=dtype) for _ in range(arity))
+                zeros = tuple(_zeros(batch_size, H, dtype) for _ in range(arity))
                 return zeros[0] if arity == 1 else zeros
-            zero = mg.zeros(batch_size, H, dtype=dtype)
+            zero = _zeros(batch_size, H, dtype)
             return self.a0 + zero if arity == 1 else (self.a0 + zero, self.c0 + zero)
         name = type(cell).__name__
         if arity == 1 and isinstance(state, (tuple, list)):
@@ -135,16 +137,16 @@ class Recurrent(Module):
             out.append(p)
         return out[0] if arity == 1 else tuple(out)
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, mask=None):
+        """x (B, T, I) or (B, T) ids; ``lengths`` (B,), or instead ``mask`` (B, T), True
+        where a step is real (a tensor: what a function compiled with ``mg.compile`` passes,
+        as NumPy on the lengths would be data it cannot trace)."""
         cell = self.cell
         name = type(self).__name__
         x = _check_input(name, x, cell.input_size, _dtype(cell))
         B, T = x.shape[:2]
         state = self.initial_state(B, state)
-        valid = None
-        if lengths is not None:
-            lengths = check_lengths(name, lengths, B, T)
-            valid = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
+        valid = _valid(name, lengths, mask, B, T)
         outputs = None
         if self.compiled and B > 0:  # an empty batch has nothing to compile
             try:
@@ -164,7 +166,7 @@ class Recurrent(Module):
     def _compiled(self, x, state, valid):
         """The whole sequence as one tape node (see :func:`minigrad.compiler.scan`)."""
         T = x.shape[1]
-        xs = mg.tensor(np.ascontiguousarray(x.data.T)) if x.ndim == 2 else x.transpose(1, 0, 2)
+        xs = x.transpose(1, 0) if x.ndim == 2 else x.transpose(1, 0, 2)
         retain = None
         if self.retain_states:
             retain = [None] * T
@@ -255,6 +257,28 @@ def _dtype(cell):
     return np.dtype(dtype)
 
 
+def _valid(name, lengths, mask, B, T):
+    """(B, T), True where a step is real, from ``lengths`` (an array) or ``mask`` (kept a
+    tensor); None when every step is."""
+    if lengths is not None and mask is not None:
+        raise ValueError(f"{name}: pass lengths or mask, not both")
+    if lengths is not None:
+        lengths = check_lengths(name, lengths, B, T)
+        return np.arange(T)[None, :] < lengths[:, None]
+    if mask is None:
+        return None
+    m = mask if isinstance(mask, mg.Tensor) else mg.tensor(np.asarray(mask))
+    if m.shape != (B, T) or m.dtype.kind not in "bfiu":
+        raise ValueError(f"{name}: mask has shape {m.shape} {m.dtype}, expected (B, T) = "
+                         f"{(B, T)} of bool (True where a step is real)")
+    return m
+
+
+def _zeros(B, H, dtype):
+    """a<0> = 0 as a row (not NumPy data), so that ``mg.compile`` makes it at every call."""
+    return apply(ops.FULL, (B, H), 0, dtype)
+
+
 def _select(mask, new, old):
     if isinstance(new, mg.Tensor):
         return mg.where(mask, new, old)
@@ -284,10 +308,10 @@ class Bidirectional(Module):
     def hidden_size(self):
         return self.fwd.hidden_size
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, mask=None):
         s_f, s_b = (None, None) if state is None else state
-        out_f, fin_f = self.fwd(x, s_f, lengths)
-        out_b, fin_b = self.bwd(x, s_b, lengths)
+        out_f, fin_f = self.fwd(x, s_f, lengths, mask)
+        out_b, fin_b = self.bwd(x, s_b, lengths, mask)
         return mg.concat([out_f, out_b], axis=2), (fin_f, fin_b)
 
 
@@ -348,13 +372,13 @@ class _Stack(Module):
             return [(per[2 * l], per[2 * l + 1]) for l in range(self.num_layers)]
         return per
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, mask=None):
         x = x if isinstance(x, mg.Tensor) else mg.tensor(x)
         states = self._split_state(state, x.shape[0])
         finals = []
         out = x
         for l, layer in enumerate(self.layers):
-            out, fin = layer(out, states[l], lengths)
+            out, fin = layer(out, states[l], lengths, mask)
             finals.extend(fin if self.bidirectional else [fin])
             if self.dropout and l < self.num_layers - 1:
                 out = F.dropout(out, self.dropout, self.training)
@@ -430,8 +454,8 @@ class SequenceTagger(Module):
         self.rnn = rnn
         self.out = Linear(_out_features(rnn), num_classes, dtype=_rnn_dtype(rnn))
 
-    def forward(self, x, lengths=None):
-        outputs, _ = self.rnn(x, lengths=lengths)
+    def forward(self, x, lengths=None, mask=None):
+        outputs, _ = self.rnn(x, lengths=lengths, mask=mask)
         return self.out(outputs)
 
 
@@ -447,8 +471,8 @@ class SequenceClassifier(Module):
         self.rnn = rnn
         self.out = Linear(_out_features(rnn), num_classes, dtype=_rnn_dtype(rnn))
 
-    def forward(self, x, lengths=None):
-        _, final = self.rnn(x, lengths=lengths)
+    def forward(self, x, lengths=None, mask=None):
+        _, final = self.rnn(x, lengths=lengths, mask=mask)
         if isinstance(self.rnn, Bidirectional):  # (state→, state←), each a or (a, c)
             last = mg.concat([_hidden(final[0]), _hidden(final[1])], axis=1)
         elif isinstance(self.rnn, _Stack):  # (L·D, B, H), or a pair of them for an LSTM

@@ -531,7 +531,8 @@ CASES = [
 # fmt: on
 
 # Fused recurrent-cell primitives are checked in their own test files.
-NO_GRADIENT = {"one_hot", "gt", "ge", "lt", "le", "zeros_like"}  # values, not derivatives
+NO_GRADIENT = {"one_hot", "gt", "ge", "lt", "le", "zeros_like",  # values, not derivatives
+               "full", "dropout_scale"}  # (no tensor input)
 
 
 # ----------------------------------------------------------------------------- helpers

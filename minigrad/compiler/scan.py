@@ -42,7 +42,7 @@ from minigrad.compiler.transpose import loop_body, transpose
 from minigrad.core import ops
 from minigrad.core.autograd import OuterSum, given_vjps, no_grad, unbroadcast
 from minigrad.core.ops import Prim
-from minigrad.core.tensor import Tensor, apply
+from minigrad.core.tensor import Tensor, apply, tracing
 from minigrad.kernels import blas
 
 NJIT_LOOPS = True  # False: every compiled loop runs as Python (tests compare the two)
@@ -58,8 +58,8 @@ class CompiledStep:
     """
 
     def __init__(self, cell, x_t, state, masked=False):
-        self.name, self.dtype = type(cell).__name__, np.dtype(x_t.dtype if x_t.dtype.kind
-                                                               == "f" else state_dtype(state))
+        first = state if isinstance(state, Tensor) else state[0]
+        self.name, self.dtype = type(cell).__name__, (x_t if x_t.dtype.kind == "f" else first).dtype
         self.traced = trace(cell, x_t, state)
         self.program = optimize(with_lengths(self.traced) if masked else self.traced)
         stage = stages(self.program)
@@ -293,9 +293,12 @@ class CompiledStep:
         """params: the cell's parameters (``named_parameters`` order); x_seq (T, B, I) or
         (T, B) ids; init: the state parts (B, H); mask: (T, B) bool (False = padding).
         Returns the state parts at every step, (T, B, H) each, as tensors: one tape node."""
-        m = None if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)[:, :, None]
+        m = mask if mask is None or isinstance(mask, Tensor) else Tensor(np.asarray(mask))
+        if m is not None:  # (T, B, 1) of 0/1, made with the table's rows (traceable)
+            m = apply(ops.RESHAPE, apply(ops.ASTYPE, m, self.dtype), m.shape + (1,))
         if not hasattr(self, "prim"):
-            self.prim = Prim(f"scan[{self.name}]", self._fwd, vjp_all=self._vjp, nout=None)
+            self.prim = Prim(f"scan[{self.name}]", self._fwd, vjp_all=self._vjp, nout=None,
+                             args="*arrays mask reverse retain ctx")
         return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
 
 
@@ -355,20 +358,13 @@ def _table_vjp(prim, g, out, args, needs):
     return gs
 
 
-def state_dtype(state):
-    return (state if isinstance(state, Tensor) else state[0]).dtype
-
-
 def _examples(cell, x_t, parts, batch, seed):
     """Random inputs of the signature of (x_t, parts) with another batch size."""
     rng = np.random.default_rng(seed)  # NOTE: never the user's generator (reproducibility)
-    if x_t.dtype.kind in "iu":
-        x = Tensor(rng.integers(0, cell.input_size, size=(batch,)).astype(x_t.dtype))
-    else:
-        x = Tensor(rng.standard_normal((batch, *x_t.shape[1:])).astype(x_t.dtype))
-    s = tuple(Tensor(0.5 * rng.standard_normal((batch, *p.shape[1:])).astype(p.dtype))
-              for p in parts)
-    return x, s
+    x = rng.integers(0, cell.input_size, size=(batch,)) if x_t.dtype.kind in "iu" else \
+        rng.standard_normal((batch, *x_t.shape[1:]))
+    return Tensor(x.astype(x_t.dtype)), tuple(
+        Tensor(0.5 * rng.standard_normal((batch, *p.shape[1:])).astype(p.dtype)) for p in parts)
 
 
 _CACHE = weakref.WeakKeyDictionary()
@@ -393,22 +389,28 @@ def compile_step(cell, x_t, state, masked=False):
            masked)
     per_cell = _CACHE.setdefault(cell, {})
     if key not in per_cell:
-        try:
-            wrap = (lambda s: s[0]) if isinstance(state, Tensor) else tuple
-            x2, s2 = _examples(cell, x_t, parts, 2, 0)
-            step = CompiledStep(cell, x2, wrap(s2), masked)
-            _verify(step, cell, x_t, parts, wrap)
-            per_cell[key] = step
-        except TraceError as e:
-            per_cell[key] = e
-        except Exception as e:  # NOTE: a compiler bug must not cost the user's run
-            per_cell[key] = TraceError(
-                f"{type(cell).__name__}: the compiler failed ({type(e).__name__}: {e}); "
-                "please report it — run the cell with compiled=False meanwhile")
+        with tracing(None):  # a function being traced (mg.compile) sees the scan, not this
+            per_cell[key] = _compile(cell, x_t, state, parts, masked)
     hit = per_cell[key]
     if isinstance(hit, Exception):
         raise hit
     return hit
+
+
+def _compile(cell, x_t, state, parts, masked):
+    """A new :class:`CompiledStep`, verified, or the TraceError that says why not."""
+    try:
+        wrap = (lambda s: s[0]) if isinstance(state, Tensor) else tuple
+        x2, s2 = _examples(cell, x_t, parts, 2, 0)
+        step = CompiledStep(cell, x2, wrap(s2), masked)
+        _verify(step, cell, x_t, parts, wrap)
+        return step
+    except TraceError as e:
+        return e
+    except Exception as e:  # NOTE: a compiler bug must not cost the user's run
+        return TraceError(
+            f"{type(cell).__name__}: the compiler failed ({type(e).__name__}: {e}); "
+            "please report it — run the cell with compiled=False meanwhile")
 
 
 def _verify(step, cell, x_t, parts, wrap):

@@ -21,6 +21,7 @@ import numpy as np
 from minigrad import kernels, threads
 from minigrad.core.autograd import OuterSum, unbroadcast
 from minigrad.kernels.jit import Ufunc
+from minigrad.random import get_rng
 
 PRIMITIVES = {}
 
@@ -169,6 +170,20 @@ def _one_hot(ids, n, dtype):
 
 # (…) integer ids -> (…, n) one-hot rows; no gradient (the ids are not differentiable).
 ONE_HOT = defprim("one_hot", _one_hot, None, args="ids n dtype", batch=same)
+
+
+# Rows without a tensor input: a compiled function (mg.compile) makes them at every call.
+FULL = defprim("full", lambda shape, value, dtype: np.full(shape, value, dtype),
+               args="shape value dtype")
+
+
+def _dropout_scale(shape, p, dtype):
+    """Inverted dropout's factors: 0 with probability p, else 1/(1 - p) (minigrad's
+    generator, so that a compiled call draws what the eager one draws)."""
+    return ((get_rng().random(shape) >= p) / (1 - p)).astype(dtype)
+
+
+DROPOUT_SCALE = defprim("dropout_scale", _dropout_scale, args="shape p dtype")
 
 
 # ----------------------------------------------------------------------- matmul
@@ -418,7 +433,13 @@ LOG_SOFTMAX = _row_prim("log_softmax", kernels.log_softmax_rows,
 
 
 def _cross_entropy(logits, targets, weights):
-    """Per-row loss (N,) and the saved logsumexp (N,) of (N, V) logits."""
+    """Per-row loss (N,) and the saved logsumexp (N,) of (N, V) logits.  The ids are checked
+    here too, so that a compiled function (which skips the Python checks) still refuses
+    them: the kernel would read outside the logits."""
+    if targets.size and (targets.min() < 0 or targets.max() >= logits.shape[-1]):
+        bad = targets[(targets < 0) | (targets >= logits.shape[-1])][0]
+        raise IndexError(f"cross_entropy: target {bad} is out of range for "
+                         f"{logits.shape[-1]} classes")
     return kernels.cross_entropy_rows(np.ascontiguousarray(logits), targets, weights)
 
 

@@ -117,7 +117,7 @@ class Tensor:
         dtype = np.dtype(dtype)
         if dtype == self.data.dtype:
             return self
-        if self.requires_grad and dtype in _FLOATS:
+        if dtype in _FLOATS or not self.requires_grad:  # a row, so that mg.compile traces it
             return apply(ops.ASTYPE, self, dtype)
         return Tensor._result(self.data.astype(dtype), None, 0)
 
@@ -337,15 +337,15 @@ _TRACER = None
 @contextlib.contextmanager
 def tracing(recorder):
     """``with tracing(recorder):`` — ``recorder(prim, inputs, outputs)`` sees every primitive
-    that :func:`apply` runs inside the block (the compiler's ``trace``).  Not reentrant."""
+    that :func:`apply` runs inside the block (the compiler's ``trace``).  Blocks nest: the
+    innermost recorder alone sees a primitive, and ``tracing(None)`` hides what runs inside
+    it from an outer one (a compile that happens while a function is traced)."""
     global _TRACER
-    if _TRACER is not None:
-        raise RuntimeError("tracing: already tracing (a traced function may not trace another)")
-    _TRACER = recorder
+    outer, _TRACER = _TRACER, recorder
     try:
         yield recorder
     finally:
-        _TRACER = None
+        _TRACER = outer
 
 
 _new = object.__new__

@@ -1,0 +1,281 @@
+"""A whole function compiled: ``step = mg.compile(fn)``, the way ``jax.jit`` compiles one.
+
+``fn`` takes tensors (and arrays, and hashable Python values) and returns a tensor or a
+tuple/list of them — typically a loss.  The first call with a new signature (the arguments'
+shapes, dtypes and Python values, grad mode, the ``training`` flags of the modules ``fn``
+reaches) runs ``fn`` eagerly and traces it: every primitive it applies becomes an equation
+(:class:`~minigrad.compiler.ir.Eqn`) of one straight-line :class:`~minigrad.compiler.ir.Program`.
+A recurrent layer's whole sequence is one equation, ``scan[Cell]``, compiled as ever.  The
+second call traces again and compares.  From then on a call runs the equations on arrays —
+no model Python, no tape of many nodes — and records **one** tape node, whose VJP runs the
+table's VJPs in reverse order.  ``loss.backward()`` and ``opt.step()`` work as before.
+
+The contract, as for ``jax.jit``: what ``fn`` computes must follow from its arguments and
+the tensors it reads (parameters, buffers) through minigrad's operations.  A tensor that
+``fn`` builds from NumPy data, a static value (an index array, a Python float) that differs
+between the two traces, or a different sequence of operations means that the Python around
+the operations depends on the data: ``fn`` then stays eager, with one
+:class:`~minigrad.CompileFallbackWarning` saying what differed.  Value checks written in
+Python run in the two traced calls only; checks inside a row (ids in range) run always.
+Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
+"""
+
+import copy
+import warnings
+
+import numpy as np
+
+from minigrad.compiler.ir import Eqn as _Eqn
+from minigrad.compiler.ir import TraceError, Var
+from minigrad.compiler.scan import _table_vjp
+from minigrad.core.autograd import is_grad_enabled
+from minigrad.core.ops import Prim
+from minigrad.core.tensor import Tensor, apply, tracing
+
+
+class _Recorder:
+    """Every applied primitive becomes an equation; a tensor from outside is *captured*."""
+
+    def __init__(self, args):
+        self.vars = {id(t): Var(f"x{i}", t.shape, t.dtype, "x") for i, t in enumerate(args)}
+        self.keep, self.eqns, self.captured, self.cvars = list(args), [], [], []
+
+    def var_of(self, t):
+        v = self.vars.get(id(t))
+        if v is None:
+            v = Var(f"c{len(self.captured)}", t.shape, t.dtype, "captured")
+            self.vars[id(t)] = v
+            self.captured.append(t)
+            self.cvars.append(v)
+            self.keep.append(t)
+        return v
+
+    def __call__(self, prim, inputs, outputs):
+        args = [self.var_of(x) if isinstance(x, Tensor) else x for x in inputs]
+        outs = [Var(f"t{len(self.keep) + i}", o.shape, o.dtype) for i, o in enumerate(outputs)]
+        for o, v in zip(outputs, outs):
+            self.vars[id(o)] = v
+            self.keep.append(o)
+        self.eqns.append(_Eqn(prim, args, outs))
+
+
+def _flatten(x, leaves):
+    """A nested tuple/list of tensors as (structure, leaves); arrays become tensors."""
+    if isinstance(x, (tuple, list)):
+        return type(x), tuple(_flatten(a, leaves) for a in x)
+    if isinstance(x, np.ndarray):
+        x = Tensor._result(x, None, 0)
+    if isinstance(x, Tensor):
+        leaves.append(x)
+        return Tensor
+    return x  # a Python value: part of the signature
+
+
+def _unflatten(tree, leaves):
+    if isinstance(tree, tuple) and len(tree) == 2 and tree[0] in (tuple, list):
+        return tree[0](_unflatten(t, leaves) for t in tree[1])
+    return next(leaves) if tree is Tensor else tree
+
+
+class _Trace:
+    def __init__(self, fn, leaves, tree):
+        with tracing(_Recorder(leaves)) as rec:
+            self.result = fn(*_unflatten(tree, iter(leaves)))
+        outs = []
+        self.tree = _flatten(self.result, outs)
+        self.eqns, self.captured = rec.eqns, rec.captured
+        self.outs = [rec.vars.get(id(o)) for o in outs]
+        self.inputs = [rec.vars[id(t)] for t in leaves] + rec.cvars
+        self.wants = [t.requires_grad for t in list(leaves) + rec.captured]
+        for e in self.eqns:  # NOTE: a row's per-call context holds that call's arrays
+            e.args = [{} if isinstance(a, dict) else a for a in e.args]
+
+
+def _same(a, b):
+    """Static arguments equal (arrays by value; a dict is a row's per-call context)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype and \
+            np.array_equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and not a and not b
+    return type(a) is type(b) and a == b
+
+
+def _difference(t1, t2):
+    """None if two traces are the same program, else what differs (for the warning)."""
+    if len(t1.eqns) != len(t2.eqns) or t1.tree != t2.tree:
+        return "the function applied a different sequence of operations"
+    names = {}
+    for e1, e2 in zip(t1.eqns, t2.eqns):
+        if e1.prim is not e2.prim or len(e1.args) != len(e2.args):
+            return f"{e1.prim.name} became {e2.prim.name}: the Python branches on the data"
+        for a, b in zip(e1.args, e2.args):
+            if isinstance(a, Var) != isinstance(b, Var) or \
+                    (isinstance(a, Var) and names.get(a, a.name) != b.name) or \
+                    (not isinstance(a, Var) and not _same(a, b)):
+                return f"an argument of {e1.prim.name} differs between calls (a value " \
+                       f"computed with NumPy or Python from the data: {_brief(a)})"
+        names.update((v1, v2.name) for v1, v2 in zip(e1.outs, e2.outs))
+    for c1, c2 in zip(t1.captured, t2.captured):
+        if c1 is not c2:
+            return f"it builds a tensor of shape {c1.shape} {c1.dtype} from NumPy data: pass " \
+                   "it as an argument, or make it with minigrad's operations"
+    if any(v is None for v in t1.outs):
+        return "it returns a tensor that no operation made"
+    return None
+
+
+def _brief(a):
+    return f"an array of shape {a.shape}" if isinstance(a, np.ndarray) else repr(a)[:60]
+
+
+class _Program:
+    """One traced signature, run as one tape node."""
+
+    def __init__(self, trace, name):
+        self.eqns, self.outs, self.tree = trace.eqns, trace.outs, trace.tree
+        self.refs = trace.captured  # read by reference at every call (parameters, buffers)
+        self.inputs = trace.inputs  # the arguments' leaves, then the captured tensors
+        self.grads = tuple(t.requires_grad for t in self.refs)
+        active = {v for v, want in zip(self.inputs, trace.wants) if want}
+        self.needs = []
+        for e in self.eqns:
+            need = [i for i, a in enumerate(e.args) if isinstance(a, Var) and a in active]
+            self.needs.append(need)
+            if need:
+                active.update(v for v in e.outs if v.dtype.kind == "f")
+        self.fresh = [[i for i, a in enumerate(e.args) if isinstance(a, dict)] for e in self.eqns]
+        self.prim = Prim(f"compiled[{name}]", self._fwd, vjp_all=self._vjp, nout=None)
+
+    def __call__(self, leaves):
+        outs = apply(self.prim, *leaves, *self.refs, {})
+        return _unflatten(self.tree, iter(outs))
+
+    def _fwd(self, *arrays):
+        *arrays, ctx = arrays
+        env, args = dict(zip(self.inputs, arrays)), []
+        for e, fresh in zip(self.eqns, self.fresh):
+            vals = [env[a] if isinstance(a, Var) else a for a in e.args]
+            for i in fresh:  # a row's per-call context (the scan keeps its arrays in it)
+                vals[i] = {}
+            out = e.prim.fwd(*vals)
+            if e.prim.nout == 1:
+                env[e.outs[0]] = out if type(out) is np.ndarray else np.asarray(out)
+            else:
+                env.update(zip(e.outs, out))
+            args.append(vals)
+        ctx["env"], ctx["args"] = env, args
+        return tuple(env[v] for v in self.outs)
+
+    def _vjp(self, g, out, *arrays):
+        env, args, cot = arrays[-1]["env"], arrays[-1]["args"], {}
+        for v, gi in zip(self.outs, g):
+            if gi is not None:
+                cot[v] = gi if v not in cot else cot[v] + gi
+        for e, vals, needs in zip(reversed(self.eqns), reversed(args), reversed(self.needs)):
+            gs = [cot.pop(v, None) for v in e.outs]
+            if not needs or all(gi is None for gi in gs):
+                continue
+            for i, gi in zip(needs, _table_vjp(e.prim, gs, [env[v] for v in e.outs], vals,
+                                               needs)):
+                a = e.args[i]
+                cot[a] = gi if a not in cot else cot[a] + gi
+        return (*[cot.get(v) for v in self.inputs], None)
+
+    def __repr__(self):
+        ins = " ".join(map(repr, self.inputs))
+        body = "\n".join(f"    {e!r}" for e in self.eqns)
+        return f"{{ lambda {ins} .\n{body}\n  in ({', '.join(v.name for v in self.outs)}) }}"
+
+
+def _modules(fn):
+    """The modules ``fn`` reaches: itself, its ``self``, its closure's cells."""
+    from minigrad.nn import Module
+    found = [fn, getattr(fn, "__self__", None)]
+    found += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
+              if c.cell_contents is not None] if not isinstance(fn, Module) else []
+    return [m for m in found if isinstance(m, Module)]
+
+
+class CompiledFunction:
+    """``mg.compile(fn)``: call it as ``fn``.  ``program(*args)`` is the traced program of
+    that signature (print it), or None while it is not compiled yet."""
+
+    def __init__(self, fn, name=None):
+        self.fn, self.name = fn, name or getattr(fn, "__qualname__", type(fn).__name__)
+        self._cache, self._warned, self._modules = {}, False, None
+        self.compiled_calls = 0  # calls that ran the compiled program (the tests read it)
+
+    def _key(self, args, kwargs):
+        leaves = []
+        tree = _flatten((args, tuple(sorted(kwargs.items()))), leaves)
+        sig = tuple((t.shape, t.dtype.str, t.requires_grad) for t in leaves)
+        if self._modules is None:  # NOTE: found once; walking them cost ~25 us a call
+            self._modules = [m for mod in _modules(self.fn) for m in mod.modules()]
+        flags = tuple(m.training for m in self._modules)
+        return (tree, sig, is_grad_enabled(), flags), leaves, tree
+
+    def __call__(self, *args, **kwargs):
+        try:
+            key, leaves, tree = self._key(args, kwargs)
+            hash(key)
+        except TypeError:  # an unhashable Python argument: no signature to compile for
+            return self.fn(*args, **kwargs)
+        hit = self._cache.get(key)
+        if isinstance(hit, _Program) and hit.grads == tuple(t.requires_grad for t in hit.refs):
+            self.compiled_calls += 1
+            return hit(leaves)
+        if hit is False:
+            return self.fn(*args, **kwargs)
+        call = _with_kwargs(self.fn)
+        try:
+            trace = _Trace(call, leaves, tree)
+        except TraceError as e:
+            self._fall_back(key, str(e))
+            return self.fn(*args, **kwargs)
+        result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
+        if isinstance(hit, _Trace):
+            why = _difference(hit, trace)
+            if why is None:
+                self._cache[key] = _Program(trace, self.name)
+            else:
+                self._fall_back(key, why)
+        else:
+            self._cache[key] = trace
+        return result
+
+    def __deepcopy__(self, memo):  # a copied model compiles its own (nothing cached)
+        return CompiledFunction(copy.deepcopy(self.fn, memo), self.name)
+
+    def __getstate__(self):
+        return {"fn": self.fn, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["fn"], state["name"])
+
+    def _fall_back(self, key, why):
+        self._cache[key] = False
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"mg.compile({self.name}): runs eagerly (same values, slower): {why}",
+                          _fallback_warning(), stacklevel=3)
+
+    def program(self, *args, **kwargs):
+        hit = self._cache.get(self._key(args, kwargs)[0])
+        return hit if isinstance(hit, _Program) else None
+
+
+def _with_kwargs(fn):
+    return lambda args, kwargs: fn(*args, **dict(kwargs))
+
+
+def _fallback_warning():
+    import minigrad
+    return minigrad.CompileFallbackWarning
+
+
+def compile(fn):  # noqa: A001 - the public name, as torch.compile
+    """``fn`` compiled per signature (see the module docstring); usable as a decorator."""
+    return CompiledFunction(fn)
