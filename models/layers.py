@@ -274,6 +274,11 @@ def _valid(name, lengths, mask, B, T):
     return m
 
 
+def _stack(parts):
+    """(L, B, H) from L (B, H) tensors: one layer's is a view."""
+    return parts[0].reshape((1,) + parts[0].shape) if len(parts) == 1 else mg.stack(parts)
+
+
 def _zeros(B, H, dtype):
     """a<0> = 0 as a row (not NumPy data), so that ``mg.compile`` makes it at every call."""
     return apply(ops.FULL, (B, H), 0, dtype)
@@ -385,9 +390,9 @@ class _Stack(Module):
         if self.head is not None:
             out = self.head(out)
         if self.cell_class.state_arity == 2:
-            final = (mg.stack([f[0] for f in finals]), mg.stack([f[1] for f in finals]))
+            final = (_stack([f[0] for f in finals]), _stack([f[1] for f in finals]))
         else:
-            final = mg.stack(finals)
+            final = _stack(finals)
         return out, final
 
     def extra_repr(self):

@@ -62,7 +62,7 @@ class _Recorder:
 def _flatten(x, leaves):
     """A nested tuple/list of tensors as (structure, leaves); arrays become tensors."""
     if isinstance(x, (tuple, list)):
-        return type(x), tuple(_flatten(a, leaves) for a in x)
+        return type(x), tuple(_flatten(a, leaves) for a in x)  # (a dict is not flattened)
     if isinstance(x, np.ndarray):
         x = Tensor._result(x, None, 0)
     if isinstance(x, Tensor):
@@ -227,14 +227,14 @@ class CompiledFunction:
         if isinstance(hit, _Program) and hit.grads == tuple(t.requires_grad for t in hit.refs):
             self.compiled_calls += 1
             return hit(leaves)
-        if hit is False:
-            return self.fn(*args, **kwargs)
         call = _with_kwargs(self.fn)
+        if hit is False:  # (called as when traced: arrays as tensors)
+            return call(*_unflatten(tree, iter(leaves)))
         try:
             trace = _Trace(call, leaves, tree)
         except TraceError as e:
             self._fall_back(key, str(e))
-            return self.fn(*args, **kwargs)
+            return call(*_unflatten(tree, iter(leaves)))
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
         if isinstance(hit, _Trace):
             why = _difference(hit, trace)

@@ -236,7 +236,10 @@ class CompiledStep:
         """A loop's arrays: a chunk's own; constants from the values before the loop, made
         contiguous once per call.  NOTE: a weight read transposed cost BLAS 20-40 % per step
         at these sizes (benchmarks: 82 against 106 GFLOP/s at 64x128x512); one copy is less."""
-        return [np.ascontiguousarray(env[v]) if a[0] == "K" else chunk[a] for a, v in args]
+        for a, v in args:  # (copied once per call: the reverse loop reads the same array)
+            if a[0] == "K" and not env[v].flags.c_contiguous:
+                env[v] = env[v].copy()
+        return [env[v] if a[0] == "K" else chunk[a] for a, v in args]
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
@@ -350,12 +353,9 @@ def _table_vjp(prim, g, out, args, needs):
     g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
     g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
     vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))  # the walk's one convention
-    gs = []
-    for i in needs:
-        gi = vjps[i](g, out, *args)
-        gi = gi.materialize() if isinstance(gi, OuterSum) else gi
-        gs.append(unbroadcast(gi, args[i].shape) if prim.elementwise else gi)
-    return gs
+    gs = [vjps[i](g, out, *args) for i in needs]
+    gs = [gi.materialize() if isinstance(gi, OuterSum) else gi for gi in gs]
+    return [unbroadcast(gi, args[i].shape) if prim.elementwise else gi for i, gi in zip(needs, gs)]
 
 
 def _examples(cell, x_t, parts, batch, seed):

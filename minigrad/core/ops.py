@@ -134,7 +134,12 @@ def _clip_scalar(a, lo, hi):
     return x if hi == "None" else f"min({x}, {hi})"
 
 
-CLIP = defprim("clip", lambda a, lo, hi: np.clip(a, lo, hi), _clip_rule, None, None,
+def _clip(a, lo, hi):  # NOTE: np.clip's Python wrapper costs ~5 us, as much as a small array
+    a = a if lo is None else np.maximum(a, lo)
+    return a if hi is None else np.minimum(a, hi)
+
+
+CLIP = defprim("clip", _clip, _clip_rule, None, None,
                args="a lo hi", scalar=_clip_scalar)
 # fast-math float32, exact float64 (kernels.numerics); their rules read the output
 TANH = defprim("tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: g * (1 - out * out),
@@ -173,8 +178,8 @@ ONE_HOT = defprim("one_hot", _one_hot, None, args="ids n dtype", batch=same)
 
 
 # Rows without a tensor input: a compiled function (mg.compile) makes them at every call.
-FULL = defprim("full", lambda shape, value, dtype: np.full(shape, value, dtype),
-               args="shape value dtype")
+FULL = defprim("full", lambda shape, value, dtype: np.zeros(shape, dtype) if value == 0 else
+               np.full(shape, value, dtype), args="shape value dtype")  # (zeros: 5x faster)
 
 
 def _dropout_scale(shape, p, dtype):

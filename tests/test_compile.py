@@ -1,0 +1,238 @@
+"""``mg.compile``: a whole function (a training step) traced and run as one tape node.
+
+The eager tape is the reference: compiled equals eager in float64, the loss and every
+gradient, for the language model (its ``loss`` is compiled by default), a tagger and a
+classifier, and a cell of the user's own.  A function the compiler cannot follow says why,
+once, and runs eagerly; a compiled call that silently ran eagerly fails these tests
+(``compiled_calls``)."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad.nn import Module, Parameter, init
+from models.language_model import LanguageModel
+from models.layers import LSTM, Recurrent, SequenceClassifier, SequenceTagger
+
+F64 = np.float64
+
+
+def _f64(model):
+    for p in model.parameters():
+        p.data = p.data.astype(F64)
+    return model
+
+
+def _lm(compiled, **kw):
+    mg.manual_seed(0)
+    return _f64(LanguageModel(11, 7, dtype=F64, compiled=compiled, **kw))
+
+
+def _grads(model):
+    return [None if p.grad is None else p.grad.copy() for p in model.parameters()]
+
+
+def _run(model, seed, call, *args, **kwargs):
+    model.zero_grad()
+    mg.manual_seed(seed)  # the same dropout draws on both paths
+    out = call(*args, **kwargs)
+    loss = out[0] if isinstance(out, tuple) else out
+    loss.backward()
+    return out, _grads(model)
+
+
+def _assert_same(got, want):
+    (out_g, grads_g), (out_w, grads_w) = got, want
+    flat_g, flat_w = _leaves(out_g), _leaves(out_w)
+    assert len(flat_g) == len(flat_w)
+    for g, w in zip(flat_g, flat_w):
+        np.testing.assert_allclose(g.data, w.data, rtol=1e-10, atol=1e-12)
+    for g, w in zip(grads_g, grads_w):
+        assert (g is None) == (w is None)
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+def _leaves(x):
+    if isinstance(x, (tuple, list)):
+        return [leaf for a in x for leaf in _leaves(a)]
+    return [x]
+
+
+@pytest.mark.parametrize("cell, layers, embedding_dim, padded, dropout", [
+    ("lstm", 1, None, True, 0.0),
+    ("gru", 2, None, False, 0.3),
+    ("rnn", 1, 5, True, 0.0),
+    ("lstm", 2, 5, True, 0.25),
+])
+def test_language_model_loss_is_compiled_and_equals_eager(cell, layers, embedding_dim, padded,
+                                                           dropout):
+    kw = dict(cell=cell, num_layers=layers, embedding_dim=embedding_dim, dropout=dropout)
+    fast, ref = _lm(True, **kw), _lm(False, **kw)
+    rng = np.random.default_rng(1)
+    for step in range(4):  # traced, traced and compared, then compiled twice
+        ids = rng.integers(3, 11, (4, 6))
+        lengths = rng.integers(1, 7, 4) if padded else None
+        _assert_same(_run(fast, step, fast.loss, ids, lengths),
+                     _run(ref, step, ref.loss, ids, lengths))
+    assert fast._step.compiled_calls == 2  # the last two ran the compiled program
+
+
+def test_truncated_bptt_carries_the_state_through_the_compiled_loss():
+    fast, ref = _lm(True, cell="lstm"), _lm(False, cell="lstm")
+    rng = np.random.default_rng(2)
+    states = [None, None]
+    for _ in range(4):
+        x, y = rng.integers(3, 11, (2, 5)), rng.integers(3, 11, (2, 5))
+        got = _run(fast, 0, fast.loss, y, inputs=x, state=states[0])
+        want = _run(ref, 0, ref.loss, y, inputs=x, state=states[1])
+        _assert_same(got, want)
+        states = [tuple(s.detach() for s in r[0][1]) for r in (got, want)]
+    assert fast._step.compiled_calls == 1  # (the first call, without a state, is another)
+
+
+class MinimalGatedUnit(Module):
+    """A cell of the user's own: f = σ(W_f[a, x] + b_f); a~ = tanh(W_a[f * a, x] + b_a);
+    a<t> = (1 - f) * a<t-1> + f * a~."""
+
+    def __init__(self, input_size, hidden_size, dtype=F64):
+        super().__init__()
+        self.input_size, self.hidden_size, H, I = input_size, hidden_size, hidden_size, input_size
+        self.W_f = init.rnn_uniform_(Parameter(np.zeros((H, H + I), dtype)), H)
+        self.b_f = Parameter(np.zeros(H, dtype))
+        self.W_a = init.rnn_uniform_(Parameter(np.zeros((H, H + I), dtype)), H)
+        self.b_a = Parameter(np.zeros(H, dtype))
+
+    def forward(self, x, a):
+        f = (mg.concat([a, x], axis=1) @ self.W_f.T + self.b_f).sigmoid()
+        a_tilde = (mg.concat([f * a, x], axis=1) @ self.W_a.T + self.b_a).tanh()
+        return (1 - f) * a + f * a_tilde
+
+
+def _models():
+    mg.manual_seed(3)
+    tagger = _f64(SequenceTagger(LSTM(4, 5, bidirectional=True, dtype=F64), 3))
+    classifier = _f64(SequenceClassifier(LSTM(4, 5, num_layers=2, dtype=F64), 3))
+    user = _f64(SequenceTagger(Recurrent(MinimalGatedUnit(4, 5)), 3))
+    return {"tagger": tagger, "classifier": classifier, "user cell": user}
+
+
+@pytest.mark.parametrize("name", ["tagger", "classifier", "user cell"])
+def test_a_training_step_of_the_users_own_compiles_and_equals_eager(name):
+    model = _models()[name]
+
+    def step(x, y, mask):
+        logits = model(x, mask=mask)
+        return mg.cross_entropy(logits, y, mask=mask if logits.ndim == 3 else None)
+
+    compiled = mg.compile(step)
+    rng = np.random.default_rng(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mg.CompileFallbackWarning)
+        for i in range(4):
+            x = rng.standard_normal((3, 6, 4))
+            lengths = rng.integers(1, 7, 3)
+            mask = np.arange(6)[None, :] < lengths[:, None]
+            y = rng.integers(0, 3, (3, 6) if name != "classifier" else (3,))
+            got = _run(model, i, compiled, x, y, mask)
+            want = _run(model, i, step, mg.tensor(x), mg.tensor(y), mg.tensor(mask))
+            _assert_same(got, want)
+    assert compiled.compiled_calls == 2
+    assert "scan[" in repr(compiled.program(x, y, mask))
+
+
+def test_numpy_on_the_data_runs_eagerly_with_one_warning_that_says_why():
+    w = Parameter(np.ones(3))
+
+    def fn(x):
+        doubled = mg.tensor(x.data * 2.0)  # NumPy on the data: not an operation it can trace
+        return (doubled * w).sum()
+
+    compiled = mg.compile(fn)
+    with pytest.warns(mg.CompileFallbackWarning, match="from NumPy data") as caught:
+        values = [float(compiled(np.full(3, float(i))).data) for i in range(4)]
+    assert len(caught) == 1
+    assert values == [0.0, 6.0, 12.0, 18.0]  # right on every call, eager after the check
+    assert compiled.compiled_calls == 0
+
+
+def test_python_branching_on_the_data_runs_eagerly():
+    w = Parameter(np.ones(3))
+
+    def fn(x):
+        return (x * w).sum() if float(x.data[0]) > 0 else (x * w).exp().sum()
+
+    compiled = mg.compile(fn)
+    with pytest.warns(mg.CompileFallbackWarning, match="different sequence"):
+        got = [float(compiled(np.array([s, 1.0, 2.0])).data) for s in (1.0, -1.0, -2.0, 3.0)]
+    want = [float(fn(mg.tensor(np.array([s, 1.0, 2.0]))).data) for s in (1.0, -1.0, -2.0, 3.0)]
+    assert got == want
+
+
+def test_a_new_shape_and_eval_mode_are_new_signatures():
+    fast, ref = _lm(True, cell="gru", dropout=0.5), _lm(False, cell="gru", dropout=0.5)
+    rng = np.random.default_rng(5)
+    for shape in [(2, 4), (3, 5), (2, 4), (3, 5), (2, 4)]:
+        for m in (fast, ref):
+            m.train(shape != (3, 5))  # (3, 5) in eval mode: no dropout there
+        ids = rng.integers(3, 11, shape)
+        _assert_same(_run(fast, 7, fast.loss, ids), _run(ref, 7, ref.loss, ids))
+    assert fast._step.compiled_calls == 1  # the fifth call: (2, 4) was traced twice before
+
+
+def test_a_parameter_frozen_after_compiling_gets_no_gradient_and_unfrozen_gets_it_again():
+    fast, ref = _lm(True, cell="lstm"), _lm(False, cell="lstm")
+    ids = np.random.default_rng(6).integers(3, 11, (2, 4))
+    for _ in range(3):
+        _assert_same(_run(fast, 0, fast.loss, ids), _run(ref, 0, ref.loss, ids))
+    for m in (fast, ref):
+        m.out.weight.requires_grad = False
+    for _ in range(3):
+        got, want = _run(fast, 0, fast.loss, ids), _run(ref, 0, ref.loss, ids)
+        assert fast.out.weight.grad is None
+        _assert_same(got, want)
+    fast.out.weight.requires_grad = ref.out.weight.requires_grad = True
+    _assert_same(_run(fast, 0, fast.loss, ids), _run(ref, 0, ref.loss, ids))
+    assert fast.out.weight.grad is not None
+
+
+def test_ids_out_of_range_are_refused_on_a_compiled_call():
+    lm = _lm(True, cell="rnn")
+    ids = np.random.default_rng(7).integers(3, 11, (2, 4))
+    for _ in range(3):
+        lm.loss(ids)
+    assert lm._step.compiled_calls == 1
+    bad = ids.copy()
+    bad[1, 2] = 11
+    with pytest.raises(IndexError, match="11 is out of range"):
+        lm.loss(bad)
+
+    # a function of the user's own: the row itself checks the targets
+    logits_w = Parameter(np.zeros((4, 3)))
+    step = mg.compile(lambda x, y: mg.cross_entropy(x @ logits_w, y))
+    x = np.ones((2, 4))
+    for _ in range(3):
+        step(x, np.array([0, 2]))
+    assert step.compiled_calls == 1
+    with pytest.raises(IndexError, match="target 3 is out of range"):
+        step(x, np.array([0, 3]))
+
+
+def test_the_compiled_program_prints_the_step_and_a_copied_model_compiles_its_own():
+    lm = _lm(True, cell="lstm")
+    ids = np.random.default_rng(8).integers(3, 11, (2, 4))
+    for _ in range(2):
+        lm.loss(ids)
+    text = repr(lm._step.program(ids, ids, None, None, "mean"))
+    for part in ("scan[LSTMCell]", "matmul", "cross_entropy", "full[shape=(2,7)"):
+        assert part in text, text
+    twin = copy.deepcopy(lm)
+    for p in twin.parameters():
+        p.data = p.data * 0.5
+    for _ in range(3):
+        a, b = float(twin.loss(ids)[0].data), float(lm.loss(ids)[0].data)
+        assert a != b  # the copy reads its own parameters
+    assert twin._step.compiled_calls == 1
