@@ -85,6 +85,7 @@ def run(mode, args):
     optimizer = SGD(params, lr=args.lr)
     rng = np.random.default_rng(args.seed)  # the same batches for every mode
     norms, applied, losses = [], [], []
+    step_loss = mg.compile(lambda x, y, mask: mg.cross_entropy(model(x), y, mask=mask))
     nonfinite = None
     bar = tqdm(range(args.steps), desc=LABELS[mode], unit="step", dynamic_ncols=True,
                disable=args.no_progress)
@@ -93,7 +94,7 @@ def run(mode, args):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for step in bar:
             x, y, mask = make_data(rng, args.batch, args.length)
-            loss = mg.cross_entropy(model(x), y, mask=mask)
+            loss = step_loss(x, y, mask)  # the whole step, one traced program
             optimizer.zero_grad()
             loss.backward()
             if mode == "norm":

@@ -80,8 +80,9 @@ def run_digits(args, depth, head):
         while True:
             yield digits(rng, args.batch)
 
+    step_loss = mg.compile(lambda x, y: mg.cross_entropy(model(x), y))  # the whole step
     common.train(model, Adam(model.parameters(), lr=args.lr),
-                 lambda b: mg.cross_entropy(model(b[0]), b[1]), batches(), args.steps,
+                 lambda b: step_loss(*b), batches(), args.steps,
                  clip=5.0, desc=f"digits L={depth}{' +head' if head else ''}",
                  progress=not args.no_progress)
     x, y = digits(np.random.default_rng([args.seed, 2]), 500)

@@ -134,8 +134,12 @@ def main(argv=None):
                 while True:
                     yield make_data(rng, args.batch, k)
 
-            def loss_fn(batch, model=model):
-                return mg.cross_entropy(model(batch[0]), batch[1])
+            @mg.compile  # the whole step: one traced program, one tape node
+            def step_loss(x, y, model=model):
+                return mg.cross_entropy(model(x), y)
+
+            def loss_fn(batch, step_loss=step_loss):
+                return step_loss(*batch)
 
             common.train(model, optimizer, loss_fn, batches(), args.steps, clip=5.0,
                          desc=f"{cell} k={k}", progress=not args.no_progress)

@@ -164,9 +164,12 @@ def many_to_one(args):
         while True:
             yield encode(sentences(rng, args.batch))
 
-    def loss_fn(b):
-        ids, lengths, y = b
+    @mg.compile  # the whole step: one traced program, one tape node
+    def step_loss(ids, lengths, y):
         return mg.cross_entropy(model(ids, lengths=lengths), y)
+
+    def loss_fn(b):
+        return step_loss(*b)
 
     opt = Adam(model.parameters(), lr=args.lr)
     common.train(model, opt, loss_fn, batches(), args.steps, clip=5.0, desc="many-to-one",

@@ -194,9 +194,12 @@ def main(argv=None):
                 while True:
                     yield make_data(rng, args.batch, T)
 
-            def loss_fn(batch, model=model):
-                x, y = batch
+            @mg.compile  # the whole step: one traced program, one tape node
+            def step_loss(x, y, model=model):
                 return mg.cross_entropy(model(x), y)
+
+            def loss_fn(batch, step_loss=step_loss):
+                return step_loss(*batch)
 
             t0 = time.perf_counter()
             common.train(model, optimizer, loss_fn, batches(), args.steps, clip=5.0,

@@ -262,6 +262,9 @@ def _valid(name, lengths, mask, B, T):
     tensor); None when every step is."""
     if lengths is not None and mask is not None:
         raise ValueError(f"{name}: pass lengths or mask, not both")
+    if isinstance(lengths, mg.Tensor):  # t < length<b> with rows, so that mg.compile traces it
+        check_lengths(name, lengths.data, B, T)
+        return apply(ops.LT, apply(ops.ARANGE, T, lengths.dtype), lengths.reshape(B, 1))
     if lengths is not None:
         lengths = check_lengths(name, lengths, B, T)
         return np.arange(T)[None, :] < lengths[:, None]

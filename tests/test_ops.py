@@ -532,7 +532,7 @@ CASES = [
 
 # Fused recurrent-cell primitives are checked in their own test files.
 NO_GRADIENT = {"one_hot", "gt", "ge", "lt", "le", "zeros_like",  # values, not derivatives
-               "full", "dropout_scale"}  # (no tensor input)
+               "full", "arange", "dropout_scale"}  # (no tensor input)
 
 
 # ----------------------------------------------------------------------------- helpers

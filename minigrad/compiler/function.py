@@ -30,6 +30,7 @@ from minigrad.compiler.ir import TraceError, Var
 from minigrad.compiler.scan import _table_vjp
 from minigrad.core.autograd import is_grad_enabled
 from minigrad.core.ops import Prim
+from minigrad.core import tensor
 from minigrad.core.tensor import Tensor, apply, tracing
 
 
@@ -191,9 +192,9 @@ class _Program:
 
 
 def _modules(fn):
-    """The modules ``fn`` reaches: itself, its ``self``, its closure's cells."""
+    """The modules ``fn`` reaches: itself, its ``self``, its closure and default arguments."""
     from minigrad.nn import Module
-    found = [fn, getattr(fn, "__self__", None)]
+    found = [fn, getattr(fn, "__self__", None), *(getattr(fn, "__defaults__", None) or ())]
     found += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
               if c.cell_contents is not None] if not isinstance(fn, Module) else []
     return [m for m in found if isinstance(m, Module)]
@@ -228,7 +229,7 @@ class CompiledFunction:
             self.compiled_calls += 1
             return hit(leaves)
         call = _with_kwargs(self.fn)
-        if hit is False:  # (called as when traced: arrays as tensors)
+        if hit is False or tensor._TRACER is not None:  # eager, or inside another's trace
             return call(*_unflatten(tree, iter(leaves)))
         try:
             trace = _Trace(call, leaves, tree)
