@@ -28,9 +28,9 @@ import numpy as np
 from minigrad.compiler.ir import Eqn as _Eqn
 from minigrad.compiler.ir import TraceError, Var
 from minigrad.compiler.scan import _table_vjp
+from minigrad.core import tensor
 from minigrad.core.autograd import is_grad_enabled
 from minigrad.core.ops import Prim
-from minigrad.core import tensor
 from minigrad.core.tensor import Tensor, apply, tracing
 
 
@@ -136,7 +136,11 @@ class _Program:
     """One traced signature, run as one tape node."""
 
     def __init__(self, trace, name):
-        self.eqns, self.outs, self.tree = trace.eqns, trace.outs, trace.tree
+        self.outs, self.tree, live, self.eqns = trace.outs, trace.tree, set(trace.outs), []
+        for e in reversed(trace.eqns):  # what no output needs is not run (a draw always is)
+            if live.intersection(e.outs) or not e.ins:
+                self.eqns.insert(0, e)
+                live.update(e.ins)
         self.refs = trace.captured  # read by reference at every call (parameters, buffers)
         self.inputs = trace.inputs  # the arguments' leaves, then the captured tensors
         self.grads = tuple(t.requires_grad for t in self.refs)
