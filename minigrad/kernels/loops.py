@@ -13,8 +13,9 @@ def sum_axis0(x):
     """(N, M) -> (M,): column sums (bias gradients, unbroadcasting leading axes)."""
     n, m = x.shape
     out = np.zeros(m, dtype=x.dtype)
-    for i in range(n):
-        out += x[i]
+    for i in range(n):  # NOTE: not ``out += x[i]``: an array op per row cost 0.5 us (13 us
+        for j in range(m):  # for the 25 numbers of a loss), this loop 0.05 us
+            out[j] += x[i, j]
     return out
 
 
@@ -180,6 +181,9 @@ def gather_rows(w, idx):
 @kernel
 def scatter_add_rows(out, idx, g):
     """out[idx[k]] += g[k] for every k, in place; repeated indices accumulate."""
+    d = g.shape[1]
     for i in range(idx.size):
-        out[idx[i]] += g[i]
+        r = idx[i]
+        for j in range(d):  # an explicit loop: a row op (out[r] += g[i]) cost ~0.3 us a row
+            out[r, j] += g[i, j]
     return out
