@@ -167,12 +167,16 @@ def minigrad_step(cfg, cell, weights_out=None, hidden=None, compiled=None):
         np.savez(weights_out, **to_torch_state_dict(model))
     opt = mg.optim.SGD(model.parameters(), lr=LR)
     x, y = data(cfg)
-    if cfg.dense:
-        x = mg.tensor(x)
+
+    def loss_fn(x, y):
+        logits = model(x) if cfg.bidirectional else model(x)[0]
+        return mg.cross_entropy(logits, y)
+
+    if compiled is not False:  # the whole step traced once, as LanguageModel.loss does
+        loss_fn = mg.compile(loss_fn)
 
     def step():
-        logits = model(x) if cfg.bidirectional else model(x)[0]
-        loss = mg.cross_entropy(logits, y)
+        loss = loss_fn(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
