@@ -54,6 +54,7 @@ def get_num_threads():
 def batch_chunks(B, allowed=True):
     """The rows of a batch of B as ``[(b0, b1), ...]``: one chunk per thread, each of at
     least ``MIN_ROWS`` rows (one chunk when ``allowed`` is False)."""
+    allowed = allowed and not getattr(_inside, "flag", False)  # (a thread of its own already)
     n = max(1, min(_threads, B // MIN_ROWS)) if allowed else 1
     bounds = [B * i // n for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
@@ -95,7 +96,7 @@ def _bounds(n, work):
 
 def dot(a, b):
     """``a @ b`` for 2-D float arrays, its rows split across minigrad's threads."""
-    if _threads == 1:  # (most calls: no split to plan)
+    if _threads == 1 or getattr(_inside, "flag", False):  # (most calls: no split to plan)
         return np.dot(a, b)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * b.shape[1])
     if len(rows) == 1:
@@ -107,7 +108,7 @@ def dot(a, b):
 
 def dot_t(a, g):
     """``aᵀ @ g`` (a sum over rows), as partial sums per thread added in a fixed order."""
-    if _threads == 1:
+    if _threads == 1 or getattr(_inside, "flag", False):
         return np.dot(a.T, g)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * g.shape[1])
     if len(rows) == 1:

@@ -236,3 +236,31 @@ def test_the_compiled_program_prints_the_step_and_a_copied_model_compiles_its_ow
         a, b = float(twin.loss(ids)[0].data), float(lm.loss(ids)[0].data)
         assert a != b  # the copy reads its own parameters
     assert twin._step.compiled_calls == 1
+
+
+def test_a_bidirectional_layers_two_directions_run_at_once_and_equal_eager():
+    mg.manual_seed(9)
+    tagger = _f64(SequenceTagger(LSTM(4, 5, num_layers=2, bidirectional=True, dropout=0.3,
+                                      dtype=F64), 3))
+
+    def step(x, y, mask):
+        return mg.cross_entropy(tagger(x, mask=mask), y, mask=mask)
+
+    compiled = mg.compile(step)
+    rng = np.random.default_rng(10)
+    before = mg.get_num_threads()
+    mg.set_num_threads(2)
+    try:
+        for i in range(4):
+            x, y = rng.standard_normal((16, 6, 4)), rng.integers(0, 3, (16, 6))
+            mask = np.arange(6)[None, :] < rng.integers(1, 7, 16)[:, None]
+            got = _run(tagger, i, compiled, x, y, mask)
+            want = _run(tagger, i, step, mg.tensor(x), mg.tensor(y), mg.tensor(mask))
+            _assert_same(got, want)  # (the dropout draws, too: no draw was moved)
+    finally:
+        mg.set_num_threads(before)
+    program = compiled.program(x, y, mask)
+    assert compiled.compiled_calls == 2
+    assert len(program.pairs) == 2  # each layer's directions side by side
+    assert all(program.eqns[k].prim.name == program.eqns[k + 1].prim.name == "scan[LSTMCell]"
+               for k in program.pairs)

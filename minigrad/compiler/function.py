@@ -17,6 +17,8 @@ between the two traces, or a different sequence of operations means that the Pyt
 the operations depends on the data: ``fn`` then stays eager, with one
 :class:`~minigrad.CompileFallbackWarning` saying what differed.  Value checks written in
 Python run in the two traced calls only; checks inside a row (ids in range) run always.
+A Python number read from outside ``fn`` is built in when traced (as in JAX): pass what
+changes as an argument; tensors it reads (parameters) are read afresh at every call.
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
 """
 
@@ -25,10 +27,11 @@ import warnings
 
 import numpy as np
 
+from minigrad import threads
 from minigrad.compiler.ir import Eqn as _Eqn
 from minigrad.compiler.ir import TraceError, Var
-from minigrad.compiler.scan import _table_vjp
-from minigrad.core import tensor
+from minigrad.compiler.scan import CompiledStep, _table_vjp
+from minigrad.core import ops, tensor
 from minigrad.core.autograd import is_grad_enabled
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply, tracing
@@ -141,6 +144,7 @@ class _Program:
             if live.intersection(e.outs) or not e.ins:
                 self.eqns.insert(0, e)
                 live.update(e.ins)
+        self.pairs = _pairs(self.eqns)
         self.refs = trace.captured  # read by reference at every call (parameters, buffers)
         self.inputs = trace.inputs  # the arguments' leaves, then the captured tensors
         self.grads = tuple(t.requires_grad for t in self.refs)
@@ -158,41 +162,85 @@ class _Program:
         outs = apply(self.prim, *leaves, *self.refs, {})
         return _unflatten(self.tree, iter(outs))
 
+    def _steps(self):
+        """Equation indices, a pair of recurrences side by side as one step (run at once)."""
+        k, together = 0, threads.get_num_threads() > 1
+        while k < len(self.eqns):
+            yield (k, k + 1) if together and k in self.pairs else (k,)
+            k += 2 if together and k in self.pairs else 1
+
     def _fwd(self, *arrays):
         *arrays, ctx = arrays
-        env, args = dict(zip(self.inputs, arrays)), []
-        for e, fresh in zip(self.eqns, self.fresh):
-            vals = [env[a] if isinstance(a, Var) else a for a in e.args]
-            for i in fresh:  # a row's per-call context (the scan keeps its arrays in it)
-                vals[i] = {}
-            out = e.prim.fwd(*vals)
-            if e.prim.nout == 1:
-                env[e.outs[0]] = out if type(out) is np.ndarray else np.asarray(out)
-            else:
-                env.update(zip(e.outs, out))
-            args.append(vals)
+        env, args = dict(zip(self.inputs, arrays)), [None] * len(self.eqns)
+        for ks in self._steps():
+            threads.parallel(lambda k: self._eqn(k, env, args), ks)
         ctx["env"], ctx["args"] = env, args
         return tuple(env[v] for v in self.outs)
+
+    def _eqn(self, k, env, args):
+        e = self.eqns[k]
+        vals = args[k] = [env[a] if isinstance(a, Var) else a for a in e.args]
+        for i in self.fresh[k]:  # a row's per-call context (the scan keeps its arrays in it)
+            vals[i] = {}
+        out = e.prim.fwd(*vals)
+        if e.prim.nout == 1:
+            env[e.outs[0]] = out if type(out) is np.ndarray else np.asarray(out)
+        else:
+            env.update(zip(e.outs, out))
 
     def _vjp(self, g, out, *arrays):
         env, args, cot = arrays[-1]["env"], arrays[-1]["args"], {}
         for v, gi in zip(self.outs, g):
             if gi is not None:
                 cot[v] = gi if v not in cot else cot[v] + gi
-        for e, vals, needs in zip(reversed(self.eqns), reversed(args), reversed(self.needs)):
-            gs = [cot.pop(v, None) for v in e.outs]
-            if not needs or all(gi is None for gi in gs):
-                continue
-            for i, gi in zip(needs, _table_vjp(e.prim, gs, [env[v] for v in e.outs], vals,
-                                               needs)):
-                a = e.args[i]
-                cot[a] = gi if a not in cot else cot[a] + gi
+        for ks in reversed(list(self._steps())):
+            done = [None] * len(ks)
+            gs = [[cot.pop(v, None) for v in self.eqns[k].outs] for k in ks]
+            threads.parallel(lambda i, ks=ks, gs=gs, done=done: done.__setitem__(
+                i, self._eqn_vjp(ks[i], gs[i], env, args)), range(len(ks)))
+            for pairs in reversed(done):  # (in the order of the walk: deterministic)
+                for a, gi in pairs:
+                    cot[a] = gi if a not in cot else cot[a] + gi
         return (*[cot.get(v) for v in self.inputs], None)
+
+    def _eqn_vjp(self, k, gs, env, args):
+        e, needs = self.eqns[k], self.needs[k]
+        if not needs or all(gi is None for gi in gs):
+            return []
+        got = _table_vjp(e.prim, gs, [env[v] for v in e.outs], args[k], needs)
+        return [(e.args[i], gi) for i, gi in zip(needs, got)]
 
     def __repr__(self):
         ins = " ".join(map(repr, self.inputs))
         body = "\n".join(f"    {e!r}" for e in self.eqns)
         return f"{{ lambda {ins} .\n{body}\n  in ({', '.join(v.name for v in self.outs)}) }}"
+
+
+def _pairs(eqns):
+    """Put two recurrences that do not depend on each other (a bidirectional layer's two
+    directions) side by side, moving what the second needs before the first; returns the
+    first's positions.  With two threads each then runs on its own core with the whole
+    batch, instead of both splitting it (no draw moves: the random stream stays eager's)."""
+    pairs, k = set(), 0
+    while True:
+        loops = [i for i, e in enumerate(eqns) if isinstance(getattr(e.prim.fwd, "__self__",
+                                                                     None), CompiledStep)]
+        loops = [i for i in loops if i >= k]
+        if len(loops) < 2:
+            return pairs
+        a, b = loops[:2]
+        need, made = set(eqns[b].ins), {}
+        for i in range(b - 1, a - 1, -1):
+            if need.intersection(eqns[i].outs):
+                made[i] = eqns[i]
+                need.update(eqns[i].ins)
+        if a in made or any(e.prim is ops.DROPOUT_SCALE for e in made.values()):
+            k = a + 1
+            continue
+        rest = [e for i, e in enumerate(eqns[a + 1:b], a + 1) if i not in made]
+        eqns[a:b + 1] = [*made.values()][::-1] + [eqns[a], eqns[b]] + rest
+        pairs.add(a + len(made))
+        k = a + len(made) + 2
 
 
 def _modules(fn):
