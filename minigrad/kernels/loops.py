@@ -10,23 +10,24 @@ from minigrad.kernels.numerics import exp_row
 
 @kernel
 def sum_axis0(x):
-    """(N, M) -> (M,): column sums (bias gradients, unbroadcasting leading axes)."""
+    """(N, M) -> (M,): column sums (bias gradients, unbroadcasting leading axes), added up
+    in float64: a float32 running sum over thousands of rows drifts (the mean of config C's
+    6400 losses by 7e-6, ~2e-6 relative)."""
     n, m = x.shape
-    out = np.zeros(m, dtype=x.dtype)
-    for i in range(n):  # NOTE: not ``out += x[i]``: an array op per row cost 0.5 us (13 us
+    acc = np.zeros(m, dtype=np.float64)
+    for i in range(n):  # NOTE: not ``acc += x[i]``: an array op per row cost 0.5 us (13 us
         for j in range(m):  # for the 25 numbers of a loss), this loop 0.05 us
-            out[j] += x[i, j]
-    return out
+            acc[j] += x[i, j]
+    return acc.astype(x.dtype)
 
 
 @kernel
 def sum_axis1(x):
-    """(N, M) -> (N,): row sums."""
+    """(N, M) -> (N,): row sums, added up in float64 as :func:`sum_axis0`'s."""
     n, m = x.shape
     out = np.empty(n, dtype=x.dtype)
-    zero = np.zeros(1, dtype=x.dtype)[0]
     for i in range(n):
-        s = zero
+        s = 0.0
         for j in range(m):
             s += x[i, j]
         out[i] = s
