@@ -173,7 +173,10 @@ class _Program:
         *arrays, ctx = arrays
         env, args = dict(zip(self.inputs, arrays)), [None] * len(self.eqns)
         for ks in self._steps():
-            threads.parallel(lambda k: self._eqn(k, env, args), ks)
+            if len(ks) == 1:
+                self._eqn(ks[0], env, args)
+            else:
+                threads.parallel(lambda k: self._eqn(k, env, args), ks)
         ctx["env"], ctx["args"] = env, args
         return tuple(env[v] for v in self.outs)
 
@@ -194,10 +197,13 @@ class _Program:
             if gi is not None:
                 cot[v] = gi if v not in cot else cot[v] + gi
         for ks in reversed(list(self._steps())):
-            done = [None] * len(ks)
             gs = [[cot.pop(v, None) for v in self.eqns[k].outs] for k in ks]
-            threads.parallel(lambda i, ks=ks, gs=gs, done=done: done.__setitem__(
-                i, self._eqn_vjp(ks[i], gs[i], env, args)), range(len(ks)))
+            if len(ks) == 1:
+                done = [self._eqn_vjp(ks[0], gs[0], env, args)]
+            else:
+                done = [None] * len(ks)
+                threads.parallel(lambda i, ks=ks, gs=gs, done=done: done.__setitem__(
+                    i, self._eqn_vjp(ks[i], gs[i], env, args)), range(len(ks)))
             for pairs in reversed(done):  # (in the order of the walk: deterministic)
                 for a, gi in pairs:
                     cot[a] = gi if a not in cot else cot[a] + gi
