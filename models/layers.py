@@ -107,9 +107,9 @@ class Recurrent(Module):
             if not self.learn_initial_state:
                 if hasattr(cell, "init_state"):
                     return cell.init_state(batch_size)
-                zeros = tuple(_zeros(batch_size, H, dtype) for _ in range(arity))
+                zeros = tuple(mg.zeros(batch_size, H, dtype=dtype) for _ in range(arity))
                 return zeros[0] if arity == 1 else zeros
-            zero = _zeros(batch_size, H, dtype)
+            zero = mg.zeros(batch_size, H, dtype=dtype)
             return self.a0 + zero if arity == 1 else (self.a0 + zero, self.c0 + zero)
         name = type(cell).__name__
         if arity == 1 and isinstance(state, (tuple, list)):
@@ -280,11 +280,6 @@ def _valid(name, lengths, mask, B, T):
 def _stack(parts):
     """(L, B, H) from L (B, H) tensors: one layer's is a view."""
     return parts[0].reshape((1,) + parts[0].shape) if len(parts) == 1 else mg.stack(parts)
-
-
-def _zeros(B, H, dtype):
-    """a<0> = 0 as a row (not NumPy data), so that ``mg.compile`` makes it at every call."""
-    return apply(ops.FULL, (B, H), 0, dtype)
 
 
 def _select(mask, new, old):

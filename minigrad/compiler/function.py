@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 from minigrad import threads
-from minigrad.compiler.ir import Eqn as _Eqn
+from minigrad.compiler import ir
 from minigrad.compiler.ir import TraceError, Var
 from minigrad.compiler.scan import CompiledStep, _table_vjp
 from minigrad.core import ops, tensor
@@ -37,12 +37,14 @@ from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply, tracing
 
 
-class _Recorder:
-    """Every applied primitive becomes an equation; a tensor from outside is *captured*."""
+class _Recorder(ir.Recorder):
+    """The cell tracer's recorder, with one difference: a tensor from outside the function
+    is *captured* (read by reference at every call: parameters, buffers), not a constant."""
 
     def __init__(self, args):
-        self.vars = {id(t): Var(f"x{i}", t.shape, t.dtype, "x") for i, t in enumerate(args)}
-        self.keep, self.eqns, self.captured, self.cvars = list(args), [], [], []
+        super().__init__({id(t): Var(f"x{i}", t.shape, t.dtype, "x")
+                          for i, t in enumerate(args)}, batch=None)
+        self.keep, self.captured, self.cvars = list(args), [], []
 
     def var_of(self, t):
         v = self.vars.get(id(t))
@@ -53,14 +55,6 @@ class _Recorder:
             self.cvars.append(v)
             self.keep.append(t)
         return v
-
-    def __call__(self, prim, inputs, outputs):
-        args = [self.var_of(x) if isinstance(x, Tensor) else x for x in inputs]
-        outs = [Var(f"t{len(self.keep) + i}", o.shape, o.dtype) for i, o in enumerate(outputs)]
-        for o, v in zip(outputs, outs):
-            self.vars[id(o)] = v
-            self.keep.append(o)
-        self.eqns.append(_Eqn(prim, args, outs))
 
 
 def _flatten(x, leaves):

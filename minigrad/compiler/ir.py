@@ -233,7 +233,7 @@ def _example(v):
 
 # ----------------------------------------------------------------------- tracing a cell
 
-class _Recorder:
+class Recorder:
     """What ``trace`` hands :func:`tracing`: every applied primitive becomes an equation."""
 
     def __init__(self, known, batch):
@@ -295,7 +295,7 @@ def trace(cell, x_t, state):
     for name, s in zip(state_names(cell, len(parts)), parts):
         known[id(s)] = v = Var(name + "_prev", _per_step(s.shape, batch), s.dtype, "state")
         svs.append(v)
-    with tracing(_Recorder(known, batch)) as rec:
+    with tracing(Recorder(known, batch)) as rec:
         x_in = x_t
         if x_t.dtype.kind in "iu":  # ids stand for one-hot vectors (a lookup, once rewritten)
             x_in = apply(ops.ONE_HOT, x_t, cell.input_size, parts[0].dtype)
