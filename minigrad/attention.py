@@ -16,7 +16,6 @@ import numpy as np
 
 from minigrad.core import ops
 from minigrad.core.tensor import Tensor, apply, as_array
-from minigrad.random import get_rng
 
 
 def _float_tensor(where, name, x):
@@ -113,10 +112,9 @@ def attend(q, k, v, heads, mask, dropout_p, scale):
     mask = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
         (1,) * (4 - mask.ndim) + mask.shape)
     mask = np.ascontiguousarray(np.broadcast_to(mask, mask.shape[:3] + (S,)))
-    drop = None
+    drop = None  # the draw is a row, so that a compiled step draws what the eager one does
     if dropout_p > 0:
-        drop = ((get_rng().random((B, heads[3], L, S)) >= dropout_p) / (1 - dropout_p)) \
-            .astype(q.dtype)
+        drop = apply(ops.DROPOUT_SCALE, (B, heads[3], L, S), dropout_p, q.dtype)
     out, weights, _ = apply(ops.ATTENTION, q, k, v, heads, mask, drop, scale)
     return out, weights
 

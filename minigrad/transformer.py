@@ -380,7 +380,7 @@ class SinusoidalPositionalEmbedding(Module):
         angle = np.arange(max_len)[:, None] / 10000.0 ** (np.arange(0, d, 2) / d)
         pe = np.zeros((max_len, d))
         pe[:, 0::2], pe[:, 1::2] = np.sin(angle), np.cos(angle[:, :d // 2])
-        self.pe = pe.astype(dtype)
+        self.pe = Tensor(pe.astype(dtype))  # a tensor: a compiled step reads it, not a copy
 
     def table(self, offset, T):
         return self.pe[offset:offset + T]

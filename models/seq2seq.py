@@ -141,6 +141,8 @@ class Seq2Seq(Module):
             self.attn_score = Linear(D * H, H, bias=False, dtype=dtype)
             self.attn_combine = Linear(D * H + H, H, dtype=dtype)  # W_c [c<t>, s<t>] + b_c
         self.out = Linear(H, self.tgt_vocab_size, dtype=dtype)  # ŷ<t> = softmax(W_y s + b_y)
+        # the loss, encoder to mean, one compiled call (mg.compile) unless compiled=False
+        self.compiled, self._step = cell_options.get("compiled", True), None
 
     def extra_repr(self):
         return (f"src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}, "
@@ -159,12 +161,16 @@ class Seq2Seq(Module):
         src = _ids("encode", src, self.src_vocab_size, "src")
         B, T = src.shape
         src_lengths = _lengths("encode", src_lengths, B, T, "src_lengths")
-        x = self.src_embedding(src) if self.src_embedding is not None else src
-        # Unpadded batches skip the per-step masking (same values, fewer ops).
-        lengths = None if np.all(src_lengths == T) else src_lengths
-        outputs, final = self.encoder(x, lengths=lengths)
         valid = np.arange(T)[None, :] < src_lengths[:, None]
-        return (outputs, valid), self._bridge(final, B)
+        return self._encode(src, valid, not bool(valid.all()))
+
+    def _encode(self, src, valid, padded):
+        """:meth:`encode` from checked ids and ``valid`` (B, T_x) bool, arrays or tensors
+        (what ``mg.compile`` traces); unpadded batches (``padded`` False) skip the per-step
+        masking (same values, fewer ops)."""
+        x = self.src_embedding(src) if self.src_embedding is not None else src
+        outputs, final = self.encoder(x, mask=valid if padded else None)
+        return (outputs, valid), self._bridge(final, src.shape[0])
 
     def _bridge(self, final, B):
         if not self.bidirectional_encoder:
@@ -188,11 +194,14 @@ class Seq2Seq(Module):
         ``memory`` (from :meth:`encode`) is required with ``attention=True``.
         """
         tgt_in = _ids("decode", tgt_in, self.tgt_vocab_size, "tgt_in")
+        if self.attention and memory is None:
+            raise ValueError("Seq2Seq.decode: attention=True needs the encoder's memory")
+        return self._decode(tgt_in, state, memory)
+
+    def _decode(self, tgt_in, state, memory):
         x = self.tgt_embedding(tgt_in) if self.tgt_embedding is not None else tgt_in
         s, state = self.decoder(x, state)  # s<t>: (B, T, H)
         if self.attention:
-            if memory is None:
-                raise ValueError("Seq2Seq.decode: attention=True needs the encoder's memory")
             s = self._attend(s, *memory)
         return self.out(s), state
 
@@ -202,7 +211,7 @@ class Seq2Seq(Module):
         scores = s @ keys.transpose(0, 2, 1)                     # e<t,t'>     (B, T_y, T_x)
         scores = mg.where(valid[:, None, :], scores, _MASKED_SCORE)
         alpha = scores.softmax(axis=-1)                          # α<t,t'>
-        self.alignments = alpha.data                             # kept for plots only
+        self.alignments = alpha.data  # for plots only (a compiled loss does not update it)
         context = alpha @ enc_out                                # c<t>  (B, T_y, H·D)
         return self.attn_combine(mg.concat([context, s], axis=2)).tanh()
 
@@ -240,10 +249,22 @@ class Seq2Seq(Module):
         if src.shape[0] != tgt.shape[0]:
             raise ValueError(f"Seq2Seq.loss: batch sizes differ: src has {src.shape[0]} "
                              f"sequences, tgt {tgt.shape[0]}")
-        B, T = tgt.shape
+        (B, T), T_x = tgt.shape, src.shape[1]
         tgt_lengths = _lengths("loss", tgt_lengths, B, T, "tgt_lengths")
+        src_lengths = _lengths("loss", src_lengths, B, T_x, "src_lengths")
+        valid = np.arange(T_x)[None, :] < src_lengths[:, None]
         mask = np.arange(T)[None, :] < tgt_lengths[:, None]
-        logits = self(src, src_lengths, self.shift(tgt))
+        args = (src, valid, not bool(valid.all()), self.shift(tgt), tgt, mask, reduction)
+        if not self.compiled:
+            return self._loss(*args)
+        if self._step is None:
+            self._step = mg.compile(self._loss)
+        return self._step(*args)
+
+    def _loss(self, src, valid, padded, tgt_in, tgt, mask, reduction):
+        """The loss from checked arrays, as tensors (what ``mg.compile`` traces)."""
+        memory, state = self._encode(src, valid, padded)
+        logits = self._decode(tgt_in, state, memory)[0]
         return mg.cross_entropy(logits, tgt, mask=mask, reduction=reduction)
 
     # ------------------------------------------------------------------ inference

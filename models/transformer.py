@@ -46,7 +46,7 @@ def _positions(kind, max_len, d):
 class TransformerLM(Autoregressive):
     """``TransformerLM(vocab_size, d_model=64, nhead=4, num_layers=2, dim_feedforward=256,
     dropout=0.0, max_len=64, positional='learned', norm_first=True, activation='gelu',
-    vocab=None)``: token embedding + positional embedding, ``num_layers`` causal
+    vocab=None, compiled=True)``: token embedding + positional embedding, ``num_layers`` causal
     ``TransformerEncoderLayer`` s (GPT's pre-norm by default, with a final LayerNorm), a
     Linear read-out.
 
@@ -58,8 +58,9 @@ class TransformerLM(Autoregressive):
 
     def __init__(self, vocab_size, d_model=64, nhead=4, num_layers=2, dim_feedforward=256,
                  dropout=0.0, max_len=64, positional="learned", norm_first=True,
-                 activation="gelu", vocab=None):
+                 activation="gelu", vocab=None, compiled=True):
         super().__init__()
+        self.compiled = bool(compiled)  # loss: one function compiled with mg.compile
         if vocab is not None and len(vocab) != vocab_size:
             raise ValueError(f"TransformerLM: vocab has {len(vocab)} tokens but "
                              f"vocab_size={vocab_size}")
@@ -77,23 +78,31 @@ class TransformerLM(Autoregressive):
         return f"vocab_size={self.vocab_size}, max_len={self.max_len}"
 
     def _ids(self, inputs, state):
-        ids = mg.as_array(inputs)
+        """The ids read so far, (B, T): a tensor when ``inputs`` is one (what ``mg.compile``
+        passes), else an array."""
+        ids = inputs if isinstance(inputs, mg.Tensor) else mg.as_array(inputs)
         if ids.ndim != 2:
             raise ValueError(f"TransformerLM: inputs must be (B, T) ids, got shape {ids.shape}")
         if state is not None:
-            ids = np.concatenate([state, ids], axis=1)
+            if isinstance(ids, mg.Tensor) or isinstance(state, mg.Tensor):
+                ids = mg.concat([t if isinstance(t, mg.Tensor) else mg.tensor(np.asarray(t))
+                                 for t in (state, ids)], axis=1)
+            else:
+                ids = np.concatenate([state, ids], axis=1)
         if ids.shape[1] > self.max_len:
             raise ValueError(f"TransformerLM: {ids.shape[1]} positions, but the model was "
                              f"built with max_len={self.max_len}")
         return ids
 
-    def forward(self, inputs, state=None, lengths=None):
+    def forward(self, inputs, state=None, lengths=None, mask=None):
+        """``lengths``/``mask`` (right padding) are accepted and need nothing: causality
+        keeps every real position from seeing the padding after it."""
         ids = self._ids(inputs, state)
         T = ids.shape[1]
         h = self.encoder(self.pos(self.embedding(ids)), mask=generate_square_subsequent_mask(T),
                          is_causal=True)
         logits = mg.functional.linear(h, self.out.weight, self.out.bias)
-        new = mg.as_array(inputs).shape[1]
+        new = np.shape(inputs)[1] if not isinstance(inputs, mg.Tensor) else inputs.shape[1]
         return (logits if new == T else logits[:, T - new:]), ids
 
     @mg.no_grad()

@@ -1,10 +1,10 @@
 """``mg.compile``: a whole function (a training step) traced and run as one tape node.
 
 The eager tape is the reference: compiled equals eager in float64, the loss and every
-gradient, for the language model (its ``loss`` is compiled by default), a tagger and a
-classifier, and a cell of the user's own.  A function the compiler cannot follow says why,
-once, and runs eagerly; a compiled call that silently ran eagerly fails these tests
-(``compiled_calls``)."""
+gradient, for the language model and seq2seq (``loss`` is compiled by default), a tagger
+and a classifier, and a cell of the user's own; the Transformer LM's (float32) to the bit.
+A function the compiler cannot follow says why, once, and runs eagerly; a compiled call
+that silently ran eagerly fails these tests (``compiled_calls``)."""
 
 import copy
 import warnings
@@ -79,6 +79,45 @@ def test_language_model_loss_is_compiled_and_equals_eager(cell, layers, embeddin
         _assert_same(_run(fast, step, fast.loss, ids, lengths),
                      _run(ref, step, ref.loss, ids, lengths))
     assert fast._step.compiled_calls == 2  # the last two ran the compiled program
+
+
+@pytest.mark.parametrize("cell, bidirectional, attention, embedding_dim", [
+    ("gru", False, False, None),
+    ("lstm", True, True, 5),
+    ("rnn", True, False, 5),
+])
+def test_seq2seq_loss_is_compiled_and_equals_eager(cell, bidirectional, attention,
+                                                   embedding_dim):
+    from models.seq2seq import Seq2Seq
+    kw = dict(cell=cell, num_layers=2, bidirectional_encoder=bidirectional,
+              attention=attention, embedding_dim=embedding_dim, dtype=F64)
+    mg.manual_seed(0)
+    fast = Seq2Seq(9, 10, 6, **kw)
+    ref = Seq2Seq(9, 10, 6, compiled=False, **kw)
+    ref.load_state_dict(fast.state_dict())
+    rng = np.random.default_rng(2)
+    for step in range(6):  # padded and unpadded sources: two signatures, each compiled
+        src, tgt = rng.integers(3, 9, (3, 5)), rng.integers(3, 10, (3, 4))
+        src_lengths = np.array([5, 2, 4]) if step % 2 else None
+        tgt_lengths = rng.integers(1, 5, 3)
+        _assert_same(_run(fast, step, fast.loss, src, src_lengths, tgt, tgt_lengths),
+                     _run(ref, step, ref.loss, src, src_lengths, tgt, tgt_lengths))
+    assert fast._step.compiled_calls == 2
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_transformer_lm_loss_is_compiled_and_equals_eager(dropout):
+    from models.transformer import TransformerLM
+    kw = dict(d_model=8, nhead=2, num_layers=2, dim_feedforward=16, max_len=8, dropout=dropout)
+    mg.manual_seed(0)
+    fast, ref = TransformerLM(11, **kw), TransformerLM(11, compiled=False, **kw)
+    ref.load_state_dict(fast.state_dict())
+    rng = np.random.default_rng(3)  # (float32, as the model is: the same operations run)
+    for step in range(4):  # dropout in attention and feed-forward draws the same on both
+        ids, lengths = rng.integers(3, 11, (4, 6)), rng.integers(1, 7, 4)
+        _assert_same(_run(fast, step, fast.loss, ids, lengths),
+                     _run(ref, step, ref.loss, ids, lengths))
+    assert fast._step.compiled_calls == 2
 
 
 def test_truncated_bptt_carries_the_state_through_the_compiled_loss():
