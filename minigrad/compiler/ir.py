@@ -143,9 +143,8 @@ class Program:
     :meth:`fresh` names new values ``{prefix}{n}``, never twice."""
 
     def __init__(self, params, consts, xs, state, eqns, outs, ys=(), acc=(), names=0):
-        self.params, self.consts, self.xs, self.state = list(params), list(consts), list(xs), \
-            list(state)
-        self.eqns, self.outs, self.ys, self.acc = list(eqns), list(outs), list(ys), list(acc)
+        self.params, self.consts, self.xs, self.state, self.eqns, self.outs, self.ys, self.acc = \
+            map(list, (params, consts, xs, state, eqns, outs, ys, acc))
         self.names = names
 
     @property
@@ -157,10 +156,7 @@ class Program:
         return Var(f"{prefix}{self.names}", shape, dtype, kind)
 
     def copy(self, **changes):
-        fields = dict(params=self.params, consts=self.consts, xs=self.xs, state=self.state,
-                      eqns=self.eqns, outs=self.outs, ys=self.ys, acc=self.acc, names=self.names)
-        fields.update(changes)
-        return Program(**fields)
+        return Program(**{**vars(self), **changes})  # (the fields are the arguments)
 
     def __repr__(self):
         head = " ".join(map(repr, self.params + self.consts))
@@ -226,9 +222,8 @@ def verify(prog):
 
 def _example(v):
     shape = tuple(2 if d is None else d for d in v.shape)
-    if v.value is not None:
-        return v.value
-    return np.zeros(shape, v.dtype) if v.dtype.kind in "iub" else np.full(shape, 0.5, v.dtype)
+    return v.value if v.value is not None else np.zeros(shape, v.dtype) \
+        if v.dtype.kind in "iub" else np.full(shape, 0.5, v.dtype)
 
 
 # ----------------------------------------------------------------------- tracing a cell
@@ -256,13 +251,11 @@ class Recorder:
             if isinstance(x, np.ndarray) and prim.elementwise:  # a mask given as an array
                 x = Tensor._result(x, None, 0)
             args.append(self.var_of(x) if isinstance(x, Tensor) else x)
-        outs = []
-        for o in outputs:
-            v = Var(f"t{self.count}", _per_step(o.shape, self.batch), o.dtype)
-            self.count += 1
-            self.vars[id(o)] = v
-            self.keep.append(o)
-            outs.append(v)
+        outs = [Var(f"t{self.count + i}", _per_step(o.shape, self.batch), o.dtype)
+                for i, o in enumerate(outputs)]
+        self.count += len(outs)
+        self.vars.update((id(o), v) for o, v in zip(outputs, outs))
+        self.keep += outputs
         self.eqns.append(Eqn(prim, args, outs))
 
 

@@ -95,7 +95,10 @@ def merge_gemms(prog):
             groups.setdefault((e.prim, left, w.dtype), []).append(e)
     first = {g[0]: g for g in groups.values() if len(g) > 1}
     merged = {e for g in first.values() for e in g}
-    prod, stacked, eqns = _producers(prog), {}, []
+    prod, eqns = _producers(prog), []
+    keys = [k for k in (_stack_key(prod, [_left(m)[1] for m in g]) for g in first.values()) if k]
+    stacked = {k: None for k, _ in keys  # W_i stacked once only where each part of it is used
+               if len({j for k2, j in keys if k2 == k}) == len(k[1]) + 1}
     for e in prog.eqns:
         if e in first:
             eqns += _merge(prog, prod, first[e], stacked)
@@ -122,30 +125,37 @@ def _merge(prog, prod, group, stacked):
     return eqns
 
 
-def _stacked_rows(prog, prod, ws, stacked, eqns):
-    """``concat(axis=1, [split(W_i.T)[k] for i])`` is ``split(concat(axis=0, W_i).T)[k]``:
-    the gates' weights stacked once, transposed once and split once into the state part and
-    the input part, shared by both merged GEMMs (None if the pattern does not match)."""
+def _stack_key(prod, ws):
+    """((W_1..W_n, bounds), k) when every w_i is part k of ``split(W_i.T, bounds)``."""
     splits = [prod.get(w) for w in ws]
     if any(s is None or s.prim is not ops.SPLIT or s.params["axis"] != 0 for s in splits):
         return None
-    ks = {s.outs.index(w) for s, w in zip(splits, ws)}
-    bounds = {s.params["bounds"] for s in splits}
+    parts = {(s.params["bounds"], s.outs.index(w)) for s, w in zip(splits, ws)}
     trans = [prod.get(s.args[0]) for s in splits]
-    if len(ks) != 1 or len(bounds) != 1 or any(
-            t is None or t.prim is not ops.TRANSPOSE or t.params["axes"] is not None
-            for t in trans):
+    if len(parts) != 1 or any(t is None or t.prim is not ops.TRANSPOSE or
+                              t.params["axes"] is not None for t in trans):
         return None
-    Ws = tuple(t.args[0] for t in trans)
-    key = (Ws, bounds.pop())
-    if key not in stacked:
+    bounds, k = parts.pop()
+    return (tuple(t.args[0] for t in trans), bounds), k
+
+
+def _stacked_rows(prog, prod, ws, stacked, eqns):
+    """``concat(axis=1, [split(W_i.T)[k] for i])`` is ``split(concat(axis=0, W_i).T)[k]``:
+    the gates' weights stacked once, transposed once and split once into the state part and
+    the input part, when both merged GEMMs use them (an LSTM's); else None (a GRU's r * a
+    makes its two GEMMs stack different gates: stacking both would copy unused halves)."""
+    found = _stack_key(prod, ws)
+    if found is None or found[0] not in stacked:
+        return None
+    (Ws, bounds), k = found
+    if stacked[Ws, bounds] is None:
         n, dtype = sum(W.shape[0] for W in Ws), Ws[0].dtype
         cat, tr = prog.fresh((n, Ws[0].shape[1]), dtype), prog.fresh((Ws[0].shape[1], n), dtype)
-        parts = [prog.fresh((o.shape[0], n), dtype) for o in splits[0].outs]
+        parts = [prog.fresh((o.shape[0], n), dtype) for o in prod[ws[0]].outs]
         eqns += [Eqn(ops.CONCAT, [0, *Ws], [cat]), Eqn(ops.TRANSPOSE, [cat, None], [tr]),
-                 Eqn(ops.SPLIT, [tr, key[1], 0], parts)]
-        stacked[key] = parts
-    return stacked[key][ks.pop()]
+                 Eqn(ops.SPLIT, [tr, bounds, 0], parts)]
+        stacked[Ws, bounds] = parts
+    return stacked[Ws, bounds][k]
 
 
 def hoist(prog):
