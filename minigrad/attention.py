@@ -109,9 +109,10 @@ def attend(q, k, v, heads, mask, dropout_p, scale):
     (out (B, L, H, Ev), weights (B, H, L, S)), the weights after dropout as PyTorch's
     ``need_weights``."""
     B, L, S = q.shape[0], q.shape[1], (q if k is None else k).shape[1]
-    mask = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
-        (1,) * (4 - mask.ndim) + mask.shape)
-    mask = np.ascontiguousarray(np.broadcast_to(mask, mask.shape[:3] + (S,)))
+    if not isinstance(mask, Tensor):  # (a tensor: a key-padding mask (B, 1, 1, S), see _mask)
+        mask = np.zeros((1, 1, 1, S), q.dtype) if mask is None else mask.reshape(
+            (1,) * (4 - mask.ndim) + mask.shape)
+        mask = np.ascontiguousarray(np.broadcast_to(mask, mask.shape[:3] + (S,)))
     drop = None  # the draw is a row, so that a compiled step draws what the eager one does
     if dropout_p > 0:
         drop = apply(ops.DROPOUT_SCALE, (B, heads[3], L, S), dropout_p, q.dtype)

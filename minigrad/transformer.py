@@ -30,7 +30,8 @@ import math
 import numpy as np
 
 from minigrad import attention as F
-from minigrad.core.tensor import Tensor, as_array
+from minigrad.core import ops
+from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.nn import Dropout, Linear, Module, ModuleList, Parameter, ReLU, _positive_int, init
 
 
@@ -221,6 +222,11 @@ class MultiheadAttention(Module):
             if kp.shape != (B, S):
                 raise ValueError(f"{where}: key_padding_mask must have shape (B, S) = "
                                  f"{(B, S)}, got {kp.shape}")
+            if isinstance(key_padding_mask, Tensor) and mask is None:  # rows: mg.compile traces
+                F.check_rows(kp[:, None], where)
+                m = key_padding_mask.reshape(B, 1, 1, S)
+                return (apply(ops.WHERE, m, -np.inf, 0.0) if m.dtype == np.bool_ else m) \
+                    .astype(self.dtype)
             kp = kp.reshape(B, 1, 1, S)
             mask = kp if mask is None else mask + kp
         if mask is not None:

@@ -19,6 +19,7 @@ Built from ``mg.nn``'s Transformer layers; no backward code, as everywhere in ``
 import numpy as np
 
 import minigrad as mg
+from minigrad.attention import additive_mask, check_rows
 from minigrad.data import EOS_ID
 from minigrad.nn import (
     Embedding,
@@ -125,8 +126,9 @@ class TransformerLM(Autoregressive):
 
 class MaskedLM(Module):
     """``MaskedLM(vocab_size, d_model=64, nhead=4, num_layers=4, dim_feedforward=256,
-    dropout=0.1, max_len=64, embedding_dim=None, share_layers=False)``: BERT's encoder and
-    masked-token head; ALBERT with ``embedding_dim`` E < ``d_model`` and ``share_layers``.
+    dropout=0.1, max_len=64, embedding_dim=None, share_layers=False, compiled=True)``:
+    BERT's encoder and masked-token head; ALBERT with ``embedding_dim`` E < ``d_model`` and
+    ``share_layers``; ``loss`` compiled with ``mg.compile`` (``compiled=False``: eager).
 
     Embedding: tokens (V×E, N(0, 1/E)) + learned positions (max_len×E),
     LayerNorm, then (ALBERT) a
@@ -138,8 +140,10 @@ class MaskedLM(Module):
     """
 
     def __init__(self, vocab_size, d_model=64, nhead=4, num_layers=4, dim_feedforward=256,
-                 dropout=0.1, max_len=64, embedding_dim=None, share_layers=False):
+                 dropout=0.1, max_len=64, embedding_dim=None, share_layers=False,
+                 compiled=True):
         super().__init__()
+        self.compiled, self._step = bool(compiled), None  # loss: compiled with mg.compile
         E = embedding_dim or d_model
         self.vocab_size, self.num_layers, self.share_layers = vocab_size, num_layers, \
             share_layers
@@ -181,8 +185,19 @@ class MaskedLM(Module):
         """Mean cross-entropy of the original tokens at the positions where ``targets`` ≥ 0
         (the chosen 15 %); the others are ignored (-1)."""
         targets = mg.as_array(targets)
-        logits = self(ids, key_padding_mask)
-        return mg.cross_entropy(logits, np.maximum(targets, 0), mask=targets >= 0)
+        if key_padding_mask is not None:  # (checked here: a compiled call runs no Python)
+            check_rows(additive_mask(key_padding_mask, np.float32, "MaskedLM.loss")[:, None],
+                       "MaskedLM.loss")
+        args = (ids, np.maximum(targets, 0), targets >= 0, key_padding_mask)
+        if not self.compiled:
+            return self._loss(*args)
+        if self._step is None:
+            self._step = mg.compile(self._loss)
+        return self._step(*args)
+
+    def _loss(self, ids, targets, mask, key_padding_mask):
+        """The loss from arrays as tensors (what ``mg.compile`` traces)."""
+        return mg.cross_entropy(self(ids, key_padding_mask), targets, mask=mask)
 
 
 __all__ = ["MaskedLM", "TransformerLM"]

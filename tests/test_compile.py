@@ -120,6 +120,30 @@ def test_transformer_lm_loss_is_compiled_and_equals_eager(dropout):
     assert fast._step.compiled_calls == 2
 
 
+@pytest.mark.parametrize("albert", [False, True])
+def test_bert_loss_with_key_padding_is_compiled_and_equals_eager(albert):
+    from models.transformer import MaskedLM
+    kw = dict(d_model=8, nhead=2, num_layers=2, dim_feedforward=16, max_len=8, dropout=0.1)
+    if albert:  # factorised embedding, one layer applied at every depth
+        kw.update(embedding_dim=4, share_layers=True)
+    mg.manual_seed(0)
+    fast, ref = MaskedLM(11, **kw), MaskedLM(11, compiled=False, **kw)
+    ref.load_state_dict(fast.state_dict())
+    rng = np.random.default_rng(4)
+    for step in range(4):  # the padding differs per call: a tensor, not a static
+        ids = rng.integers(3, 11, (4, 6))
+        pad = np.arange(6)[None, :] >= rng.integers(1, 7, 4)[:, None]
+        targets = np.where(rng.random((4, 6)) < 0.4, ids, -1)
+        targets[:, 0] = ids[:, 0]
+        (lf, gf), (lr, gr) = (_run(m, step, m.loss, ids, targets, pad) for m in (fast, ref))
+        np.testing.assert_allclose(lf.data, lr.data, rtol=1e-6)
+        for g, w in zip(gf, gr):  # float32; a shared layer's gradients add in another order
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    assert fast._step.compiled_calls == 2
+    with pytest.raises(ValueError, match="every key is masked"):  # checked on every call
+        fast.loss(ids, targets, np.ones((4, 6), bool))
+
+
 def test_truncated_bptt_carries_the_state_through_the_compiled_loss():
     fast, ref = _lm(True, cell="lstm"), _lm(False, cell="lstm")
     rng = np.random.default_rng(2)
