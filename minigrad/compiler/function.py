@@ -133,11 +133,20 @@ class _Program:
     """One traced signature, run as one tape node."""
 
     def __init__(self, trace, name):
-        self.outs, self.tree, live, self.eqns = trace.outs, trace.tree, set(trace.outs), []
+        self.outs, self.tree, live, eqns = trace.outs, trace.tree, set(trace.outs), []
         for e in reversed(trace.eqns):  # what no output needs is not run (a draw always is)
             if live.intersection(e.outs) or not e.ins:
-                self.eqns.insert(0, e)
+                eqns.insert(0, e)
                 live.update(e.ins)
+        self.eqns, self.once, self.folded = [], [], {}  # what depends on no input: run once
+        for e in eqns:  # (zeros, the ones of a mean's weights, their count; never a draw)
+            if e.prim is ops.DROPOUT_SCALE or not set(e.ins) <= self.folded.keys() or \
+                    any(isinstance(a, dict) for a in e.args) or set(e.outs) & set(self.outs):
+                self.eqns.append(e)
+                continue
+            self.once.append(e)
+            out = e.prim.fwd(*[self.folded[a] if isinstance(a, Var) else a for a in e.args])
+            self.folded.update(zip(e.outs, out if e.prim.nout != 1 else (np.asarray(out),)))
         self.pairs = _pairs(self.eqns)
         self.refs = trace.captured  # read by reference at every call (parameters, buffers)
         self.inputs = trace.inputs  # the arguments' leaves, then the captured tensors
@@ -166,6 +175,7 @@ class _Program:
     def _fwd(self, *arrays):
         *arrays, ctx = arrays
         env, args = dict(zip(self.inputs, arrays)), [None] * len(self.eqns)
+        env.update(self.folded)
         for ks in self._steps():
             if len(ks) == 1:
                 self._eqn(ks[0], env, args)
@@ -212,7 +222,8 @@ class _Program:
 
     def __repr__(self):
         ins = " ".join(map(repr, self.inputs))
-        body = "\n".join(f"    {e!r}" for e in self.eqns)
+        body = "\n".join([f"    {e!r}    # once, when compiled" for e in self.once] +
+                         [f"    {e!r}" for e in self.eqns])
         return f"{{ lambda {ins} .\n{body}\n  in ({', '.join(v.name for v in self.outs)}) }}"
 
 
