@@ -20,7 +20,7 @@ import numpy as np
 
 import minigrad as mg
 from minigrad.attention import additive_mask, check_rows
-from minigrad.data import EOS_ID
+from minigrad.data import EOS_ID, check_ids
 from minigrad.nn import (
     Embedding,
     LayerNorm,
@@ -184,8 +184,11 @@ class MaskedLM(Module):
     def loss(self, ids, targets, key_padding_mask=None):
         """Mean cross-entropy of the original tokens at the positions where ``targets`` ≥ 0
         (the chosen 15 %); the others are ignored (-1)."""
-        targets = mg.as_array(targets)
-        if key_padding_mask is not None:  # (checked here: a compiled call runs no Python)
+        ids, targets = mg.as_array(ids), mg.as_array(targets)
+        # checked here, in Python: a compiled call runs none of the model's own checks
+        check_ids("MaskedLM.loss", ids, self.vocab_size, what="input")
+        check_ids("MaskedLM.loss", targets[targets >= 0], self.vocab_size, what="target")
+        if key_padding_mask is not None:
             check_rows(additive_mask(key_padding_mask, np.float32, "MaskedLM.loss")[:, None],
                        "MaskedLM.loss")
         args = (ids, np.maximum(targets, 0), targets >= 0, key_padding_mask)

@@ -142,6 +142,9 @@ def test_bert_loss_with_key_padding_is_compiled_and_equals_eager(albert):
     assert fast._step.compiled_calls == 2
     with pytest.raises(ValueError, match="every key is masked"):  # checked on every call
         fast.loss(ids, targets, np.ones((4, 6), bool))
+    ids[0, 0] = 11
+    with pytest.raises(IndexError, match="MaskedLM.loss: input 11 is out of range"):
+        fast.loss(ids, targets, pad)
 
 
 def test_truncated_bptt_carries_the_state_through_the_compiled_loss():
