@@ -127,7 +127,7 @@ TESTED = {
     "softmax_backward_rows", "log_softmax_backward_rows", "cross_entropy_rows",
     "cross_entropy_backward_rows", "gather_rows", "scatter_add_rows",
     "gelu", "gelu_backward", "layer_norm_rows", "layer_norm_backward_rows",
-    "attention_softmax", "attention_softmax_backward",
+    "attention_softmax", "attention_softmax_backward", "sum_squares", "adam_update",
 }
 # Fused recurrent-cell kernels are checked against the composed cells in their own tests.
 EXCLUDED_PREFIXES = ("rnn_", "lstm_", "gru_")
@@ -249,6 +249,39 @@ def test_long_float32_sums_do_not_drift(name, shape):
     x = (4.1754 + 0.1 * np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
     exact = x.astype(np.float64).sum()
     assert abs(float(getattr(kernels, name)(x)[0]) - exact) <= 1e-7 * exact
+
+
+@given(data=st.data(), dtype=FLOATS, n=st.integers(1, 40))
+def test_sum_squares(data, dtype, n):
+    x = rand(data, (n,), dtype)
+    got = kernels.sum_squares(x)
+    assert isinstance(got, float)  # float64, whatever x's dtype: a gradient norm's sum
+    np.testing.assert_allclose(got, (f64(x) ** 2).sum(), rtol=1e-12)
+
+
+def test_sum_squares_keeps_nan_and_inf_and_does_not_overflow_in_float32():
+    big = np.full(4, 3e20, np.float32)  # its squares overflow float32, not float64
+    assert kernels.sum_squares(big) == pytest.approx(4 * 9e40)
+    assert np.isnan(kernels.sum_squares(np.array([1, np.nan], np.float32)))
+    assert kernels.sum_squares(np.array([1, np.inf], np.float32)) == np.inf
+
+
+def adam_ref(p, g, m, v, b1, c1, b2, c2, step_size, bias2, eps):
+    m = b1 * f64(m) + c1 * f64(g)
+    v = b2 * f64(v) + c2 * f64(g) ** 2
+    return f64(p) - step_size * m / (np.sqrt(v) / bias2 + eps), m, v
+
+
+@given(data=st.data(), dtype=FLOATS, n=st.integers(1, 40), t=st.integers(1, 50))
+def test_adam_update(data, dtype, n, t):
+    p, g, m = (rand(data, (n,), dtype) for _ in range(3))
+    v = rand(data, (n,), dtype, 0.0, 2.0)
+    b1, b2, lr, eps = 0.9, 0.999, 1e-2, 1e-8
+    scalars = (b1, 1 - b1, b2, 1 - b2, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t), eps)
+    want = adam_ref(p, g, m, v, *scalars)
+    kernels.adam_update(p, g, m, v, *(dtype(c) for c in scalars))  # in place
+    for got, ref in zip((p, m, v), want):
+        close(got, ref, dtype)
 
 
 def test_max_propagates_nan():

@@ -501,3 +501,32 @@ def test_lambda_lr():
         optim.LambdaLR(opt, 0.5)
     with pytest.raises(TypeError, match="expected an Optimizer, got list"):
         optim.StepLR([], 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_and_the_gradient_norm_run_fused_kernels_equal_to_the_array_path(monkeypatch,
+                                                                             dtype):
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((5, 7)).astype(dtype)
+    grads = [rng.standard_normal((5, 7)).astype(dtype) for _ in range(5)]
+
+    def run():
+        p = nn.Parameter(w0.copy())
+        opt, norms = optim.AdamW([p], lr=0.1, weight_decay=0.01), []
+        for g in grads:
+            p.grad = g.copy()
+            norms.append(optim.clip_grad_norm_([p], 3.0))
+            opt.step()
+        return p.data, norms
+
+    calls = []
+    for name in ("adam_update", "sum_squares"):  # a silent fallback would fail the count
+        real = getattr(mg.kernels, name)
+        monkeypatch.setattr(mg.kernels, name, lambda *a, real=real: calls.append(1) or real(*a))
+    fast, fast_norms = run()
+    assert len(calls) == 10
+    monkeypatch.setattr(optim, "_fused", lambda *arrays: False)  # the NumPy expressions
+    slow, slow_norms = run()
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(fast, slow, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fast_norms, slow_norms, rtol=1e-12)

@@ -1,5 +1,5 @@
-"""Core loops: reductions, the softmax family's rows (overflow-safe, with the fast exp in
-float32), and row gathers / scatter-adds for lookups."""
+"""Core loops: reductions (and the optimizer's fused update), the softmax family's rows
+(overflow-safe, with the fast exp in float32), and row gathers / scatter-adds for lookups."""
 
 import numpy as np
 
@@ -33,6 +33,25 @@ def sum_axis1(x):
         out[i] = s
     return out
 
+
+@kernel
+def sum_squares(x):
+    """Σ x² of a 1-D array, added up in float64 (a gradient norm), without temporaries."""
+    total = 0.0
+    for i in range(x.size):
+        total += np.float64(x[i]) * x[i]
+    return total
+
+
+@kernel
+def adam_update(p, g, m, v, b1, c1, b2, c2, step_size, bias2, eps):
+    """One Adam step on 1-D arrays, in place, in one pass (scalars in p's dtype; c = 1 - b,
+    worked out in float64): m = b1·m + c1·g;  v = b2·v + c2·g²;
+    p -= step_size · m / (√v / bias2 + eps)."""
+    for i in range(p.size):
+        m[i] = b1 * m[i] + c1 * g[i]
+        v[i] = b2 * v[i] + c2 * (g[i] * g[i])
+        p[i] -= step_size * m[i] / (np.sqrt(v[i]) / bias2 + eps)
 
 
 # ---------------------------------------------------------------------------- softmax family
