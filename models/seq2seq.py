@@ -62,11 +62,13 @@ def _ids(name, x, vocab_size, what):
     return check_ids(f"Seq2Seq.{name}", x, vocab_size, what=f"{what} token id")
 
 
-def _lengths(name, lengths, B, T, what):
-    """(B,) integer lengths in 1..T (the one rule, ``check_lengths``); None: all T long."""
+def _valid(name, lengths, B, T, what):
+    """(B, T) bool, True where a step is real, from (B,) lengths in 1..T (the one rule,
+    ``check_lengths``); None: all T long."""
     if lengths is None:
-        return np.full(B, T, dtype=np.int64)
-    return check_lengths(f"Seq2Seq.{name}", lengths, B, T, what)
+        return np.ones((B, T), dtype=bool)
+    lengths = check_lengths(f"Seq2Seq.{name}", lengths, B, T, what)
+    return np.arange(T)[None, :] < lengths[:, None]
 
 
 class Seq2Seq(Module):
@@ -160,8 +162,7 @@ class Seq2Seq(Module):
         """
         src = _ids("encode", src, self.src_vocab_size, "src")
         B, T = src.shape
-        src_lengths = _lengths("encode", src_lengths, B, T, "src_lengths")
-        valid = np.arange(T)[None, :] < src_lengths[:, None]
+        valid = _valid("encode", src_lengths, B, T, "src_lengths")
         return self._encode(src, valid, not bool(valid.all()))
 
     def _encode(self, src, valid, padded):
@@ -250,10 +251,8 @@ class Seq2Seq(Module):
             raise ValueError(f"Seq2Seq.loss: batch sizes differ: src has {src.shape[0]} "
                              f"sequences, tgt {tgt.shape[0]}")
         (B, T), T_x = tgt.shape, src.shape[1]
-        tgt_lengths = _lengths("loss", tgt_lengths, B, T, "tgt_lengths")
-        src_lengths = _lengths("loss", src_lengths, B, T_x, "src_lengths")
-        valid = np.arange(T_x)[None, :] < src_lengths[:, None]
-        mask = np.arange(T)[None, :] < tgt_lengths[:, None]
+        mask = _valid("loss", tgt_lengths, B, T, "tgt_lengths")
+        valid = _valid("loss", src_lengths, B, T_x, "src_lengths")
         args = (src, valid, not bool(valid.all()), self.shift(tgt), tgt, mask, reduction)
         if not self.compiled:
             return self._loss(*args)
