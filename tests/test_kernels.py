@@ -7,6 +7,9 @@ rational approximation (abs error <= 3e-7); float64 is exact (<= 1e-15).
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -577,3 +580,64 @@ def test_attention_softmax_kernels(data, dtype, use_drop):
     ds = kernels.attention_softmax_backward(da.copy(), p, drop if use_drop else None, scale)
     close(ds, attention_softmax_backward_ref(da, p, drop if use_drop else np.ones(1), 0.7),
           dtype, terms=s.shape[-1] * 10)
+
+
+# ------------------------------------------------------------------------------ the BLAS
+
+def _blas_name(env):
+    out = subprocess.run([sys.executable, "-c", "from minigrad.kernels import blas; "
+                          "print(blas.NAME, blas.AVAILABLE)"], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=120)
+    return out.stdout.split(), out.stderr
+
+
+def test_the_blas_is_mkl_when_installed_on_intel_else_openblas_and_an_env_var_chooses():
+    from minigrad.kernels import blas
+    with open("/proc/cpuinfo") as f:
+        intel = "GenuineIntel" in f.read(4096)
+    chosen = os.environ.get("MINIGRAD_BLAS", "").lower()
+    assert (chosen or ("mkl" if intel and blas._libraries("mkl") else "openblas")) == blas.NAME
+    assert blas.AVAILABLE
+    assert _blas_name({"MINIGRAD_BLAS": "openblas"})[0] == ["openblas", "True"]
+    if blas._libraries("mkl"):
+        assert _blas_name({"MINIGRAD_BLAS": "MKL"})[0] == ["mkl", "True"]
+    out, err = _blas_name({"MINIGRAD_BLAS": "cublas"})
+    assert out == [] and "MINIGRAD_BLAS='cublas': expected 'mkl' or 'openblas'" in err
+
+
+@pytest.mark.parametrize("shape", [(1, 100, 400), (7, 13, 5), (32, 128, 512), (3, 157, 64)])
+@pytest.mark.parametrize("layout", ["rows", "transposed", "column-slice"])
+def test_gemm_against_numpy_with_the_same_bits_at_any_alignment(shape, layout):
+    """py_gemm (the very call the Numba loops make) equals a float64 reference, with beta 0
+    and 1; and it gives the same bits whatever the arrays' alignment: what makes runs
+    deterministic, with either BLAS (MKL does not promise it outside its CNR mode)."""
+    from minigrad.kernels import blas
+    M, K, N = shape
+    rng = np.random.default_rng(M * K * N)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N) if layout != "transposed" else (N, K)).astype(np.float32)
+    b = b.T if layout == "transposed" else b
+    if layout == "column-slice":  # rows with a stride: a's columns 2..K+2 of a wider array
+        wide = rng.standard_normal((M, K + 5)).astype(np.float32)
+        wide[:, 2:K + 2] = a
+        a = wide[:, 2:K + 2]
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    c = rng.standard_normal((M, N)).astype(np.float32)
+    c1 = c.astype(np.float64) + ref
+    blas.py_gemm(a, b, c, 1.0)
+    np.testing.assert_allclose(c, c1, rtol=1e-4, atol=1e-4 * math.sqrt(K))
+    results = set()
+    for offset in (0, 1, 3, 8, 15):  # float32 elements: 4 to 60 bytes off a 64-byte line
+        def at(x, offset=offset):
+            buf = np.empty(x.size + 32, np.float32)
+            base = (-buf.ctypes.data // 4) % 16 + offset
+            y = buf[base:base + x.size].reshape(x.shape)
+            y[...] = x
+            return y
+        a2 = at(np.ascontiguousarray(a))
+        b2 = at(np.ascontiguousarray(b.T)).T if layout == "transposed" else at(b)
+        c2 = at(np.zeros((M, N), np.float32))
+        blas.py_gemm(a2, b2, c2, 0.0)
+        np.testing.assert_allclose(c2, ref, rtol=1e-4, atol=1e-4 * math.sqrt(K))
+        results.add(c2.tobytes())
+    assert len(results) == 1, f"{blas.NAME}: the same product differs with alignment"

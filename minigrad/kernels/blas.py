@@ -1,17 +1,26 @@
-"""GEMM from inside Numba: NumPy's own bundled OpenBLAS, called by symbol name.
+"""GEMM from inside Numba: one BLAS, called by symbol name.
 
-One BLAS and one thread pool for the whole process (Numba's ``np.dot`` would go to SciPy's
-OpenBLAS, a second pool: see ``shared/perf-notes.md``).  ``gemm32(a, b, c, beta)`` computes
-``c = a @ b + beta * c`` in float32 (the training dtype) for 2-D arrays whose rows are
-contiguous (column slices of a C-contiguous array are fine: the leading dimension is the
-row stride); b may instead have contiguous columns (a transposed weight, read as it is).
-``AVAILABLE`` is False on a NumPy build without the symbol; the
-recurrence compiler then keeps its loops in Python, where ``py_gemm`` calls ``numpy.dot``.
+Which (``NAME``): Intel's MKL when the ``mkl`` package is installed (``pip install
+minigrad[mkl]``; ``make`` installs it) and the CPU is Intel's, else NumPy's own bundled
+OpenBLAS; ``MINIGRAD_BLAS=mkl|openblas`` chooses.  On this project's Intel machine MKL ran the
+recurrent step's GEMMs (B of 16-64 rows) 1.3-1.6x faster than OpenBLAS (``shared/
+perf-notes.md``).  MKL runs sequential: minigrad splits a batch over its own threads, one
+GEMM thread each, and no second thread pool starts (Numba's ``np.dot`` would start SciPy's).
+Either gives the same bits whatever the arrays' alignment (``tests/test_kernels.py`` checks
+it), so runs are deterministic and loops run as Python and as Numba agree bit for bit.
+
+``gemm32(a, b, c, beta)`` computes ``c = a @ b + beta * c`` in float32 (the training dtype)
+for 2-D arrays whose rows are contiguous (column slices of a C-contiguous array are fine:
+the leading dimension is the row stride); b may instead have contiguous columns (a
+transposed weight, read as it is).  ``AVAILABLE`` is False on a NumPy build without the
+symbol; the recurrence compiler then keeps its loops in Python, where ``py_gemm`` calls
+``numpy.dot``.
 """
 
 import ctypes
 import glob
 import os
+import sys
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -19,31 +28,59 @@ from numba import types
 
 from minigrad.kernels.jit import inline
 
+_ARGS = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 3 + [
+    ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+    ctypes.c_float, ctypes.c_void_p, ctypes.c_int64]  # (both take 64-bit sizes)
+SYMBOLS = {"openblas": "scipy_cblas_sgemm64_", "mkl": "cblas_sgemm_64"}
 
-def _load_openblas():
-    """Make NumPy's bundled OpenBLAS symbols visible to Numba; its sgemm for ctypes (None
-    if there is none)."""
+
+def _libraries(name):
+    """The shared libraries that may hold ``name``'s sgemm."""
+    if name == "mkl":  # (the mkl package puts it in the environment's lib/)
+        return glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))
     here = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(here, "libscipy_openblas*.so*"))):
+    return sorted(glob.glob(os.path.join(here, "libscipy_openblas*.so*")))
+
+
+def _choose():
+    name = os.environ.get("MINIGRAD_BLAS", "").lower()
+    if name not in ("", "mkl", "openblas"):
+        raise ValueError(f"MINIGRAD_BLAS={name!r}: expected 'mkl' or 'openblas'")
+    if not name and _libraries("mkl") and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:  # (MKL on other vendors' CPUs is not measured)
+            name = "mkl" if "GenuineIntel" in f.read(4096) else ""
+    return name or "openblas"
+
+
+def _load(name):
+    """Make the BLAS's symbols visible to Numba; its sgemm for ctypes (None if absent)."""
+    for path in _libraries(name):
         try:
+            lib = ctypes.CDLL(path)
             llvm.load_library_permanently(path)
-        except RuntimeError:
+        except (OSError, RuntimeError):
             continue
-        if llvm.address_of_symbol("scipy_cblas_sgemm64_"):
-            f = ctypes.CDLL(path).scipy_cblas_sgemm64_
-            f.restype, f.argtypes = None, [ctypes.c_int32] * 3 + [ctypes.c_int64] * 3 + [
-                ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64]
+        if llvm.address_of_symbol(SYMBOLS[name]):
+            if name == "mkl":
+                lib.MKL_Set_Threading_Layer(1)  # sequential (before MKL's first call)
+            f = getattr(lib, SYMBOLS[name])
+            f.restype, f.argtypes = None, _ARGS
             return f
     return None
 
 
 # NOTE: Numba calls it by symbol name (ExternalFunction), not through a ctypes pointer: a
 # pointer is a "dynamic global" that stops Numba from caching the calling function on disk.
-_SGEMM = _load_openblas()
+NAME = _choose()
+_SGEMM = _load(NAME)
+if _SGEMM is None and NAME == "mkl":  # asked for, but not installed: say so, use OpenBLAS
+    import warnings
+    warnings.warn("MINIGRAD_BLAS=mkl, but MKL is not installed (pip install mkl): "
+                  "using NumPy's OpenBLAS", RuntimeWarning, stacklevel=2)
+    NAME, _SGEMM = "openblas", _load("openblas")
 AVAILABLE = _SGEMM is not None
 _i64, _i32, _p = types.int64, types.int32, types.intp
-_sgemm = types.ExternalFunction("scipy_cblas_sgemm64_", types.void(
+_sgemm = types.ExternalFunction(SYMBOLS[NAME], types.void(
     _i32, _i32, _i32, _i64, _i64, _i64, types.float32, _p, _i64, _p, _i64, types.float32, _p,
     _i64))
 
