@@ -4,9 +4,10 @@
 thread and splits its own work: a compiled recurrence runs the rows of its batch in
 ``n`` chunks at once (rows never interact, so no step needs a barrier; each chunk has its
 own weight-gradient buffers, summed in a fixed order), and a large GEMM runs in row blocks
-(:func:`dot`, :func:`dot_t`).  One BLAS thread per chunk means
-never more busy threads than ``n``: BLAS's own worker threads busy-wait between calls and,
-alternating with other threads, stalled them for milliseconds (``shared/perf-notes.md``).
+(:func:`dot`, :func:`dot_t`, each block through :func:`minigrad.kernels.blas.dot`).  One
+BLAS thread per chunk means never more busy threads than ``n``: BLAS's own worker threads
+busy-wait between calls and, alternating with other threads, stalled them for milliseconds
+(``shared/perf-notes.md``).
 
 Results are deterministic for a given thread count; across thread counts the weight
 gradients differ in round-off only (the chunks' sums are added in another grouping).
@@ -18,6 +19,8 @@ import threading
 
 import numpy as np
 import threadpoolctl
+
+from minigrad.kernels import blas
 
 MIN_ROWS = 8  # a chunk of a batch has at least this many rows: smaller ones do not pay
 MIN_FLOPS = 4e6  # a GEMM is split across threads in parts of at least this much work
@@ -97,24 +100,24 @@ def _bounds(n, work):
 def dot(a, b):
     """``a @ b`` for 2-D float arrays, its rows split across minigrad's threads."""
     if _threads == 1 or getattr(_inside, "flag", False):  # (most calls: no split to plan)
-        return np.dot(a, b)
+        return blas.dot(a, b)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * b.shape[1])
     if len(rows) == 1:
-        return np.dot(a, b)
+        return blas.dot(a, b)
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    parallel(lambda r: np.dot(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), rows)
+    parallel(lambda r: blas.dot(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), rows)
     return out
 
 
 def dot_t(a, g):
     """``aᵀ @ g`` (a sum over rows), as partial sums per thread added in a fixed order."""
     if _threads == 1 or getattr(_inside, "flag", False):
-        return np.dot(a.T, g)
+        return blas.dot(a.T, g)
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * g.shape[1])
     if len(rows) == 1:
-        return np.dot(a.T, g)
+        return blas.dot(a.T, g)
     parts = [None] * len(rows)
-    parallel(lambda i: parts.__setitem__(i, np.dot(a[slice(*rows[i])].T, g[slice(*rows[i])])),
+    parallel(lambda i: parts.__setitem__(i, blas.dot(a[slice(*rows[i])].T, g[slice(*rows[i])])),
              list(range(len(rows))))
     total = parts[0]
     for p in parts[1:]:

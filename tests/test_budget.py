@@ -16,15 +16,16 @@ Why these limits (code lines; today's counts in the README's table):
   Transformer's four fused rows (gelu, linear, layer_norm, attention: ~55 lines, each
   measured faster than its composition in ``benchmarks/bench_transformer.py``) raised the
   limit from 800.
-* **kernels ≤ 550**: the engine's (reductions, softmax and cross-entropy rows,
+* **kernels ≤ 560**: the engine's (reductions, softmax and cross-entropy rows,
   gather/scatter, fast tanh/sigmoid/exp, the generated-kernel loader) within the earlier
   450, plus ~170 for the Transformer rows' kernels (a float32 erf, GELU, layer-norm rows,
   the attention softmax and its VJP), plus ~15 for the optimizer's one-pass kernels (Adam's
   update and a gradient norm's sum of squares: 13 array operations per parameter became
-  one call, Adam + clipping 0.5 → 0.2 ms of the names demo's ~5 ms step), plus ~25 for
-  choosing the loops' BLAS (MKL when installed on an Intel CPU: the names demo's step 10-18 %
-  and config B's 30 % faster than with OpenBLAS): room for the compiler's shared runtime
-  helpers, not for a second hand-fused cell.
+  one call, Adam + clipping 0.5 → 0.2 ms of the names demo's ~5 ms step), plus ~35 for
+  choosing one BLAS for the loops' GEMMs and the large products outside them (MKL when
+  installed on an Intel CPU: the names demo's LSTM step ~10 %, config B's ~22 % and K's
+  ~17 % faster than with OpenBLAS): room for the compiler's shared runtime helpers, not for
+  a second hand-fused cell.
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.

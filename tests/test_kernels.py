@@ -641,3 +641,31 @@ def test_gemm_against_numpy_with_the_same_bits_at_any_alignment(shape, layout):
         np.testing.assert_allclose(c2, ref, rtol=1e-4, atol=1e-4 * math.sqrt(K))
         results.add(c2.tobytes())
     assert len(results) == 1, f"{blas.NAME}: the same product differs with alignment"
+
+
+@pytest.mark.parametrize("layouts", [("C", "C"), ("F", "C"), ("C", "F"), ("F", "F")])
+@pytest.mark.parametrize("shape", [(640, 128, 512), (3, 5, 7), (1, 2048, 600)])
+def test_dot_equals_numpy_and_big_float32_products_take_the_loops_blas(shape, layouts,
+                                                                        monkeypatch):
+    """blas.dot (threads.dot and dot_t call it: the head, its gradients, every weight
+    gradient) equals numpy.dot, with and without ``out``; a float32 product of at least BIG
+    multiply-adds goes to MKL when MKL is the loops' BLAS — counted, so a silent fallback
+    to NumPy fails — and anything smaller or other goes to NumPy."""
+    from minigrad.kernels import blas
+    calls = []
+    if blas._SGEMM is not None:
+        real = blas._SGEMM
+        monkeypatch.setattr(blas, "_SGEMM", lambda *args: calls.append(args) or real(*args))
+    M, K, N = shape
+    rng = np.random.default_rng(M + K + N)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in ((M, K), (K, N)))
+    a, b = (np.asfortranarray(x) if lay == "F" else x for x, lay in zip((a, b), layouts))
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(blas.dot(a, b), ref, rtol=1e-4, atol=1e-4 * math.sqrt(K))
+    out = np.full((M, N), np.nan, np.float32)
+    assert blas.dot(a, b, out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * math.sqrt(K))
+    a64 = a.astype(np.float64)  # (not float32: NumPy, whatever the size)
+    np.testing.assert_array_equal(blas.dot(a64, b), np.dot(a64, b))
+    big = M * K * N >= blas.BIG
+    assert len(calls) == (2 if big and blas.NAME == "mkl" else 0)

@@ -109,3 +109,23 @@ def py_gemm(a, b, c, beta):
         c[...] = np.dot(a, b)
     else:
         c += np.dot(a, b)
+
+
+BIG = 1 << 20  # multiply-adds; below, MKL's larger cost per call outweighs its speed
+
+
+def dot(a, b, out=None):
+    """``a @ b`` for 2-D arrays (into ``out``, C-contiguous, if given): float32 products of
+    at least ``BIG`` multiply-adds of C- or F-contiguous operands through MKL when it is the
+    loops' BLAS (the head, its gradients, the weight gradients after a loop: 15-20 % faster
+    than NumPy's OpenBLAS here); everything else through ``numpy.dot``."""
+    if NAME != "mkl" or not a.dtype == b.dtype == np.float32 or \
+            a.shape[0] * a.shape[1] * b.shape[1] < BIG or \
+            not all(x.flags.c_contiguous or x.flags.f_contiguous for x in (a, b)):
+        return np.dot(a, b, out=out)
+    out = np.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
+    (ta, lda), (tb, ldb) = [(111, x.shape[1]) if x.flags.c_contiguous else (112, x.shape[0])
+                            for x in (a, b)]
+    _SGEMM(101, ta, tb, a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data, lda,
+           b.ctypes.data, ldb, 0.0, out.ctypes.data, out.strides[0] // 4)
+    return out
