@@ -359,12 +359,12 @@ def machine_lines(others):
 
         for lib in threadpoolctl.threadpool_info():
             if lib.get("user_api") == "blas":
-                lines.append(f"- NumPy's BLAS (minigrad's outside its loops, and the floor's): "
+                lines.append(f"- NumPy's BLAS (the floor's; minigrad's for small products): "
                              f"{lib.get('internal_api')} {lib.get('version')}")
         loops = subprocess.run([sys.executable, "-c", "from minigrad.kernels import blas; "
                                 "print(blas.NAME)"], capture_output=True, text=True, timeout=120)
-        lines.append(f"- minigrad's compiled loops' GEMMs: {loops.stdout.strip()} "
-                     "(`minigrad.kernels.blas`)")
+        lines.append(f"- minigrad's GEMMs in its compiled loops and float32 products of ≥ 2²⁰ "
+                     f"multiply-adds: {loops.stdout.strip()} (`minigrad.kernels.blas`)")
     except Exception:  # informative only
         pass
     return lines

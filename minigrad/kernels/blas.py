@@ -73,9 +73,9 @@ def _load(name):
 # pointer is a "dynamic global" that stops Numba from caching the calling function on disk.
 NAME = _choose()
 _SGEMM = _load(NAME)
-if _SGEMM is None and NAME == "mkl":  # asked for, but not installed: say so, use OpenBLAS
+if _SGEMM is None and NAME == "mkl":  # not installed (or too old): say so, use OpenBLAS
     import warnings
-    warnings.warn("MINIGRAD_BLAS=mkl, but MKL is not installed (pip install mkl): "
+    warnings.warn("minigrad: MKL's cblas_sgemm_64 was not found (pip install 'mkl>=2024'): "
                   "using NumPy's OpenBLAS", RuntimeWarning, stacklevel=2)
     NAME, _SGEMM = "openblas", _load("openblas")
 AVAILABLE = _SGEMM is not None
