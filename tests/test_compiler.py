@@ -70,6 +70,26 @@ class SoftmaxRNN(RNNCell):
         return s * z.tanh() + 0.1 * (s * a).sum(axis=1, keepdims=True)
 
 
+class ViewsCell(Module):
+    """Column views of a step's GEMM that overlap (z) or leave columns unread (y), and a
+    concat that feeds no GEMM: their reverses pad with zeros, fill gaps and slice."""
+
+    def __init__(self, input_size, hidden_size, dtype=np.float32):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        H, I = hidden_size, input_size
+        self.W = init.rnn_uniform_(Parameter(np.zeros((H + I, 2 * H + 2), dtype)), H)
+        self.V = init.rnn_uniform_(Parameter(np.zeros((H, 2 * H + 1), dtype)), H)
+
+    def forward(self, x, a):
+        H = self.hidden_size
+        z = mg.concat([a, x], axis=1) @ self.W
+        p, q = z[:, :H].tanh(), z[:, H // 2:H // 2 + H].sigmoid()  # overlapping columns
+        y = a @ self.V  # column H is never read: its cotangent is a gap of zeros
+        u = mg.concat([p * y[:, :H].tanh(), y[:, H + 1:2 * H + 1]], axis=1)
+        return q * u[:, :H] + (1 - q) * u[:, H:].tanh()
+
+
 class Branchy(RNNCell):
     """Python control flow on a tensor's value: cannot be traced into a fixed program."""
 
@@ -79,7 +99,7 @@ class Branchy(RNNCell):
 
 
 CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
-              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k)})
+              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k), "views": ViewsCell})
 
 
 # ------------------------------------------------------------------ compiled = eager

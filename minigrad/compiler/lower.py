@@ -17,7 +17,9 @@ Equations on constants only form the *prologue*, run once before the loop.  What
 outside the op that makes it, bound by the caller or kept for every step gets memory.
 """
 
-from minigrad.compiler.ir import INVARIANT, Var, column_range, stages
+from itertools import accumulate
+
+from minigrad.compiler.ir import INVARIANT, Eqn, Var, column_range, stages
 from minigrad.core import ops
 
 
@@ -43,8 +45,10 @@ class Lowered:
         stage, self.prog, self.stored = stages(prog), prog, set(stored)
         self.prologue = [e for e in prog.eqns if stage[e.outs[0]] == INVARIANT]
         self.consts = set(prog.consts) | {v for e in self.prologue for v in e.outs}
-        self.views, self.alias = {}, {}
-        body = [e for e in prog.eqns if stage[e.outs[0]] != INVARIANT and not self._view(e)]
+        self.views, self.alias, same = {}, {}, {}
+        body = [e for e in prog.eqns if stage[e.outs[0]] != INVARIANT and not self._view(e, same)]
+        body = [Eqn(e.prim, [same.get(a, a) if isinstance(a, Var) else a for a in e.args], e.outs)
+                for e in body]  # (a view of one whole part of a concat is that part)
         self.ops = self._schedule(self._accumulators(body))
         self.outside = set(prog.outs + prog.ys) | set(stored) | {
             a for pairs in self.outers.values() for pair in pairs for a in pair}
@@ -63,12 +67,18 @@ class Lowered:
         base, off = self.base(b)
         return base, off + c0
 
-    def _view(self, e):
+    def _view(self, e, same):
         cols = column_range(e)
         bound = self.stored | set(self.prog.outs + self.prog.ys)
         if cols is not None and any(v in bound for v, _, _ in cols):
             return False  # a value the caller binds is copied (a generic getitem)
+        cat = next((c for c in self.prog.eqns if e.args and e.args[0] in c.outs), None)
+        ok = cat is not None and cat.prim is ops.CONCAT and cat.params["axis"] in (1, -1)
+        ends = [0, *accumulate(p.shape[-1] for p in cat.ins)] if ok else []
+        parts = dict(zip(zip(ends, ends[1:]), cat.ins)) if ok else {}  # {(c0, c1): part}
         for v, c0, c1 in cols or ():
+            if (c0, c1) in parts:
+                same[v] = same.get(parts[c0, c1], parts[c0, c1])
             self.views[v] = (e.args[0], c0, c1)
         return cols is not None
 
