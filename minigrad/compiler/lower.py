@@ -45,8 +45,9 @@ class Lowered:
         stage, self.prog, self.stored = stages(prog), prog, set(stored)
         self.prologue = [e for e in prog.eqns if stage[e.outs[0]] == INVARIANT]
         self.consts = set(prog.consts) | {v for e in self.prologue for v in e.outs}
-        self.views, self.alias, same = {}, {}, {}
-        body = [e for e in prog.eqns if stage[e.outs[0]] != INVARIANT and not self._view(e, same)]
+        self.views, self.alias, same, prod = {}, {}, {}, {v: e for e in prog.eqns for v in e.outs}
+        body = [e for e in prog.eqns if stage[e.outs[0]] != INVARIANT and
+                not self._view(e, same, prod)]
         body = [Eqn(e.prim, [same.get(a, a) if isinstance(a, Var) else a for a in e.args], e.outs)
                 for e in body]  # (a view of one whole part of a concat is that part)
         self.ops = self._schedule(self._accumulators(body))
@@ -67,12 +68,12 @@ class Lowered:
         base, off = self.base(b)
         return base, off + c0
 
-    def _view(self, e, same):
+    def _view(self, e, same, prod):
         cols = column_range(e)
         bound = self.stored | set(self.prog.outs + self.prog.ys)
         if cols is not None and any(v in bound for v, _, _ in cols):
             return False  # a value the caller binds is copied (a generic getitem)
-        cat = next((c for c in self.prog.eqns if e.args and e.args[0] in c.outs), None)
+        cat = prod.get(e.args[0]) if e.args and isinstance(e.args[0], Var) else None
         ok = cat is not None and cat.prim is ops.CONCAT and cat.params["axis"] in (1, -1)
         ends = [0, *accumulate(p.shape[-1] for p in cat.ins)] if ok else []
         parts = dict(zip(zip(ends, ends[1:]), cat.ins)) if ok else {}  # {(c0, c1): part}
