@@ -17,7 +17,8 @@ The processes start from minigrad's initial weights; before any timing, their lo
 the first 4 steps (3 SGD updates) must agree (relative 1e-5, and the loss's fall within
 1 %), or the run stops.  Then interleaved rounds: each round times every framework (and the
 step's GEMMs alone, through NumPy's BLAS, in minigrad's process) for a window of steps; the
-table shows the median round.  Peak RSS is each process's own.  First steps run in fresh
+table shows the median round.  Peak RSS is each process's own (minigrad's without the
+floor's operands).  First steps run in fresh
 processes: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same directory
 (warm), then, cold, a new hidden size after the first; JAX's first step is its compile.
 
@@ -79,6 +80,28 @@ def _peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _peak_without(make_floor, step):
+    """(floor, peak): the GEMM floor's ``run``, and the peak RSS (MiB) of everything but the
+    floor's operands (~190 MiB at C, which torch's and JAX's processes do not hold): the
+    peak before they were made, or, after they are freed and the high-water mark is reset
+    (``/proc/self/clear_refs``), two more steps'.  Where the mark cannot be reset, the peak
+    with them (an overstatement, never an under-)."""
+    before, held = _peak_mib(), [make_floor()]
+
+    def peak():
+        held.clear()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return _peak_mib()
+        step()
+        step()
+        return max(before, _peak_mib())
+
+    return (lambda: held[0]()), peak
+
+
 def _send(obj):
     print(_TAG + json.dumps(obj), flush=True)
 
@@ -127,12 +150,12 @@ def child_main(spec):
         _send(out)
         return
     losses = [loss] + [step() for _ in range(VERIFY_STEPS - 1)]
-    floor = None
+    floor, peak = None, _peak_mib
     if spec["framework"] == "minigrad":
         import minigrad.compiler
 
         minigrad.compiler.wait()  # the Numba loops, compiled in the background, are in use
-        floor = peers.gemm_floor(cfg, spec["cell"])
+        floor, peak = _peak_without(lambda: peers.gemm_floor(cfg, spec["cell"]), step)
     _send({"losses": losses})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -143,7 +166,7 @@ def child_main(spec):
         for _ in range(cmd["n"]):
             loss = fn()
         _send({"seconds": time.perf_counter() - t0, "loss": loss})
-    _send({"rss": _peak_mib()})
+    _send({"rss": peak()})
 
 
 # ------------------------------------------------------------------------ parent side
