@@ -2,15 +2,17 @@
 
 ``mg.set_num_threads(n)`` gives minigrad n threads.  It then keeps NumPy's BLAS at one
 thread and splits its own work: a compiled recurrence runs the rows of its batch in
-``n`` chunks at once (rows never interact, so no step needs a barrier; each chunk has its
-own weight-gradient buffers, summed in a fixed order), and a large GEMM runs in row blocks
-(:func:`dot`, :func:`dot_t`, each block through :func:`minigrad.kernels.blas.dot`).  One
+``n`` chunks at once (rows never interact, so no step needs a barrier; each chunk works
+in its own rows of the shared (T, B, ...) arrays and keeps its own in-loop sums, added in a
+fixed order), and a large GEMM — the loops' weight gradients after the loop among them —
+runs in row blocks (:func:`dot`, :func:`dot_t`, each block through
+:func:`minigrad.kernels.blas.dot`, partial sums added in a fixed order).  One
 BLAS thread per chunk means never more busy threads than ``n``: BLAS's own worker threads
 busy-wait between calls and, alternating with other threads, stalled them for milliseconds
 (``shared/perf-notes.md``).
 
 Results are deterministic for a given thread count; across thread counts the weight
-gradients differ in round-off only (the chunks' sums are added in another grouping).
+gradients differ in round-off only (the partial sums are added in another grouping).
 Without a call, minigrad uses one thread of its own and leaves BLAS its default.
 """
 

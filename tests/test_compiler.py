@@ -448,9 +448,8 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
     out = step._fwd(*params, x, *init, mask, reverse, None, ctx)
     env, r = ctx["env"], int(reverse)
     step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, ctx)  # fills ctx
-    (chunk,) = ctx["chunks"]
-    generated = step._loop_cotangents(chunk, r, T)
-    env.update((f"H{i}", chunk[f"H{i}"]) for i in range(n))
+    generated = step._loop_cotangents(ctx["full"], r, T)
+    env.update((f"H{i}", ctx["full"][f"H{i}"]) for i in range(n))
     interpreted, carry = _interpreted_loop(step, env, G, T, reverse)
     for v in generated:
         np.testing.assert_allclose(interpreted[v], generated[v], rtol=1e-10, atol=1e-12)

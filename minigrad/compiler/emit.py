@@ -12,7 +12,8 @@ The generated code's names, in one place:
   one (swapped after each step), ``H*`` a state history (T + 1 steps: ``h0_prev`` is the
   state a step starts from), ``S*`` values kept for the reverse loop, ``G*`` ∂L/∂ of the
   outputs, ``Z`` ∂L/∂a<t> for ``retain_states``; a per-step array bound to step t is lower
-  case (``x0 = X0[t]``);
+  case (``x0 = np.ascontiguousarray(X0[t])``: a thread's chunk of rows of a (T, B, n)
+  array, contiguous at every t);
 * ``v_<name>`` a value of the program (memory or, in kernels, a register);
 * kernels ``fused<j>(B, N, p0.., o0..)``: ``p*`` arrays, ``o*`` column offsets that are not
   a multiple of the row width N, ``r_``/``s_``/``q_`` a row read, a scalar read, a
@@ -72,7 +73,9 @@ class Emitter:
         for v, (arg, index) in binds.items():
             if index is not None and (arg, index) not in steps:
                 local = arg.lower() + ("_prev" if index == "t + r" else "")
-                steps[arg, index] = (local, f"{local} = {arg}[{index}]")
+                # (a chunk's rows of a (T, B, n) array: contiguous at every t, not as a
+                # whole; typed contiguous, by a check at run time, the kernels vectorize)
+                steps[arg, index] = (local, f"{local} = np.ascontiguousarray({arg}[{index}])")
             self.where[v] = arg if index is None else steps[arg, index][0]
         for v in sorted(low.memory - set(self.where), key=lambda v: v.name):
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)

@@ -179,57 +179,52 @@ class CompiledStep:
         env.update(zip(self.program.xs, (x, mask)))
         _run(self.pre + self.fwd.prologue, env)
         self._start_compiling()
-        chunks = ctx["chunks"] = [{"rows": rows} for rows in threads.batch_chunks(B)]
-        for c in chunks:
-            b0, b1 = c["rows"]
-            for a, v in self.fargs:
-                if a[0] == "X":
-                    c[a] = np.ascontiguousarray(env[v][:, b0:b1])
-            for i, h in enumerate(init):
-                c[f"H{i}"] = np.empty((T + 1, b1 - b0) + h.shape[1:], dt)
-                c[f"H{i}"][T if r else 0] = h[b0:b1]
-            for i, v in enumerate(self.kept):
-                c[f"S{i}"] = np.empty((T, b1 - b0) + v.shape[1:], dt)
+        full = ctx["full"] = {a: np.ascontiguousarray(env[v]) for a, v in self.fargs
+                              if a[0] == "X"}
+        for i, h in enumerate(init):
+            full[f"H{i}"] = np.empty((T + 1, B) + h.shape[1:], dt)
+            full[f"H{i}"][T if r else 0] = h
+        for i, v in enumerate(self.kept):
+            full[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
+        chunks = ctx["chunks"] = [_rows(full, rows) for rows in threads.batch_chunks(B)]
         threads.parallel(lambda c: self._loop("forward", c["rows"][1] - c["rows"][0], T, r, r,
                                                  self.dims, *self._arrays(self.fargs, c, env)),
                          chunks)
-        return tuple(_stitch([c[f"H{i}"][1 - r:T + 1 - r] for c in chunks], chunks)
-                     for i in range(len(init)))
+        return tuple(full[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
         *arrays, mask, reverse, retain, ctx = arrays
-        env, chunks, r = ctx["env"], ctx["chunks"], int(reverse)
-        T = out[0].shape[0]
+        env, full, r, dt = ctx["env"], ctx["full"], int(reverse), self.dtype
+        T, B = out[0].shape[:2]
         _run(self.rev.prologue, env)
-        threads.parallel(lambda c: self._chunk_vjp(c, g, env, T, r, retain is not None), chunks)
-        for t, ret in enumerate(retain or ()):
-            ret.grad = _stitch([c["Z"][t] for c in chunks], chunks, axis=0)
-        cot = {v: _stitch([c["cot"][v] for c in chunks], chunks) for v in self.dxs}
-        for v in self.dconsts:  # private sums, added in a fixed order
-            cot[v] = chunks[0]["cot"][v]
-            for c in chunks[1:]:
-                cot[v] = cot[v] + c["cot"][v]
-        carried = [_stitch([c["carried"][i] for c in chunks], chunks, axis=0)
-                   for i in range(len(out))]
-        return self._pre_vjp(env, cot, carried)
-
-    def _chunk_vjp(self, c, g, env, T, r, retain):
-        """One chunk's reverse loop and its loop cotangents (its own weight gradients)."""
-        (b0, b1), dt = c["rows"], self.dtype
-        Bc = b1 - b0
         for i, v in enumerate(self.reverse.state):
-            gi = None if g[i] is None else np.ascontiguousarray(g[i][:, b0:b1])
-            c[f"G{i}"] = np.zeros((T, Bc) + v.shape[1:], dt) if gi is None else gi
+            full[f"G{i}"] = np.zeros((T, B) + v.shape[1:], dt) if g[i] is None else \
+                np.ascontiguousarray(g[i])
         for arg, shape in self.buffers.items():
-            c[arg] = (np.zeros if arg[0] == "C" else np.empty)(
-                (Bc,) + shape if arg[0] in "CN" else (T, Bc) + shape, dt)
+            full[arg] = (np.zeros if arg[0] == "C" else np.empty)(
+                (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
+        full["Z"] = np.empty((T if retain else 1, B) + self.reverse.state[0].shape[1:], dt)
+        chunks = [_rows(full, c["rows"]) for c in ctx["chunks"]]
+        threads.parallel(lambda c: self._chunk_vjp(c, env, T, r), chunks)
+        for t, ret in enumerate(retain or ()):
+            ret.grad = full["Z"][t]
+        for v in self.reverse.acc:  # the chunks' private sums, added in a fixed order
+            if v in self.rbind:
+                arg = self.rbind[v][0]
+                full[arg] = chunks[0][arg]
+                for c in chunks[1:]:
+                    full[arg] = full[arg] + c[arg]
+        carried = [_stitch([c["carried"][i] for c in chunks], chunks)
+                   for i in range(len(out))]
+        return self._pre_vjp(env, self._loop_cotangents(full, r, T), carried)
+
+    def _chunk_vjp(self, c, env, T, r):
+        """One chunk's reverse loop, with its own accumulators (in-loop sums)."""
         for v in self.reverse.acc:
             if v in self.rbind:
-                c[self.rbind[v][0]] = np.zeros(v.shape, dt)
-        c["Z"] = np.empty((T if retain else 1, Bc) + self.reverse.state[0].shape[1:], dt)
-        c["carried"] = self._loop("backward", Bc, T, 1 - r, r, self.dims,
-                                  *self._arrays(self.rargs, c, env))
-        c["cot"] = self._loop_cotangents(c, r, T)
+                c[self.rbind[v][0]] = np.zeros(v.shape, self.dtype)
+        c["carried"] = self._loop("backward", c["rows"][1] - c["rows"][0], T, 1 - r, r,
+                                  self.dims, *self._arrays(self.rargs, c, env))
 
     @staticmethod
     def _arrays(args, chunk, env):
@@ -325,14 +320,20 @@ def _arg_list(bind):
 
 
 
-def _stitch(parts, chunks, axis=1):
-    """The chunks' rows put back together (the part itself when there is one chunk)."""
+def _rows(full, rows):
+    """A chunk: rows b0..b1 of every (T, B, ...) array and (B, ...) buffer in ``full``."""
+    b0, b1 = rows
+    return {"rows": rows, **{a: x[b0:b1] if a[0] in "CN" else x[:, b0:b1]
+                             for a, x in full.items()}}
+
+
+def _stitch(parts, chunks):
+    """The chunks' (rows, ...) parts put back together (the part itself for one chunk)."""
     if len(parts) == 1:
         return parts[0]
-    out = np.empty(parts[0].shape[:axis] + (chunks[-1]["rows"][1],) + parts[0].shape[axis + 1:],
-                   parts[0].dtype)
+    out = np.empty((chunks[-1]["rows"][1],) + parts[0].shape[1:], parts[0].dtype)
     for p, c in zip(parts, chunks):
-        out[(slice(None),) * axis + (slice(*c["rows"]),)] = p
+        out[slice(*c["rows"])] = p
     return out
 
 
