@@ -187,9 +187,8 @@ class CompiledStep:
         for i, v in enumerate(self.kept):
             full[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
         chunks = ctx["chunks"] = [_rows(full, rows) for rows in threads.batch_chunks(B)]
-        threads.parallel(lambda c: self._loop("forward", c["rows"][1] - c["rows"][0], T, r, r,
-                                                 self.dims, *self._arrays(self.fargs, c, env)),
-                         chunks)
+        work = [(c["rows"][1] - c["rows"][0], self._arrays(self.fargs, c, env)) for c in chunks]
+        threads.parallel(lambda w: self._loop("forward", w[0], T, r, r, self.dims, *w[1]), work)
         return tuple(full[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
@@ -205,7 +204,13 @@ class CompiledStep:
                 (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
         full["Z"] = np.empty((T if retain else 1, B) + self.reverse.state[0].shape[1:], dt)
         chunks = [_rows(full, c["rows"]) for c in ctx["chunks"]]
-        threads.parallel(lambda c: self._chunk_vjp(c, env, T, r), chunks)
+        for c in chunks:
+            c.update((self.rbind[v][0], np.zeros(v.shape, dt)) for v in self.reverse.acc
+                     if v in self.rbind)  # (each chunk's own sums)
+            c["args"] = self._arrays(self.rargs, c, env)
+        threads.parallel(lambda c: c.update(carried=self._loop(
+            "backward", c["rows"][1] - c["rows"][0], T, 1 - r, r, self.dims, *c["args"])),
+            chunks)
         for t, ret in enumerate(retain or ()):
             ret.grad = full["Z"][t]
         for v in self.reverse.acc:  # the chunks' private sums, added in a fixed order
@@ -218,23 +223,17 @@ class CompiledStep:
                    for i in range(len(out))]
         return self._pre_vjp(env, self._loop_cotangents(full, r, T), carried)
 
-    def _chunk_vjp(self, c, env, T, r):
-        """One chunk's reverse loop, with its own accumulators (in-loop sums)."""
-        for v in self.reverse.acc:
-            if v in self.rbind:
-                c[self.rbind[v][0]] = np.zeros(v.shape, self.dtype)
-        c["carried"] = self._loop("backward", c["rows"][1] - c["rows"][0], T, 1 - r, r,
-                                  self.dims, *self._arrays(self.rargs, c, env))
-
     @staticmethod
     def _arrays(args, chunk, env):
         """A loop's arrays: a chunk's own; constants from the values before the loop, made
-        contiguous once per call.  NOTE: a weight read transposed cost BLAS 20-40 % per step
-        at these sizes (benchmarks: 82 against 106 GFLOP/s at 64x128x512); one copy is less."""
-        for a, v in args:  # (copied once per call: the reverse loop reads the same array)
-            if a[0] == "K" and not env[v].flags.c_contiguous:
-                env[v] = env[v].copy()
-        return [env[v] if a[0] == "K" else chunk[a] for a, v in args]
+        contiguous once per call (kept beside them: a transposed view of the original, as
+        the reverse's weight is, copies 5-8x faster than one of the copy).  NOTE: a weight
+        read transposed cost BLAS 20-40 % per step at these sizes (benchmarks: 82 against 106
+        GFLOP/s at 64x128x512); one copy is less."""
+        for a, v in args:
+            if a[0] == "K" and (v, "C") not in env:
+                env[v, "C"] = np.ascontiguousarray(env[v])
+        return [env[v, "C"] if a[0] == "K" else chunk[a] for a, v in args]
 
     def _stack(self, v, env, r, T, bind):
         """All steps' values of v, (T, B, n), in time order."""
