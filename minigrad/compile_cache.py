@@ -142,6 +142,11 @@ def write_text(path, text):
 
 # --------------------------------------------------------------------------- generated modules
 
+def module_name(source):
+    """A generated module's name: ``mg_<hash of its text>``."""
+    return "mg_" + hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
 def load_kernels(source):
     """The module made of ``source``, a generated kernel module (once per process), written
     as ``mg_<hash of its text>.py`` in the cache, where Numba keeps its machine code.
@@ -149,7 +154,7 @@ def load_kernels(source):
     The file is for people (to read, and for tracebacks): what runs is always the text
     minigrad generated, never the file's.  A file whose text differs (damaged, or edited by
     hand) is rewritten, with one warning naming it."""
-    name = "mg_" + hashlib.sha1(source.encode()).hexdigest()[:16]
+    name = module_name(source)
     with _LOADING:
         if name in sys.modules:
             return sys.modules[name]

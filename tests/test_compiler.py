@@ -1,6 +1,7 @@
 """The recurrence compiler: compiled equals eager, every rewrite preserves values, a cell of
 the user's own compiles, and a cell that cannot compile says why and runs eagerly."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -676,6 +677,24 @@ def test_a_new_hidden_or_input_size_reuses_the_compiled_code(name):
     assert steps[0].kernel_source == steps[1].kernel_source == steps[2].kernel_source
     assert steps[0]._numba is steps[1]._numba is steps[2]._numba  # one module, compiled once
     assert [list(s.dims) for s in steps][1] != list(steps[0].dims)
+
+
+def test_a_kernel_the_same_as_another_layers_is_compiled_once(capfd):
+    """A deep stack's layers run different loops (the first reads ids, the next vectors) with
+    the same kernels; each kernel is a module named by its text (values named by first use),
+    so the second layer uses the first's compiled kernels, and the compile is announced once."""
+    from models.language_model import LanguageModel
+    mg.manual_seed(25)
+    lm = LanguageModel(11, 7, cell="gru", num_layers=2)  # float32: Numba kernels
+    loss, _ = lm.loss(np.random.default_rng(25).integers(3, 11, (4, 5)))
+    loss.backward()
+    cache = sys.modules["minigrad.compiler.scan"]._CACHE
+    steps = [next(iter(cache[layer.cell].values())) for layer in lm.rnn.layers]
+    assert steps[0].source != steps[1].source
+    kernels = [{n: getattr(s._numba, n) for n in dir(s._numba) if n.startswith("fused")}
+               for s in steps]
+    assert len(kernels[0]) == 4 and kernels[0] == kernels[1]
+    assert capfd.readouterr().err.count("compiling GRUCell's kernels") <= 1
 
 
 def test_large_products_are_split_across_threads(two_threads, monkeypatch):

@@ -14,16 +14,18 @@ The generated code's names, in one place:
   outputs, ``Z`` ∂L/∂a<t> for ``retain_states``; a per-step array bound to step t is lower
   case (``x0 = np.ascontiguousarray(X0[t])``: a thread's chunk of rows of a (T, B, n)
   array, contiguous at every t);
-* ``v_<name>`` a value of the program (memory or, in kernels, a register);
-* kernels ``fused<j>(B, N, p0.., o0..)``: ``p*`` arrays, ``o*`` column offsets that are not
-  a multiple of the row width N, ``r_``/``s_``/``q_`` a row read, a scalar read, a
-  row written; ``DT``, ``ONE``, ``ZERO`` the dtype and its constants.
+* ``v_<name>`` a value of the program (in a loop's memory);
+* kernels ``fused<j>(B, N, p0.., o0..)`` (each in a module of its own, where it is
+  ``fused`` and its values are ``v0``, ``v1``, ... by first use): ``p*`` arrays, ``o*``
+  column offsets that are not a multiple of the row width N, ``r_``/``s_``/``q_`` a row
+  read, a scalar read, a row written; ``DT``, ``ONE``, ``ZERO`` the dtype and its constants.
 """
 
 import re
 
 import numpy as np
 
+from minigrad.compile_cache import module_name
 from minigrad.compiler.ir import Var
 from minigrad.compiler.lower import shape_kind
 from minigrad.core import ops
@@ -123,27 +125,27 @@ class Emitter:
         return lines
 
     def fused(self, g, _=None):
-        j, self.count = self.count, self.count + 1
+        j = len(self.kernels)
         k = _KArgs(g.n, self)
         reads, body = [], []
         for v in g.ins:
             reads.append(self._read(k, v, g.n))
-            body.append(f"{ident(v)} = " + (f"s_{ident(v)}" if shape_kind(v, g.n) in
-                                              ("col", "scalar") else f"r_{ident(v)}[j]"))
+            body.append(f"{k.name(v)} = " + (f"s_{k.name(v)}" if shape_kind(v, g.n) in
+                                               ("col", "scalar") else f"r_{k.name(v)}[j]"))
         for e in g.eqns:
             body += self._compute(k, e, g.n)
         for v in g.outs:
             b, off = self.low.base(v)
-            reads.append(f"q_{ident(v)} = {k.row(self.where[b], off)}")
-            body.append(f"q_{ident(v)}[j] = {ident(v)}")
+            reads.append(f"q_{k.name(v)} = {k.row(self.where[b], off)}")
+            body.append(f"q_{k.name(v)}[j] = {k.name(v)}")
         self.kernels.append("\n".join(
-            ["@kernel", f"def fused{j}(B, N, {k.params()}):", "    for b in range(B):"]
+            ["@kernel", f"def fused(B, N, {k.params()}):", "    for b in range(B):"]
             + ["        " + s for s in reads] + ["        for j in range(N):"]
             + ["            " + s for s in body]) + "\n")
         return [f"fused{j}(B, {self.size(g.n)}, {k.call()})"]
 
     def _read(self, k, v, n):
-        kind, x = shape_kind(v, n), ident(v)
+        kind, x = shape_kind(v, n), k.name(v)
         b, off = self.low.base(v)
         if kind == "row":
             return f"r_{x} = {k.row(self.where[b], off)}"
@@ -154,12 +156,12 @@ class Emitter:
         return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
     def _compute(self, k, e, n):
-        out = ident(e.outs[0])
+        out = k.name(e.outs[0])
         if e.prim is ops.CONCAT:  # the pieces, side by side in the output's memory
             b, off = self.low.base(e.outs[0])
-            return [f"{k.array(self.where[b])}[b, {k.offset(off + i * n)} + j] = {ident(a)}"
+            return [f"{k.array(self.where[b])}[b, {k.offset(off + i * n)} + j] = {k.name(a)}"
                     for i, a in enumerate(e.ins)]
-        args = [ident(a) if isinstance(a, Var) else lit(a) for a in e.args]
+        args = [k.name(a) if isinstance(a, Var) else lit(a) for a in e.args]
         return [f"{out} = {e.prim.scalar(*args)}"]
 
 
@@ -169,7 +171,11 @@ class _KArgs:
     every size), any other is passed as an integer from ``D``."""
 
     def __init__(self, n, emitter):
-        self.n, self.em, self.arrays, self.ints = n, emitter, {}, []
+        self.n, self.em, self.arrays, self.ints, self.names = n, emitter, {}, [], {}
+
+    def name(self, v):
+        """A value's name in the kernel, by first use (the same kernel, the same text)."""
+        return self.names.setdefault(v, f"v{len(self.names)}")
 
     def array(self, expr):
         return self.arrays.setdefault(expr, f"p{len(self.arrays)}")
@@ -194,10 +200,15 @@ class _KArgs:
         return ", ".join([*self.arrays, *self.ints])
 
 
-def kernel_module(dtype, kernels, loops=()):
-    """The source of a generated module: its kernels, then (for Numba) its loops."""
-    src = KERNEL_HEADER.format(dtype=np.dtype(dtype).name) + "\n\n" + "\n\n".join(kernels)
+def kernel_modules(dtype, kernels, loops=()):
+    """The sources of the generated modules: one per kernel (named by its text: a kernel the
+    same as another cell's or layer's is compiled once), then the one that imports them as
+    ``fused<j>`` and (for Numba) holds the loops."""
+    head = KERNEL_HEADER.format(dtype=np.dtype(dtype).name)
+    texts = [head + "\n\n" + k for k in kernels]
+    src = head + "".join(f"from {module_name(t)} import fused as fused{j}\n"
+                         for j, t in enumerate(texts))
     if loops:
         src += f"\nfrom minigrad.kernels.blas import gemm32 as gemm  # {blas.NAME}\n\n\n" + \
             "\n\n".join(f"@kernel\n{loop}" for loop in loops)  # (the BLAS: in the hash)
-    return src
+    return texts, src

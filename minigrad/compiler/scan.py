@@ -25,7 +25,7 @@ import tqdm
 
 from minigrad import kernels, threads
 from minigrad.compiler import rewrites
-from minigrad.compiler.emit import Emitter, kernel_module
+from minigrad.compiler.emit import Emitter, kernel_modules
 from minigrad.compiler.ir import (
     INVARIANT,
     LOOP,
@@ -54,7 +54,8 @@ class CompiledStep:
 
     ``traced``: the cell's equations; ``program``: rewritten (three sections); ``body`` and
     ``reverse``: the loop body and its derived reverse (programs; ``print`` them);
-    ``source``: the generated loops; ``kernel_source``: the generated module.
+    ``source``: the generated loops; ``kernel_source``: the generated modules (each kernel's,
+    then the one that imports them and holds the loops).
     """
 
     def __init__(self, cell, x_t, state, masked=False):
@@ -105,9 +106,9 @@ class CompiledStep:
         self._plan()
         generic = any(k == "generic" for low in (self.fwd, self.rev) for k, *_ in low.ops)
         numba_loops = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
-        self.kernel_source = kernel_module(self.dtype, em.kernels, loops if numba_loops else ())
-        module = kernels.load_kernels(self.kernel_source)
-        _announce(self, module)
+        texts, src = kernel_modules(self.dtype, em.kernels, loops if numba_loops else ())
+        _announce(self, [kernels.load_kernels(t) for t in texts])
+        module, self.kernel_source = kernels.load_kernels(src), "\n\n".join(texts + [src])
         ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
               **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
         exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
@@ -219,8 +220,7 @@ class CompiledStep:
                 full[arg] = chunks[0][arg]
                 for c in chunks[1:]:
                     full[arg] = full[arg] + c[arg]
-        carried = [_stitch([c["carried"][i] for c in chunks], chunks)
-                   for i in range(len(out))]
+        carried = [np.concatenate([c["carried"][i] for c in chunks]) for i in range(len(out))]
         return self._pre_vjp(env, self._loop_cotangents(full, r, T), carried)
 
     @staticmethod
@@ -299,11 +299,13 @@ class CompiledStep:
         return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
 
 
-def _announce(step, module):
+def _announce(step, modules):
     """One line before a first compile of this cell's kernels (nothing when Numba's cache
     already has them)."""
-    where = os.path.dirname(module.__file__)  # the compile cache keeps them beside it
-    if not glob.glob(os.path.join(where, module.__name__ + ".fused*.nbi")):
+    new = {m.__name__ for m in modules if not glob.glob(os.path.splitext(m.__file__)[0] +
+                                                          ".fused*.nbi")} - _ANNOUNCED
+    if new:
+        _ANNOUNCED.update(new)
         tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
                         "later runs load them from the cache", file=sys.stderr)
 
@@ -324,16 +326,6 @@ def _rows(full, rows):
     b0, b1 = rows
     return {"rows": rows, **{a: x[b0:b1] if a[0] in "CN" else x[:, b0:b1]
                              for a, x in full.items()}}
-
-
-def _stitch(parts, chunks):
-    """The chunks' (rows, ...) parts put back together (the part itself for one chunk)."""
-    if len(parts) == 1:
-        return parts[0]
-    out = np.empty((chunks[-1]["rows"][1],) + parts[0].shape[1:], parts[0].dtype)
-    for p, c in zip(parts, chunks):
-        out[slice(*c["rows"])] = p
-    return out
 
 
 def _run(eqns, env):
@@ -369,6 +361,7 @@ def _examples(cell, x_t, parts, batch, seed):
 
 _CACHE = weakref.WeakKeyDictionary()
 _COMPILING = weakref.WeakSet()
+_ANNOUNCED = set()  # the kernel modules a compile was announced for
 
 
 def wait():
