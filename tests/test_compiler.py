@@ -653,6 +653,36 @@ def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypa
     np.testing.assert_allclose(flows[0], flows[1], rtol=1e-10, atol=1e-13)
 
 
+def test_two_threads_hold_no_more_memory_than_one(monkeypatch):
+    """The chunks work in their own rows of one (T, B, ...) array per value: nothing is
+    copied per chunk or stitched back together, so a training step's peak NumPy memory with
+    two threads is one thread's (it had been 1.45x at the benchmark's config C)."""
+    import tracemalloc
+
+    from minigrad import threads
+    split = []
+    real = threads.batch_chunks
+    monkeypatch.setattr(threads, "batch_chunks", lambda *a: split.append(real(*a)) or split[-1])
+    x = mg.tensor(np.random.default_rng(26).standard_normal((32, 40, 16)).astype(np.float32))
+    peaks = []
+    for n in (1, 2):
+        mg.set_num_threads(n)
+        try:
+            mg.manual_seed(26)
+            layer = LSTM(16, 64)
+            for _ in range(3):  # (the first calls compile and check)
+                tracemalloc.start()
+                out, _ = layer(x)
+                (out * out).sum().backward()
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+            peaks.append(peak)
+        finally:
+            mg.set_num_threads(1)
+    assert len(split[-1]) == 2  # the batch of 32 ran in two chunks
+    assert peaks[1] <= 1.05 * peaks[0], peaks
+
+
 def test_threads_split_a_batch_into_chunks_of_at_least_eight_rows(two_threads):
     from minigrad import threads
     assert threads.batch_chunks(15) == [(0, 15)]

@@ -3,8 +3,8 @@
 Which (``NAME``): Intel's MKL when the ``mkl`` package is installed (``pip install
 minigrad[mkl]``; ``make`` installs it) and the CPU is Intel's, else NumPy's own bundled
 OpenBLAS; ``MINIGRAD_BLAS=mkl|openblas`` chooses.  On this project's Intel machine MKL ran the
-recurrent step's GEMMs (B of 16-64 rows) 1.3-1.6x faster than OpenBLAS (``shared/
-perf-notes.md``).  MKL runs sequential: minigrad splits a batch over its own threads, one
+recurrent step's GEMMs (B of 16-64 rows) 1.3-1.6x faster than OpenBLAS (the README's
+Speed section).  MKL runs sequential: minigrad splits a batch over its own threads, one
 GEMM thread each, and no second thread pool starts (Numba's ``np.dot`` would start SciPy's).
 Either gives the same bits whatever the arrays' alignment (``tests/test_kernels.py`` checks
 it), so runs are deterministic and loops run as Python and as Numba agree bit for bit.
