@@ -76,7 +76,9 @@ class Emitter:
             if index is not None and (arg, index) not in steps:
                 local = arg.lower() + ("_prev" if index == "t + r" else "")
                 # (a chunk's rows of a (T, B, n) array: contiguous at every t, not as a
-                # whole; typed contiguous, by a check at run time, the kernels vectorize)
+                # whole; typed contiguous, by a check at run time, the kernels vectorize.
+                # NOTE: scan allocates every such array C-contiguous: a row that were not
+                # would be copied, and what a loop writes into it lost)
                 steps[arg, index] = (local, f"{local} = np.ascontiguousarray({arg}[{index}])")
             self.where[v] = arg if index is None else steps[arg, index][0]
         for v in sorted(low.memory - set(self.where), key=lambda v: v.name):
