@@ -88,3 +88,30 @@ def test_a_peer_computes_minigrads_losses_from_its_weights(peer, cfg, cell, tmp_
     other = [theirs() for _ in range(bench.VERIFY_STEPS)]
     assert np.isfinite(ref).all() and ref[-1] < ref[0] - 1e-3  # the updates move the loss
     bench.check_agreement(cfg, cell, 1, {"minigrad": ref, peer: other})
+
+
+PEAK = """
+import importlib.util, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("bench_rnn", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+base = bench._peak_mib()
+def make_floor():  # operands of 300 MiB, touched
+    return np.ones(300 << 18, np.float32).sum
+floor, peak = bench._peak_without(make_floor, lambda: np.ones(1 << 18, np.float32).sum())
+floor()
+print(base, bench._peak_mib(), peak())
+"""
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/clear_refs").exists(), reason="Linux /proc")
+def test_minigrads_peak_rss_leaves_out_the_gemm_floors_operands():
+    """The floor is timed in minigrad's process only; its operands (190 MiB at C) must not
+    count as minigrad's memory against the peers'."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", PEAK, str(_DIR / "bench_rnn.py")],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    base, with_floor, peak = map(float, out.split())
+    assert with_floor - base > 250  # they were there, and the plain high-water mark saw them
+    assert peak - base < 50, (base, with_floor, peak)
