@@ -91,6 +91,22 @@ class ViewsCell(Module):
         return q * u[:, :H] + (1 - q) * u[:, H:].tanh()
 
 
+class ScaledCell(Module):
+    """One gain, shape (1,), on the whole pre-activation: its gradient is a sum over every
+    element of every step, accumulated in the reverse loop (where each step's term had been
+    written over the running sum: a wrong gradient, found by this cell)."""
+
+    def __init__(self, input_size, hidden_size, dtype=np.float32):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        H, I = hidden_size, input_size
+        self.W = init.rnn_uniform_(Parameter(np.zeros((H + I, H), dtype)), H)
+        self.gain = Parameter(np.full((1,), 0.7, dtype))
+
+    def forward(self, x, a):
+        return (mg.concat([a, x], axis=1) @ self.W * self.gain).tanh()
+
+
 class Branchy(RNNCell):
     """Python control flow on a tensor's value: cannot be traced into a fixed program."""
 
@@ -100,7 +116,8 @@ class Branchy(RNNCell):
 
 
 CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
-              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k), "views": ViewsCell})
+              "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k), "views": ViewsCell,
+              "scaled": ScaledCell})
 
 
 # ------------------------------------------------------------------ compiled = eager
@@ -449,7 +466,7 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
     out = step._fwd(*params, x, *init, mask, reverse, None, ctx)
     env, r = ctx["env"], int(reverse)
     step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, ctx)  # fills ctx
-    generated = step._loop_cotangents(ctx["full"], r, T)
+    generated = step._loop_cotangents({**ctx["full"], **ctx["sums"]}, r, T)
     env.update((f"H{i}", ctx["full"][f"H{i}"]) for i in range(n))
     interpreted, carry = _interpreted_loop(step, env, G, T, reverse)
     for v in generated:
@@ -619,7 +636,7 @@ def two_threads():
     mg.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu", "scaled"])
 def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypatch):
     """With two threads a compiled layer runs its batch in two chunks at once (each with
     its own weight-gradient buffers); values, every gradient and the retained ∂L/∂a<t>

@@ -81,7 +81,10 @@ class Emitter:
                 # would be copied, and what a loop writes into it lost)
                 steps[arg, index] = (local, f"{local} = np.ascontiguousarray({arg}[{index}])")
             self.where[v] = arg if index is None else steps[arg, index][0]
-        for v in sorted(low.memory - set(self.where), key=lambda v: v.name):
+        # an accumulator that is its own per-step term: the step's value gets memory of its
+        # own (written into the accumulator, it had replaced the sum at every step)
+        total = {acc: self.where.pop(acc) for acc, vs in low.sums.items() if acc in vs}
+        for v in sorted((low.memory | set(total)) - set(self.where), key=lambda v: v.name):
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)
             lines.append(f"    {ident(v)} = np.empty(({shape},), DT)")
             self.where[v] = ident(v)
@@ -89,8 +92,8 @@ class Emitter:
         body += ["        " + s for _, s in steps.values()]
         for kind, op, *rest in low.ops:
             body += ["        " + s for s in getattr(self, kind)(op, *rest)]
-        body += [f"        {self.where[acc]} += {self.loc(v)}" for acc, vs in low.sums.items()
-                 for v in vs]
+        body += [f"        {total.get(acc, self.where.get(acc))} += {self.loc(v)}"
+                 for acc, vs in low.sums.items() for v in vs]
         lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a in self.flat] + body
         if carry:
             ins, outs = zip(*carry)

@@ -214,14 +214,13 @@ class CompiledStep:
             chunks)
         for t, ret in enumerate(retain or ()):
             ret.grad = full["Z"][t]
-        for v in self.reverse.acc:  # the chunks' private sums, added in a fixed order
-            if v in self.rbind:
-                arg = self.rbind[v][0]
-                full[arg] = chunks[0][arg]
-                for c in chunks[1:]:
-                    full[arg] = full[arg] + c[arg]
+        sums = ctx["sums"] = {}  # the chunks' private sums, added in a fixed order
+        for arg in (self.rbind[v][0] for v in self.reverse.acc if v in self.rbind):
+            sums[arg] = chunks[0][arg]
+            for c in chunks[1:]:
+                sums[arg] = sums[arg] + c[arg]
         carried = [np.concatenate([c["carried"][i] for c in chunks]) for i in range(len(out))]
-        return self._pre_vjp(env, self._loop_cotangents(full, r, T), carried)
+        return self._pre_vjp(env, self._loop_cotangents({**full, **sums}, r, T), carried)
 
     @staticmethod
     def _arrays(args, chunk, env):
