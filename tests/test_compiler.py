@@ -640,8 +640,7 @@ def two_threads():
 def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypatch):
     """With two threads a compiled layer runs its batch in two chunks at once (each in its
     rows of the shared arrays, with its own in-loop sums); values, every gradient and the
-    retained ∂L/∂a<t>
-    equal the eager tape, with lengths, in both directions."""
+    retained ∂L/∂a<t> equal the eager tape, with lengths, in both directions."""
     import sys
 
     scan_module = sys.modules["minigrad.compiler.scan"]
