@@ -92,16 +92,17 @@ class ViewsCell(Module):
 
 
 class ScaledCell(Module):
-    """One gain, shape (1,), on the whole pre-activation: its gradient is a sum over every
-    element of every step, accumulated in the reverse loop (where each step's term had been
-    written over the running sum: a wrong gradient, found by this cell)."""
+    """One gain, shape (1,) or () (``"scaled-0d"``), on the whole pre-activation: its
+    gradient is a sum over every element of every step, accumulated in the reverse loop
+    (where each step's term had been written over the running sum: a wrong gradient, found
+    by this cell; a 0-d gain made the compiler fail)."""
 
-    def __init__(self, input_size, hidden_size, dtype=np.float32):
+    def __init__(self, input_size, hidden_size, dtype=np.float32, shape=(1,)):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         H, I = hidden_size, input_size
         self.W = init.rnn_uniform_(Parameter(np.zeros((H + I, H), dtype)), H)
-        self.gain = Parameter(np.full((1,), 0.7, dtype))
+        self.gain = Parameter(np.full(shape, 0.7, dtype))
 
     def forward(self, x, a):
         return (mg.concat([a, x], axis=1) @ self.W * self.gain).tanh()
@@ -117,7 +118,7 @@ class Branchy(RNNCell):
 
 CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
               "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k), "views": ViewsCell,
-              "scaled": ScaledCell})
+              "scaled": ScaledCell, "scaled-0d": lambda I, H, **k: ScaledCell(I, H, shape=(), **k)})
 
 
 # ------------------------------------------------------------------ compiled = eager
@@ -636,7 +637,7 @@ def two_threads():
     mg.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu", "scaled"])
+@pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu", "scaled", "scaled-0d"])
 def test_the_batch_split_across_threads_equals_eager(name, two_threads, monkeypatch):
     """With two threads a compiled layer runs its batch in two chunks at once (each in its
     rows of the shared arrays, with its own in-loop sums); values, every gradient and the

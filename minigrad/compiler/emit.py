@@ -86,7 +86,7 @@ class Emitter:
         total = {acc: self.where.pop(acc) for acc, vs in low.sums.items() if acc in vs}
         for v in sorted((low.memory | set(total)) - set(self.where), key=lambda v: v.name):
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)
-            lines.append(f"    {ident(v)} = np.empty(({shape},), DT)")
+            lines.append(f"    {ident(v)} = np.empty(({shape}{',' * bool(shape)}), DT)")
             self.where[v] = ident(v)
         self.flat, body = set(), ["    for s in range(T):", "        t = T - 1 - s if back else s"]
         body += ["        " + s for _, s in steps.values()]
@@ -104,10 +104,9 @@ class Emitter:
     def loc(self, v):
         """The expression of v's (B, width) array at step t."""
         b, c0 = self.low.base(v)
-        w, full = v.shape[-1], b.shape[-1]
-        if c0 == 0 and w == full:
+        if not v.shape or (c0 == 0 and v.shape[-1] == b.shape[-1]):
             return self.where[b]
-        return f"{self.where[b]}[:, {self.size(c0)}:{self.size(c0 + w)}]"
+        return f"{self.where[b]}[:, {self.size(c0)}:{self.size(c0 + v.shape[-1])}]"
 
     def gemm(self, e, accumulate):
         left, W = e.args
