@@ -162,14 +162,40 @@ def child_main(spec):
         if cmd["cmd"] == "quit":
             break
         fn = floor if cmd["cmd"] == "floor" else step
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(cmd["n"]):
             loss = fn()
-        _send({"seconds": time.perf_counter() - t0, "loss": loss})
+        _send({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+               "loss": loss})
     _send({"rss": peak()})
 
 
 # ------------------------------------------------------------------------ parent side
+
+def busy_seconds():
+    """CPU seconds the whole machine has spent busy so far, every process's (user, nice,
+    system, irq, softirq and steal time in /proc/stat); None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _window(child, cmd, n):
+    """Time ``n`` steps in ``child``: (seconds per step, loss, other load), where the other
+    load is the CPU time the rest of the machine used meanwhile, in cores (busy time minus the
+    child's own, per second; None without /proc/stat).  The parent waits on a pipe meanwhile.
+    A 2-thread row is only as good as this is near 0: a chunk on a shared core waits."""
+    b0 = busy_seconds()
+    reply = child.ask(cmd, n=n)
+    b1 = busy_seconds()
+    other = None if b0 is None or b1 is None else \
+        max(0.0, (b1 - b0 - reply["cpu"]) / reply["seconds"])
+    return reply["seconds"] / n, reply["loss"], other
+
 
 class Child:
     """A framework's process: JSON commands on stdin, tagged JSON replies on stdout."""
@@ -266,14 +292,13 @@ def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
             n[k] = max(1, math.ceil(tm.window / max(child.ask(cmd, n=1)["seconds"], 1e-6)))
         per_round = {k: [] for k in runs}
         labels = list(runs)
-        last = {}
+        last, other = {}, []
         for r in range(tm.rounds):
             for k in labels[r % len(labels):] + labels[:r % len(labels)]:
                 time.sleep(tm.settle)
-                child, cmd = runs[k]
-                reply = child.ask(cmd, n=n[k])
-                per_round[k].append(reply["seconds"] / n[k])
-                last[k] = reply["loss"]
+                seconds, last[k], load = _window(*runs[k], n[k])
+                per_round[k].append(seconds)
+                other.append(load)
         for k, loss in last.items():
             if k in children and not math.isfinite(loss):
                 print(f"  **warning: {k} ended with a non-finite loss {loss}**", flush=True)
@@ -282,7 +307,8 @@ def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
         for c in children.values():
             c.kill()
     return {"time": {k: float(np.median(v)) for k, v in per_round.items()}, "rss": rss,
-            "losses": {k: v["losses"] for k, v in info.items()}}
+            "losses": {k: v["losses"] for k, v in info.items()},
+            "other": None if None in other else max(other)}
 
 
 def first_steps(cfg, cell, threads, cpus, others, tmp):
@@ -409,11 +435,12 @@ def report_steps(rep, threads, rows, labels):
                       f"{flops / 1e9:.3f}", _ms(floor), f"{flops / floor / 1e9:.0f}",
                       " / ".join(_pct(floor, t.get(k)) for k in FRAMEWORKS),
                       " / ".join("n/a" if k not in rss else f"{rss[k]:.0f}"
-                                 for k in FRAMEWORKS)])
+                                 for k in FRAMEWORKS),
+                      "n/a" if m["other"] is None else f"{m['other']:.2f}"])
     rep.table(["config", "cell", "minigrad", "torch", "JAX", "× torch", "× JAX",
                *[f"{k} ms" for k in extra], "GEMM GFLOP", "GEMM floor ms",
                "floor GFLOP/s", "floor % minigrad / torch / JAX",
-               "peak RSS MiB minigrad / torch / JAX"], table)
+               "peak RSS MiB minigrad / torch / JAX", "other load, cores"], table)
 
 
 def report_summary(rep, results, thread_counts):
@@ -560,6 +587,10 @@ def main(argv=None):
     rep("- ratio × peer = peer time / minigrad time (> 1: minigrad faster; bold: slower). "
         "GEMM floor = the step's GEMMs alone at their shapes through NumPy's BLAS "
         "(`peers.gemms`), timed in minigrad's process; floor % = floor / step time")
+    rep("- other load = the most CPU that the rest of the machine used during any of the "
+        "row's timed windows, in cores (/proc/stat's busy time minus the timed process's "
+        "own; ±0.01 s per window): with 2 threads on 2 cores, a row whose other load is not "
+        "near 0 had a thread waiting for a core, and its times say little")
     rep()
     results = {}
     with tempfile.TemporaryDirectory(prefix="mg-bench-") as tmp:

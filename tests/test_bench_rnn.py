@@ -8,6 +8,7 @@ without them, and the harness runs with minigrad alone.
 import importlib.util
 import pathlib
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -63,10 +64,37 @@ def test_quick_run_reports_every_section_with_minigrad_alone(tmp_path):
     row = next(ln for ln in text.splitlines() if ln.startswith("| A | rnn | "))
     cols = row.split(" | ")
     assert float(cols[2]) > 0 and cols[3] == "n/a" and cols[5] == "n/a"  # minigrad, no peers
+    assert m["other"] is None or m["other"] >= 0  # the machine's other load, in cores
+    assert cols[-1].rstrip(" |") == ("n/a" if m["other"] is None else f"{m['other']:.2f}")
     first = next(ln for ln in text.splitlines() if ln.startswith("| A | rnn | ")
                  and "(H 96)" in ln).split(" | ")
     assert all(float(c) > 0 for c in first[2:5])  # empty-cache, new-cell, warm first steps (s)
     assert "### Summary" in text and "| A | V65 H100 B1 T25 (min-char-rnn) | rnn |" in text
+
+
+@pytest.mark.skipif(bench.busy_seconds() is None, reason="no /proc/stat")
+def test_a_window_reports_what_other_processes_ran_meanwhile_not_what_it_ran_itself():
+    """Another process busy for 0.4 s of CPU during a window is other load (in cores, per
+    second of the window); the same CPU reported as the timed process's own is not."""
+    import subprocess
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+
+    class Child:  # a window's work: one spinning process; its CPU reported as ours or not
+        def __init__(self, own):
+            self.own = own
+
+        def ask(self, cmd, n):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", spin], check=True)
+            return {"seconds": time.perf_counter() - t0, "cpu": 0.4 if self.own else 0.0,
+                    "loss": 1.0}
+
+    seconds, loss, other = bench._window(Child(own=False), "step", 2)
+    assert loss == 1.0 and seconds > 0
+    assert other > 0.5  # ~0.4 s of CPU in a ~0.45 s window (at least; others may add)
+    _, _, mine = bench._window(Child(own=True), "step", 2)
+    assert mine < other - 0.5  # the same spin, counted as the process's own
 
 
 # ---------------------------------------------------------------- the peers are the same model
