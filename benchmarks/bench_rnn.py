@@ -185,16 +185,15 @@ def busy_seconds():
 
 
 def _window(child, cmd, n):
-    """Time ``n`` steps in ``child``: (seconds per step, loss, other load), where the other
-    load is the CPU time the rest of the machine used meanwhile, in cores (busy time minus the
-    child's own, per second; None without /proc/stat).  The parent waits on a pipe meanwhile.
-    A 2-thread row is only as good as this is near 0: a chunk on a shared core waits."""
+    """Time ``n`` steps in ``child``: (seconds per step, loss, (other, seconds)), where other
+    is the CPU time the rest of the machine used meanwhile: busy time minus the child's own
+    (None without /proc/stat; the parent waits on a pipe meanwhile).  A 2-thread row is only
+    as good as this is near 0: a chunk whose core is shared waits, and the step with it."""
     b0 = busy_seconds()
     reply = child.ask(cmd, n=n)
     b1 = busy_seconds()
-    other = None if b0 is None or b1 is None else \
-        max(0.0, (b1 - b0 - reply["cpu"]) / reply["seconds"])
-    return reply["seconds"] / n, reply["loss"], other
+    other = None if b0 is None or b1 is None else max(0.0, b1 - b0 - reply["cpu"])
+    return reply["seconds"] / n, reply["loss"], (other, reply["seconds"])
 
 
 class Child:
@@ -308,7 +307,8 @@ def measure(cfg, cell, threads, cpus, contenders, tm, tmp, check=True):
             c.kill()
     return {"time": {k: float(np.median(v)) for k, v in per_round.items()}, "rss": rss,
             "losses": {k: v["losses"] for k, v in info.items()},
-            "other": None if None in other else max(other)}
+            "other": None if any(o is None for o, _ in other) else
+            sum(o for o, _ in other) / sum(t for _, t in other)}  # (in cores, on average)
 
 
 def first_steps(cfg, cell, threads, cpus, others, tmp):
@@ -587,10 +587,10 @@ def main(argv=None):
     rep("- ratio × peer = peer time / minigrad time (> 1: minigrad faster; bold: slower). "
         "GEMM floor = the step's GEMMs alone at their shapes through NumPy's BLAS "
         "(`peers.gemms`), timed in minigrad's process; floor % = floor / step time")
-    rep("- other load = the most CPU that the rest of the machine used during any of the "
-        "row's timed windows, in cores (/proc/stat's busy time minus the timed process's "
-        "own; ±0.01 s per window): with 2 threads on 2 cores, a row whose other load is not "
-        "near 0 had a thread waiting for a core, and its times say little")
+    rep("- other load = the CPU that the rest of the machine used while the row was timed, "
+        "in cores on average (/proc/stat's busy time minus the timed process's own, ±0.01 s "
+        "per window): with 2 threads on 2 cores, a row whose other load is not near 0 had "
+        "threads waiting for a core, and its times say little")
     rep()
     results = {}
     with tempfile.TemporaryDirectory(prefix="mg-bench-") as tmp:
