@@ -57,6 +57,7 @@ VERIFY_STEPS = 4      # losses compared: before the first update and after each 
 RTOL = 1e-5           # float32: the three agree to ~5e-7 on every config
 FALL_RTOL = 0.01      # the fall loss_4 - loss_1 must agree to 1 % (tests the update itself)
 NEW_HIDDEN = 96       # the "new hidden size" row: H -> 96 after a warm H
+BUSY = 0.1            # cores of other load at which a row is flagged (quiet: 0.01-0.05)
 _CHILD = "--child"
 _TAG = "@@ "          # protocol lines on a child's stdout; anything else is passed through
 
@@ -441,6 +442,13 @@ def report_steps(rep, threads, rows, labels):
                *[f"{k} ms" for k in extra], "GEMM GFLOP", "GEMM floor ms",
                "floor GFLOP/s", "floor % minigrad / torch / JAX",
                "peak RSS MiB minigrad / torch / JAX", "other load, cores"], table)
+    busy = [f"{cfg.name} {cell} ({m['other']:.2f})" for cfg, cell, m in rows
+            if m["other"] is not None and m["other"] >= BUSY]
+    if busy:
+        rep(f"**Other load of ≥ {BUSY} cores while timing {', '.join(busy)}: with "
+            f"{threads} thread{'s' if threads > 1 else ''} on {os.cpu_count()} cores, "
+            "these rows measured the machine's load as much as the frameworks.**")
+        rep()
 
 
 def report_summary(rep, results, thread_counts):

@@ -97,6 +97,22 @@ def test_a_window_reports_what_other_processes_ran_meanwhile_not_what_it_ran_its
     assert mine < other - 0.3  # the same spin, counted as the process's own
 
 
+def test_rows_timed_under_other_load_are_flagged_below_their_table():
+    rep = bench.Report()
+    m = {"time": {"minigrad": 0.004, "torch": 0.005, "GEMM floor": 0.002},
+         "rss": {"minigrad": 200.0}}
+    rows = [(bench.CONFIGS["N"], "lstm", {**m, "other": 0.03}),
+            (bench.CONFIGS["B"], "gru", {**m, "other": 0.43}),
+            (bench.CONFIGS["K"], "lstm", {**m, "other": None})]  # (no /proc/stat)
+    bench.report_steps(rep, 2, rows, ["minigrad", "torch"])
+    text = "\n".join(rep.lines)
+    assert [ln.split(" | ")[-1] for ln in rep.lines if ln.startswith("| ") and "---" not in ln
+            and not ln.startswith("| config")] == ["0.03 |", "0.43 |", "n/a |"]
+    flagged = [ln for ln in rep.lines if ln.startswith("**Other load")]
+    assert len(flagged) == 1 and "B gru (0.43)" in flagged[0] and "N lstm" not in flagged[0]
+    assert "2 threads" in text
+
+
 # ---------------------------------------------------------------- the peers are the same model
 
 TINY = [Config("ids", 7, 5, 3, 4, cells=("rnn", "gru", "lstm")),
