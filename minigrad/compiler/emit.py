@@ -86,7 +86,7 @@ class Emitter:
         total = {acc: self.where.pop(acc) for acc, vs in low.sums.items() if acc in vs}
         for v in sorted((low.memory | set(total)) - set(self.where), key=lambda v: v.name):
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)
-            lines.append(f"    {ident(v)} = np.empty(({shape}{',' * bool(shape)}), DT)")
+            lines.append(f"    {ident(v)} = np.empty(({shape}{',' if shape else ''}), DT)")
             self.where[v] = ident(v)
         self.flat, body = set(), ["    for s in range(T):", "        t = T - 1 - s if back else s"]
         body += ["        " + s for _, s in steps.values()]
