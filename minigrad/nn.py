@@ -22,6 +22,7 @@ import numpy as np
 
 from minigrad import functional
 from minigrad.core import ops
+from minigrad.core import tensor as _tensor
 from minigrad.core.autograd import no_grad
 from minigrad.core.tensor import Tensor, apply, as_array
 from minigrad.data import check_ids
@@ -64,6 +65,8 @@ class Parameter(Tensor):
 # ------------------------------------------------------------------ Module
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+_EDITS = [0]  # bumped when any module's parameters or sub-modules are re-assigned: the cheap
+#               first check of mg.compile's guard (a program captured the old ones)
 
 
 class Module:
@@ -97,13 +100,17 @@ class Module:
         elif isinstance(value, Parameter):
             mods.pop(name, None)
             params[name] = value
+            _EDITS[0] += 1
         elif isinstance(value, Module):
             params.pop(name, None)
             mods[name] = value
+            _EDITS[0] += 1
         elif value is None and name in params:
             params[name] = None
+            _EDITS[0] += 1
         elif value is None and name in mods:
             mods[name] = None
+            _EDITS[0] += 1
         elif name in params:
             # As PyTorch: replacing a parameter by anything but a Parameter (or None) would
             # silently drop it from parameters() and state_dict().
@@ -113,15 +120,17 @@ class Module:
                 f"nn.Parameter(...), or update the values in place with "
                 f"`{name}.data[...] = ...`"
             )
-        else:
-            params.pop(name, None)
-            mods.pop(name, None)
+        elif name in mods:
+            del mods[name]
+            _EDITS[0] += 1
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
         d = self.__dict__
-        d.get("_parameters", {}).pop(name, None)
-        d.get("_modules", {}).pop(name, None)
+        for reg in ("_parameters", "_modules"):
+            if name in d.get(reg, ()):
+                del d[reg][name]
+                _EDITS[0] += 1
         object.__delattr__(self, name)
 
     def __getattr__(self, name):
@@ -138,6 +147,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        if _tensor._TRACER is not None:  # mg.compile watches the modules a trace calls
+            getattr(_tensor._TRACER, "modules", {})[id(self)] = self
         return self.forward(*args, **kwargs)
 
     # ------------------------------------------------------------ traversal

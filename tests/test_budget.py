@@ -51,12 +51,17 @@ Why these limits (code lines; today's counts in the README's table):
   the modules' ``training`` flags), dead equations dropped, and two independent
   recurrences (a bidirectional layer's directions) paired to run at once (~35).  Its own
   tier: it is a client of the recurrence compiler (the scan is one of its equations), not
-  part of it; ~247 today plus 5 %.
+  part of it; ~247 plus 5 % was 260.  +25 for its guard (``_watch``): the modules a trace
+  calls are watched, and a re-assigned parameter or layer drops the programs that captured
+  the old one.  Without it a model reached through a global or an attribute ran its
+  train-mode program after ``eval()``, and a replaced layer's old weights: silently wrong.
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the
   one atomic write with its orphan sweep, bounded checkpoint loads and the one id-range
-  rule) plus ~5 %, so a small addition fits but a second copy of a rule does not.
+  rule) plus ~5 %, so a small addition fits but a second copy of a rule does not; +10 for
+  the edit counter and the trace's record of called modules in ``nn.Module`` (mg.compile's
+  guard).
 * **distributed ≤ 150**: ``init``/``rank``/``size``, ``shard``, ``broadcast_parameters`` with
   its check that every rank built the same model and data (the error names the mismatch),
   and ``DistributedOptimizer``'s one fused Allreduce (~135 today).  Its own tier, not the

@@ -265,6 +265,53 @@ def test_a_parameter_frozen_after_compiling_gets_no_gradient_and_unfrozen_gets_i
     assert fast.out.weight.grad is not None
 
 
+def _classifier():
+    mg.manual_seed(3)
+    return _f64(mg.nn.Sequential(mg.nn.Linear(4, 8, dtype=F64), mg.nn.Tanh(),
+                                 mg.nn.Dropout(0.5), mg.nn.Linear(8, 2, dtype=F64)))
+
+
+def test_a_model_reached_through_an_object_is_watched_for_eval_mode():
+    # The function's closure holds no module (the model hangs off a plain object, as a
+    # global would): the modules a trace calls are what the signature's flags come from.
+    class Holder:
+        model = _classifier()
+
+    step = mg.compile(lambda x: Holder.model(x).sum())
+    x = np.random.default_rng(0).standard_normal((16, 4))
+    for _ in range(3):
+        step(x)
+    assert step.compiled_calls == 1
+    Holder.model.eval()  # no dropout now: every call is the same number, eager's
+    want = Holder.model(mg.tensor(x)).sum().item()
+    got = [step(x).item() for _ in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert step.compiled_calls == 3  # traced twice in eval mode, then compiled again
+
+
+@pytest.mark.parametrize("edit", ["layer", "parameter", "deleted bias"])
+def test_replacing_a_layer_or_parameter_after_compiling_traces_afresh(edit):
+    ref, model = _classifier(), _classifier()
+    step = mg.compile(lambda x: (model(x) ** 2).sum())
+    x = np.random.default_rng(1).standard_normal((5, 4))
+    for m in (ref, model):
+        m.eval()
+    for _ in range(3):
+        step(x)
+    assert step.compiled_calls == 1
+    for m in (ref, model):  # the same edit on both
+        mg.manual_seed(9)
+        if edit == "layer":
+            m[3] = mg.nn.Linear(8, 2, dtype=F64)
+        elif edit == "parameter":
+            m[0].weight = Parameter(np.random.default_rng(2).standard_normal((8, 4)))
+        else:
+            m[3].bias = None
+    for _ in range(3):  # the old weights are read by no call: eager's values and gradients
+        _assert_same(_run(model, 0, step, x), _run(ref, 0, lambda x: (ref(x) ** 2).sum(), x))
+    assert step.compiled_calls == 2
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

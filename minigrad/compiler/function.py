@@ -3,8 +3,9 @@
 ``fn`` takes tensors (and arrays, and hashable Python values) and returns a tensor or a
 tuple/list of them — typically a loss.  The first call with a new signature (the arguments'
 shapes, dtypes and Python values, grad mode, the ``training`` flags of the modules ``fn``
-reaches) runs ``fn`` eagerly and traces it: every primitive it applies becomes an equation
-(:class:`~minigrad.compiler.ir.Eqn`) of one straight-line :class:`~minigrad.compiler.ir.Program`.
+reaches or calls) runs ``fn`` eagerly and traces it: every primitive it applies becomes an
+equation (:class:`~minigrad.compiler.ir.Eqn`) of one straight-line
+:class:`~minigrad.compiler.ir.Program`.
 A recurrent layer's whole sequence is one equation, ``scan[Cell]``, compiled as ever.  The
 second call traces again and compares.  From then on a call runs the equations on arrays —
 no model Python, no tape of many nodes — and records **one** tape node, whose VJP runs the
@@ -19,15 +20,19 @@ the operations depends on the data: ``fn`` then stays eager, with one
 Python run in the two traced calls only; checks inside a row (ids in range) run always.
 A Python number read from outside ``fn`` is built in when traced (as in JAX): pass what
 changes as an argument; tensors it reads (parameters) are read afresh at every call.
+A parameter or layer re-assigned on a module ``fn`` reaches or calls (``model.fc =
+nn.Linear(...)``) makes ``fn`` trace afresh, as ``torch.compile``'s guards do; a tensor held
+elsewhere (a global name bound to a new tensor) is not seen: pass it as an argument.
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
 """
 
 import copy
+import operator
 import warnings
 
 import numpy as np
 
-from minigrad import threads
+from minigrad import nn, threads
 from minigrad.compiler import ir
 from minigrad.compiler.ir import TraceError, Var
 from minigrad.compiler.scan import CompiledStep, _table_vjp
@@ -45,6 +50,7 @@ class _Recorder(ir.Recorder):
         super().__init__({id(t): Var(f"x{i}", t.shape, t.dtype, "x")
                           for i, t in enumerate(args)}, batch=None)
         self.keep, self.captured, self.cvars = list(args), [], []
+        self.modules = {}  # the modules called while tracing (their flags join the signature)
 
     def var_of(self, t):
         v = self.vars.get(id(t))
@@ -81,7 +87,7 @@ class _Trace:
             self.result = fn(*_unflatten(tree, iter(leaves)))
         outs = []
         self.tree = _flatten(self.result, outs)
-        self.eqns, self.captured = rec.eqns, rec.captured
+        self.eqns, self.captured, self.modules = rec.eqns, rec.captured, [*rec.modules.values()]
         self.outs = [rec.vars.get(id(o)) for o in outs]
         self.inputs = [rec.vars[id(t)] for t in leaves] + rec.cvars
         self.wants = [t.requires_grad for t in list(leaves) + rec.captured]
@@ -270,16 +276,36 @@ class CompiledFunction:
     def __init__(self, fn, name=None):
         self.fn, self.name = fn, name or getattr(fn, "__qualname__", type(fn).__name__)
         self._cache, self._warned, self._modules = {}, False, None
+        self._edits, self._layout = None, []
         self.compiled_calls = 0  # calls that ran the compiled program (the tests read it)
 
     def _key(self, args, kwargs):
         leaves = []
         tree = _flatten((args, tuple(sorted(kwargs.items()))), leaves)
         sig = tuple((t.shape, t.dtype.str, t.requires_grad) for t in leaves)
+        if self._edits != nn._EDITS[0]:  # some module was edited: the watched ones? (_watch)
+            self._edits = nn._EDITS[0]
+            if self._modules is not None and not _same_objects(_layout(self._modules),
+                                                               self._layout):
+                self._cache.clear()
+                self._modules = None
         if self._modules is None:  # NOTE: found once; walking them cost ~25 us a call
-            self._modules = [m for mod in _modules(self.fn) for m in mod.modules()]
+            self._modules = []
+            self._watch(_modules(self.fn))
         flags = tuple(m.training for m in self._modules)
         return (tree, sig, is_grad_enabled(), flags), leaves, tree
+
+    def _watch(self, found):
+        """Watch these modules and theirs (True if any is new): those ``fn`` reaches (its
+        closure, ``self``, defaults), then those its traces call.  Their ``training`` flags
+        are part of a signature; when one of their parameters or sub-modules is re-assigned
+        (``model.fc = nn.Linear(...)``), every program, which captured the old ones, is
+        dropped and ``fn`` traced afresh: ``torch.compile``'s guard."""
+        known = set(map(id, self._modules))
+        new = {id(m): m for mod in found for m in mod.modules() if id(m) not in known}
+        self._modules += new.values()
+        self._layout = _layout(self._modules)
+        return bool(new)
 
     def __call__(self, *args, **kwargs):
         try:
@@ -300,6 +326,8 @@ class CompiledFunction:
             self._fall_back(key, str(e))
             return call(*_unflatten(tree, iter(leaves)))
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
+        if self._watch(trace.modules):  # its signature now has their flags
+            key = self._key(args, kwargs)[0]
         if isinstance(hit, _Trace):
             why = _difference(hit, trace)
             if why is None:
@@ -329,6 +357,15 @@ class CompiledFunction:
     def program(self, *args, **kwargs):
         hit = self._cache.get(self._key(args, kwargs)[0])
         return hit if isinstance(hit, _Program) else None
+
+
+def _layout(modules):
+    """What a program captured from these modules: their parameters and sub-modules."""
+    return [x for m in modules for x in (m, *m._parameters.values(), *m._modules.values())]
+
+
+def _same_objects(a, b):  # (by identity: a Tensor's == is elementwise)
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _with_kwargs(fn):

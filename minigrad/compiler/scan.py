@@ -323,6 +323,8 @@ def _arg_list(bind):
 def _rows(full, rows):
     """A chunk: rows b0..b1 of every (T, B, ...) array and (B, ...) buffer in ``full``."""
     b0, b1 = rows
+    if b0 == 0 and all(x.shape[a[0] not in "CN"] == b1 for a, x in full.items()):
+        return {"rows": rows, **full}  # the whole batch (one thread): no views to make
     return {"rows": rows, **{a: x[b0:b1] if a[0] in "CN" else x[:, b0:b1]
                              for a, x in full.items()}}
 
