@@ -55,6 +55,7 @@ Why these limits (code lines; today's counts in the README's table):
   calls are watched, and a re-assigned parameter or layer drops the programs that captured
   the old one.  Without it a model reached through a global or an attribute ran its
   train-mode program after ``eval()``, and a replaced layer's old weights: silently wrong.
+  (Dicts and named tuples in and out cost no line: they replaced the special case.)
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

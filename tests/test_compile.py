@@ -312,6 +312,34 @@ def test_replacing_a_layer_or_parameter_after_compiling_traces_afresh(edit):
     assert step.compiled_calls == 2
 
 
+def test_dicts_and_named_tuples_in_and_out_compile_and_keep_their_types():
+    # A batch as a dict, the result as a dict and as a named tuple (PyTorch habits): the
+    # compiled calls give back the same containers with this call's values.
+    import collections
+    Out = collections.namedtuple("Out", "loss total")
+    ref, model = _classifier(), _classifier()
+    for m in (ref, model):
+        m.eval()
+
+    def loss(m, batch):
+        y = m(batch["x"])
+        return {"loss": ((y - batch["y"]) ** 2).sum()}, Out(y.mean(), y.sum())
+
+    step = mg.compile(lambda batch: loss(model, batch))
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        batch = {"x": rng.standard_normal((5, 4)), "y": rng.standard_normal((5, 2))}
+        runs = []
+        for m, fn in ((model, step), (ref, lambda b: loss(ref, b))):
+            m.zero_grad()
+            d, out = fn(batch)
+            assert type(d) is dict and list(d) == ["loss"] and type(out) is Out
+            d["loss"].backward()
+            runs.append(((d["loss"], out.loss, out.total), _grads(m)))
+        _assert_same(*runs)
+    assert step.compiled_calls == 2
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

@@ -1,10 +1,11 @@
 """A whole function compiled: ``step = mg.compile(fn)``, the way ``jax.jit`` compiles one.
 
-``fn`` takes tensors (and arrays, and hashable Python values) and returns a tensor or a
-tuple/list of them — typically a loss.  The first call with a new signature (the arguments'
-shapes, dtypes and Python values, grad mode, the ``training`` flags of the modules ``fn``
-reaches or calls) runs ``fn`` eagerly and traces it: every primitive it applies becomes an
-equation (:class:`~minigrad.compiler.ir.Eqn`) of one straight-line
+``fn`` takes tensors (and arrays, and hashable Python values), in tuples (named ones too),
+lists and dicts as deep as it likes, and returns them the same way — typically a loss. The
+first call with a new signature (the arguments' shapes, dtypes and Python values, grad mode,
+the ``training`` flags of the modules ``fn`` reaches or calls) runs ``fn`` eagerly and
+traces it: every primitive it applies becomes an equation
+(:class:`~minigrad.compiler.ir.Eqn`) of one straight-line
 :class:`~minigrad.compiler.ir.Program`.
 A recurrent layer's whole sequence is one equation, ``scan[Cell]``, compiled as ever.  The
 second call traces again and compares.  From then on a call runs the equations on arrays —
@@ -26,6 +27,7 @@ elsewhere (a global name bound to a new tensor) is not seen: pass it as an argum
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
 """
 
+import collections
 import copy
 import operator
 import warnings
@@ -63,22 +65,29 @@ class _Recorder(ir.Recorder):
         return v
 
 
+_Tree = collections.namedtuple("_Tree", "kind keys children")  # a container in a structure
+
+
 def _flatten(x, leaves):
-    """A nested tuple/list of tensors as (structure, leaves); arrays become tensors."""
-    if isinstance(x, (tuple, list)):
-        return type(x), tuple(_flatten(a, leaves) for a in x)  # (a dict is not flattened)
+    """Nested tuples (named ones too), lists and dicts of tensors as (structure, leaves);
+    arrays become tensors, other Python values are part of the structure (the signature)."""
+    if isinstance(x, (tuple, list, dict)):
+        keys, items = (tuple(x), x.values()) if isinstance(x, dict) else (None, x)
+        return _Tree(type(x), keys, tuple(_flatten(a, leaves) for a in items))
     if isinstance(x, np.ndarray):
         x = Tensor._result(x, None, 0)
     if isinstance(x, Tensor):
         leaves.append(x)
         return Tensor
-    return x  # a Python value: part of the signature
+    return x
 
 
 def _unflatten(tree, leaves):
-    if isinstance(tree, tuple) and len(tree) == 2 and tree[0] in (tuple, list):
-        return tree[0](_unflatten(t, leaves) for t in tree[1])
-    return next(leaves) if tree is Tensor else tree
+    if type(tree) is not _Tree:
+        return next(leaves) if tree is Tensor else tree
+    items = [_unflatten(t, leaves) for t in tree.children]
+    return tree.kind(zip(tree.keys, items)) if tree.keys is not None else \
+        tree.kind(*items) if hasattr(tree.kind, "_fields") else tree.kind(items)
 
 
 class _Trace:
