@@ -340,6 +340,31 @@ def test_dicts_and_named_tuples_in_and_out_compile_and_keep_their_types():
     assert step.compiled_calls == 2
 
 
+@pytest.mark.parametrize("cut", ["no_grad", "detach"])
+def test_no_grad_blocks_and_detach_inside_a_compiled_function_stop_the_gradient(cut):
+    # A value computed under no_grad (or detached) feeds the loss: no gradient flows back
+    # through it on the tape, and none may in the compiled program (it had: wrong weight
+    # gradients, silently); detach had made the function run eagerly.
+    def loss(m, x):
+        y = m(x)
+        if cut == "no_grad":
+            with mg.no_grad():
+                w = m(x).tanh() * 2.0
+        else:
+            w = m(x).tanh().detach() * 2.0
+        return (y * w).sum()
+
+    ref, model = _classifier(), _classifier()
+    for m in (ref, model):
+        m.eval()
+    step = mg.compile(lambda x: loss(model, x))
+    x = np.random.default_rng(5).standard_normal((6, 4))
+    for _ in range(4):
+        _assert_same(_run(model, 0, step, x), _run(ref, 0, lambda x: loss(ref, x), x))
+    assert step.compiled_calls == 2
+    assert "stop_gradient" in repr(step.program(x))
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

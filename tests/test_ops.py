@@ -532,7 +532,8 @@ CASES = [
 
 # Fused recurrent-cell primitives are checked in their own test files.
 NO_GRADIENT = {"one_hot", "gt", "ge", "lt", "le", "zeros_like",  # values, not derivatives
-               "full", "arange", "dropout_scale"}  # (no tensor input)
+               "full", "arange", "dropout_scale",  # (no tensor input)
+               "stop_gradient"}  # (detach: none by definition; tests/test_compile*.py)
 
 
 # ----------------------------------------------------------------------------- helpers

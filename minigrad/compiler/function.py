@@ -169,7 +169,8 @@ class _Program:
         active = {v for v, want in zip(self.inputs, trace.wants) if want}
         self.needs = []
         for e in self.eqns:
-            need = [i for i, a in enumerate(e.args) if isinstance(a, Var) and a in active]
+            need = [i for i, a in enumerate(e.args)
+                    if isinstance(a, Var) and a in active and e.prim.has_vjp(i)]
             self.needs.append(need)
             if need:
                 active.update(v for v in e.outs if v.dtype.kind == "f")

@@ -19,6 +19,7 @@ contract, and :func:`stages` says what each value depends on (what can leave the
 import numpy as np
 
 from minigrad.core import ops
+from minigrad.core.autograd import is_grad_enabled, set_grad_enabled
 from minigrad.core.tensor import Tensor, apply, tracing
 
 
@@ -235,6 +236,7 @@ class Recorder:
         self.vars, self.batch = known, batch  # id(tensor) -> Var
         self.keep = []  # the traced tensors stay alive, so their ids stay unique
         self.eqns, self.consts, self.count = [], [], 0
+        self.grad = is_grad_enabled()  # (no_grad blocks inside count, not the caller's mode)
 
     def var_of(self, t):
         v = self.vars.get(id(t))
@@ -254,9 +256,18 @@ class Recorder:
         outs = [Var(f"t{self.count + i}", _per_step(o.shape, self.batch), o.dtype)
                 for i, o in enumerate(outputs)]
         self.count += len(outs)
-        self.vars.update((id(o), v) for o, v in zip(outputs, outs))
         self.keep += outputs
         self.eqns.append(Eqn(prim, args, outs))
+        if self.grad and not is_grad_enabled() and prim is not ops.STOP_GRADIENT:
+            # made under no_grad: no gradient flows back through it, as on the tape
+            outs = [self._stopped(v) if v.dtype.kind == "f" else v for v in outs]
+        self.vars.update((id(o), v) for o, v in zip(outputs, outs))
+
+    def _stopped(self, v):
+        w = Var(f"t{self.count}", v.shape, v.dtype)
+        self.count += 1
+        self.eqns.append(Eqn(ops.STOP_GRADIENT, [v], [w]))
+        return w
 
 
 def _per_step(shape, batch):
@@ -288,7 +299,7 @@ def trace(cell, x_t, state):
     for name, s in zip(state_names(cell, len(parts)), parts):
         known[id(s)] = v = Var(name + "_prev", _per_step(s.shape, batch), s.dtype, "state")
         svs.append(v)
-    with tracing(Recorder(known, batch)) as rec:
+    with set_grad_enabled(True), tracing(Recorder(known, batch)) as rec:  # (see Recorder)
         x_in = x_t
         if x_t.dtype.kind in "iu":  # ids stand for one-hot vectors (a lookup, once rewritten)
             x_in = apply(ops.ONE_HOT, x_t, cell.input_size, parts[0].dtype)

@@ -165,8 +165,8 @@ class CompiledStep:
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
         self.pre_needs = [[i for i, a in enumerate(e.args) if isinstance(a, Var) and
-                           a.dtype.kind == "f" and a.kind not in ("const", "mask")]
-                          for e in self.pre]  # the inputs each one differentiates
+                           a.dtype.kind == "f" and a.kind not in ("const", "mask") and
+                           e.prim.has_vjp(i)] for e in self.pre]  # what each differentiates
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
 

@@ -137,7 +137,9 @@ def transpose(body):
         if any(g is not None for g in gs):
             _transpose_eqn(b, ct, e, gs)
     diff = [v for v in body.xs if _needs(v)]
-    wanted = [v for v in body.consts if _needs(v)]
+    # (a constant no rule reached — read under stop_gradient only — gets no gradient, as on
+    # the tape: None, not a sum of zeros)
+    wanted = [v for v in body.consts if _needs(v) and (v in ct.ct or v in ct.pieces)]
     outs = [ct.final(s) for s in body.state]
     ys = [ct.final(v) for v in diff] + [news[0].var]
     acc = [ct.final(v) for v in wanted]

@@ -64,6 +64,10 @@ class Prim:
     def elementwise(self):
         return self.scalar is not None
 
+    def has_vjp(self, i):
+        """Does input i get a cotangent?  Not where its rule is None (stop_gradient's)."""
+        return self.vjp_all is not None or (i < len(self.vjps) and self.vjps[i] is not None)
+
     def __call__(self, *args):
         """The row applied inside a rule: on arrays its forward, on the compiler's symbols
         an equation (so ``lambda g, out, a: g * EXP(-out)`` is a rule too)."""
@@ -147,6 +151,9 @@ TANH = defprim("tanh", lambda a: kernels.tanh_forward(a), lambda g, out, a: g * 
 SIGMOID = defprim("sigmoid", lambda a: kernels.sigmoid_forward(a),
                   lambda g, out, a: g * out * (1 - out), args="a",
                   scalar=lambda a: f"sigmoid({a})")
+# The identity with no derivative (JAX's stop_gradient): what ``detach()`` and a ``no_grad``
+# block are in a traced program (its rule None: its input gets no cotangent from it).
+STOP_GRADIENT = defprim("stop_gradient", lambda a: a, None, args="a", scalar=lambda a: a)
 RELU = defprim("relu", lambda a: np.maximum(a, 0), lambda g, out, a: g * (out > 0), args="a",
                scalar=lambda a: f"max({a}, ZERO)")
 # c: a mask, bool or 0/1 in the values' dtype (a compiled loop's lengths are one)

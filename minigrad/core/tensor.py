@@ -94,8 +94,10 @@ class Tensor:
         return self
 
     def detach(self):
-        """The same data, cut from the graph (shares memory, as in PyTorch)."""
-        return Tensor._result(self.data, None, 0)
+        """The same data, cut from the graph (shares memory, as in PyTorch): the row
+        ``stop_gradient`` under no_grad, so that a traced program sees it."""
+        with autograd.no_grad():
+            return apply(ops.STOP_GRADIENT, self)
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after ``backward`` (e.g. dL/da<t>)."""
