@@ -24,6 +24,7 @@ import numbers
 import numpy as np
 
 from minigrad import kernels
+from minigrad.core import tensor
 from minigrad.core.autograd import no_grad
 from minigrad.core.tensor import Tensor
 
@@ -125,6 +126,8 @@ class Optimizer:
 
     def step(self):
         """One update of every parameter that has a gradient, in place on ``p.data``."""
+        if tensor._TRACER is not None:  # (a side effect a traced program would not repeat)
+            tensor._TRACER.effects.append(f"{type(self).__name__}.step()")
         with no_grad():
             for p, state in zip(self.params, self.state):
                 if p.grad is not None:

@@ -365,6 +365,40 @@ def test_no_grad_blocks_and_detach_inside_a_compiled_function_stop_the_gradient(
     assert "stop_gradient" in repr(step.program(x))
 
 
+@pytest.mark.parametrize("inside", ["backward", "step"])
+def test_a_function_that_calls_backward_or_step_runs_eagerly_and_says_so(inside):
+    # A compiled call runs the traced equations only: a backward() or an optimizer step
+    # inside would silently not happen (the weights stopped changing after two calls).
+    ref, model = _classifier().eval(), _classifier().eval()
+    opts = {m: mg.optim.SGD(m.parameters(), lr=0.05) for m in (ref, model)}
+    x = np.random.default_rng(6).standard_normal((6, 4))
+
+    def train(m, x):
+        loss = (m(x) ** 2).sum()
+        if inside == "backward":
+            opts[m].zero_grad()
+            loss.backward()
+        else:
+            opts[m].step()  # (the gradients of the previous call, backward outside)
+        return loss
+
+    step = mg.compile(lambda x: train(model, x))
+    with pytest.warns(mg.CompileFallbackWarning, match=rf"it calls (SGD\.)?{inside}\(\)"):
+        for _ in range(4):
+            losses = []
+            for m, fn in ((model, step), (ref, lambda x: train(ref, x))):
+                losses.append(fn(x))
+                if inside == "backward":
+                    opts[m].step()
+                else:
+                    opts[m].zero_grad()
+                    losses[-1].backward()
+            np.testing.assert_allclose(losses[0].data, losses[1].data, rtol=1e-12)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-12)
+    assert step.compiled_calls == 0
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

@@ -25,6 +25,8 @@ A parameter or layer re-assigned on a module ``fn`` reaches or calls (``model.fc
 nn.Linear(...)``) makes ``fn`` trace afresh, as ``torch.compile``'s guards do; a tensor held
 elsewhere (a global name bound to a new tensor) is not seen: pass it as an argument.
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
+A function that calls ``backward()`` or an optimizer's ``step()`` stays eager (a compiled
+call would skip them), with the warning.
 """
 
 import collections
@@ -97,6 +99,7 @@ class _Trace:
         outs = []
         self.tree = _flatten(self.result, outs)
         self.eqns, self.captured, self.modules = rec.eqns, rec.captured, [*rec.modules.values()]
+        self.effects = rec.effects
         self.outs = [rec.vars.get(id(o)) for o in outs]
         self.inputs = [rec.vars[id(t)] for t in leaves] + rec.cvars
         self.wants = [t.requires_grad for t in list(leaves) + rec.captured]
@@ -336,6 +339,11 @@ class CompiledFunction:
             self._fall_back(key, str(e))
             return call(*_unflatten(tree, iter(leaves)))
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
+        if trace.effects:  # NOTE: a compiled call would compute the loss and skip them
+            self._fall_back(key, f"it calls {trace.effects[0]}, which a compiled call would "
+                            "not repeat: compile the loss alone, call backward() and "
+                            "step() outside it")
+            return result
         if self._watch(trace.modules):  # its signature now has their flags
             key = self._key(args, kwargs)[0]
         if isinstance(hit, _Trace):

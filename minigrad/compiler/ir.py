@@ -237,6 +237,7 @@ class Recorder:
         self.keep = []  # the traced tensors stay alive, so their ids stay unique
         self.eqns, self.consts, self.count = [], [], 0
         self.grad = is_grad_enabled()  # (no_grad blocks inside count, not the caller's mode)
+        self.effects = []  # what the traced code did besides computing (backward(), step())
 
     def var_of(self, t):
         v = self.vars.get(id(t))

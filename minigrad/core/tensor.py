@@ -110,6 +110,8 @@ class Tensor:
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d self / d leaf into every leaf's ``.grad`` (see autograd.backward)."""
+        if _TRACER is not None:  # (a side effect a traced program would not repeat)
+            _TRACER.effects.append("backward()")
         autograd.backward(self, None if grad is None else as_array(grad), retain_graph)
 
     def zero_grad(self):
