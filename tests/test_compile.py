@@ -399,6 +399,23 @@ def test_a_function_that_calls_backward_or_step_runs_eagerly_and_says_so(inside)
     assert step.compiled_calls == 0
 
 
+def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():
+    model = _classifier().eval()
+
+    def f(x):
+        h = model(x).tanh()
+        h.retain_grad()
+        return (h * h).sum(), h
+
+    step = mg.compile(f)
+    x = np.random.default_rng(7).standard_normal((3, 4))
+    with pytest.warns(mg.CompileFallbackWarning, match=r"it calls retain_grad\(\)"):
+        for _ in range(3):  # (compiled calls had left h.grad None)
+            loss, h = step(x)
+            loss.backward()
+            np.testing.assert_allclose(h.grad, 2 * h.data, rtol=1e-12)
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

@@ -341,8 +341,8 @@ class CompiledFunction:
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
         if trace.effects:  # NOTE: a compiled call would compute the loss and skip them
             self._fall_back(key, f"it calls {trace.effects[0]}, which a compiled call would "
-                            "not repeat: compile the loss alone, call backward() and "
-                            "step() outside it")
+                            "not do (it runs the traced equations only): compile the loss "
+                            "alone, call backward() and step() outside it")
             return result
         if self._watch(trace.modules):  # its signature now has their flags
             key = self._key(args, kwargs)[0]

@@ -101,6 +101,8 @@ class Tensor:
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after ``backward`` (e.g. dL/da<t>)."""
+        if _TRACER is not None:  # (a compiled call's values are other tensors)
+            _TRACER.effects.append("retain_grad()")
         if self._node is None:
             return self  # leaves keep their grad anyway
         if self._node.retained is None:
