@@ -53,7 +53,7 @@ Why these limits (code lines; today's counts in the README's table):
   the cell is traced with gradients on, so the caller's mode does not count) and for a
   parameter no rule reaches (no gradient, as on the tape, instead of a sum of zeros that
   the loop left uninitialised).
-* **function ≤ 295**: ``mg.compile`` (a whole training step as one traced program and one
+* **function ≤ 300**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
   the modules' ``training`` flags), dead equations dropped, and two independent
@@ -66,7 +66,9 @@ Why these limits (code lines; today's counts in the README's table):
   (Dicts and named tuples in and out cost no line: they replaced the special case.)
   +5 for the rows without a VJP (stop_gradient) that the program's walk skips, +5 for
   a function that calls ``backward()`` or ``step()`` (it stays eager and says so: its
-  compiled calls had silently skipped them — training stopped after two calls).
+  compiled calls had silently skipped them — training stopped after two calls), +5 for
+  the bound on traced signatures (a number changing every call had grown the cache by a
+  trace per call, compiling nothing, silently).
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

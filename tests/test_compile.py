@@ -416,6 +416,25 @@ def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():
             np.testing.assert_allclose(h.grad, 2 * h.data, rtol=1e-12)
 
 
+def test_a_number_that_changes_every_call_stops_tracing_after_a_bound_and_says_so():
+    # Each new Python number is a new signature, traced twice and never reused: the cache
+    # had grown by one trace per call, silently.  Passed as a tensor, it compiles once.
+    from minigrad.compiler import function
+    model = _classifier().eval()
+    x = np.random.default_rng(8).standard_normal((3, 4))
+    step = mg.compile(lambda x, s: (model(x) * s).sum())
+    with pytest.warns(mg.CompileFallbackWarning, match="signatures were traced already"):
+        for i in range(function.SIGNATURES + 10):
+            got = step(x, i / 7).item()
+    assert len(step._cache) == function.SIGNATURES
+    np.testing.assert_allclose(got, (model(mg.tensor(x)) * ((i) / 7)).sum().item(), rtol=1e-12)
+    step = mg.compile(lambda x, s: (model(x) * s).sum())
+    for i in range(5):
+        np.testing.assert_allclose(step(x, np.array(i / 7)).item(),
+                                   (model(mg.tensor(x)) * (i / 7)).sum().item(), rtol=1e-12)
+    assert step.compiled_calls == 3
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

@@ -282,6 +282,9 @@ def _modules(fn):
     return [m for m in found if isinstance(m, Module)]
 
 
+SIGNATURES = 64  # traced per function at most (each new one costs two traced calls)
+
+
 class CompiledFunction:
     """``mg.compile(fn)``: call it as ``fn``.  ``program(*args)`` is the traced program of
     that signature (print it), or None while it is not compiled yet."""
@@ -331,7 +334,12 @@ class CompiledFunction:
             self.compiled_calls += 1
             return hit(leaves)
         call = _with_kwargs(self.fn)
-        if hit is False or tensor._TRACER is not None:  # eager, or inside another's trace
+        full = hit is None and len(self._cache) >= SIGNATURES  # (torch.compile's limit: 8)
+        if full:
+            self._fall_back(None, f"{SIGNATURES} signatures were traced already; a Python "
+                            "number that changes between calls is part of the signature: "
+                            "pass it as a tensor (mg.tensor(x))")
+        if hit is False or full or tensor._TRACER is not None:  # eager, or in another's trace
             return call(*_unflatten(tree, iter(leaves)))
         try:
             trace = _Trace(call, leaves, tree)
@@ -366,7 +374,8 @@ class CompiledFunction:
         self.__init__(state["fn"], state["name"])
 
     def _fall_back(self, key, why):
-        self._cache[key] = False
+        if key is not None:
+            self._cache[key] = False
         if not self._warned:
             self._warned = True
             warnings.warn(f"mg.compile({self.name}): runs eagerly (same values, slower): {why}",
