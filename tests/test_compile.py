@@ -399,6 +399,17 @@ def test_a_function_that_calls_backward_or_step_runs_eagerly_and_says_so(inside)
     assert step.compiled_calls == 0
 
 
+def test_a_function_that_returns_a_python_number_runs_eagerly_and_says_so():
+    # A number read off the data (a metric's .item()) equal in the two traced calls had been
+    # built into the program: every compiled call returned the traced call's number.
+    model = _classifier().eval()
+    step = mg.compile(lambda x: ((model(x) ** 2).sum(), float((model(x) > 0).data.sum())))
+    rng = np.random.default_rng(9)
+    with pytest.warns(mg.CompileFallbackWarning, match="returns a Python number"):
+        for x in [np.ones((4, 4))] * 2 + [rng.standard_normal((4, 4)) for _ in range(3)]:
+            assert step(x)[1] == float((model(mg.tensor(x)) > 0).data.sum())
+
+
 def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():
     model = _classifier().eval()
 

@@ -25,12 +25,14 @@ A parameter or layer re-assigned on a module ``fn`` reaches or calls (``model.fc
 nn.Linear(...)``) makes ``fn`` trace afresh, as ``torch.compile``'s guards do; a tensor held
 elsewhere (a global name bound to a new tensor) is not seen: pass it as an argument.
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
-A function that calls ``backward()`` or an optimizer's ``step()`` stays eager (a compiled
-call would skip them), with the warning.
+A function that calls ``backward()`` or an optimizer's ``step()``, or returns a Python
+number, stays eager (a compiled call would skip them, or return the traced number), with
+the warning.
 """
 
 import collections
 import copy
+import numbers
 import operator
 import warnings
 
@@ -84,6 +86,13 @@ def _flatten(x, leaves):
     return x
 
 
+def _statics(tree):
+    """The Python values in a structure."""
+    if type(tree) is _Tree:
+        return [x for t in tree.children for x in _statics(t)]
+    return [] if tree is Tensor else [tree]
+
+
 def _unflatten(tree, leaves):
     if type(tree) is not _Tree:
         return next(leaves) if tree is Tensor else tree
@@ -99,7 +108,9 @@ class _Trace:
         outs = []
         self.tree = _flatten(self.result, outs)
         self.eqns, self.captured, self.modules = rec.eqns, rec.captured, [*rec.modules.values()]
-        self.effects = rec.effects
+        self.effects = [f"it calls {e}" for e in rec.effects] + [  # (see __call__)
+            "it returns a Python number" for x in _statics(self.tree)
+            if isinstance(x, (numbers.Number, np.generic))][:1]
         self.outs = [rec.vars.get(id(o)) for o in outs]
         self.inputs = [rec.vars[id(t)] for t in leaves] + rec.cvars
         self.wants = [t.requires_grad for t in list(leaves) + rec.captured]
@@ -348,9 +359,9 @@ class CompiledFunction:
             return call(*_unflatten(tree, iter(leaves)))
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
         if trace.effects:  # NOTE: a compiled call would compute the loss and skip them
-            self._fall_back(key, f"it calls {trace.effects[0]}, which a compiled call would "
-                            "not do (it runs the traced equations only): compile the loss "
-                            "alone, call backward() and step() outside it")
+            self._fall_back(key, f"{trace.effects[0]}; a compiled call runs the traced "
+                            "equations only (it would skip that, or return the traced number): "
+                            "compile the loss, call backward() and step() outside, return tensors")
             return result
         if self._watch(trace.modules):  # its signature now has their flags
             key = self._key(args, kwargs)[0]
