@@ -410,6 +410,24 @@ def test_a_function_that_returns_a_python_number_runs_eagerly_and_says_so():
             assert step(x)[1] == float((model(mg.tensor(x)) > 0).data.sum())
 
 
+def test_one_tensor_passed_twice_and_two_tensors_are_different_signatures():
+    # Traced as f(x, x), both arguments were one input: f(a, b) then read b twice.
+    f = mg.compile(lambda a, b: (a * 2.0 + b).sum())
+    x, a, b = (mg.tensor(np.full(3, v)) for v in (1.0, 1.0, 0.0))
+    for _ in range(3):
+        assert f(x, x).item() == 9.0
+    for _ in range(3):
+        assert f(a, b).item() == 6.0
+    assert f(x, x).item() == 9.0 and f.compiled_calls == 3
+    # and a parameter the function reads, passed as the argument too
+    model, ones = _classifier().eval(), mg.tensor(np.ones((2, 4)))
+    g = mg.compile(lambda w: (model(ones) * w).sum())
+    w2 = mg.tensor(np.linspace(0, 1, 2), requires_grad=True)
+    for w in [model[3].bias] * 3 + [w2] * 3:
+        assert g(w).item() == pytest.approx((model(ones) * w).sum().item(), rel=1e-12)
+    assert g.compiled_calls == 2
+
+
 def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():
     model = _classifier().eval()
 

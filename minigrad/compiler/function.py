@@ -2,10 +2,10 @@
 
 ``fn`` takes tensors (and arrays, and hashable Python values), in tuples (named ones too),
 lists and dicts as deep as it likes, and returns them the same way — typically a loss. The
-first call with a new signature (the arguments' shapes, dtypes and Python values, grad mode,
-the ``training`` flags of the modules ``fn`` reaches or calls) runs ``fn`` eagerly and
-traces it: every primitive it applies becomes an equation
-(:class:`~minigrad.compiler.ir.Eqn`) of one straight-line
+first call with a new signature (the arguments' shapes, dtypes and Python values, which of
+them are one tensor or a parameter ``fn`` reads, grad mode, the ``training`` flags of the
+modules ``fn`` reaches or calls) runs ``fn`` eagerly and traces it: every primitive it
+applies becomes an equation (:class:`~minigrad.compiler.ir.Eqn`) of one straight-line
 :class:`~minigrad.compiler.ir.Program`.
 A recurrent layer's whole sequence is one equation, ``scan[Cell]``, compiled as ever.  The
 second call traces again and compares.  From then on a call runs the equations on arrays —
@@ -309,7 +309,6 @@ class CompiledFunction:
     def _key(self, args, kwargs):
         leaves = []
         tree = _flatten((args, tuple(sorted(kwargs.items()))), leaves)
-        sig = tuple((t.shape, t.dtype.str, t.requires_grad) for t in leaves)
         if self._edits != nn._EDITS[0]:  # some module was edited: the watched ones? (_watch)
             self._edits = nn._EDITS[0]
             if self._modules is not None and not _same_objects(_layout(self._modules),
@@ -320,6 +319,11 @@ class CompiledFunction:
             self._modules = []
             self._watch(_modules(self.fn))
         flags = tuple(m.training for m in self._modules)
+        # NOTE: a tensor passed twice, or a parameter ``fn`` also reads, is one input of a
+        # trace: which argument is which tensor is part of the signature
+        seen = {}
+        sig = tuple((t.shape, t.dtype.str, t.requires_grad, seen.setdefault(id(t), i),
+                     self._params.get(id(t))) for i, t in enumerate(leaves))
         return (tree, sig, is_grad_enabled(), flags), leaves, tree
 
     def _watch(self, found):
@@ -332,6 +336,7 @@ class CompiledFunction:
         new = {id(m): m for mod in found for m in mod.modules() if id(m) not in known}
         self._modules += new.values()
         self._layout = _layout(self._modules)
+        self._params = {id(x): i for i, x in enumerate(self._layout) if isinstance(x, Tensor)}
         return bool(new)
 
     def __call__(self, *args, **kwargs):
