@@ -277,6 +277,27 @@ def test_a_subclass_runs_its_own_forward():
                 np.random.default_rng(8).standard_normal((2, 5, 3)))
 
 
+class TrainOnly(RNNCell):
+    """A forward that reads ``self.training`` (a step damped while training only)."""
+
+    def forward(self, x, a):
+        a = super().forward(x, a)
+        return a * 0.5 if self.training else a
+
+
+def test_a_cell_that_reads_its_training_flag_is_compiled_per_mode():
+    # The step compiled in training mode had been reused in eval mode (no key for the flag).
+    x = mg.tensor(np.random.default_rng(10).standard_normal((2, 5, 3)))
+    layers = []
+    for compiled in (True, False):
+        mg.manual_seed(10)
+        layers.append(Recurrent(TrainOnly(3, 4, dtype=F64), compiled=compiled))
+    for mode in (True, False, True, False):
+        fast, ref = (layer.train(mode)(x)[0] for layer in layers)
+        np.testing.assert_allclose(fast.data, ref.data, rtol=1e-12)
+    assert layers[0].compiled
+
+
 def test_a_cell_that_cannot_compile_warns_and_runs_eagerly():
     mg.manual_seed(9)
     cell = Branchy(3, 4, dtype=F64)
