@@ -24,9 +24,8 @@ import numbers
 import numpy as np
 
 from minigrad import kernels
-from minigrad.core import tensor
 from minigrad.core.autograd import no_grad
-from minigrad.core.tensor import Tensor
+from minigrad.core.tensor import Tensor, effect
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AdamW", "LambdaLR", "Optimizer", "RMSprop", "StepLR",
@@ -126,8 +125,7 @@ class Optimizer:
 
     def step(self):
         """One update of every parameter that has a gradient, in place on ``p.data``."""
-        if tensor._TRACER is not None:  # (a side effect a traced program would not repeat)
-            tensor._TRACER.effects.append(f"{type(self).__name__}.step()")
+        effect(f"{type(self).__name__}.step()")  # (mg.compile: a traced program would not)
         with no_grad():
             for p, state in zip(self.params, self.state):
                 if p.grad is not None:

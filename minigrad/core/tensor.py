@@ -101,8 +101,7 @@ class Tensor:
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after ``backward`` (e.g. dL/da<t>)."""
-        if _TRACER is not None:  # (a compiled call's values are other tensors)
-            _TRACER.effects.append("retain_grad()")
+        effect("retain_grad()")  # (a compiled call's values are other tensors)
         if self._node is None:
             return self  # leaves keep their grad anyway
         if self._node.retained is None:
@@ -112,8 +111,7 @@ class Tensor:
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d self / d leaf into every leaf's ``.grad`` (see autograd.backward)."""
-        if _TRACER is not None:  # (a side effect a traced program would not repeat)
-            _TRACER.effects.append("backward()")
+        effect("backward()")
         autograd.backward(self, None if grad is None else as_array(grad), retain_graph)
 
     def zero_grad(self):
@@ -338,6 +336,12 @@ def apply(prim, *inputs):
 
 # The compiler's tracer sees every primitive application while it is set (see tracing).
 _TRACER = None
+
+
+def effect(what):
+    """Tell a trace (mg.compile's) of a side effect that its program would not repeat."""
+    if _TRACER is not None:
+        getattr(_TRACER, "effects", []).append(what)
 
 
 @contextlib.contextmanager
