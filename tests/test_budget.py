@@ -53,7 +53,7 @@ Why these limits (code lines; today's counts in the README's table):
   the cell is traced with gradients on, so the caller's mode does not count) and for a
   parameter no rule reaches (no gradient, as on the tape, instead of a sum of zeros that
   the loop left uninitialised).
-* **function ≤ 310**: ``mg.compile`` (a whole training step as one traced program and one
+* **function ≤ 320**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
   the modules' ``training`` flags), dead equations dropped, and two independent
@@ -69,7 +69,9 @@ Why these limits (code lines; today's counts in the README's table):
   compiled calls had silently skipped them — training stopped after two calls), +5 for
   the bound on traced signatures (a number changing every call had grown the cache by a
   trace per call, compiling nothing, silently), +10 for a returned Python number (a
-  metric's ``.item()`` equal in the two traces had been returned by every compiled call).
+  metric's ``.item()`` equal in the two traces had been returned by every compiled call),
+  +6 for ``@mg.compile`` on a method (``__get__``: one per instance; it had been called
+  without ``self``).
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -428,6 +428,30 @@ def test_one_tensor_passed_twice_and_two_tensors_are_different_signatures():
     assert g.compiled_calls == 2
 
 
+def test_a_method_decorated_with_compile_is_compiled_per_instance():
+    # @mg.compile on forward, as with torch.compile: it had been called without self.
+    class Net(Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _classifier()
+
+        def forward(self, x):
+            return self.body(x).sum()
+
+    class Compiled(Net):
+        forward = mg.compile(Net.forward)
+
+    x = np.random.default_rng(11).standard_normal((3, 4))
+    nets = [Compiled(), Compiled()]
+    refs = [Net(), Net()]
+    for mode in (True, False):
+        for net, ref in zip(nets, refs):
+            net.train(mode), ref.train(mode)
+            for _ in range(3):
+                _assert_same(_run(net, 0, net, x), _run(ref, 0, ref, x))
+    assert [net.forward.compiled_calls for net in nets] == [2, 2]  # (per mode: 2 traced, 1)
+
+
 def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():
     model = _classifier().eval()
 

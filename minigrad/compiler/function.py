@@ -35,6 +35,7 @@ import copy
 import numbers
 import operator
 import warnings
+import weakref
 
 import numpy as np
 
@@ -303,7 +304,7 @@ class CompiledFunction:
     def __init__(self, fn, name=None):
         self.fn, self.name = fn, name or getattr(fn, "__qualname__", type(fn).__name__)
         self._cache, self._warned, self._modules = {}, False, None
-        self._edits, self._layout = None, []
+        self._edits, self._layout, self._bound = None, [], weakref.WeakKeyDictionary()
         self.compiled_calls = 0  # calls that ran the compiled program (the tests read it)
 
     def _key(self, args, kwargs):
@@ -379,6 +380,14 @@ class CompiledFunction:
         else:
             self._cache[key] = trace
         return result
+
+    def __get__(self, obj, cls=None):
+        """``@mg.compile`` on a method: each instance gets its own, ``self`` watched."""
+        if obj is None:
+            return self
+        if obj not in self._bound:
+            self._bound[obj] = CompiledFunction(self.fn.__get__(obj, cls), self.name)
+        return self._bound[obj]
 
     def __deepcopy__(self, memo):  # a copied model compiles its own (nothing cached)
         return CompiledFunction(copy.deepcopy(self.fn, memo), self.name)
