@@ -238,6 +238,19 @@ def test_python_branching_on_the_data_runs_eagerly():
     assert got == want
 
 
+def test_a_static_value_read_off_the_data_runs_eagerly():
+    w = Parameter(np.arange(1.0, 4.0))
+
+    def fn(x):
+        return (x * w)[int(np.argmax(x.data))]  # an index computed with NumPy from the data
+
+    compiled = mg.compile(fn)
+    xs = [np.array([3.0, 1.0, 2.0]), np.array([1.0, 5.0, 2.0]), np.array([0.0, 1.0, 9.0])]
+    with pytest.warns(mg.CompileFallbackWarning, match="an argument of getitem differs"):
+        assert [compiled(x).item() for x in xs] == [3.0, 10.0, 27.0]
+    assert compiled.compiled_calls == 0
+
+
 def test_a_new_shape_and_eval_mode_are_new_signatures():
     fast, ref = _lm(True, cell="gru", dropout=0.5), _lm(False, cell="gru", dropout=0.5)
     rng = np.random.default_rng(5)
