@@ -285,6 +285,7 @@ class ModuleList(Module):
             raise TypeError(f"{type(self).__name__}.append: expected a Module, got "
                             f"{type(module).__name__}")
         self._modules[str(len(self._modules))] = module
+        _EDITS[0] += 1
         return self
 
     def extend(self, modules):
@@ -311,6 +312,7 @@ class ModuleList(Module):
             raise TypeError(f"{type(self).__name__}: expected a Module, got "
                             f"{type(module).__name__}")
         self._modules[self._index(i)] = module
+        _EDITS[0] += 1
 
     def __len__(self):
         return len(self._modules)

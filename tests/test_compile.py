@@ -302,9 +302,14 @@ def test_a_model_reached_through_an_object_is_watched_for_eval_mode():
     assert step.compiled_calls == 3  # traced twice in eval mode, then compiled again
 
 
-@pytest.mark.parametrize("edit", ["layer", "parameter", "deleted bias"])
+@pytest.mark.parametrize("edit", ["layer", "parameter", "deleted bias", "prebuilt layer",
+                                  "appended layer"])
 def test_replacing_a_layer_or_parameter_after_compiling_traces_afresh(edit):
     ref, model = _classifier(), _classifier()
+    spare = {}
+    for m in (ref, model):  # built before compiling: no module is made after the calls
+        mg.manual_seed(9)
+        spare[m] = (mg.nn.Linear(8, 2, dtype=F64), mg.nn.Linear(2, 2, dtype=F64))
     step = mg.compile(lambda x: (model(x) ** 2).sum())
     x = np.random.default_rng(1).standard_normal((5, 4))
     for m in (ref, model):
@@ -318,8 +323,12 @@ def test_replacing_a_layer_or_parameter_after_compiling_traces_afresh(edit):
             m[3] = mg.nn.Linear(8, 2, dtype=F64)
         elif edit == "parameter":
             m[0].weight = Parameter(np.random.default_rng(2).standard_normal((8, 4)))
-        else:
+        elif edit == "deleted bias":
             m[3].bias = None
+        elif edit == "prebuilt layer":
+            m[3] = spare[m][0]
+        else:
+            m.append(spare[m][1])
     for _ in range(3):  # the old weights are read by no call: eager's values and gradients
         _assert_same(_run(model, 0, step, x), _run(ref, 0, lambda x: (ref(x) ** 2).sum(), x))
     assert step.compiled_calls == 2
