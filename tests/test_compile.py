@@ -238,6 +238,12 @@ def test_python_branching_on_the_data_runs_eagerly():
     assert got == want
 
 
+@pytest.mark.parametrize("bad", [42, None, "loss"])
+def test_compiling_something_that_is_not_callable_is_refused_at_once(bad):
+    with pytest.raises(TypeError, match=rf"mg.compile: expected a function.*{type(bad).__name__}"):
+        mg.compile(bad)
+
+
 def test_a_static_value_read_off_the_data_runs_eagerly():
     w = Parameter(np.arange(1.0, 4.0))
 

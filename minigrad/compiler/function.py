@@ -431,4 +431,7 @@ def _fallback_warning():
 
 def compile(fn):  # noqa: A001 - the public name, as torch.compile
     """``fn`` compiled per signature (see the module docstring); usable as a decorator."""
+    if not callable(fn):
+        raise TypeError(f"mg.compile: expected a function, a method or a module to compile, "
+                        f"got {type(fn).__name__} {fn!r:.40}")
     return CompiledFunction(fn)
