@@ -478,6 +478,12 @@ def test_a_method_decorated_with_compile_is_compiled_per_instance():
             for _ in range(3):
                 _assert_same(_run(net, 0, net, x), _run(ref, 0, ref, x))
     assert [net.forward.compiled_calls for net in nets] == [2, 2]  # (per mode: 2 traced, 1)
+    import gc
+    import weakref
+    gone = weakref.ref(nets.pop())
+    del net
+    gc.collect()
+    assert gone() is None  # (an instance's compiled method goes with it)
 
 
 def test_retain_grad_inside_a_compiled_function_runs_it_eagerly():

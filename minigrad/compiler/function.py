@@ -35,7 +35,6 @@ import copy
 import numbers
 import operator
 import warnings
-import weakref
 
 import numpy as np
 
@@ -304,7 +303,7 @@ class CompiledFunction:
     def __init__(self, fn, name=None):
         self.fn, self.name = fn, name or getattr(fn, "__qualname__", type(fn).__name__)
         self._cache, self._warned, self._modules = {}, False, None
-        self._edits, self._layout, self._bound = None, [], weakref.WeakKeyDictionary()
+        self._edits, self._layout = None, []
         self.compiled_calls = 0  # calls that ran the compiled program (the tests read it)
 
     def _key(self, args, kwargs):
@@ -382,12 +381,14 @@ class CompiledFunction:
         return result
 
     def __get__(self, obj, cls=None):
-        """``@mg.compile`` on a method: each instance gets its own, ``self`` watched."""
+        """``@mg.compile`` on a method: each instance gets its own (kept in the instance, so
+        that it goes with it), ``self`` watched."""
         if obj is None:
             return self
-        if obj not in self._bound:
-            self._bound[obj] = CompiledFunction(self.fn.__get__(obj, cls), self.name)
-        return self._bound[obj]
+        slot = f"_compiled_{id(self):x}"
+        if slot not in obj.__dict__:
+            obj.__dict__[slot] = CompiledFunction(self.fn.__get__(obj, cls), self.name)
+        return obj.__dict__[slot]
 
     def __deepcopy__(self, memo):  # a copied model compiles its own (nothing cached)
         return CompiledFunction(copy.deepcopy(self.fn, memo), self.name)
