@@ -522,6 +522,28 @@ def test_a_number_that_changes_every_call_stops_tracing_after_a_bound_and_says_s
     assert step.compiled_calls == 3
 
 
+def test_parameters_given_another_dtype_are_traced_afresh_not_run_in_the_old_program(capfd):
+    # float32 parameters made float64 after compiling: the compiled program had run the
+    # float32 loops on them (MKL: "Parameter 11 was incorrect", and a loss came back) where
+    # the eager step refuses the mix of float64 weights and a float32 state.
+    ids = np.random.default_rng(12).integers(3, 11, (4, 6))
+    lms = []
+    for compiled in (True, False):
+        mg.manual_seed(0)
+        lms.append(LanguageModel(11, 8, cell="lstm", compiled=compiled))
+    for _ in range(3):
+        lms[0].loss(ids)
+    errors = []
+    for lm in lms:
+        for p in lm.parameters():
+            p.data = p.data.astype(F64)
+        with pytest.raises(ValueError, match="must return the new state") as caught:
+            lm.loss(ids)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+    assert "MKL ERROR" not in capfd.readouterr().err
+
+
 def test_ids_out_of_range_are_refused_on_a_compiled_call():
     lm = _lm(True, cell="rnn")
     ids = np.random.default_rng(7).integers(3, 11, (2, 4))

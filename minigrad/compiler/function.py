@@ -179,7 +179,7 @@ class _Program:
         self.pairs = _pairs(self.eqns)
         self.refs = trace.captured  # read by reference at every call (parameters, buffers)
         self.inputs = trace.inputs  # the arguments' leaves, then the captured tensors
-        self.grads = tuple(t.requires_grad for t in self.refs)
+        self.guard = _guard(self.refs)
         active = {v for v, want in zip(self.inputs, trace.wants) if want}
         self.needs = []
         for e in self.eqns:
@@ -346,7 +346,7 @@ class CompiledFunction:
         except TypeError:  # an unhashable Python argument: no signature to compile for
             return self.fn(*args, **kwargs)
         hit = self._cache.get(key)
-        if isinstance(hit, _Program) and hit.grads == tuple(t.requires_grad for t in hit.refs):
+        if isinstance(hit, _Program) and hit.guard == _guard(hit.refs):
             self.compiled_calls += 1
             return hit(leaves)
         call = _with_kwargs(self.fn)
@@ -386,9 +386,8 @@ class CompiledFunction:
         if obj is None:
             return self
         slot = f"_compiled_{id(self):x}"
-        if slot not in obj.__dict__:
-            obj.__dict__[slot] = CompiledFunction(self.fn.__get__(obj, cls), self.name)
-        return obj.__dict__[slot]
+        return obj.__dict__.get(slot) or obj.__dict__.setdefault(
+            slot, CompiledFunction(self.fn.__get__(obj, cls), self.name))
 
     def __deepcopy__(self, memo):  # a copied model compiles its own (nothing cached)
         return CompiledFunction(copy.deepcopy(self.fn, memo), self.name)
@@ -410,6 +409,12 @@ class CompiledFunction:
     def program(self, *args, **kwargs):
         hit = self._cache.get(self._key(args, kwargs)[0])
         return hit if isinstance(hit, _Program) else None
+
+
+def _guard(refs):
+    """What a program assumed of the tensors it reads: a parameter frozen, or its data of
+    another dtype or shape (``p.data = p.data.astype(...)``), is traced afresh."""
+    return tuple((t.requires_grad, t.data.dtype, t.data.shape) for t in refs)
 
 
 def _layout(modules):

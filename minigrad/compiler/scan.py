@@ -380,7 +380,8 @@ def compile_step(cell, x_t, state, masked=False):
     or NumPy on tensor values, a batch size built in)."""
     parts = (state,) if isinstance(state, Tensor) else tuple(state)
     key = (x_t.dtype.str, x_t.shape[1:], tuple((p.shape[1:], p.dtype.str) for p in parts),
-           masked, tuple(m.training for m in cell.modules()))  # (a forward may read it)
+           masked, tuple(m.training for m in cell.modules()),  # (a forward may read it)
+           tuple((p.dtype.str, p.shape) for p in cell.parameters()))
     per_cell = _CACHE.setdefault(cell, {})
     if key not in per_cell:
         with tracing(None):  # a function being traced (mg.compile) sees the scan, not this
