@@ -52,7 +52,8 @@ Why these limits (code lines; today's counts in the README's table):
   ``no_grad`` blocks in a traced cell (each value made in one passes a ``stop_gradient``;
   the cell is traced with gradients on, so the caller's mode does not count) and for a
   parameter no rule reaches (no gradient, as on the tape, instead of a sum of zeros that
-  the loop left uninitialised).
+  the loop left uninitialised), and for a compiled step's key with the cell's training flags
+  and its parameters' dtypes (a step had run in the wrong mode, or on float64 weights).
 * **function ≤ 320**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
