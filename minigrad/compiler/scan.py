@@ -372,16 +372,17 @@ def wait():
         t.join()
 
 
-def compile_step(cell, x_t, state, masked=False):
+def compile_step(cell, x_t, state, masked=False, params=None):
     """The :class:`CompiledStep` of ``cell`` for the signature of ``x_t`` and ``state``
     (cached per cell and signature; ``masked``: with a lengths mask).  Raises
     :class:`TraceError` with the cause when the cell cannot be compiled, or when the
     compiled step does not reproduce ``cell(x_t, s)`` on fresh inputs (Python control flow
-    or NumPy on tensor values, a batch size built in)."""
+    or NumPy on tensor values, a batch size built in).  ``params``: the cell's parameters,
+    when the caller has them already."""
     parts = (state,) if isinstance(state, Tensor) else tuple(state)
     key = (x_t.dtype.str, x_t.shape[1:], tuple((p.shape[1:], p.dtype.str) for p in parts),
            masked, tuple(m.training for m in cell.modules()),  # (a forward may read it)
-           tuple((p.dtype.str, p.shape) for p in cell.parameters()))
+           tuple((p.data.dtype, p.data.shape) for p in params or cell.parameters()))
     per_cell = _CACHE.setdefault(cell, {})
     if key not in per_cell:
         with tracing(None):  # a function being traced (mg.compile) sees the scan, not this
@@ -444,7 +445,7 @@ def scan(cell, xs, init, mask=None, reverse=False, retain=None):
     """
     parts = (init,) if isinstance(init, Tensor) else tuple(init)
     example = Tensor._result(xs.data[0], None, 0)
-    step = compile_step(cell, example, init, masked=mask is not None)
     params = [p for _, p in cell.named_parameters()]
+    step = compile_step(cell, example, init, masked=mask is not None, params=params)
     hist = step(params, xs, parts, mask, reverse, retain)
     return hist[0] if isinstance(init, Tensor) else hist
