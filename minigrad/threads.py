@@ -11,6 +11,10 @@ BLAS thread per chunk means never more busy threads than ``n``: BLAS's own worke
 busy-wait between calls and, alternating with other threads, stalled them for milliseconds
 (``shared/perf-notes.md``).
 
+Compiled work is started on Numba's threads (:func:`native`: one ``prange`` over the chunks,
+~2-20 µs to start here); Python work (the loops before Numba has compiled them, a
+bidirectional layer's two directions) on a pool of Python threads (~120 µs a round trip).
+
 Results are deterministic for a given thread count; across thread counts the weight
 gradients differ in round-off only (the partial sums are added in another grouping).
 Without a call, minigrad uses one thread of its own and leaves BLAS its default.
@@ -19,10 +23,12 @@ Without a call, minigrad uses one thread of its own and leaves BLAS its default.
 import concurrent.futures
 import threading
 
+import numba
 import numpy as np
 import threadpoolctl
 
 from minigrad.kernels import blas
+from minigrad.kernels.jit import parallel as _parallel_kernel
 
 MIN_ROWS = 8  # a chunk of a batch has at least this many rows: smaller ones do not pay
 MIN_FLOPS = 4e6  # a GEMM is split across threads in parts of at least this much work
@@ -30,6 +36,7 @@ _inside = threading.local()
 _controller = None
 _threads = 1
 _pool = None
+_native = None
 
 
 def _blas():
@@ -84,6 +91,38 @@ def parallel(fn, items):
             f.result()
 
 
+def native():
+    """Do minigrad's threads start compiled work as Numba's (OpenMP's or TBB's pool)?  Not
+    when Numba has only its 'workqueue' layer, whose every start costs ~175 µs: compiled
+    work then runs on the Python pool, as Python work does."""
+    global _native
+    if _native is None:
+        try:
+            _probe(np.zeros(2))
+            _native = numba.threading_layer() != "workqueue"
+        except Exception:  # noqa: BLE001 - no threading layer could be loaded
+            _native = False
+    return _native
+
+
+@_parallel_kernel
+def _probe(x):
+    for i in numba.prange(x.size):
+        x[i] += 1.0
+
+
+def run(kernel, *args):
+    """``kernel(*args)``, a :func:`~minigrad.kernels.parallel` kernel, on ``n`` of Numba's
+    threads (the count is per calling thread in Numba)."""
+    numba.set_num_threads(min(_threads, numba.config.NUMBA_NUM_THREADS))
+    return kernel(*args)
+
+
+def edges(rows):
+    """[(b0, b1), ...] as the int64 array of their edges, a native kernel's argument."""
+    return np.array([rows[0][0], *(b1 for _, b1 in rows)], np.int64)
+
+
 def _flagged(fn, item):
     _inside.flag = True
     try:
@@ -107,7 +146,11 @@ def dot(a, b):
     if len(rows) == 1:
         return blas.dot(a, b)
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    parallel(lambda r: blas.dot(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), rows)
+    if _native_blocks(a, b, rows, a.flags.c_contiguous and (b.flags.c_contiguous or
+                                                            b.flags.f_contiguous)):
+        run(blas.dot_blocks, a, b, out, edges(rows))
+    else:
+        parallel(lambda r: blas.dot(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), rows)
     return out
 
 
@@ -118,10 +161,23 @@ def dot_t(a, g):
     rows = _bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * g.shape[1])
     if len(rows) == 1:
         return blas.dot(a.T, g)
-    parts = [None] * len(rows)
-    parallel(lambda i: parts.__setitem__(i, blas.dot(a[slice(*rows[i])].T, g[slice(*rows[i])])),
-             list(range(len(rows))))
-    total = parts[0]
-    for p in parts[1:]:
+    if _native_blocks(a, g, rows, a.flags.c_contiguous and g.flags.c_contiguous):
+        parts = np.empty((len(rows), a.shape[1], g.shape[1]), np.float32)
+        run(blas.dot_t_blocks, a, g, parts, edges(rows))
+    else:
+        parts = [None] * len(rows)
+        parallel(lambda i: parts.__setitem__(i, blas.dot(a[slice(*rows[i])].T,
+                                                         g[slice(*rows[i])])),
+                 list(range(len(rows))))
+    total = parts[0] + parts[1]  # (a new array: not a view of the blocks' parts)
+    for p in parts[2:]:
         total += p
     return total
+
+
+def _native_blocks(a, b, rows, layout):
+    """Can :func:`blas.dot_blocks` make each block's call :func:`blas.dot` makes (MKL's
+    float32 GEMM on C- or F-contiguous operands, every block at least ``blas.BIG``)?"""
+    n = min(r1 - r0 for r0, r1 in rows) * (a.size // a.shape[0]) * b.shape[1]
+    return blas.NAME == "mkl" and blas.AVAILABLE and layout and n >= blas.BIG and \
+        a.dtype == b.dtype == np.float32 and native()

@@ -29,7 +29,9 @@ Why these limits (code lines; today's counts in the README's table):
   choosing one BLAS for the loops' GEMMs and the large products outside them (MKL when
   installed on an Intel CPU: the names demo's LSTM step ~10 %, config B's ~22 % and K's
   ~17 % faster than with OpenBLAS): room for the compiler's shared runtime helpers, not for
-  a second hand-fused cell.
+  a second hand-fused cell.  575: +15 for ``parallel`` and the two products in blocks on
+  Numba's threads (``blas.dot_blocks``, ``dot_t_blocks``): a Python pool's round trip
+  cost ~120 µs, and a 2-thread weight gradient at N took as long as one thread's.
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.
@@ -54,6 +56,9 @@ Why these limits (code lines; today's counts in the README's table):
   parameter no rule reaches (no gradient, as on the tape, instead of a sum of zeros that
   the loop left uninitialised), and for a compiled step's key with the cell's training flags
   and its parameters' dtypes (a step had run in the wrong mode, or on float64 weights).
+  1260: +40 for the chunks of a batch run in one call on Numba's threads (a generated
+  ``<loop>_chunks`` driver per loop, compiled after the loops): on the Python pool two
+  threads had been no faster than one (N's LSTM 5.1 against 4.4 ms a step; now 3.5).
 * **function ≤ 320**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
@@ -72,7 +77,8 @@ Why these limits (code lines; today's counts in the README's table):
   trace per call, compiling nothing, silently), +10 for a returned Python number (a
   metric's ``.item()`` equal in the two traces had been returned by every compiled call),
   +6 for ``@mg.compile`` on a method (``__get__``: one per instance; it had been called
-  without ``self``).
+  without ``self``).  325: a bidirectional layer's directions run one after the other when
+  each splits its batch on Numba's threads (D: 4.8 against 5.6 ms a step side by side).
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -609,3 +609,40 @@ def test_a_bidirectional_layers_two_directions_run_at_once_and_equal_eager():
     assert len(program.pairs) == 2  # each layer's directions side by side
     assert all(program.eqns[k].prim.name == program.eqns[k + 1].prim.name == "scan[LSTMCell]"
                for k in program.pairs)
+
+
+def test_with_numbas_threads_each_direction_splits_its_batch_and_equals_eager(monkeypatch):
+    """float32, two threads, compiled loops: a bidirectional layer's two directions run one
+    after the other, each splitting its batch in one call on Numba's threads (not side by
+    side on Python threads, each with its whole batch); equal to eager, and deterministic."""
+    import sys
+
+    from minigrad import threads
+    if not threads.native():
+        pytest.skip("no Numba threading layer that starts work in microseconds")
+    ran, real = [], threads.run
+    monkeypatch.setattr(threads, "run", lambda k, *a: ran.append(k.__name__) or real(k, *a))
+    mg.manual_seed(28)
+    tagger = SequenceTagger(LSTM(4, 5, bidirectional=True), 3)
+    rng = np.random.default_rng(28)
+    x, y = rng.standard_normal((16, 6, 4)).astype(np.float32), rng.integers(0, 3, (16, 6))
+    compiled = mg.compile(lambda x, y: mg.cross_entropy(tagger(x), y))
+    mg.set_num_threads(2)
+    try:
+        for i in range(3):
+            got = _run(tagger, i, compiled, x, y)
+            sys.modules["minigrad.compiler.scan"].wait()  # (the loops, then the drivers)
+        ran.clear()
+        got = [_run(tagger, 3, compiled, x, y) for _ in range(2)]
+        assert ran == (["forward_chunks"] * 2 + ["backward_chunks"] * 2) * 2
+        mg.manual_seed(28)  # the same weights, the tape's BPTT
+        eager = SequenceTagger(LSTM(4, 5, bidirectional=True, compiled=False), 3)
+        want = _run(eager, 3, lambda x, y: mg.cross_entropy(eager(x), y), mg.tensor(x),
+                    mg.tensor(y))
+    finally:
+        mg.set_num_threads(1)
+    for a, b in zip(got[0][1], got[1][1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(got[0][0].data, want[0].data, rtol=1e-5)
+    for a, b in zip(got[0][1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

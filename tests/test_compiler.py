@@ -517,14 +517,19 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ["lstm-peephole", "gru-full", "mgu"])
-def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads):
+def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads, monkeypatch):
     """float32 runs the generated loops as Python first and as Numba once compiled (in the
     background): the same source, the same kernels and the same BLAS calls, so the switch
     changes no bit — values, every gradient and ∂L/∂a<t>, masked, reversed, in chunks."""
     import sys
 
+    from minigrad import threads as threads_module
     scan_module = sys.modules["minigrad.compiler.scan"]
     mg.set_num_threads(threads)
+    ran = []
+    real_run = threads_module.run
+    monkeypatch.setattr(threads_module, "run", lambda k, *a: ran.append(k.__name__) or
+                        real_run(k, *a))
     try:
         mg.manual_seed(12)
         layer = Recurrent(CELLS[name](3, 4), reverse=True)
@@ -544,6 +549,8 @@ def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads):
         assert [r[0] for r in results] == [False, True]
         for a, b in zip(results[0][1], results[1][1]):
             np.testing.assert_array_equal(a, b)
+        # compiled, two threads run every chunk in one call on Numba's threads (no fallback)
+        assert set(ran) == ({"forward_chunks", "backward_chunks"} if threads == 2 else set())
     finally:
         mg.set_num_threads(1)
 
@@ -791,6 +798,31 @@ def test_large_products_are_split_across_threads(two_threads, monkeypatch):
     w = mg.tensor(b, requires_grad=True)
     (x @ w).sum().backward()  # the matmul row and its weight gradient go through them
     np.testing.assert_allclose(w.grad, a.T @ np.ones((600, 50)), rtol=1e-12, atol=1e-12)
+
+
+def test_large_float32_products_run_on_numbas_threads_with_the_same_bits(two_threads,
+                                                                           monkeypatch):
+    """float32 products through MKL split into blocks start on Numba's threads
+    (``threads.native``: ~2-20 µs against ~120 µs for the Python pool's round trip); each
+    block is the very call the pool makes, so the numbers are the same bits."""
+    from minigrad import threads
+    from minigrad.kernels import blas
+    if blas.NAME != "mkl":
+        pytest.skip("the native blocks make MKL's calls; this BLAS is " + blas.NAME)
+    rng = np.random.default_rng(27)
+    a, g = (rng.standard_normal(s).astype(np.float32) for s in ((600, 128), (600, 512)))
+    b = np.asfortranarray(rng.standard_normal((128, 300)).astype(np.float32))
+    ran, real = [], threads.run
+    monkeypatch.setattr(threads, "run", lambda k, *x: ran.append(k.__name__) or real(k, *x))
+    assert threads.native()  # OpenMP's (or TBB's) layer loads here: else this is the slow path
+    native = [threads.dot(a, b), threads.dot(a, g[:, :128].T.copy()), threads.dot_t(a, g)]
+    assert ran == ["dot_blocks", "dot_blocks", "dot_t_blocks"]
+    monkeypatch.setattr(threads, "_native", False)
+    pool = [threads.dot(a, b), threads.dot(a, g[:, :128].T.copy()), threads.dot_t(a, g)]
+    assert len(ran) == 3
+    for x, y, want in zip(native, pool, [a @ b, a @ g[:, :128].T, a.T @ g]):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-3)
 
 
 EXIT_EARLY = """

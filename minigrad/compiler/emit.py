@@ -101,6 +101,22 @@ class Emitter:
         lines.append(f"    return ({''.join(c + ', ' for c, _ in carry)})")
         return "\n".join(lines) + "\n"
 
+    @staticmethod
+    def chunks(name, binds, carry=()):
+        """The source of ``<name>_chunks``: the loop run on every chunk of rows of the batch at
+        once (``E``: the chunks' edges), each on one of Numba's threads, with a chunk's rows of
+        every array (its own accumulators ``A*[c]``); the carried values go to ``R*``."""
+        args = list(dict.fromkeys(a for a, _ in binds.values()))
+        rows = {"K": "{}", "A": "{}[c]", "C": "{}[b0:b1]", "N": "{}[b0:b1]"}
+        outs = [f"R{i}" for i in range(len(carry))]
+        return "\n".join(
+            [f"def {name}_chunks(E, T, back, r, D, {', '.join(args + outs)}):",
+             "    for c in prange(E.size - 1):",
+             "        b0, b1 = E[c], E[c + 1]",
+             f"        out = {name}(b1 - b0, T, back, r, D, " + ", ".join(
+                 rows.get(a[0], "{}[:, b0:b1]").format(a) for a in args) + ")"]
+            + [f"        {o}[b0:b1] = out[{i}]" for i, o in enumerate(outs)]) + "\n"
+
     def loc(self, v):
         """The expression of v's (B, width) array at step t."""
         b, c0 = self.low.base(v)
@@ -204,15 +220,17 @@ class _KArgs:
         return ", ".join([*self.arrays, *self.ints])
 
 
-def kernel_modules(dtype, kernels, loops=()):
+def kernel_modules(dtype, kernels, loops=(), drivers=()):
     """The sources of the generated modules: one per kernel (named by its text: a kernel the
     same as another cell's or layer's is compiled once), then the one that imports them as
-    ``fused<j>`` and (for Numba) holds the loops."""
+    ``fused<j>`` and (for Numba) holds the loops and their ``drivers`` (:meth:`Emitter.chunks`)."""
     head = KERNEL_HEADER.format(dtype=np.dtype(dtype).name)
     texts = [head + "\n\n" + k for k in kernels]
     src = head + "".join(f"from {module_name(t)} import fused as fused{j}\n"
                          for j, t in enumerate(texts))
     if loops:
-        src += f"\nfrom minigrad.kernels.blas import gemm32 as gemm  # {blas.NAME}\n\n\n" + \
-            "\n\n".join(f"@kernel\n{loop}" for loop in loops)  # (the BLAS: in the hash)
+        src += f"\nfrom minigrad.kernels.blas import gemm32 as gemm  # {blas.NAME}\n" + \
+            "from minigrad.kernels import parallel\nfrom numba import prange\n\n\n" + \
+            "\n\n".join([f"@kernel\n{loop}" for loop in loops] +  # (the BLAS: in the hash)
+                         [f"@parallel\n{d}" for d in drivers])
     return texts, src

@@ -102,11 +102,13 @@ class CompiledStep:
         carry = [(f"C{i}", f"N{i}") for i in range(n)]
         loops = [em.loop("forward", self.fwd, self.fbind), em.loop("backward", self.rev,
                                                                      self.rbind, carry)]
+        drivers = [em.chunks("forward", self.fbind), em.chunks("backward", self.rbind, carry)]
         self.source, self.dims = "\n\n".join(loops), np.array(em.dims, np.int64)
         self._plan()
         generic = any(k == "generic" for low in (self.fwd, self.rev) for k, *_ in low.ops)
         numba_loops = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
-        texts, src = kernel_modules(self.dtype, em.kernels, loops if numba_loops else ())
+        texts, src = kernel_modules(self.dtype, em.kernels, *((loops, drivers) if numba_loops
+                                                              else ()))
         _announce(self, [kernels.load_kernels(t) for t in texts])
         module, self.kernel_source = kernels.load_kernels(src), "\n\n".join(texts + [src])
         ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
@@ -114,12 +116,40 @@ class CompiledStep:
         exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
         self._forward, self._backward = ns["forward"], ns["backward"]
         self.njit, self._numba, self._sigs, self._compiling = False, None, {}, None
+        self._drivers = {}  # compiled: <loop>_chunks, every chunk of rows in one call
         if numba_loops:  # the same loops compiled by Numba replace these when ready
             self._numba = module
 
+    def _run(self, name, chunks, whole, head, args, env):
+        """Run the forward or backward loop on every chunk of rows (``head``: T, back, r; a
+        chunk's arrays are views of ``whole``'s): compiled, all chunks in one call on
+        Numba's threads (``<name>_chunks``, :func:`threads.native`); else one call per chunk
+        on minigrad's threads, as Python (bit for bit the same BLAS calls and kernels) until
+        Numba has compiled the loops (:meth:`_start_compiling`).  Sets each chunk's
+        ``carried`` values."""
+        if self.native(len(chunks)):
+            outs = [np.empty_like(whole[a]) for a, _ in args if a[0] == "C"]
+            arrays = (threads.edges([c["rows"] for c in chunks]), *head, self.dims,
+                      *self._arrays(args, whole, env), *outs)
+            driver = self._drivers.get(name + "_chunks")
+            if driver is not None:
+                threads.run(driver, *arrays)
+                for c in chunks:
+                    c["carried"] = [o[c["rows"][0]:c["rows"][1]] for o in outs]
+                return
+            self._sigs.setdefault(name + "_chunks", tuple(map(numba.typeof, arrays)))
+        threads.parallel(lambda c: c.update(carried=self._loop(
+            name, c["rows"][1] - c["rows"][0], *head, self.dims,
+            *self._arrays(args, c, env))), chunks)
+
+    def native(self, n):
+        """Do n chunks of rows run in one call on Numba's threads once compiled (not for a
+        0-d sum: a chunk's part of it would be a scalar)?"""
+        return n > 1 and self._numba is not None and threads.native() and \
+            all(v.shape for v in self.reverse.acc if v in self.rbind)
+
     def _loop(self, name, *args):
-        """Run the forward or backward loop: as Python (bit for bit the same BLAS calls and
-        kernels) until Numba has compiled it (:meth:`_start_compiling`), then compiled."""
+        """Run the forward or backward loop on one chunk: as Python until compiled."""
         if self._numba is not None and name not in self._sigs:
             self._sigs[name] = tuple(numba.typeof(a) for a in args)
         return getattr(self, "_" + name)(*args)
@@ -127,7 +157,8 @@ class CompiledStep:
     def _start_compiling(self):
         """Once both loops have run: compile them with Numba — in the background
         (``BACKGROUND``), so that no step waits for it — and use them when ready."""
-        if self._numba is not None and self._compiling is None and len(self._sigs) == 2:
+        if self._numba is not None and self._compiling is None and \
+                {"forward", "backward"} <= self._sigs.keys():
             # NOTE: not a daemon: Python waits for it at exit.  A daemon thread still inside
             # LLVM when the interpreter shut down crashed the process (a segfault or an LLVM
             # assertion, about 1 run in 6 of a short script).
@@ -139,16 +170,24 @@ class CompiledStep:
                 self._compiling.run()
 
     def compile_loops(self):
-        """Compile the Numba loops now (the background thread runs this) and use them."""
+        """Compile the Numba loops now (the background thread runs this) and use them; then
+        the drivers of chunks, if chunks ran (they compile for longer: 3-8 s once per cell
+        structure, then cached; meanwhile the compiled loops run on the Python pool, the
+        same bits)."""
+        sigs = dict(self._sigs)
         try:
-            loops = [getattr(self._numba, n) for n in ("forward", "backward")]
-            for f, n in zip(loops, ("forward", "backward")):
-                f.compile(self._sigs[n])
-            self._forward, self._backward = loops
+            for n in ("forward", "backward"):
+                getattr(self._numba, n).compile(sigs[n])
+            self._forward, self._backward = self._numba.forward, self._numba.backward
             self.njit = True
+            drivers = [n for n in sigs if n.endswith("_chunks")]
+            for n in drivers:
+                getattr(self._numba, n).compile(sigs[n])
+            self._drivers = {n: getattr(self._numba, n) for n in drivers}
         except Exception as e:  # NOTE: the Python loops are the same computation
-            warnings.warn(f"{self.name}: the loops stay in Python ({type(e).__name__}: {e})",
-                          RuntimeWarning, stacklevel=2)
+            where = "chunks run on Python threads" if self.njit else "loops stay in Python"
+            warnings.warn(f"{self.name}: the {where} ({type(e).__name__}: {e})", RuntimeWarning,
+                          stacklevel=2)
 
     @staticmethod
     def _consts(low):
@@ -188,8 +227,7 @@ class CompiledStep:
         for i, v in enumerate(self.kept):
             full[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
         chunks = ctx["chunks"] = [_rows(full, rows) for rows in threads.batch_chunks(B)]
-        work = [(c["rows"][1] - c["rows"][0], self._arrays(self.fargs, c, env)) for c in chunks]
-        threads.parallel(lambda w: self._loop("forward", w[0], T, r, r, self.dims, *w[1]), work)
+        self._run("forward", chunks, full, (T, r, r), self.fargs, env)
         return tuple(full[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
@@ -205,13 +243,11 @@ class CompiledStep:
                 (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
         full["Z"] = np.empty((T if retain else 1, B) + self.reverse.state[0].shape[1:], dt)
         chunks = [_rows(full, c["rows"]) for c in ctx["chunks"]]
-        for c in chunks:
-            c.update((self.rbind[v][0], np.zeros(v.shape, dt)) for v in self.reverse.acc
-                     if v in self.rbind)  # (each chunk's own sums)
-            c["args"] = self._arrays(self.rargs, c, env)
-        threads.parallel(lambda c: c.update(carried=self._loop(
-            "backward", c["rows"][1] - c["rows"][0], T, 1 - r, r, self.dims, *c["args"])),
-            chunks)
+        accs = {self.rbind[v][0]: np.zeros((len(chunks),) + v.shape, dt)
+                for v in self.reverse.acc if v in self.rbind}  # (each chunk's own sums)
+        for i, c in enumerate(chunks):
+            c.update((a, x[i, ...]) for a, x in accs.items())  # (a 0-d sum stays an array)
+        self._run("backward", chunks, {**full, **accs}, (T, 1 - r, r), self.rargs, env)
         for t, ret in enumerate(retain or ()):
             ret.grad = full["Z"][t]
         sums = ctx["sums"] = {}  # the chunks' private sums, added in a fixed order

@@ -15,7 +15,7 @@ signatures.  Every kernel has a plain-NumPy reference in ``tests/test_kernels.py
 """
 
 from minigrad.compile_cache import CacheWarning, load_kernels
-from minigrad.kernels.jit import FASTMATH, OPTIONS, Ufunc, elementwise, inline, kernel
+from minigrad.kernels.jit import FASTMATH, OPTIONS, Ufunc, elementwise, inline, kernel, parallel
 from minigrad.kernels.loops import (
     adam_update,
     cross_entropy_backward_rows,
@@ -52,6 +52,7 @@ __all__ = [
     "attention_softmax_backward", "cross_entropy_backward_rows", "cross_entropy_rows",
     "elementwise", "erf", "exp_row", "gather_rows", "gelu", "gelu_backward", "inline", "kernel",
     "layer_norm_backward_rows", "layer_norm_rows", "load_kernels", "log_softmax_backward_rows",
-    "log_softmax_rows", "scatter_add_rows", "sigmoid", "sigmoid_forward", "softmax_backward_rows",
-    "softmax_rows", "sum_axis0", "sum_axis1", "sum_squares", "tanh", "tanh_forward"
+    "log_softmax_rows", "parallel", "scatter_add_rows", "sigmoid", "sigmoid_forward",
+    "softmax_backward_rows", "softmax_rows", "sum_axis0", "sum_axis1", "sum_squares", "tanh",
+    "tanh_forward"
 ]

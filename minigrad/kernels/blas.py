@@ -24,9 +24,9 @@ import sys
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import types
+from numba import prange, types
 
-from minigrad.kernels.jit import inline
+from minigrad.kernels.jit import inline, parallel
 
 _ARGS = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 3 + [
     ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
@@ -129,3 +129,29 @@ def dot(a, b, out=None):
     _SGEMM(101, ta, tb, a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data, lda,
            b.ctypes.data, ldb, 0.0, out.ctypes.data, out.strides[0] // 4)
     return out
+
+
+
+@parallel
+def dot_blocks(a, b, out, edges):
+    """Blocks of rows of ``a @ b`` on Numba's threads, ``out[e0:e1] = a[e0:e1] @ b`` (e =
+    ``edges``), each the very call :func:`dot` makes for it (the same bits).  float32; a and
+    out C-contiguous, b C- or F-contiguous."""
+    for c in prange(edges.size - 1):
+        e0, e1 = edges[c], edges[c + 1]
+        x, o = a[e0:e1], out[e0:e1]
+        tb, ldb = (111, b.strides[0] // 4) if b.strides[1] == 4 else (112, b.strides[1] // 4)
+        _sgemm(101, 111, tb, e1 - e0, b.shape[1], x.shape[1], np.float32(1.0), x.ctypes.data,
+               x.shape[1], b.ctypes.data, ldb, np.float32(0.0), o.ctypes.data, o.shape[1])
+
+
+@parallel
+def dot_t_blocks(a, b, parts, edges):
+    """The partial sums of ``aᵀ b`` over blocks of rows on Numba's threads, ``parts[c] =
+    a[e0:e1].T @ b[e0:e1]``, each the very call :func:`dot` makes for it.  float32, all
+    C-contiguous."""
+    for c in prange(edges.size - 1):
+        e0, e1 = edges[c], edges[c + 1]
+        x, y, o = a[e0:e1], b[e0:e1], parts[c]
+        _sgemm(101, 112, 111, x.shape[1], y.shape[1], e1 - e0, np.float32(1.0), x.ctypes.data,
+               x.shape[1], y.ctypes.data, y.shape[1], np.float32(0.0), o.ctypes.data, o.shape[1])

@@ -1,7 +1,8 @@
 """The one place Numba's options live: every kernel in this package, and every kernel the
 recurrence compiler generates, is compiled through :func:`kernel` (array kernels),
-:func:`inline` (scalar helpers inlined into them), :func:`scalar_overload` (a Python scalar
-function given a Numba body) or :func:`elementwise` (scalar functions as NumPy ufuncs).
+:func:`parallel` (a kernel whose ``prange`` runs on Numba's threads), :func:`inline` (scalar
+helpers inlined into them), :func:`scalar_overload` (a Python scalar function given a Numba
+body) or :func:`elementwise` (scalar functions as NumPy ufuncs).
 
 Compiled code is kept on disk by :mod:`minigrad.compile_cache` (not by Numba's
 ``cache=True``, which keys a kernel on its own file only and would go on loading a kernel
@@ -28,6 +29,12 @@ OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
 def kernel(fn):
     """The decorator every array kernel is compiled with (cached on disk)."""
     return cached(numba.njit(**OPTIONS)(fn))
+
+
+def parallel(fn):
+    """An array kernel whose ``numba.prange`` loop runs on Numba's threads (cached on disk):
+    how minigrad's threads run compiled work (:func:`minigrad.threads.native`)."""
+    return cached(numba.njit(parallel=True, **OPTIONS)(fn))
 
 
 def inline(fn):
