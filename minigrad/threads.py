@@ -21,6 +21,7 @@ Without a call, minigrad uses one thread of its own and leaves BLAS its default.
 """
 
 import concurrent.futures
+import os
 import threading
 
 import numba
@@ -99,10 +100,10 @@ def native():
     if _native is None:
         try:
             _probe(np.zeros(2))
-            _native = numba.threading_layer() != "workqueue"
+            _native = numba.threading_layer() != "workqueue" and os.getpid()
         except Exception:  # noqa: BLE001 - no threading layer could be loaded
             _native = False
-    return _native
+    return _native == os.getpid()  # NOTE: GNU OpenMP kills a forked child that starts it
 
 
 @_parallel_kernel

@@ -1,6 +1,7 @@
 """The recurrence compiler: compiled equals eager, every rewrite preserves values, a cell of
 the user's own compiles, and a cell that cannot compile says why and runs eagerly."""
 
+import os
 import sys
 import warnings
 
@@ -823,6 +824,19 @@ def test_large_float32_products_run_on_numbas_threads_with_the_same_bits(two_thr
     for x, y, want in zip(native, pool, [a @ b, a @ g[:, :128].T, a.T @ g]):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_with_two_threads_is_not_killed(two_threads):
+    """GNU OpenMP (Numba's threads here) kills a forked child that starts it ('fork() called
+    from a process already using GNU OpenMP'): a child uses the Python pool instead."""
+    from minigrad import threads
+    a, g = np.ones((600, 128), np.float32), np.ones((600, 512), np.float32)
+    threads.dot_t(a, g)  # (the parent's threads started)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if threads.dot_t(a, g)[0, 0] == 600.0 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 EXIT_EARLY = """
