@@ -105,8 +105,9 @@ def add_run_args(parser, out, quick="a tiny run of a few seconds"):
     parser.add_argument("--quick", action="store_true", help=f"{quick} (used by the tests)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--threads", type=POSITIVE_INT, default=1,
-                        help="BLAS threads (%(default)s: these matrices are small, and spare "
-                        "BLAS threads busy-wait against anything else running)")
+                        help="minigrad's threads, mg.set_num_threads (%(default)s: results "
+                        "are deterministic per count, and idle threads busy-wait against "
+                        "anything else running)")
     return parser
 
 
