@@ -524,13 +524,16 @@ def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads, m
     changes no bit — values, every gradient and ∂L/∂a<t>, masked, reversed, in chunks."""
     import sys
 
+    from minigrad import compile_cache
     from minigrad import threads as threads_module
     scan_module = sys.modules["minigrad.compiler.scan"]
     mg.set_num_threads(threads)
-    ran = []
-    real_run = threads_module.run
+    ran, elsewhere = [], []
+    real_run, real_elsewhere = threads_module.run, compile_cache.compile_elsewhere
     monkeypatch.setattr(threads_module, "run", lambda k, *a: ran.append(k.__name__) or
                         real_run(k, *a))
+    monkeypatch.setattr(compile_cache, "compile_elsewhere", lambda *a: elsewhere.append(
+        real_elsewhere(*a)) or elsewhere[-1])
     try:
         mg.manual_seed(12)
         layer = Recurrent(CELLS[name](3, 4), reverse=True)
@@ -552,6 +555,8 @@ def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads, m
             np.testing.assert_array_equal(a, b)
         # compiled, two threads run every chunk in one call on Numba's threads (no fallback)
         assert set(ran) == ({"forward_chunks", "backward_chunks"} if threads == 2 else set())
+        # the drivers compiled in another process (a compile here holds the GIL for seconds)
+        assert elsewhere == ([0] if threads == 2 and compile_cache.directory() else [])
     finally:
         mg.set_num_threads(1)
 

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import tqdm
 
-from minigrad import kernels, threads
+from minigrad import compile_cache, kernels, threads
 from minigrad.compiler import rewrites
 from minigrad.compiler.emit import Emitter, kernel_modules
 from minigrad.compiler.ir import (
@@ -111,6 +111,7 @@ class CompiledStep:
                                                               else ()))
         _announce(self, [kernels.load_kernels(t) for t in texts])
         module, self.kernel_source = kernels.load_kernels(src), "\n\n".join(texts + [src])
+        self._texts = texts + [src]
         ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
               **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
         exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
@@ -180,10 +181,14 @@ class CompiledStep:
                 getattr(self._numba, n).compile(sigs[n])
             self._forward, self._backward = self._numba.forward, self._numba.backward
             self.njit = True
-            drivers = [n for n in sigs if n.endswith("_chunks")]
-            for n in drivers:
-                getattr(self._numba, n).compile(sigs[n])
-            self._drivers = {n: getattr(self._numba, n) for n in drivers}
+            drivers = {n: sig for n, sig in sigs.items()
+                       if n.endswith("_chunks") and n not in self._drivers}
+            if drivers and (compile_cache.compile_elsewhere(self._texts, drivers, blas.NAME)
+                            or 0) < 0:
+                return  # (interrupted: Ctrl-C reached that process too)
+            for n, sig in drivers.items():  # (from the disk cache, when that process ran)
+                getattr(self._numba, n).compile(sig)
+            self._drivers = {**self._drivers, **{n: getattr(self._numba, n) for n in drivers}}
         except Exception as e:  # NOTE: the Python loops are the same computation
             where = "chunks run on Python threads" if self.njit else "loops stay in Python"
             warnings.warn(f"{self.name}: the {where} ({type(e).__name__}: {e})", RuntimeWarning,
