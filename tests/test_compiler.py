@@ -553,10 +553,12 @@ def test_numba_loops_equal_the_same_loops_in_python_bit_for_bit(name, threads, m
         assert [r[0] for r in results] == [False, True]
         for a, b in zip(results[0][1], results[1][1]):
             np.testing.assert_array_equal(a, b)
-        # compiled, two threads run every chunk in one call on Numba's threads (no fallback)
-        assert set(ran) == ({"forward_chunks", "backward_chunks"} if threads == 2 else set())
+        # compiled, two threads run every chunk in one call on Numba's threads (no fallback;
+        # without an OpenMP or TBB layer for Numba, the Python pool runs them, as before)
+        native = threads == 2 and threads_module.native()
+        assert set(ran) == ({"forward_chunks", "backward_chunks"} if native else set())
         # the drivers compiled in another process (a compile here holds the GIL for seconds)
-        assert elsewhere == ([0] if threads == 2 and compile_cache.directory() else [])
+        assert elsewhere == ([0] if native and compile_cache.directory() else [])
     finally:
         mg.set_num_threads(1)
 
@@ -820,9 +822,10 @@ def test_large_float32_products_run_on_numbas_threads_with_the_same_bits(two_thr
     rng = np.random.default_rng(27)
     a, g = (rng.standard_normal(s).astype(np.float32) for s in ((600, 128), (600, 512)))
     b = np.asfortranarray(rng.standard_normal((128, 300)).astype(np.float32))
+    if not threads.native():
+        pytest.skip("Numba has no OpenMP or TBB threading layer here (the Python pool serves)")
     ran, real = [], threads.run
     monkeypatch.setattr(threads, "run", lambda k, *x: ran.append(k.__name__) or real(k, *x))
-    assert threads.native()  # OpenMP's (or TBB's) layer loads here: else this is the slow path
     native = [threads.dot(a, b), threads.dot(a, g[:, :128].T.copy()), threads.dot_t(a, g)]
     assert ran == ["dot_blocks", "dot_blocks", "dot_t_blocks"]
     monkeypatch.setattr(threads, "_native", False)
@@ -831,6 +834,23 @@ def test_large_float32_products_run_on_numbas_threads_with_the_same_bits(two_thr
     for x, y, want in zip(native, pool, [a @ b, a @ g[:, :128].T, a.T @ g]):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-3)
+
+
+def test_threads_are_numbas_wherever_numba_can_start_openmp():
+    """``threads.native()`` is True wherever Numba's OpenMP layer loads (probed in a fresh
+    process), so the fast path cannot silently become the Python pool."""
+    import subprocess
+
+    from minigrad import threads
+    probe = ("import numba, numpy as np\n@numba.njit(parallel=True)\ndef f(x):\n"
+             "    for i in numba.prange(x.size): x[i] += 1\nf(np.zeros(2))\n"
+             "print(numba.threading_layer())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "NUMBA_THREADING_LAYER": "omp"}, check=False)
+    if done.returncode != 0:
+        pytest.skip("Numba's OpenMP layer does not load here: " + done.stderr[-200:])
+    assert done.stdout.strip() == "omp"
+    assert threads.native()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
