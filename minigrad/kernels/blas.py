@@ -131,18 +131,13 @@ def dot(a, b, out=None):
     return out
 
 
-
 @parallel
 def dot_blocks(a, b, out, edges):
     """Blocks of rows of ``a @ b`` on Numba's threads, ``out[e0:e1] = a[e0:e1] @ b`` (e =
-    ``edges``), each the very call :func:`dot` makes for it (the same bits).  float32; a and
-    out C-contiguous, b C- or F-contiguous."""
+    ``edges``), each :func:`gemm32`, the very call :func:`dot` makes for it (the same bits).
+    float32; a and out C-contiguous, b C- or F-contiguous."""
     for c in prange(edges.size - 1):
-        e0, e1 = edges[c], edges[c + 1]
-        x, o = a[e0:e1], out[e0:e1]
-        tb, ldb = (111, b.strides[0] // 4) if b.strides[1] == 4 else (112, b.strides[1] // 4)
-        _sgemm(101, 111, tb, e1 - e0, b.shape[1], x.shape[1], np.float32(1.0), x.ctypes.data,
-               x.shape[1], b.ctypes.data, ldb, np.float32(0.0), o.ctypes.data, o.shape[1])
+        gemm32(a[edges[c]:edges[c + 1]], b, out[edges[c]:edges[c + 1]], 0.0)
 
 
 @parallel
