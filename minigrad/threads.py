@@ -177,8 +177,8 @@ def dot_t(a, g):
 
 
 def _native_blocks(a, b, rows, layout):
-    """Can :func:`blas.dot_blocks` make each block's call :func:`blas.dot` makes (MKL's
-    float32 GEMM on C- or F-contiguous operands, every block at least ``blas.BIG``)?"""
+    """Can :func:`blas.dot_blocks` make each block's call :func:`blas.dot` makes (the loops'
+    BLAS's float32 GEMM on C- or F-contiguous operands, every block at least ``blas.BIG``)?"""
     n = min(r1 - r0 for r0, r1 in rows) * (a.size // a.shape[0]) * b.shape[1]
-    return blas.NAME == "mkl" and blas.AVAILABLE and layout and n >= blas.BIG and \
+    return blas.AVAILABLE and layout and n >= blas.BIG and \
         a.dtype == b.dtype == np.float32 and native()

@@ -26,7 +26,9 @@ from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
 from minigrad.attention import attend
+from minigrad.compiler import rewrites
 from minigrad.core import ops
+from minigrad.core.tensor import apply
 
 # ----------------------------------------------------------------------------- strategies
 # Each strategy draws ``(shapes, params)``: one shape per tensor input, and the constants
@@ -235,6 +237,30 @@ def split_ref(x, arg, axis, by):
         bounds = list(range(size, n, size))
     parts = np.split(x, bounds, axis=axis)
     return np.concatenate([p * (i + 1.0) for i, p in enumerate(parts)], axis=axis)
+
+
+@st.composite
+def layout_plans(draw):
+    """One to three 2-D arrays and a plan laying blocks of them side by side, some
+    transposed, a source used twice or not at all (``rewrites.layouts``' stacked weights)."""
+    shapes = [(draw(sides), draw(sides)) for _ in range(draw(st.integers(1, 3)))]
+    k, t = draw(st.integers(0, len(shapes) - 1)), draw(st.booleans())
+    R, blocks, j = draw(st.integers(1, shapes[k][t])), [], 0
+    for _ in range(draw(st.integers(1, 3))):
+        k, t = draw(st.sampled_from([(k, t) for k, s in enumerate(shapes) for t in (0, 1)
+                                     if s[t] >= R]))
+        a, c0 = draw(st.integers(0, shapes[k][t] - R)), draw(st.integers(0, shapes[k][1 - t] - 1))
+        c1 = draw(st.integers(c0 + 1, shapes[k][1 - t]))
+        blocks.append((k, c0, c1, a, a + R, True, 0, j) if t else
+                      (k, a, a + R, c0, c1, False, 0, j))
+        j += c1 - c0
+    once = rewrites._once([np.empty(s) for s in shapes], blocks)
+    return shapes, {"plan": ((R, j), tuple(blocks), once)}
+
+
+def layout_ref(*xs, plan):
+    return np.concatenate([xs[k][r0:r1, c0:c1].T if t else xs[k][r0:r1, c0:c1]
+                           for k, r0, r1, c0, c1, t, _, _ in plan[1]], axis=1)
 
 
 def unstack_ref(x, arg, axis):
@@ -476,6 +502,8 @@ CASES = [
          (-3, 3), one_axis(), atol32=CE_TOL),
     Case("concat",       "concat", lambda *xs, axis: mg.concat(xs, axis),
          lambda *xs, axis: np.concatenate(xs, axis), (-2, 2), concat_shapes()),
+    Case("layout",       "layout", lambda *xs, plan: apply(ops.LAYOUT, plan, *xs), layout_ref,
+         (-2, 2), layout_plans()),
     Case("stack",        "stack", lambda *xs, axis: mg.stack(xs, axis),
          lambda *xs, axis: np.stack(xs, axis), (-2, 2), stack_shapes()),
     Case("split-sizes",  "split", lambda x, arg, axis: weighted(mg.split(x, arg, axis), axis),

@@ -14,6 +14,8 @@ Every rewrite ends with :func:`dce`; ``CHECK = True`` (the tests set it) runs
 body is lowered (:mod:`.lower`).
 """
 
+import numpy as np
+
 from minigrad.compiler.ir import INPUT, INVARIANT, LOOP, Eqn, Var, stages, verify
 from minigrad.core import ops
 
@@ -95,67 +97,29 @@ def merge_gemms(prog):
             groups.setdefault((e.prim, left, w.dtype), []).append(e)
     first = {g[0]: g for g in groups.values() if len(g) > 1}
     merged = {e for g in first.values() for e in g}
-    prod, eqns = _producers(prog), []
-    keys = [k for k in (_stack_key(prod, [_left(m)[1] for m in g]) for g in first.values()) if k]
-    stacked = {k: None for k, _ in keys  # W_i stacked once only where each part of it is used
-               if len({j for k2, j in keys if k2 == k}) == len(k[1]) + 1}
+    eqns = []
     for e in prog.eqns:
         if e in first:
-            eqns += _merge(prog, prod, first[e], stacked)
+            eqns += _merge(prog, first[e])
         elif e not in merged:
             eqns.append(e)
     return dce(prog.copy(eqns=eqns))
 
 
-def _merge(prog, prod, group, stacked):
-    """The equations of one merged GEMM and the column views that replace its members."""
-    eqns, ws = [], [_left(m)[1] for m in group]
-    width = sum(w.shape[1] for w in ws)
-    W = _stacked_rows(prog, prod, ws, stacked, eqns)
-    if W is None:
-        W = prog.fresh((ws[0].shape[0], width), ws[0].dtype)
-        eqns.append(Eqn(ops.CONCAT, [1, *ws], [W]))
+def _merge(prog, group):
+    """The equations of one merged GEMM and the column views that replace its members (the
+    stacked weights: one copy each, made by :func:`layouts`)."""
+    ws = [_left(m)[1] for m in group]
+    W = prog.fresh((ws[0].shape[0], sum(w.shape[1] for w in ws)), ws[0].dtype)
     e = group[0]
-    Y = prog.fresh(e.outs[0].shape[:-1] + (width,), e.outs[0].dtype)
-    eqns.append(Eqn(e.prim, [e.args[0], W] if e.prim is ops.MATMUL else [W, e.args[1]], [Y]))
+    Y = prog.fresh(e.outs[0].shape[:-1] + W.shape[1:], e.outs[0].dtype)
+    eqns = [Eqn(ops.CONCAT, [1, *ws], [W]),
+            Eqn(e.prim, [e.args[0], W] if e.prim is ops.MATMUL else [W, e.args[1]], [Y])]
     col = 0
     for m, w in zip(group, ws):
         eqns.append(Eqn(ops.GETITEM, [Y, (Ellipsis, slice(col, col + w.shape[1]))], m.outs))
         col += w.shape[1]
     return eqns
-
-
-def _stack_key(prod, ws):
-    """((W_1..W_n, bounds), k) when every w_i is part k of ``split(W_i.T, bounds)``."""
-    splits = [prod.get(w) for w in ws]
-    if any(s is None or s.prim is not ops.SPLIT or s.params["axis"] != 0 for s in splits):
-        return None
-    parts = {(s.params["bounds"], s.outs.index(w)) for s, w in zip(splits, ws)}
-    trans = [prod.get(s.args[0]) for s in splits]
-    if len(parts) != 1 or any(t is None or t.prim is not ops.TRANSPOSE or
-                              t.params["axes"] is not None for t in trans):
-        return None
-    bounds, k = parts.pop()
-    return (tuple(t.args[0] for t in trans), bounds), k
-
-
-def _stacked_rows(prog, prod, ws, stacked, eqns):
-    """``concat(axis=1, [split(W_i.T)[k] for i])`` is ``split(concat(axis=0, W_i).T)[k]``:
-    the gates' weights stacked once, transposed once and split once into the state part and
-    the input part, when both merged GEMMs use them (an LSTM's); else None (a GRU's r * a
-    makes its two GEMMs stack different gates: stacking both would copy unused halves)."""
-    found = _stack_key(prod, ws)
-    if found is None or found[0] not in stacked:
-        return None
-    (Ws, bounds), k = found
-    if stacked[Ws, bounds] is None:
-        n, dtype = sum(W.shape[0] for W in Ws), Ws[0].dtype
-        cat, tr = prog.fresh((n, Ws[0].shape[1]), dtype), prog.fresh((Ws[0].shape[1], n), dtype)
-        parts = [prog.fresh((o.shape[0], n), dtype) for o in prod[ws[0]].outs]
-        eqns += [Eqn(ops.CONCAT, [0, *Ws], [cat]), Eqn(ops.TRANSPOSE, [cat, None], [tr]),
-                 Eqn(ops.SPLIT, [tr, bounds, 0], parts)]
-        stacked[Ws, bounds] = parts
-    return stacked[Ws, bounds][k]
 
 
 def hoist(prog):
@@ -164,8 +128,104 @@ def hoist(prog):
     return prog.copy(eqns=sorted(prog.eqns, key=lambda e: stage[e.outs[0]]))
 
 
+def layouts(prog):
+    """Weights rearranged before the loop (transposes, splits, column or row slices, concats
+    of parameters) -> one ``layout`` equation per stacked value read elsewhere: each piece is
+    copied once, into contiguous memory, and the gradient goes back the same way (a GRU's 11
+    equations before its loop become 3)."""
+    return dce(prog.copy(eqns=relayout(prog, prog.params, [], prog.eqns, prog.outs + prog.ys)))
+
+
+def relayout(prog, params, before, eqns, read):
+    """``eqns``, where a value stacked from pieces of the 2-D ``params`` (through ``before``,
+    then ``eqns``) is read by ``read`` or by another equation: made by one ``layout``."""
+    pieces = {v: [(v, 0, v.shape[0], 0, v.shape[1], False, 0, 0)] for v in params
+              if len(v.shape) == 2}
+    for e in before + eqns:
+        pieces.update(zip(e.outs, _pieces(e, pieces) or ()))
+    read = set(read) | {a for e in eqns if not all(v in pieces for v in e.outs) for a in e.ins}
+    out = []
+    for e in eqns:
+        stacked = [v for v in e.outs if v in read and len(pieces.get(v, ())) > 1]
+        for v in stacked:
+            srcs = list(dict.fromkeys(b[0] for b in pieces[v]))
+            blocks = tuple((srcs.index(b[0]), *b[1:]) for b in pieces[v])
+            out.append(Eqn(ops.LAYOUT, [(v.shape, blocks, _once(srcs, blocks)), *srcs], [v]))
+        if len(stacked) < len(e.outs):  # (dce drops it where nothing else reads it)
+            out.append(Eqn(e.prim, e.args, [prog.fresh(v.shape, v.dtype) if v in stacked
+                                            else v for v in e.outs]))
+    return out
+
+
+def _pieces(e, pieces):
+    """The pieces (source, r0, r1, c0, c1, transposed, i, j) of each output of a 2-D
+    rearrangement of values made of pieces; None for any other equation."""
+    ins = e.ins
+    if not ins or any(a not in pieces for a in ins) or \
+            any(len(v.shape) != 2 or None in v.shape for v in e.outs):
+        return None
+    a = ins[0]
+    if e.prim is ops.LAYOUT:
+        out = []
+        for k, r0, r1, c0, c1, t, i, j in e.params["plan"][1]:
+            for b in _window(pieces[ins[k]], r0, r1, c0, c1):
+                b = _transposed(b) if t else b
+                out.append((*b[:6], b[6] + i, b[7] + j))
+        return [out]
+    if e.prim is ops.TRANSPOSE and e.params["axes"] in (None, (1, 0)):
+        return [[_transposed(b) for b in pieces[a]]]
+    if e.prim is ops.CONCAT and e.params["axis"] in (0, 1, -1):
+        rows, out, at = e.params["axis"] == 0, [], 0
+        for x in ins:
+            out += [(*b[:6], b[6] + at * rows, b[7] + at * (not rows)) for b in pieces[x]]
+            at += x.shape[0 if rows else 1]
+        return [out]
+    if e.prim is ops.SPLIT and e.params["axis"] in (0, 1, -1):
+        edges, rows = (0, *e.params["bounds"], a.shape[e.params["axis"]]), e.params["axis"] == 0
+        return [_window(pieces[a], *((lo, hi, 0, a.shape[1]) if rows else (0, a.shape[0], lo, hi)))
+                for lo, hi in zip(edges, edges[1:])]
+    key = e.params.get("key") if e.prim is ops.GETITEM else None
+    key = (key,) if isinstance(key, slice) else key
+    if isinstance(key, tuple) and key[:1] == (Ellipsis,) and len(key) == 2:
+        key = (slice(None), key[1])
+    if isinstance(key, tuple) and 1 <= len(key) <= 2 and all(
+            isinstance(k, slice) and k.step in (None, 1) for k in key):
+        (r0, r1, _), (c0, c1, _) = [k.indices(n) for k, n in zip(key + (slice(None),), a.shape)]
+        return [_window(pieces[a], r0, r1, c0, c1)]
+    return None
+
+
+def _transposed(piece):
+    s, r0, r1, c0, c1, t, i, j = piece
+    return s, r0, r1, c0, c1, not t, j, i
+
+
+def _once(srcs, blocks):
+    """Is each element of each source in one block at most?"""
+    count = [np.zeros(s.shape, np.int64) for s in srcs]
+    for k, r0, r1, c0, c1, *_ in blocks:
+        count[k][r0:r1, c0:c1] += 1
+    return tuple(bool((c <= 1).all()) for c in count)
+
+
+def _window(pieces, a, b, c, d):
+    """The pieces of rows a..b, columns c..d of a value made of ``pieces``."""
+    out = []
+    for s, r0, r1, c0, c1, t, i, j in pieces:
+        h, w = (c1 - c0, r1 - r0) if t else (r1 - r0, c1 - c0)
+        i0, i1, j0, j1 = max(i, a), min(i + h, b), max(j, c), min(j + w, d)
+        if i0 >= i1 or j0 >= j1:
+            continue
+        rows, cols = (i0 - i, i1 - i), (j0 - j, j1 - j)
+        if t:
+            rows, cols = cols, rows
+        out.append((s, r0 + rows[0], r0 + rows[1], c0 + cols[0], c0 + cols[1], t,
+                    i0 - a, j0 - c))
+    return out
+
+
 # hoist before merging, so that every weight is defined before the first GEMM using it
-REWRITES = (split_concat_matmul, gather_one_hot, hoist, merge_gemms, hoist)
+REWRITES = (split_concat_matmul, gather_one_hot, hoist, merge_gemms, hoist, layouts)
 
 
 def optimize(prog):
@@ -185,5 +245,5 @@ def batched(e):
     return e.replace(params)
 
 
-__all__ = ["INPUT", "INVARIANT", "LOOP", "batched", "dce", "gather_one_hot", "hoist",
+__all__ = ["INPUT", "INVARIANT", "LOOP", "batched", "dce", "gather_one_hot", "hoist", "layouts",
            "merge_gemms", "optimize", "split_concat_matmul"]

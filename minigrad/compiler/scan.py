@@ -72,6 +72,10 @@ class CompiledStep:
         made = {v for e in self.body.eqns for v in e.outs} - set(self.body.outs)
         self.kept = [v for v in self.reverse.xs if v in made]  # residuals each step keeps
         self.fwd, self.rev = Lowered(self.body, self.kept), Lowered(self.reverse)
+        for low in (self.fwd, self.rev):  # (the reverse's weights, stacked transposed)
+            made = [v for e in low.prologue for v in e.outs]
+            low.prologue = rewrites.relayout(low.prog, self.program.params, self.pre,
+                                             low.prologue, made)
         self._emit()
 
     def __repr__(self):

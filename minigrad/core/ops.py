@@ -328,6 +328,33 @@ def _concat_vjp(g, out, axis, *arrays):
     return (None, *_split(g, bounds, axis))
 
 
+def _layout(plan, *xs):
+    """Pieces of 2-D arrays laid out side by side in a new C-contiguous array: ``plan`` is
+    (shape, blocks, tiled), a block (k, r0, r1, c0, c1, transposed, i, j) puts ``xs[k][r0:r1,
+    c0:c1]`` (transposed) at row i, column j; ``once[k]``: no element of xs[k] is in two
+    blocks.  Made by the rewrite :func:`~minigrad.compiler.rewrites.
+    layouts` from chains of transposes, slices and concats of weights."""
+    out = np.empty(plan[0], xs[0].dtype)
+    for k, r0, r1, c0, c1, t, i, j in plan[1]:
+        piece = xs[k][r0:r1, c0:c1]
+        piece = piece.T if t else piece
+        out[i:i + piece.shape[0], j:j + piece.shape[1]] = piece
+    return out
+
+
+def _layout_vjp(g, out, plan, *xs):
+    _, blocks, once = plan  # (written, not added: 2.5x faster)
+    gs = [np.zeros(x.shape, g.dtype) for x in xs]
+    for k, r0, r1, c0, c1, t, i, j in blocks:
+        piece = g[i:i + (c1 - c0 if t else r1 - r0), j:j + (r1 - r0 if t else c1 - c0)]
+        if once[k]:
+            gs[k][r0:r1, c0:c1] = piece.T if t else piece
+        else:
+            gs[k][r0:r1, c0:c1] += piece.T if t else piece
+    return (None, *gs)
+
+
+LAYOUT = defprim("layout", _layout, vjp_all=_layout_vjp, args="plan *xs")
 CONCAT = defprim("concat", lambda axis, *xs: np.concatenate(xs, axis=axis),
                  vjp_all=_concat_vjp, args="axis *xs", batch=shift("axis"))
 STACK = defprim(

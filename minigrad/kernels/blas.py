@@ -134,7 +134,8 @@ def dot(a, b, out=None):
 @parallel
 def dot_blocks(a, b, out, edges):
     """Blocks of rows of ``a @ b`` on Numba's threads, ``out[e0:e1] = a[e0:e1] @ b`` (e =
-    ``edges``), each :func:`gemm32`, the very call :func:`dot` makes for it (the same bits).
+    ``edges``), each :func:`gemm32`, the very call :func:`dot` makes for it (the same bits;
+    with OpenBLAS, ``numpy.dot`` makes it: ``tests/test_compiler.py`` checks).
     float32; a and out C-contiguous, b C- or F-contiguous."""
     for c in prange(edges.size - 1):
         gemm32(a[edges[c]:edges[c + 1]], b, out[edges[c]:edges[c + 1]], 0.0)
