@@ -57,6 +57,7 @@ VERIFY_STEPS = 4      # losses compared: before the first update and after each 
 RTOL = 1e-5           # float32: the three agree to ~5e-7 on every config
 FALL_RTOL = 0.01      # the fall loss_4 - loss_1 must agree to 1 % (tests the update itself)
 NEW_HIDDEN = 96       # the "new hidden size" row: H -> 96 after a warm H
+WARM = 1              # untimed steps before each timed window (after another framework ran)
 BUSY = 0.1            # cores of other load at which a row is flagged (quiet: 0.01-0.05)
 _CHILD = "--child"
 _TAG = "@@ "          # protocol lines on a child's stdout; anything else is passed through
@@ -163,10 +164,14 @@ def child_main(spec):
         if cmd["cmd"] == "quit":
             break
         fn = floor if cmd["cmd"] == "floor" else step
-        t0, c0 = time.perf_counter(), time.process_time()
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(cmd.get("warm", 0)):  # untimed: caches and cores after the others ran
+            fn()
+        t0 = time.perf_counter()
         for _ in range(cmd["n"]):
             loss = fn()
-        _send({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+        t1 = time.perf_counter()
+        _send({"seconds": t1 - t0, "span": t1 - w0, "cpu": time.process_time() - c0,
                "loss": loss})
     _send({"rss": peak()})
 
@@ -191,10 +196,10 @@ def _window(child, cmd, n):
     (None without /proc/stat; the parent waits on a pipe meanwhile).  A 2-thread row is only
     as good as this is near 0: a chunk whose core is shared waits, and the step with it."""
     b0 = busy_seconds()
-    reply = child.ask(cmd, n=n)
+    reply = child.ask(cmd, n=n, warm=WARM)
     b1 = busy_seconds()
     other = None if b0 is None or b1 is None else max(0.0, b1 - b0 - reply["cpu"])
-    return reply["seconds"] / n, reply["loss"], (other, reply["seconds"])
+    return reply["seconds"] / n, reply["loss"], (other, reply["span"])
 
 
 class Child:
