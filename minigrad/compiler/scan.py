@@ -73,9 +73,9 @@ class CompiledStep:
         self.kept = [v for v in self.reverse.xs if v in made]  # residuals each step keeps
         self.fwd, self.rev = Lowered(self.body, self.kept), Lowered(self.reverse)
         for low in (self.fwd, self.rev):  # (the reverse's weights, stacked transposed)
-            made = [v for e in low.prologue for v in e.outs]
+            consts = [v for e in low.prologue for v in e.outs]  # (all read by the loop)
             low.prologue = rewrites.relayout(low.prog, self.program.params, self.pre,
-                                             low.prologue, made)
+                                             low.prologue, consts)
         self._emit()
 
     def __repr__(self):

@@ -330,10 +330,10 @@ def _concat_vjp(g, out, axis, *arrays):
 
 def _layout(plan, *xs):
     """Pieces of 2-D arrays laid out side by side in a new C-contiguous array: ``plan`` is
-    (shape, blocks, tiled), a block (k, r0, r1, c0, c1, transposed, i, j) puts ``xs[k][r0:r1,
+    (shape, blocks, once), a block (k, r0, r1, c0, c1, transposed, i, j) puts ``xs[k][r0:r1,
     c0:c1]`` (transposed) at row i, column j; ``once[k]``: no element of xs[k] is in two
-    blocks.  Made by the rewrite :func:`~minigrad.compiler.rewrites.
-    layouts` from chains of transposes, slices and concats of weights."""
+    blocks.  Made by :func:`minigrad.compiler.rewrites.layouts` from chains of transposes,
+    slices and concats of weights."""
     out = np.empty(plan[0], xs[0].dtype)
     for k, r0, r1, c0, c1, t, i, j in plan[1]:
         piece = xs[k][r0:r1, c0:c1]
