@@ -43,6 +43,8 @@ import warnings
 
 import numpy as np
 
+from minigrad.core.tensor import effect
+
 __all__ = ["DistributedOptimizer", "broadcast_object", "broadcast_parameters", "init", "rank",
            "shard", "size"]
 
@@ -207,6 +209,7 @@ class DistributedOptimizer:
         """Sum (or average) the gradients over all ranks, in place, and return the sums of
         ``values`` (floats, e.g. each rank's share of the loss) as a tuple — in the same
         Allreduce.  Call it between ``backward()`` and clipping; ``step()`` then skips it."""
+        effect("DistributedOptimizer.synchronize()")  # (its values: read in Python)
         self._synced = True
         comm = _comm()
         if comm is None:
@@ -236,7 +239,11 @@ class DistributedOptimizer:
         return tuple(float(v) for v in buf[n + len(params):])
 
     def step(self):
-        """Synchronize (if not done since the last step), then the wrapped optimizer's step."""
+        """Synchronize (if not done since the last step), then the wrapped optimizer's step
+        (inside an ``mg.compile``d function: both replayed at every call)."""
+        effect("DistributedOptimizer.step()", self._step)
+
+    def _step(self):
         if not self._synced:
             self.synchronize()
         self._synced = False

@@ -24,7 +24,7 @@ from minigrad import functional
 from minigrad.core import ops
 from minigrad.core import tensor as _tensor
 from minigrad.core.autograd import no_grad
-from minigrad.core.tensor import Tensor, apply, as_array
+from minigrad.core.tensor import Tensor, _zero_grads, apply, as_array, effect
 from minigrad.data import check_ids
 from minigrad.random import get_rng
 
@@ -198,8 +198,7 @@ class Module:
         return sum(p.data.size for p in self.parameters())
 
     def zero_grad(self):
-        for p in self.parameters():
-            p.grad = None
+        effect(f"{type(self).__name__}.zero_grad()", _zero_grads, list(self.parameters()))
 
     def train(self, mode=True):
         """Set training mode (dropout active) on this module and every descendant."""

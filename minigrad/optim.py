@@ -25,7 +25,7 @@ import numpy as np
 
 from minigrad import kernels
 from minigrad.core.autograd import no_grad
-from minigrad.core.tensor import Tensor, effect
+from minigrad.core.tensor import Tensor, _zero_grads, effect
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AdamW", "LambdaLR", "Optimizer", "RMSprop", "StepLR",
@@ -120,12 +120,14 @@ class Optimizer:
 
     def zero_grad(self):
         """Set every parameter's ``.grad`` to None (the next backward starts afresh)."""
-        for p in self.params:
-            p.grad = None
+        effect(f"{type(self).__name__}.zero_grad()", _zero_grads, self.params)
 
     def step(self):
-        """One update of every parameter that has a gradient, in place on ``p.data``."""
-        effect(f"{type(self).__name__}.step()")  # (mg.compile: a traced program would not)
+        """One update of every parameter that has a gradient, in place on ``p.data`` (inside
+        an ``mg.compile``d function: replayed after its equations at every call)."""
+        effect(f"{type(self).__name__}.step()", self._step)
+
+    def _step(self):
         with no_grad():
             for p, state in zip(self.params, self.state):
                 if p.grad is not None:
@@ -446,6 +448,11 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
         raise ValueError(f"clip_grad_norm_: max_norm must be a finite positive number, got "
                          f"{max_norm!r}")
     params = [params] if isinstance(params, Tensor) else _param_list("clip_grad_norm_", params)
+    return effect("clip_grad_norm_()", _clip_norm, params, max_norm, norm_type,
+                  error_if_nonfinite)
+
+
+def _clip_norm(params, max_norm, norm_type, error_if_nonfinite):
     total = grad_norm(params, norm_type)
     if not math.isfinite(total):
         if error_if_nonfinite:
@@ -466,7 +473,11 @@ def clip_grad_value_(params, clip_value):
             or not 0 < float(clip_value) < math.inf:
         raise ValueError(f"clip_grad_value_: clip_value must be a finite positive number, got "
                          f"{clip_value!r}")
-    c = float(clip_value)
+    params = [params] if isinstance(params, Tensor) else _param_list("clip_grad_value_", params)
+    effect("clip_grad_value_()", _clip_value, params, float(clip_value))
+
+
+def _clip_value(params, c):
     for g in _grads("clip_grad_value_", params):
         np.clip(g, -c, c, out=g)
 
@@ -493,6 +504,9 @@ class _LRScheduler:
         self.optimizer.lr = self._last_lr = self._lr_at(self.last_epoch)
 
     def step(self):
+        effect(f"{type(self).__name__}.step()", self._advance)
+
+    def _advance(self):
         self.last_epoch += 1
         self._set()
 

@@ -6,7 +6,7 @@ is a line of Python that is not blank, a comment or a docstring (counted with ``
 
 Why these limits (code lines; today's counts in the README's table):
 
-* **core ≤ 880** (tensor + autograd + ops): the engine must stay readable in one sitting —
+* **core ≤ 890** (tensor + autograd + ops): the engine must stay readable in one sitting —
   micrograd's engine is ~100 lines, autodidax's core ~600; ours also carries NumPy
   broadcasting, dtype rules, errors that name shapes, ``OuterSum``, and in each row what
   the compiler needs to know: argument names, the batching rule, the elementwise forward
@@ -21,7 +21,11 @@ Why these limits (code lines; today's counts in the README's table):
   effects a trace is told of (``backward()``, ``retain_grad()``), which keep a function
   eager.  880: +15 for the ``layout`` row (stacked weights laid out from pieces of
   parameters in one copy, and its gradient the same way back), made by the compiler's
-  ``layouts`` rewrite.
+  ``layouts`` rewrite.  890: +10 for side effects that a trace records *with their
+  replay* (``effect(what, fn, *args)`` runs ``fn`` hidden from the trace): ``backward()``,
+  ``zero_grad()``, clipping and the optimizers' and schedulers' ``step()``, so that a whole
+  training step compiles (a scheduler's ``step()`` inside a compiled function had been
+  skipped by its compiled calls, silently).
 * **kernels ≤ 560**: the engine's (reductions, softmax and cross-entropy rows,
   gather/scatter, fast tanh/sigmoid/exp, the generated-kernel loader) within the earlier
   450, plus ~170 for the Transformer rows' kernels (a float32 erf, GELU, layer-norm rows,
@@ -69,7 +73,7 @@ Why these limits (code lines; today's counts in the README's table):
   loop's transposed weights too), which replaced the LSTM-only stacking in
   ``merge_gemms`` (-35): a GRU's 11 equations before its loop became 3, its step at
   min-char-rnn's size 0.62 -> 0.56 ms.
-* **function ≤ 320**: ``mg.compile`` (a whole training step as one traced program and one
+* **function ≤ 360**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
   the modules' ``training`` flags), dead equations dropped, and two independent
@@ -89,6 +93,11 @@ Why these limits (code lines; today's counts in the README's table):
   +6 for ``@mg.compile`` on a method (``__get__``: one per instance; it had been called
   without ``self``).  325: a bidirectional layer's directions run one after the other when
   each splits its batch on Numba's threads (D: 4.8 against 5.6 ms a step side by side).
+  360: +35 for the whole training step (``zero_grad()``, ``backward()``, clipping,
+  ``step()`` inside the function): the trace keeps the effects with their arguments as
+  Vars, the two traces compare them, an operation on a parameter after the first one keeps
+  the function eager, and a compiled call replays them after its equations (they had kept
+  the function eager: the whole step of ``torch.compile`` users fell back).
 * **library ≤ 1600**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -393,37 +393,101 @@ def test_no_grad_blocks_and_detach_inside_a_compiled_function_stop_the_gradient(
     assert "stop_gradient" in repr(step.program(x))
 
 
-@pytest.mark.parametrize("inside", ["backward", "step"])
-def test_a_function_that_calls_backward_or_step_runs_eagerly_and_says_so(inside):
-    # A compiled call runs the traced equations only: a backward() or an optimizer step
-    # inside would silently not happen (the weights stopped changing after two calls).
+@pytest.mark.parametrize("inside", ["backward", "step", "both"])
+def test_a_function_that_calls_backward_or_step_compiles_and_replays_them(inside):
+    # Had run eagerly (a compiled call ran the equations only: the weights had stopped
+    # changing after two calls).  Now the calls are effects, replayed after the equations.
     ref, model = _classifier().eval(), _classifier().eval()
     opts = {m: mg.optim.SGD(m.parameters(), lr=0.05) for m in (ref, model)}
     x = np.random.default_rng(6).standard_normal((6, 4))
 
     def train(m, x):
         loss = (m(x) ** 2).sum()
-        if inside == "backward":
+        if inside != "step":
             opts[m].zero_grad()
             loss.backward()
-        else:
-            opts[m].step()  # (the gradients of the previous call, backward outside)
+        if inside != "backward":
+            opts[m].step()  # ("step": the gradients of the previous call, backward outside)
         return loss
 
     step = mg.compile(lambda x: train(model, x))
-    with pytest.warns(mg.CompileFallbackWarning, match=rf"it calls (SGD\.)?{inside}\(\)"):
+    for _ in range(5):
+        losses = []
+        for m, fn in ((model, step), (ref, lambda x: train(ref, x))):
+            losses.append(fn(x))
+            if inside == "backward":
+                opts[m].step()
+            elif inside == "step":
+                opts[m].zero_grad()
+                losses[-1].backward()
+        np.testing.assert_allclose(losses[0].data, losses[1].data, rtol=1e-12)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            np.testing.assert_allclose(p.data, q.data, rtol=1e-12)
+    assert step.compiled_calls == 3
+    assert "then SGD.step()" in repr(step.program(x)) or inside == "backward"
+
+
+@pytest.mark.parametrize("cell, opt, clip", [("lstm", "adam", "norm"), ("gru", "sgd", "value")])
+def test_a_whole_training_step_compiles_and_equals_eager(cell, opt, clip):
+    # The language model's step with everything a user puts in it: zero_grad, backward,
+    # clipping, the optimizer's and a scheduler's step, dropout (the same draws).
+    models = [_lm(True, cell=cell, num_layers=2, dropout=0.2), _lm(False, cell=cell,
+                                                                  num_layers=2, dropout=0.2)]
+    make = {"adam": lambda ps: mg.optim.Adam(ps, lr=0.01),
+            "sgd": lambda ps: mg.optim.SGD(ps, lr=0.5, momentum=0.9)}[opt]
+    opts = [make(m.parameters()) for m in models]
+    scheds = [mg.optim.StepLR(o, step_size=2, gamma=0.5) for o in opts]
+
+    def train(k, ids, targets):  # (model.loss makes its mask and shifted ids in NumPy)
+        loss = mg.cross_entropy(models[k](ids)[0], targets)
+        opts[k].zero_grad()
+        loss.backward()
+        if clip == "norm":
+            mg.optim.clip_grad_norm_(models[k].parameters(), 0.05)  # (it clips every step)
+        else:
+            mg.optim.clip_grad_value_(models[k].parameters(), 1e-3)
+        opts[k].step()
+        scheds[k].step()
+        return loss
+
+    step = mg.compile(lambda ids, targets: train(0, ids, targets))
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        ids, targets = (mg.tensor(rng.integers(0, 11, (4, 6))) for _ in range(2))
+        mg.manual_seed(i)
+        got = step(ids, targets)
+        mg.manual_seed(i)
+        want = train(1, ids, targets)
+        np.testing.assert_allclose(got.data, want.data, rtol=1e-10)
+        assert opts[0].lr == opts[1].lr
+        for p, q in zip(*(m.parameters() for m in models)):
+            np.testing.assert_allclose(p.data, q.data, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12)
+    assert step.compiled_calls == 4
+    assert opts[0].lr == opts[1].lr < 0.2 * (0.01 if opt == "adam" else 0.5)
+    shown = repr(step.program(ids, targets))
+    assert "scan[" in shown and shown.index("backward()") < shown.index(".step()")
+
+
+def test_a_function_that_uses_a_parameter_after_step_runs_eagerly_and_says_so():
+    # A compiled call runs the equations, then the effects: a forward after step() would
+    # read the weights from before the step.
+    ref, model = _classifier().eval(), _classifier().eval()
+    opts = {m: mg.optim.SGD(m.parameters(), lr=0.05) for m in (ref, model)}
+    x = np.random.default_rng(8).standard_normal((6, 4))
+
+    def train(m, x):
+        loss = (m(x) ** 2).sum()
+        opts[m].zero_grad()
+        loss.backward()
+        opts[m].step()
+        return loss, (m(x) ** 2).sum()  # the loss after the step
+
+    step = mg.compile(lambda x: train(model, x))
+    with pytest.warns(mg.CompileFallbackWarning, match=r"to a parameter after SGD\.zero_grad"):
         for _ in range(4):
-            losses = []
-            for m, fn in ((model, step), (ref, lambda x: train(ref, x))):
-                losses.append(fn(x))
-                if inside == "backward":
-                    opts[m].step()
-                else:
-                    opts[m].zero_grad()
-                    losses[-1].backward()
-            np.testing.assert_allclose(losses[0].data, losses[1].data, rtol=1e-12)
-    for p, q in zip(model.parameters(), ref.parameters()):
-        np.testing.assert_allclose(p.data, q.data, rtol=1e-12)
+            got, want = step(x), train(ref, x)
+            np.testing.assert_allclose(got[1].data, want[1].data, rtol=1e-12)
     assert step.compiled_calls == 0
 
 

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = {
     "core": ("the autodiff core: Tensor, tape, primitive table",
              ["minigrad/tensor.py", "minigrad/autograd.py", "minigrad/ops.py",
-              "minigrad/core/**/*.py"], 880),
+              "minigrad/core/**/*.py"], 890),
     "kernels": ("Numba kernels: pure functions on arrays",
                 ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 575),
     "cache": ("the compile cache: keys, checks on load, directories, pruning, command line",
@@ -37,7 +37,7 @@ TIERS = {
                                                         "transpose", "lower", "emit", "scan")],
                  1315),
     "function": ("mg.compile: a whole function (a training step) traced, one tape node",
-                 ["minigrad/compiler/function.py"], 325),
+                 ["minigrad/compiler/function.py"], 360),
     "library": ("nn, optim, functional, data, serialization, gradcheck",
                 ["minigrad/__init__.py", "minigrad/nn.py", "minigrad/optim.py",
                  "minigrad/functional.py", "minigrad/data.py", "minigrad/serialization.py",

@@ -25,9 +25,26 @@ A parameter or layer re-assigned on a module ``fn`` reaches or calls (``model.fc
 nn.Linear(...)``) makes ``fn`` trace afresh, as ``torch.compile``'s guards do; a tensor held
 elsewhere (a global name bound to a new tensor) is not seen: pass it as an argument.
 Random draws are rows too (``dropout``), so a compiled call draws as the eager one does.
-A function that calls ``backward()`` or an optimizer's ``step()``, or returns a Python
-number, stays eager (a compiled call would skip them, or return the traced number), with
-the warning.
+
+A whole training step compiles too, as with ``torch.compile``::
+
+    @mg.compile
+    def train_step(x, y):
+        loss = model.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        mg.optim.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        return loss
+
+``backward()``, ``zero_grad()``, the clipping functions and an optimizer's or a
+scheduler's ``step()`` are *effects* (:func:`~minigrad.core.tensor.effect`): a trace
+records each with its arguments, and a compiled call runs the equations, then replays them
+in order (``print(train_step.program(x, y))`` lists them after its equations) — the same
+code as eagerly, so the same values.  An operation on a parameter after the first effect
+(the forward after ``step()``), an effect that cannot be replayed (``retain_grad()``,
+``DistributedOptimizer.synchronize()``, whose values are read in Python) or a returned
+Python number keeps the function eager, with the warning.
 """
 
 import collections
@@ -108,14 +125,37 @@ class _Trace:
         outs = []
         self.tree = _flatten(self.result, outs)
         self.eqns, self.captured, self.modules = rec.eqns, rec.captured, [*rec.modules.values()]
-        self.effects = [f"it calls {e}" for e in rec.effects] + [  # (see __call__)
-            "it returns a Python number" for x in _statics(self.tree)
-            if isinstance(x, (numbers.Number, np.generic))][:1]
+        # the side effects (backward(), an optimizer's step(), ...), their tensors as Vars
+        self.effects = [(what, fn, _map(lambda a: rec.vars.get(id(a), a) if isinstance(
+            a, Tensor) else a, args), at) for what, fn, args, at in rec.effects]
+        self.problems = _problems(self.effects, self.eqns, self.tree)  # (see __call__)
         self.outs = [rec.vars.get(id(o)) for o in outs]
         self.inputs = [rec.vars[id(t)] for t in leaves] + rec.cvars
         self.wants = [t.requires_grad for t in list(leaves) + rec.captured]
         for e in self.eqns:  # NOTE: a row's per-call context holds that call's arrays
             e.args = [{} if isinstance(a, dict) else a for a in e.args]
+
+
+def _map(f, x):
+    """``f`` of every item of nested tuples and lists (an effect's arguments)."""
+    return type(x)(_map(f, a) for a in x) if isinstance(x, (tuple, list)) else f(x)
+
+
+def _vars(x):
+    return [v for a in x for v in _vars(a)] if isinstance(x, (tuple, list)) else \
+        [x] if isinstance(x, Var) else []
+
+
+def _problems(effects, eqns, tree):
+    """Why a trace cannot be a compiled program (empty: it can)."""
+    why = [f"it calls {what}" for what, fn, _, _ in effects if fn is None] + [
+        "it returns a Python number" for x in _statics(tree)
+        if isinstance(x, (numbers.Number, np.generic))]
+    # the equations run first, then the effects: none may read what those change
+    late = [(e, w) for e in eqns[effects[0][3]:] if any(a.kind == "captured" for a in e.ins)
+            for w in [effects[0][0]]] if effects else []
+    return why + [f"it applies {e.prim.name} to a parameter after {w} (a compiled call runs "
+                  "the equations first, then the effects)" for e, w in late[:1]]
 
 
 def _same(a, b):
@@ -132,7 +172,8 @@ def _same(a, b):
 
 def _difference(t1, t2):
     """None if two traces are the same program, else what differs (for the warning)."""
-    if len(t1.eqns) != len(t2.eqns) or t1.tree != t2.tree:
+    if len(t1.eqns) != len(t2.eqns) or t1.tree != t2.tree or \
+            len(t1.effects) != len(t2.effects):
         return "the function applied a different sequence of operations"
     names = {}
     for e1, e2 in zip(t1.eqns, t2.eqns):
@@ -145,6 +186,9 @@ def _difference(t1, t2):
                 return f"an argument of {e1.prim.name} differs between calls (a value " \
                        f"computed with NumPy or Python from the data: {_brief(a)})"
         names.update((v1, v2.name) for v1, v2 in zip(e1.outs, e2.outs))
+    for (w1, f1, a1, at1), (w2, f2, a2, at2) in zip(t1.effects, t2.effects):
+        if (w1, at1, f1) != (w2, at2, f2) or not _same(_named(a1, names), _named(a2, {})):
+            return f"it calls {w1} differently between calls"
     for c1, c2 in zip(t1.captured, t2.captured):
         if c1 is not c2:
             return f"it builds a tensor of shape {c1.shape} {c1.dtype} from NumPy data: pass " \
@@ -152,6 +196,12 @@ def _difference(t1, t2):
     if any(v is None for v in t1.outs):
         return "it returns a tensor that no operation made"
     return None
+
+
+def _named(x, names):
+    """An effect's arguments, comparable: Vars by name, other tensors by identity."""
+    return _map(lambda a: names.get(a, a.name) if isinstance(a, Var) else id(a)
+                if isinstance(a, Tensor) else a, x)
 
 
 def _brief(a):
@@ -162,7 +212,11 @@ class _Program:
     """One traced signature, run as one tape node."""
 
     def __init__(self, trace, name):
-        self.outs, self.tree, live, eqns = trace.outs, trace.tree, set(trace.outs), []
+        self.effects, self.shown = trace.effects, len(trace.outs)
+        used = [v for _, _, args, _ in trace.effects for v in _vars(args)  # (a loss, say)
+                if v.kind == "tmp" and v not in trace.outs]
+        self.outs = [*trace.outs, *dict.fromkeys(used)]
+        self.tree, live, eqns = trace.tree, set(self.outs), []
         for e in reversed(trace.eqns):  # what no output needs is not run (a draw always is)
             if live.intersection(e.outs) or not e.ins:
                 eqns.insert(0, e)
@@ -193,7 +247,12 @@ class _Program:
 
     def __call__(self, leaves):
         outs = apply(self.prim, *leaves, *self.refs, {})
-        return _unflatten(self.tree, iter(outs))
+        if self.effects:  # replayed in order: the loss's backward(), then step(), ...
+            values = {**dict(zip(self.inputs, (*leaves, *self.refs))),
+                      **dict(zip(self.outs, outs))}
+            for _, fn, args, _ in self.effects:
+                fn(*_map(lambda a: values[a] if isinstance(a, Var) else a, args))
+        return _unflatten(self.tree, iter(outs[:self.shown]))
 
     def _steps(self):
         """Equation indices, a pair of recurrences side by side as one step (run at once on
@@ -259,7 +318,10 @@ class _Program:
         ins = " ".join(map(repr, self.inputs))
         body = "\n".join([f"    {e!r}    # once, when compiled" for e in self.once] +
                          [f"    {e!r}" for e in self.eqns])
-        return f"{{ lambda {ins} .\n{body}\n  in ({', '.join(v.name for v in self.outs)}) }}"
+        shown = ", ".join(v.name for v in self.outs[:self.shown])
+        then = "".join(f"\n  then {what}" + "".join(f" {v.name}" for v in _vars(args))
+                       for what, _, args, _ in self.effects)
+        return f"{{ lambda {ins} .\n{body}\n  in ({shown}) }}{then}"
 
 
 def _pairs(eqns):
@@ -368,10 +430,10 @@ class CompiledFunction:
             self._fall_back(key, str(e))
             return call(*_unflatten(tree, iter(leaves)))
         result, trace.result = trace.result, None  # (the cache keeps no arrays of a call)
-        if trace.effects:  # NOTE: a compiled call would compute the loss and skip them
-            self._fall_back(key, f"{trace.effects[0]}; a compiled call runs the traced "
-                            "equations only (it would skip that, or return the traced number): "
-                            "compile the loss, call backward() and step() outside, return tensors")
+        if trace.problems:  # NOTE: a compiled call would skip that, or repeat a stale value
+            self._fall_back(key, f"{trace.problems[0]}; a compiled call runs the traced "
+                            "equations, then replays backward(), zero_grad(), clipping and "
+                            "step() (it would skip anything else, or return the traced number)")
             return result
         if self._watch(trace.modules):  # its signature now has their flags
             key = self._key(args, kwargs)[0]

@@ -111,11 +111,10 @@ class Tensor:
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d self / d leaf into every leaf's ``.grad`` (see autograd.backward)."""
-        effect("backward()")
-        autograd.backward(self, None if grad is None else as_array(grad), retain_graph)
+        effect("backward()", _backward, self, grad, retain_graph)
 
     def zero_grad(self):
-        self.grad = None
+        effect("zero_grad()", _zero_grads, (self,))
 
     def astype(self, dtype):
         dtype = np.dtype(dtype)
@@ -338,10 +337,24 @@ def apply(prim, *inputs):
 _TRACER = None
 
 
-def effect(what):
-    """Tell a trace (mg.compile's) of a side effect that its program would not repeat."""
+def effect(what, fn=None, *args):
+    """Run the side effect ``fn(*args)`` (backward(), an optimizer's step(), ...) and return
+    its result.  A trace (``mg.compile``'s) records it, to be replayed after its equations
+    at every compiled call; it runs hidden from the trace (what it applies is not part of
+    the program).  ``fn`` None: only tell the trace of an effect it cannot replay."""
     if _TRACER is not None:
-        getattr(_TRACER, "effects", []).append(what)
+        getattr(_TRACER, "effects", []).append((what, fn, args, len(_TRACER.eqns)))
+    with tracing(None):
+        return None if fn is None else fn(*args)
+
+
+def _zero_grads(params):
+    for p in params:
+        p.grad = None
+
+
+def _backward(t, grad, retain_graph):
+    autograd.backward(t, None if grad is None else as_array(grad), retain_graph)
 
 
 @contextlib.contextmanager
