@@ -208,8 +208,15 @@ class DistributedOptimizer:
     def synchronize(self, *values):
         """Sum (or average) the gradients over all ranks, in place, and return the sums of
         ``values`` (floats, e.g. each rank's share of the loss) as a tuple — in the same
-        Allreduce.  Call it between ``backward()`` and clipping; ``step()`` then skips it."""
-        effect("DistributedOptimizer.synchronize()")  # (its values: read in Python)
+        Allreduce.  Call it between ``backward()`` and clipping; ``step()`` then skips it.
+        (In an ``mg.compile``d step it is replayed when it has no ``values``: they are read
+        in Python, and a compiled call would sum the traced ones.)"""
+        if values:  # (a trace cannot replay these: read in Python)
+            effect("DistributedOptimizer.synchronize() with values")
+            return self._sync(*values)
+        return effect("DistributedOptimizer.synchronize()", self._sync)
+
+    def _sync(self, *values):
         self._synced = True
         comm = _comm()
         if comm is None:
@@ -245,7 +252,7 @@ class DistributedOptimizer:
 
     def _step(self):
         if not self._synced:
-            self.synchronize()
+            self._sync()
         self._synced = False
         self.optimizer.step()
 

@@ -7,6 +7,8 @@ _state = {"rng": np.random.default_rng(0)}
 
 def manual_seed(seed):
     """Reseed minigrad's generator: the same seed makes a whole run reproducible."""
+    from minigrad.core.tensor import effect  # (the core imports this module)
+    effect("manual_seed()")  # mg.compile: the draws are rows, run before a replay could be
     _state["rng"] = np.random.default_rng(seed)
     return _state["rng"]
 

@@ -38,15 +38,19 @@ def build(hidden=32, names=400, seed=0, cell="lstm", dropout=0.0):
     return model, [vocab.encode(t, add_eos=True) for t in texts]
 
 
-def train(steps=50, batch=12, distributed=True, fail_at=None, clip=0.3, lr=1e-2, **build_args):
+def train(steps=50, batch=12, distributed=True, fail_at=None, clip=0.3, lr=1e-2,
+          compiled=False, **build_args):
     """Train ``steps`` Adam steps; return the global losses, the pre-clip gradient norms,
-    the final weights and a digest of them (to compare the replicas)."""
+    the final weights and a digest of them (to compare the replicas).  ``compiled``: the
+    whole step as one ``mg.compile``d function (no losses or norms: Python numbers)."""
     model, data = build(**build_args)
     opt = mg.optim.Adam(model.parameters(), lr=lr)
     if distributed:
         digest = hashlib.sha256(b"".join(s.tobytes() for s in data)).hexdigest()[:16]
         dist.broadcast_parameters(model, agree={"data": digest, "batch": batch})
         opt = dist.DistributedOptimizer(opt, op="sum")
+    if compiled:
+        return _train_compiled(model, data, opt, steps, batch, clip)
     epochs = SequenceBatches(data, batch, rng=np.random.default_rng(1))  # 400 % 12: a short
     batches = (b for _ in range(steps) for b in epochs)                   # last batch, 4 rows
     losses, norms = [], []
@@ -71,12 +75,40 @@ def train(steps=50, batch=12, distributed=True, fail_at=None, clip=0.3, lr=1e-2,
             "digest": digest}
 
 
+def _train_compiled(model, data, opt, steps, batch, clip):
+    @mg.compile
+    def step(inputs, targets, mask, scale):  # (model.loss shifts and masks in NumPy)
+        logits = model(inputs, mask=mask)[0]
+        loss = mg.cross_entropy(logits, targets, mask=mask, reduction="sum") * scale
+        opt.zero_grad()
+        loss.backward()
+        if dist.size() > 1:
+            opt.synchronize()  # (the global gradient is clipped)
+        mg.optim.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return loss
+
+    epochs = SequenceBatches(data, batch, rng=np.random.default_rng(1))
+    batches = (b for _ in range(steps) for b in epochs)
+    for _ in range(steps):
+        ids, lengths, _ = next(batches)
+        scale = np.array(1.0 / lengths.sum(), np.float32)  # (a tensor: not a signature)
+        ids, lengths = dist.shard(ids, lengths) if dist.size() > 1 else (ids, lengths)
+        mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+        step(model.shift(ids), ids, mask, scale)
+    assert step.compiled_calls > steps // 2, step.compiled_calls  # (new shapes: traced)
+    weights = model.state_dict()
+    digest = hashlib.sha256(b"".join(w.tobytes() for w in weights.values())).hexdigest()
+    return {"weights": weights, "digest": digest}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["train", "raise", "model", "data"])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--out")
+    parser.add_argument("--compiled", action="store_true")
     args = parser.parse_args(argv)
     mg.set_num_threads(1)
     dist.init()
@@ -84,11 +116,11 @@ def main(argv=None):
     build_args = {"hidden": 33 if odd and args.scenario == "model" else 32,
                   "names": 399 if odd and args.scenario == "data" else 400}
     result = train(args.steps, args.batch, fail_at=3 if args.scenario == "raise" else None,
-                   **build_args)
+                   compiled=args.compiled, **build_args)
     comm = dist.init()  # the communicator again (None in a single process)
     digests = comm.allgather(result["digest"]) if comm is not None else [result["digest"]]
     if dist.rank() == 0 and args.out:
-        np.savez(args.out, losses=result["losses"], norms=result["norms"],
+        np.savez(args.out, losses=result.get("losses", []), norms=result.get("norms", []),
                  digests=np.array(digests),
                  **{f"w/{k}": v for k, v in result["weights"].items()})
 

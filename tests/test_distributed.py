@@ -237,6 +237,25 @@ def test_n_ranks_train_the_same_model_as_one_process(tmp_path, reference, n):
     assert len(got["digests"]) == n and len(set(got["digests"])) == 1
 
 
+def test_a_compiled_whole_step_trains_as_the_eager_one():
+    """The step (zero_grad, backward, clipping, Adam) as one mg.compile'd function, in one
+    process: the weights the eager loop reaches (the MPI job below checks the ranks')."""
+    got = mpi_scenarios.train(distributed=False, compiled=True)
+    assert_same_weights(got["weights"], mpi_scenarios.train(distributed=False)["weights"])
+
+
+@needs_mpi
+def test_two_ranks_running_a_compiled_step_train_the_same_model_as_one_process(tmp_path,
+                                                                                reference):
+    """The same with DistributedOptimizer: its synchronize() and step() are replayed by
+    every compiled call (skipped, the replicas would drift apart and from the reference)."""
+    out = tmp_path / "result.npz"
+    ok(mpirun(2, SCENARIOS, "train", "--steps", 50, "--batch", 12, "--compiled", "--out", out))
+    got = np.load(out)
+    assert_same_weights({k: got[f"w/{k}"] for k in reference["weights"]}, reference["weights"])
+    assert len(got["digests"]) == 2 and len(set(got["digests"])) == 1
+
+
 @needs_mpi
 def test_a_rank_that_raises_ends_the_whole_job():
     result = mpirun(2, SCENARIOS, "raise", timeout=120)

@@ -43,8 +43,8 @@ records each with its arguments, and a compiled call runs the equations, then re
 in order (``print(train_step.program(x, y))`` lists them after its equations) — the same
 code as eagerly, so the same values.  An operation on a parameter after the first effect
 (the forward after ``step()``), an effect that cannot be replayed (``retain_grad()``,
-``DistributedOptimizer.synchronize()``, whose values are read in Python) or a returned
-Python number keeps the function eager, with the warning.
+``mg.manual_seed()``, ``DistributedOptimizer.synchronize(v)`` with values, read in
+Python) or a returned Python number keeps the function eager, with the warning.
 """
 
 import collections
