@@ -55,4 +55,8 @@ def rand(*shape, dtype=np.float32, requires_grad=False):
 
 
 def arange(*args, dtype=None):
-    return Tensor(np.arange(*args, dtype=dtype))
+    """``np.arange(stop)`` or ``(start, stop[, step])`` as a tensor: a row, so that a compiled
+    function makes it at every call (NumPy's argument rules and dtype)."""
+    dtype = np.arange(*args, dtype=dtype).dtype  # (checks the arguments as NumPy does)
+    bounds = slice(*args) if len(args) > 1 else slice(args[0])
+    return apply(ops.ARANGE, bounds.start or 0, bounds.stop, bounds.step or 1, dtype)

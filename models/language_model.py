@@ -17,9 +17,11 @@ import numbers
 import numpy as np
 
 import minigrad as mg
-from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids, check_lengths
+from minigrad.core import ops
+from minigrad.core.tensor import apply
+from minigrad.data import EOS_ID, PAD_ID, UNK_ID, check_ids
 from minigrad.nn import Embedding, Linear, Module
-from models.layers import LAYERS
+from models.layers import LAYERS, _valid
 
 
 class Autoregressive(Module):
@@ -35,7 +37,11 @@ class Autoregressive(Module):
     compiled, _step = False, None
 
     def shift(self, targets):
-        """Inputs for teacher forcing: x<1> = start, x<t> = y<t-1>."""
+        """Inputs for teacher forcing: x<1> = start, x<t> = y<t-1> (of a tensor: with rows,
+        so that a compiled training step traces it)."""
+        if isinstance(targets, mg.Tensor):
+            start = apply(ops.FULL, (targets.shape[0], 1), self.start_id, targets.dtype)
+            return mg.concat([start, targets[:, :-1]], axis=1)
         targets = np.asarray(targets)
         start = np.full((targets.shape[0], 1), self.start_id, dtype=targets.dtype)
         return np.concatenate([start, targets[:, :-1]], axis=1)
@@ -49,27 +55,29 @@ class Autoregressive(Module):
         ``reduction='mean'`` averages over real tokens (what the optimizer sees and what is
         reported); ``'sum'`` is the chapter's L = Σ_t L<t>, summed over the batch too.
         """
-        targets = mg.as_array(targets)
-        if targets.ndim != 2:
+        # tensors (the arguments of a compiled training step): shift and mask with rows
+        if not isinstance(targets, mg.Tensor):
+            targets = mg.as_array(targets)
+        y = mg.as_array(targets)
+        if y.ndim != 2:
             raise ValueError(f"LanguageModel.loss: targets must be (B, T) ids, got shape "
-                             f"{targets.shape}")
-        inputs = self.shift(targets) if inputs is None else mg.as_array(inputs)
-        if inputs.shape != targets.shape:
-            raise ValueError(f"LanguageModel.loss: inputs {inputs.shape} and targets "
-                             f"{targets.shape} must have the same shape")
-        mask = None
-        if lengths is not None:
-            lengths = check_lengths(type(self).__name__, lengths, *targets.shape)
-            mask = np.arange(targets.shape[1])[None, :] < lengths[:, None]
+                             f"{y.shape}")
+        inputs = self.shift(targets) if inputs is None else inputs if isinstance(
+            inputs, mg.Tensor) else mg.as_array(inputs)
+        x = mg.as_array(inputs)
+        if x.shape != y.shape:
+            raise ValueError(f"LanguageModel.loss: inputs {x.shape} and targets {y.shape} "
+                             f"must have the same shape")
+        mask = None if lengths is None else _valid(type(self).__name__, lengths, None, *y.shape)
         if not self.compiled:
             logits, state = self(inputs, state, lengths)
             return mg.cross_entropy(logits, targets, mask=mask, reduction=reduction), state
-        for what, ids in (("inputs", inputs), ("targets", targets)):
+        for what, ids in (("inputs", x), ("targets", y)):
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"LanguageModel.loss: {what} must be integer ids, got dtype "
                                 f"{ids.dtype}")
-        check_ids("LanguageModel.loss", inputs, self.vocab_size, what="input")
-        check_ids("LanguageModel.loss", targets if mask is None else targets[mask],
+        check_ids("LanguageModel.loss", x, self.vocab_size, what="input")
+        check_ids("LanguageModel.loss", y if mask is None else y[mg.as_array(mask) != 0],
                   self.vocab_size, what="target")
         if self._step is None:
             self._step = mg.compile(self._loss)

@@ -77,9 +77,8 @@ def train(steps=50, batch=12, distributed=True, fail_at=None, clip=0.3, lr=1e-2,
 
 def _train_compiled(model, data, opt, steps, batch, clip):
     @mg.compile
-    def step(inputs, targets, mask, scale):  # (model.loss shifts and masks in NumPy)
-        logits = model(inputs, mask=mask)[0]
-        loss = mg.cross_entropy(logits, targets, mask=mask, reduction="sum") * scale
+    def step(ids, lengths, scale):
+        loss = model.loss(ids, lengths, reduction="sum")[0] * scale
         opt.zero_grad()
         loss.backward()
         if dist.size() > 1:
@@ -93,9 +92,7 @@ def _train_compiled(model, data, opt, steps, batch, clip):
     for _ in range(steps):
         ids, lengths, _ = next(batches)
         scale = np.array(1.0 / lengths.sum(), np.float32)  # (a tensor: not a signature)
-        ids, lengths = dist.shard(ids, lengths) if dist.size() > 1 else (ids, lengths)
-        mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-        step(model.shift(ids), ids, mask, scale)
+        step(*(dist.shard(ids, lengths) if dist.size() > 1 else (ids, lengths)), scale)
     assert step.compiled_calls > steps // 2, step.compiled_calls  # (new shapes: traced)
     weights = model.state_dict()
     digest = hashlib.sha256(b"".join(w.tobytes() for w in weights.values())).hexdigest()

@@ -438,8 +438,8 @@ def test_a_whole_training_step_compiles_and_equals_eager(cell, opt, clip):
     opts = [make(m.parameters()) for m in models]
     scheds = [mg.optim.StepLR(o, step_size=2, gamma=0.5) for o in opts]
 
-    def train(k, ids, targets):  # (model.loss makes its mask and shifted ids in NumPy)
-        loss = mg.cross_entropy(models[k](ids)[0], targets)
+    def train(k, ids, lengths):  # (traced, model.loss shifts and masks with rows)
+        loss = models[k].loss(ids, lengths)[0]
         opts[k].zero_grad()
         loss.backward()
         if clip == "norm":
@@ -450,14 +450,14 @@ def test_a_whole_training_step_compiles_and_equals_eager(cell, opt, clip):
         scheds[k].step()
         return loss
 
-    step = mg.compile(lambda ids, targets: train(0, ids, targets))
+    step = mg.compile(lambda ids, lengths: train(0, ids, lengths))
     rng = np.random.default_rng(3)
     for i in range(6):
-        ids, targets = (mg.tensor(rng.integers(0, 11, (4, 6))) for _ in range(2))
+        ids, lengths = rng.integers(3, 11, (4, 6)), rng.integers(1, 7, 4)
         mg.manual_seed(i)
-        got = step(ids, targets)
+        got = step(ids, lengths)
         mg.manual_seed(i)
-        want = train(1, ids, targets)
+        want = train(1, ids, lengths)
         np.testing.assert_allclose(got.data, want.data, rtol=1e-10)
         assert opts[0].lr == opts[1].lr
         for p, q in zip(*(m.parameters() for m in models)):
@@ -465,7 +465,7 @@ def test_a_whole_training_step_compiles_and_equals_eager(cell, opt, clip):
             np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12)
     assert step.compiled_calls == 4
     assert opts[0].lr == opts[1].lr < 0.2 * (0.01 if opt == "adam" else 0.5)
-    shown = repr(step.program(ids, targets))
+    shown = repr(step.program(ids, lengths))
     assert "scan[" in shown and shown.index("backward()") < shown.index(".step()")
 
 
@@ -729,3 +729,18 @@ def test_manual_seed_inside_a_compiled_function_runs_it_eagerly_and_says_so():
             got = step(x)
             assert got.item() == pytest.approx(f(x).item(), rel=1e-12)
     assert step.compiled_calls == 0
+
+
+def test_zeros_ones_and_arange_inside_a_compiled_function_are_rows():
+    # mg.arange had made a tensor from NumPy data: the function fell back to eager.
+    f = mg.compile(lambda x: (x * mg.arange(1, 7, 2).astype(F64) + mg.ones(3, dtype=F64)
+                              + mg.arange(3.0)).sum())
+    for k in range(4):
+        x = mg.tensor(np.full(3, float(k)))
+        assert f(x).item() == pytest.approx(9.0 * k + 3.0 + 3.0)
+    assert f.compiled_calls == 2
+    assert [e.prim.name for e in f.program(x).once].count("arange") == 2
+    np.testing.assert_array_equal(mg.arange(0.5, 3, 0.5).data, np.arange(0.5, 3, 0.5))
+    assert mg.arange(4, dtype=np.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="arange"):
+        mg.arange()

@@ -187,7 +187,8 @@ ONE_HOT = defprim("one_hot", _one_hot, None, args="ids n dtype", batch=same)
 # Rows without a tensor input: a compiled function (mg.compile) makes them at every call.
 FULL = defprim("full", lambda shape, value, dtype: np.zeros(shape, dtype) if value == 0 else
                np.full(shape, value, dtype), args="shape value dtype")  # (zeros: 5x faster)
-ARANGE = defprim("arange", lambda n, dtype: np.arange(n, dtype=dtype), args="n dtype")
+ARANGE = defprim("arange", lambda start, stop, step, dtype: np.arange(start, stop, step, dtype),
+                 args="start stop step dtype")
 
 
 def _dropout_scale(shape, p, dtype):
