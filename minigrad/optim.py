@@ -116,6 +116,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
+        effect(f"{type(self).__name__}.lr = ...")  # (mg.compile would replay a traced rate)
         self._lr = _number(type(self).__name__, "lr", value)
 
     def zero_grad(self):

@@ -744,3 +744,26 @@ def test_zeros_ones_and_arange_inside_a_compiled_function_are_rows():
     assert mg.arange(4, dtype=np.float32).dtype == np.float32
     with pytest.raises(TypeError, match="arange"):
         mg.arange()
+
+
+def test_setting_the_learning_rate_inside_a_compiled_function_runs_it_eagerly():
+    # A rate computed in Python from a counter outside: replayed, the traced rate would be
+    # set at every call (the schedule stopped after two calls, silently).
+    model = _classifier().eval()
+    opt, count = mg.optim.SGD(model.parameters(), lr=0.1), [0]
+    x = np.random.default_rng(13).standard_normal((6, 4))
+
+    def train(x):
+        count[0] += 1
+        opt.lr = 0.1 / count[0]
+        loss = (model(x) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = mg.compile(train)
+    with pytest.warns(mg.CompileFallbackWarning, match=r"it calls SGD\.lr = \.\.\."):
+        for _ in range(4):
+            step(x)
+    assert opt.lr == pytest.approx(0.1 / 4) and step.compiled_calls == 0
