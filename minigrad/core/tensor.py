@@ -342,8 +342,9 @@ def effect(what, fn=None, *args):
     its result.  A trace (``mg.compile``'s) records it, to be replayed after its equations
     at every compiled call; it runs hidden from the trace (what it applies is not part of
     the program).  ``fn`` None: only tell the trace of an effect it cannot replay."""
-    if _TRACER is not None:
-        getattr(_TRACER, "effects", []).append((what, fn, args, len(_TRACER.eqns)))
+    if _TRACER is None:  # (eager: 0.1 µs a call; the block below costs 1.8)
+        return None if fn is None else fn(*args)
+    getattr(_TRACER, "effects", []).append((what, fn, args, len(_TRACER.eqns)))
     with tracing(None):
         return None if fn is None else fn(*args)
 
