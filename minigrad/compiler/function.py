@@ -29,8 +29,8 @@ Random draws are rows too (``dropout``), so a compiled call draws as the eager o
 A whole training step compiles too, as with ``torch.compile``::
 
     @mg.compile
-    def train_step(x, y):
-        loss = model.loss(x, y)
+    def train_step(ids, lengths):
+        loss, _ = model.loss(ids, lengths)  # (a LanguageModel)
         opt.zero_grad()
         loss.backward()
         mg.optim.clip_grad_norm_(model.parameters(), 5.0)
@@ -40,11 +40,11 @@ A whole training step compiles too, as with ``torch.compile``::
 ``backward()``, ``zero_grad()``, the clipping functions and an optimizer's or a
 scheduler's ``step()`` are *effects* (:func:`~minigrad.core.tensor.effect`): a trace
 records each with its arguments, and a compiled call runs the equations, then replays them
-in order (``print(train_step.program(x, y))`` lists them after its equations) — the same
-code as eagerly, so the same values.  An operation on a parameter after the first effect
-(the forward after ``step()``), an effect that cannot be replayed (``retain_grad()``,
-``mg.manual_seed()``, ``DistributedOptimizer.synchronize(v)`` with values, read in
-Python) or a returned Python number keeps the function eager, with the warning.
+in order (``print(train_step.program(ids, lengths))`` lists them after its equations) —
+the same code as eagerly, so the same values.  An operation on a parameter after the first
+effect (the forward after ``step()``), an effect that cannot be replayed (``retain_grad()``,
+``mg.manual_seed()``, ``opt.lr = …``, ``DistributedOptimizer.synchronize(v)`` with values,
+read in Python) or a returned Python number keeps the function eager, with the warning.
 """
 
 import collections
