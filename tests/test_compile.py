@@ -767,3 +767,35 @@ def test_setting_the_learning_rate_inside_a_compiled_function_runs_it_eagerly():
         for _ in range(4):
             step(x)
     assert opt.lr == pytest.approx(0.1 / 4) and step.compiled_calls == 0
+
+
+@pytest.mark.parametrize("kind", ["eager-lm", "transformer"])
+def test_a_whole_training_step_over_other_models_compiles(kind):
+    # model.loss given the step's tensors: a LanguageModel that does not compile its own
+    # loss, and the Transformer LM (the same Autoregressive.loss), both traced whole.
+    from models.transformer import TransformerLM
+
+    def make():
+        mg.manual_seed(0)
+        m = _lm(False, cell="gru") if kind == "eager-lm" else TransformerLM(
+            11, 8, nhead=2, num_layers=1, max_len=8, compiled=False)
+        return m, mg.optim.SGD(m.parameters(), lr=0.1)
+
+    (m1, o1), (m2, o2) = make(), make()
+
+    def train(m, opt, ids, lengths):
+        loss = m.loss(ids, lengths)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = mg.compile(lambda ids, lengths: train(m1, o1, ids, lengths))
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        ids, lengths = rng.integers(3, 11, (3, 6)), rng.integers(1, 7, 3)
+        got, want = step(ids, lengths), train(m2, o2, ids, lengths)
+        np.testing.assert_allclose(got.data, want.data, rtol=1e-6)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-7)
+    assert step.compiled_calls == 3
