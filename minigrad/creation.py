@@ -56,7 +56,10 @@ def rand(*shape, dtype=np.float32, requires_grad=False):
 
 def arange(*args, dtype=None):
     """``np.arange(stop)`` or ``(start, stop[, step])`` as a tensor: a row, so that a compiled
-    function makes it at every call (NumPy's argument rules and dtype)."""
-    dtype = np.arange(*args, dtype=dtype).dtype  # (checks the arguments as NumPy does)
-    bounds = slice(*args) if len(args) > 1 else slice(args[0])
-    return apply(ops.ARANGE, bounds.start or 0, bounds.stop, bounds.step or 1, dtype)
+    function makes it at every call (NumPy's dtype; its errors when the row runs)."""
+    if not 1 <= len(args) <= 3:
+        raise TypeError(f"arange: expected stop, or start, stop[, step]; got {len(args)} arguments")
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    dtype = np.dtype(dtype) if dtype is not None else np.result_type(  # (NumPy's choice)
+        *(a.item() if isinstance(a, np.generic) else a for a in args))
+    return apply(ops.ARANGE, start, stop, step, dtype)

@@ -55,15 +55,17 @@ class Autoregressive(Module):
         ``reduction='mean'`` averages over real tokens (what the optimizer sees and what is
         reported); ``'sum'`` is the chapter's L = Σ_t L<t>, summed over the batch too.
         """
-        # tensors (the arguments of a compiled training step): shift and mask with rows
-        if not isinstance(targets, mg.Tensor):
-            targets = mg.as_array(targets)
+        # tensors (the arguments of a compiled training step) stay tensors: the shift and the
+        # mask are then rows of its program; x and y are the arrays the checks read
         y = mg.as_array(targets)
+        targets = targets if isinstance(targets, mg.Tensor) else y
         if y.ndim != 2:
             raise ValueError(f"LanguageModel.loss: targets must be (B, T) ids, got shape "
                              f"{y.shape}")
-        inputs = self.shift(targets) if inputs is None else inputs if isinstance(
-            inputs, mg.Tensor) else mg.as_array(inputs)
+        if inputs is None:
+            inputs = self.shift(targets)
+        elif not isinstance(inputs, mg.Tensor):
+            inputs = mg.as_array(inputs)
         x = mg.as_array(inputs)
         if x.shape != y.shape:
             raise ValueError(f"LanguageModel.loss: inputs {x.shape} and targets {y.shape} "

@@ -264,7 +264,7 @@ def _valid(name, lengths, mask, B, T):
         raise ValueError(f"{name}: pass lengths or mask, not both")
     if isinstance(lengths, mg.Tensor):  # t < length<b> with rows, so that mg.compile traces it
         check_lengths(name, lengths.data, B, T)
-        return apply(ops.LT, apply(ops.ARANGE, 0, T, 1, lengths.dtype), lengths.reshape(B, 1))
+        return apply(ops.LT, mg.arange(T, dtype=lengths.dtype), lengths.reshape(B, 1))
     if lengths is not None:
         lengths = check_lengths(name, lengths, B, T)
         return np.arange(T)[None, :] < lengths[:, None]

@@ -98,15 +98,16 @@ Why these limits (code lines; today's counts in the README's table):
   Vars, the two traces compare them, an operation on a parameter after the first one keeps
   the function eager, and a compiled call replays them after its equations (they had kept
   the function eager: the whole step of ``torch.compile`` users fell back).
-* **library ≤ 1615**: nn, optim (five optimizers, clipping, schedules), functional, data
+* **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the
   one atomic write with its orphan sweep, bounded checkpoint loads and the one id-range
   rule) plus ~5 %, so a small addition fits but a second copy of a rule does not; +10 for
   the edit counter and the trace's record of called modules in ``nn.Module`` (mg.compile's
-  guard).  1615: +5 for clipping and the schedulers' ``step()`` as replayable effects (a
-  compiled training step replays them) and ``mg.arange`` as a row (it had made a tensor
-  from NumPy data: a function that called it stayed eager).
+  guard).  1620: +5 for clipping and the schedulers' ``step()`` as replayable effects (a
+  compiled training step replays them), +5 for ``mg.arange`` as a row with NumPy's argument
+  forms and dtype (it had made a tensor from NumPy data: a function that called it stayed
+  eager).
 * **distributed ≤ 150**: ``init``/``rank``/``size``, ``shard``, ``broadcast_parameters`` with
   its check that every rank built the same model and data (the error names the mismatch),
   and ``DistributedOptimizer``'s one fused Allreduce (~135 today).  Its own tier, not the

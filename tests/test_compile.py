@@ -740,10 +740,15 @@ def test_zeros_ones_and_arange_inside_a_compiled_function_are_rows():
         assert f(x).item() == pytest.approx(9.0 * k + 3.0 + 3.0)
     assert f.compiled_calls == 2
     assert [e.prim.name for e in f.program(x).once].count("arange") == 2
-    np.testing.assert_array_equal(mg.arange(0.5, 3, 0.5).data, np.arange(0.5, 3, 0.5))
+    for args in [(0.5, 3, 0.5), (0, 2.5), (np.int32(4),), (3, 0, -1)]:  # NumPy's dtype too
+        want = np.arange(*args)
+        assert mg.arange(*args).dtype == want.dtype
+        np.testing.assert_array_equal(mg.arange(*args).data, want)
     assert mg.arange(4, dtype=np.float32).dtype == np.float32
     with pytest.raises(TypeError, match="arange"):
         mg.arange()
+    with pytest.raises(ZeroDivisionError):  # (a step of 0 had become 1)
+        mg.arange(0, 5, 0)
 
 
 def test_setting_the_learning_rate_inside_a_compiled_function_runs_it_eagerly():

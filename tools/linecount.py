@@ -43,7 +43,7 @@ TIERS = {
                  "minigrad/functional.py", "minigrad/data.py", "minigrad/serialization.py",
                  "minigrad/gradcheck.py", "minigrad/atomic.py", "minigrad/creation.py",
                  "minigrad/lib/**/*.py"],
-                1615),
+                1620),
     "attention": ("Transformer layers (mg.nn) and their functional forms",
                   ["minigrad/attention.py", "minigrad/transformer.py"], 415),
     "distributed": ("data-parallel training on MPI (mpi4py), Horovod's shape",

@@ -151,11 +151,12 @@ def _problems(effects, eqns, tree):
     why = [f"it calls {what}" for what, fn, _, _ in effects if fn is None] + [
         "it returns a Python number" for x in _statics(tree)
         if isinstance(x, (numbers.Number, np.generic))]
-    # the equations run first, then the effects: none may read what those change
-    late = [(e, w) for e in eqns[effects[0][3]:] if any(a.kind == "captured" for a in e.ins)
-            for w in [effects[0][0]]] if effects else []
-    return why + [f"it applies {e.prim.name} to a parameter after {w} (a compiled call runs "
-                  "the equations first, then the effects)" for e, w in late[:1]]
+    if effects:  # the equations run first, then the effects: none may read what those change
+        what, _, _, at = effects[0]
+        late = [e for e in eqns[at:] if any(a.kind == "captured" for a in e.ins)]
+        why += [f"it applies {e.prim.name} to a parameter after {what} (a compiled call "
+                "runs the equations first, then the effects)" for e in late[:1]]
+    return why
 
 
 def _same(a, b):
