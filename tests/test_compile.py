@@ -511,6 +511,12 @@ def test_one_tensor_passed_twice_and_two_tensors_are_different_signatures():
     for _ in range(3):
         assert f(a, b).item() == 6.0
     assert f(x, x).item() == 9.0 and f.compiled_calls == 3
+    w = mg.tensor(np.ones(3), requires_grad=True)  # its gradient counted once, not twice
+    for _ in range(4):
+        w.grad = None
+        f(w, w).backward()
+        assert np.array_equal(w.grad, np.full(3, 3.0))
+    assert f.compiled_calls == 5
     # and a parameter the function reads, passed as the argument too
     model, ones = _classifier().eval(), mg.tensor(np.ones((2, 4)))
     g = mg.compile(lambda w: (model(ones) * w).sum())
@@ -804,3 +810,25 @@ def test_a_whole_training_step_over_other_models_compiles(kind):
     for p, q in zip(m1.parameters(), m2.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-7)
     assert step.compiled_calls == 3
+
+
+def test_a_compiled_program_is_python_source_with_only_the_vjps_it_needs():
+    # The program runs as two generated functions; what needs no cotangent (an input
+    # without requires_grad, a frozen tensor) has no VJP call in them, and a broadcast is
+    # undone only where shapes differ.
+    rng = np.random.default_rng(3)
+    w = mg.tensor(rng.standard_normal(3), requires_grad=True)
+    b = mg.tensor(rng.standard_normal((2, 3)))  # frozen
+    f = mg.compile(lambda x: ((x * w + b) * x).sum())
+    x = mg.tensor(rng.standard_normal((2, 3)))
+    for _ in range(4):
+        w.grad = None
+        f(x).backward()
+        assert np.allclose(w.grad, (x.data * x.data).sum(0), rtol=1e-12)
+    assert f.compiled_calls == 2
+    source = f.program(x).source
+    assert "def forward(" in source and "def backward(" in source
+    assert "mul_vjp[1](" in source and "mul_vjp[0](" in source  # w, and x*w + b's factor
+    assert source.count("mul_vjp[0](") == 1  # ... not x's own
+    assert "add_vjp[1](" not in source  # b is frozen
+    assert source.count("unbroadcast(") == 1  # w (3,) against (2, 3)

@@ -10,7 +10,9 @@ applies becomes an equation (:class:`~minigrad.compiler.ir.Eqn`) of one straight
 A recurrent layer's whole sequence is one equation, ``scan[Cell]``, compiled as ever.  The
 second call traces again and compares.  From then on a call runs the equations on arrays —
 no model Python, no tape of many nodes — and records **one** tape node, whose VJP runs the
-table's VJPs in reverse order.  ``loss.backward()`` and ``opt.step()`` work as before.
+table's VJPs in reverse order.  Both are generated Python, one call per equation and per
+VJP with the walk unrolled (``print(step.program(...).source)``).  ``loss.backward()`` and
+``opt.step()`` work as before.
 
 The contract, as for ``jax.jit``: what ``fn`` computes must follow from its arguments and
 the tensors it reads (parameters, buffers) through minigrad's operations.  A tensor that
@@ -47,10 +49,13 @@ effect (the forward after ``step()``), an effect that cannot be replayed (``reta
 read in Python) or a returned Python number keeps the function eager, with the warning.
 """
 
+import builtins
 import collections
 import copy
+import math
 import numbers
 import operator
+import re
 import warnings
 
 import numpy as np
@@ -58,9 +63,9 @@ import numpy as np
 from minigrad import nn, threads
 from minigrad.compiler import ir
 from minigrad.compiler.ir import TraceError, Var
-from minigrad.compiler.scan import CompiledStep, _table_vjp
+from minigrad.compiler.scan import CompiledStep
 from minigrad.core import ops, tensor
-from minigrad.core.autograd import is_grad_enabled
+from minigrad.core.autograd import OuterSum, is_grad_enabled, unbroadcast
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply, tracing
 
@@ -243,8 +248,9 @@ class _Program:
             self.needs.append(need)
             if need:
                 active.update(v for v in e.outs if v.dtype.kind == "f")
-        self.fresh = [[i for i, a in enumerate(e.args) if isinstance(a, dict)] for e in self.eqns]
-        self.prim = Prim(f"compiled[{name}]", self._fwd, vjp_all=self._vjp, nout=None)
+        source = _Source(self)  # the program as Python: ``print(program.source)``
+        self.source, (forward, backward) = source.text, source.compile(f"<compiled {name}>")
+        self.prim = Prim(f"compiled[{name}]", forward, vjp_all=backward, nout=None)
 
     def __call__(self, leaves):
         outs = apply(self.prim, *leaves, *self.refs, {})
@@ -255,66 +261,6 @@ class _Program:
                 fn(*_map(lambda a: values[a] if isinstance(a, Var) else a, args))
         return _unflatten(self.tree, iter(outs[:self.shown]))
 
-    def _steps(self):
-        """Equation indices, a pair of recurrences side by side as one step (run at once on
-        Python threads) — unless each splits its batch on Numba's threads instead (D: 4.8
-        against 5.6 ms a step; decided by the loops' kind, not by when they compiled)."""
-        k, n = 0, threads.get_num_threads()
-        while k < len(self.eqns):
-            e, both = self.eqns[k], n > 1 and k in self.pairs
-            both = both and not e.prim.fwd.__self__.native(len(threads.batch_chunks(
-                e.outs[0].shape[1])))
-            yield (k, k + 1) if both else (k,)
-            k += 1 + both
-
-    def _fwd(self, *arrays):
-        *arrays, ctx = arrays
-        env, args = dict(zip(self.inputs, arrays)), [None] * len(self.eqns)
-        env.update(self.folded)
-        for ks in self._steps():
-            if len(ks) == 1:
-                self._eqn(ks[0], env, args)
-            else:
-                threads.parallel(lambda k: self._eqn(k, env, args), ks)
-        ctx["env"], ctx["args"] = env, args
-        return tuple(env[v] for v in self.outs)
-
-    def _eqn(self, k, env, args):
-        e = self.eqns[k]
-        vals = args[k] = [env[a] if isinstance(a, Var) else a for a in e.args]
-        for i in self.fresh[k]:  # a row's per-call context (the scan keeps its arrays in it)
-            vals[i] = {}
-        out = e.prim.fwd(*vals)
-        if e.prim.nout == 1:
-            env[e.outs[0]] = out if type(out) is np.ndarray else np.asarray(out)
-        else:
-            env.update(zip(e.outs, out))
-
-    def _vjp(self, g, out, *arrays):
-        env, args, cot = arrays[-1]["env"], arrays[-1]["args"], {}
-        for v, gi in zip(self.outs, g):
-            if gi is not None:
-                cot[v] = gi if v not in cot else cot[v] + gi
-        for ks in reversed(list(self._steps())):
-            gs = [[cot.pop(v, None) for v in self.eqns[k].outs] for k in ks]
-            if len(ks) == 1:
-                done = [self._eqn_vjp(ks[0], gs[0], env, args)]
-            else:
-                done = [None] * len(ks)
-                threads.parallel(lambda i, ks=ks, gs=gs, done=done: done.__setitem__(
-                    i, self._eqn_vjp(ks[i], gs[i], env, args)), range(len(ks)))
-            for pairs in reversed(done):  # (in the order of the walk: deterministic)
-                for a, gi in pairs:
-                    cot[a] = gi if a not in cot else cot[a] + gi
-        return (*[cot.get(v) for v in self.inputs], None)
-
-    def _eqn_vjp(self, k, gs, env, args):
-        e, needs = self.eqns[k], self.needs[k]
-        if not needs or all(gi is None for gi in gs):
-            return []
-        got = _table_vjp(e.prim, gs, [env[v] for v in e.outs], args[k], needs)
-        return [(e.args[i], gi) for i, gi in zip(needs, got)]
-
     def __repr__(self):
         ins = " ".join(map(repr, self.inputs))
         body = "\n".join([f"    {e!r}    # once, when compiled" for e in self.once] +
@@ -323,6 +269,139 @@ class _Program:
         then = "".join(f"\n  then {what}" + "".join(f" {v.name}" for v in _vars(args))
                        for what, _, args, _ in self.effects)
         return f"{{ lambda {ins} .\n{body}\n  in ({shown}) }}{then}"
+
+
+class _Source:
+    """A program as two Python functions, ``forward`` and ``backward``: each equation one
+    call of its row; the reverse walk unrolled, each equation's VJPs calls and the
+    cotangents locals.  What needs no cotangent (an integer, a frozen weight) and the
+    broadcasts that need no undoing (equal shapes) are left out when traced, not checked
+    at every call.  A pair of recurrences runs side by side on two threads (:func:`_both`)."""
+
+    def __init__(self, prog):
+        self.prog, self.ns = prog, {
+            "np": np, "_acc": _acc, "_z": _z, "_m": _m, "_both": _both, "unbroadcast":
+            unbroadcast, "g": 0, "out": 0, "ctx": 0,  # (taken)
+            **{v.name: x for v, x in prog.folded.items()}}  # (computed once, when compiled)
+        self.args = [[a.name if isinstance(a, Var) else f"ctx{k}_{i}" if isinstance(a, dict)
+                      else self.static(a, k, i) for i, a in enumerate(e.args)]
+                     for k, e in enumerate(prog.eqns)]
+        self.cot = [*dict.fromkeys([*prog.outs, *(v for e, need in zip(prog.eqns, prog.needs)
+                                                  if need for v in [*e.outs, *map(
+                                                      e.args.__getitem__, need)])])]
+        ins = [v.name if v not in prog.inputs[:j] else f"_{j}"  # (a tensor passed twice)
+               for j, v in enumerate(prog.inputs)]
+        saved = [*dict.fromkeys(a for k, e in enumerate(prog.eqns) if prog.needs[k]
+                                for a in [*self.args[k], *(v.name for v in e.outs)]
+                                if a.startswith(("t", "ctx")) and a not in self.ns)]
+        back = [f"d{v.name}" if v in self.cot and v not in prog.inputs[:j] else "None"
+                for j, v in enumerate(prog.inputs)]  # (once per tensor)
+        self.text = "\n".join([
+            f"def forward({', '.join([*ins, 'ctx'])}):", *self.forward(),
+            f"    ctx['saved'] = {_tuple(saved)}",
+            f"    return {_tuple(v.name for v in prog.outs)}", "", "",
+            f"def backward({', '.join(['g', 'out', *ins, 'ctx'])}):",
+            *([f"    {', '.join(saved)}, = ctx['saved']"] if saved else []), *self.backward(),
+            f"    return {_tuple([*back, 'None'])}", ""])
+
+    def compile(self, filename):
+        exec(builtins.compile(self.text, filename, "exec"), self.ns)
+        return self.ns["forward"], self.ns["backward"]
+
+    def row(self, f, k, suffix=""):
+        """A row's function in the source, by the row's name (``scan_LSTMCell``)."""
+        n = re.sub(r"\W+", "_", self.prog.eqns[k].prim.name).strip("_") + suffix
+        n = n if self.ns.setdefault(n, f) is f else f"{n}_{k}"
+        self.ns[n] = f
+        return n
+
+    def static(self, a, k, i):
+        """A row's static argument: a literal, or a name bound to it."""
+        if type(a) in (bool, int, str, type(None)) or type(a) is float and math.isfinite(a) \
+                or type(a) is tuple and all(type(x) in (int, type(None)) for x in a):
+            return repr(a)
+        self.ns[f"P{k}_{i}"] = a
+        return f"P{k}_{i}"
+
+    def forward(self):
+        prog, lines = self.prog, [f"    ctx{k}_{i} = {{}}" for k, e in enumerate(self.prog.eqns)
+                                  for i, a in enumerate(e.args) if isinstance(a, dict)]
+        for k, e in enumerate(prog.eqns):
+            outs = e.outs[0].name if e.prim.nout == 1 else _tuple(v.name for v in e.outs)
+            call = f"{self.row(e.prim.fwd, k)}({', '.join(self.args[k])})"
+            call = f"np.asarray({call})" if e.prim.nout == 1 and not e.outs[0].shape else call
+            if k - 1 in prog.pairs:  # both recurrences of a pair at once
+                self.ns[f"S{k}"], (outs0, call0) = e.prim.fwd.__self__, \
+                    lines.pop()[4:].split(" = ", 1)
+                outs, call = f"{outs0}, {outs}", f"_both(S{k}, {e.outs[0].shape[1]}, " \
+                                                 f"lambda: {call0}, lambda: {call})"
+            lines.append(f"    {outs} = {call}")
+        return lines
+
+    def vjp(self, k):
+        """Equation k's VJP call (``{}``: an input's index) and when it runs."""
+        e, outs = self.prog.eqns[k], [v.name for v in self.prog.eqns[k].outs]
+        g, out = (f"d{outs[0]}", outs[0]) if e.prim.nout == 1 else (
+            _tuple(f"_z(d{o}, {o})" for o in outs), _tuple(outs))
+        return f"{self.row(e.prim.vjp_all or e.prim.vjps, k, '_vjp')}{{}}({g}, {out}, " \
+               f"{', '.join(self.args[k])})", " or ".join(f"d{o} is not None" for o in outs)
+
+    def backward(self):
+        prog = self.prog
+        lines = ["".join(f"d{v.name} = " for v in self.cot) + "None"] if self.cot else []
+        lines += [f"d{v.name} = _acc(d{v.name}, g[{j}])" for j, v in enumerate(prog.outs)]
+        paired = {k for k in prog.pairs if prog.needs[k] and prog.needs[k + 1]}
+        for k in reversed(range(len(prog.eqns))):
+            (e, needs), (call, guard) = (prog.eqns[k], prog.needs[k]), self.vjp(k)
+            if not needs:
+                continue
+            if k - 1 in paired:  # both VJPs of a pair at once, then each one's sums
+                call0, guard0 = self.vjp(k - 1)
+                lines.append(f"r{k}, r{k - 1} = _both(S{k}, {e.outs[0].shape[1]}, lambda: "
+                             f"{call.format('')} if {guard} else None, lambda: "
+                             f"{call0.format('')} if {guard0} else None)")
+            elif e.prim.vjp_all and k not in paired:
+                lines.append(f"r{k} = {call.format('')} if {guard} else None")
+            lines.append(f"if r{k} is not None:" if e.prim.vjp_all else f"if {guard}:")
+            for i in needs:
+                a, term = e.args[i], f"r{k}[{i}]" if e.prim.vjp_all else call.format(f"[{i}]")
+                if e.prim.elementwise and (a.shape != e.outs[0].shape or None in a.shape):
+                    term = f"unbroadcast({term}, {a.shape!r})"
+                elif not e.prim.elementwise:  # (a lazy outer product, made)
+                    term = f"_m({term})"
+                lines.append(f"    d{a.name} = _acc(d{a.name}, {term})")
+            lines.append("    " + " = ".join(f"d{v.name}" for v in e.outs) + " = None  # (freed)")
+        return [f"    {x}" for x in lines]
+
+
+def _tuple(items):
+    """A tuple's source: ``(a, b,)``, ``()``."""
+    items = list(items)
+    return f"({', '.join(items)},)" if items else "()"
+
+
+def _acc(a, b):
+    """The one accumulation rule of a cotangent: None is zero."""
+    return a if b is None else b if a is None else a + b
+
+
+def _z(g, out):
+    return np.zeros_like(out) if g is None else g
+
+
+def _m(g):
+    return g.materialize() if isinstance(g, OuterSum) else g
+
+
+def _both(step, batch, f1, f2):
+    """``f1(), f2()`` (a pair of recurrences, or their VJPs) each on its own thread, unless
+    each splits its batch on Numba's threads instead (D: 4.8 against 5.6 ms a step; decided
+    by the loops' kind, not by when they compiled)."""
+    if threads.get_num_threads() < 2 or step.native(len(threads.batch_chunks(batch))):
+        return f1(), f2()
+    done = [None, None]
+    threads.parallel(lambda i: done.__setitem__(i, (f1, f2)[i]()), (0, 1))
+    return tuple(done)
 
 
 def _pairs(eqns):
