@@ -358,9 +358,14 @@ def rows_and_indices(draw):
 def test_gather_rows(data, dtype, drawn):
     shape, idx = drawn
     w = rand(data, shape, dtype)
-    out = kernels.gather_rows(w, idx)
-    assert out.dtype == dtype
+    idx = np.where(idx % 2 == 1, idx - shape[0], idx)  # negative ones count from the end
+    out, bad = kernels.gather_rows(w, idx)
+    assert out.dtype == dtype and bad == -1
     np.testing.assert_array_equal(out, gather_rows_ref(w, idx))
+    wt = np.ascontiguousarray(w.T).T  # a table read in place from strided rows
+    np.testing.assert_array_equal(kernels.gather_rows(wt, idx)[0], gather_rows_ref(w, idx))
+    for wrong in (shape[0], -shape[0] - 1):  # the first index out of range, by position
+        assert kernels.gather_rows(w, np.array([*idx, wrong, 0]))[1] == idx.size
 
 
 @given(data=st.data(), dtype=FLOATS, drawn=rows_and_indices())
@@ -368,6 +373,7 @@ def test_scatter_add_rows_accumulates_repeated_indices(data, dtype, drawn):
     (n, d), idx = drawn
     out = rand(data, (n, d), dtype)
     g = rand(data, (idx.size, d), dtype)
+    idx = np.where(idx % 2 == 1, idx - n, idx)  # negative ones count from the end
     ref = scatter_add_rows_ref(out, idx, g)
     res = kernels.scatter_add_rows(out, idx, g)
     assert res is out  # in place

@@ -240,7 +240,7 @@ class CompiledStep:
             full[f"H{i}"][T if r else 0] = h
         for i, v in enumerate(self.kept):
             full[f"S{i}"] = np.empty((T, B) + v.shape[1:], dt)
-        chunks = ctx["chunks"] = [_rows(full, rows) for rows in threads.batch_chunks(B)]
+        chunks = ctx["chunks"] = [_rows(full, rows, B) for rows in threads.batch_chunks(B)]
         self._run("forward", chunks, full, (T, r, r), self.fargs, env)
         return tuple(full[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
@@ -256,7 +256,7 @@ class CompiledStep:
             full[arg] = (np.zeros if arg[0] == "C" else np.empty)(
                 (B,) + shape if arg[0] in "CN" else (T, B) + shape, dt)
         full["Z"] = np.empty((T if retain else 1, B) + self.reverse.state[0].shape[1:], dt)
-        chunks = [_rows(full, c["rows"]) for c in ctx["chunks"]]
+        chunks = [_rows(full, c["rows"], B) for c in ctx["chunks"]]
         accs = {self.rbind[v][0]: np.zeros((len(chunks),) + v.shape, dt)
                 for v in self.reverse.acc if v in self.rbind}  # (each chunk's own sums)
         for i, c in enumerate(chunks):
@@ -371,10 +371,10 @@ def _arg_list(bind):
 
 
 
-def _rows(full, rows):
+def _rows(full, rows, B):
     """A chunk: rows b0..b1 of every (T, B, ...) array and (B, ...) buffer in ``full``."""
     b0, b1 = rows
-    if b0 == 0 and all(x.shape[a[0] not in "CN"] == b1 for a, x in full.items()):
+    if b1 - b0 == B:
         return {"rows": rows, **full}  # the whole batch (one thread): no views to make
     return {"rows": rows, **{a: x[b0:b1] if a[0] in "CN" else x[:, b0:b1]
                              for a, x in full.items()}}

@@ -269,8 +269,7 @@ def _getitem_vjp(g, out, a, key):
     ga = np.zeros(a.shape, dtype=g.dtype)
     if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and a.ndim >= 1:
         # Integer-array indexing along axis 0 (embedding lookups): repeated indices add up.
-        idx = np.where(key < 0, key + a.shape[0], key).reshape(-1)
-        row = math.prod(a.shape[1:])
+        idx, row = key.reshape(-1), math.prod(a.shape[1:])
         kernels.scatter_add_rows(
             ga.reshape(a.shape[0], row), idx, np.ascontiguousarray(g).reshape(idx.size, row)
         )
@@ -288,15 +287,13 @@ def _is_advanced(key):
 
 def _getitem(a, key):
     if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and a.ndim >= 1 and a.size:
-        idx = key.reshape(-1)
-        lo, hi = idx.min(initial=0), idx.max(initial=0)
-        if lo < -a.shape[0] or hi >= a.shape[0]:
+        idx = key.reshape(-1)  # (a table of rows read in place: a weight's transposed view)
+        rows, bad = kernels.gather_rows(a if a.ndim == 2 else np.ascontiguousarray(a).reshape(
+            a.shape[0], -1), idx)
+        if bad >= 0:
             raise IndexError(
-                f"getitem: index {hi if hi >= a.shape[0] else lo} is out of range for axis 0 "
-                f"of a tensor of shape {a.shape} (valid: -{a.shape[0]} .. {a.shape[0] - 1})"
-            )
-        idx = np.where(idx < 0, idx + a.shape[0], idx)
-        rows = kernels.gather_rows(np.ascontiguousarray(a).reshape(a.shape[0], -1), idx)
+                f"getitem: index {idx[bad]} is out of range for axis 0 of a tensor of shape "
+                f"{a.shape} (valid: -{a.shape[0]} .. {a.shape[0] - 1})")
         return rows.reshape(key.shape + a.shape[1:])
     return a[key]
 

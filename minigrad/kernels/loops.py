@@ -185,22 +185,27 @@ def cross_entropy_backward_rows(g, x, t, w, lse):
 
 @kernel
 def gather_rows(w, idx):
-    """(N, D), (K,) ints -> (K, D): out[k] = w[idx[k]] (an embedding lookup)."""
-    k, d = idx.size, w.shape[1]
+    """(N, D), (K,) ints -> ((K, D), bad): out[k] = w[idx[k]] (an embedding lookup), a
+    negative index counting from the end as in NumPy; ``bad`` is the position of the first
+    index out of range (-1: none; the caller raises)."""
+    k, n, d = idx.size, w.shape[0], w.shape[1]
     out = np.empty((k, d), dtype=w.dtype)
     for i in range(k):
-        r = idx[i]
+        r = idx[i] + n if idx[i] < 0 else idx[i]
+        if r < 0 or r >= n:
+            return out, i
         for j in range(d):  # an explicit loop: a row-slice assignment ran at 0.4x NumPy
             out[i, j] = w[r, j]
-    return out
+    return out, -1
 
 
 @kernel
 def scatter_add_rows(out, idx, g):
-    """out[idx[k]] += g[k] for every k, in place; repeated indices accumulate."""
-    d = g.shape[1]
+    """out[idx[k]] += g[k] for every k, in place (a negative index counts from the end);
+    repeated indices accumulate."""
+    d, n = g.shape[1], out.shape[0]
     for i in range(idx.size):
-        r = idx[i]
+        r = idx[i] + n if idx[i] < 0 else idx[i]
         for j in range(d):  # an explicit loop: a row op (out[r] += g[i]) cost ~0.3 us a row
             out[r, j] += g[i, j]
     return out
