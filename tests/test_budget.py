@@ -73,6 +73,10 @@ Why these limits (code lines; today's counts in the README's table):
   loop's transposed weights too), which replaced the LSTM-only stacking in
   ``merge_gemms`` (-35): a GRU's 11 equations before its loop became 3, its step at
   min-char-rnn's size 0.62 -> 0.56 ms.
+  1420: +110 for ``emit.Source``, straight-line programs rendered as Python (a forward;
+  a backward with the walk unrolled, one call per VJP): ``mg.compile``'s programs (moved
+  from the function tier) and a scan's equations before its loop, whose interpreter (the
+  walk over the table's VJPs, -10) it replaced; min-char-rnn's RNN step 0.36 -> 0.26 ms.
 * **function ≤ 360**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
@@ -98,11 +102,9 @@ Why these limits (code lines; today's counts in the README's table):
   Vars, the two traces compare them, an operation on a parameter after the first one keeps
   the function eager, and a compiled call replays them after its equations (they had kept
   the function eager: the whole step of ``torch.compile`` users fell back).
-  410: +50 for the program run as generated Python (``_Source``, ``program.source``)
-  instead of interpreted: the walk's per-equation dispatch, dicts of values and
-  cotangents, zero-filling and broadcast checks became straight-line calls decided when
-  traced (-55 of interpreter, +105 of emitter).  min-char-rnn's RNN step 0.36 -> 0.29 ms.
-  It found a tensor passed twice getting its gradient twice (tested now).
+  320: the program runs as generated Python (``program.source``, rendered by the
+  compiler's ``emit.Source``) instead of interpreted (-55: the walk's dispatch, its dicts
+  of values and cotangents); a tensor passed twice had got its gradient twice (tested).
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

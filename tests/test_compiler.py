@@ -506,7 +506,7 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
     interpreted, carry = _interpreted_loop(step, env, G, T, reverse)
     for v in generated:
         np.testing.assert_allclose(interpreted[v], generated[v], rtol=1e-10, atol=1e-12)
-    grads = step._pre_vjp(env, interpreted, carry)
+    grads = step._pre_vjp(ctx, interpreted, carry)
     # the eager tape: the same cell unrolled step by step, every state part at every step
     ps = [p for _, p in cell.named_parameters()]
     xt, st = mg.tensor(x, requires_grad=True), [mg.tensor(i, requires_grad=True) for i in init]

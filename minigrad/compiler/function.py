@@ -49,23 +49,21 @@ effect (the forward after ``step()``), an effect that cannot be replayed (``reta
 read in Python) or a returned Python number keeps the function eager, with the warning.
 """
 
-import builtins
 import collections
 import copy
-import math
 import numbers
 import operator
-import re
 import warnings
 
 import numpy as np
 
 from minigrad import nn, threads
 from minigrad.compiler import ir
+from minigrad.compiler.emit import Source
 from minigrad.compiler.ir import TraceError, Var
 from minigrad.compiler.scan import CompiledStep
 from minigrad.core import ops, tensor
-from minigrad.core.autograd import OuterSum, is_grad_enabled, unbroadcast
+from minigrad.core.autograd import is_grad_enabled
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply, tracing
 
@@ -248,7 +246,7 @@ class _Program:
             self.needs.append(need)
             if need:
                 active.update(v for v in e.outs if v.dtype.kind == "f")
-        source = _Source(self)  # the program as Python: ``print(program.source)``
+        source = Source(self, _both)  # the program as Python: ``print(program.source)``
         self.source, (forward, backward) = source.text, source.compile(f"<compiled {name}>")
         self.prim = Prim(f"compiled[{name}]", forward, vjp_all=backward, nout=None)
 
@@ -269,128 +267,6 @@ class _Program:
         then = "".join(f"\n  then {what}" + "".join(f" {v.name}" for v in _vars(args))
                        for what, _, args, _ in self.effects)
         return f"{{ lambda {ins} .\n{body}\n  in ({shown}) }}{then}"
-
-
-class _Source:
-    """A program as two Python functions, ``forward`` and ``backward``: each equation one
-    call of its row; the reverse walk unrolled, each equation's VJPs calls and the
-    cotangents locals.  What needs no cotangent (an integer, a frozen weight) and the
-    broadcasts that need no undoing (equal shapes) are left out when traced, not checked
-    at every call.  A pair of recurrences runs side by side on two threads (:func:`_both`)."""
-
-    def __init__(self, prog):
-        self.prog, self.ns = prog, {
-            "np": np, "_acc": _acc, "_z": _z, "_m": _m, "_both": _both, "unbroadcast":
-            unbroadcast, "g": 0, "out": 0, "ctx": 0,  # (taken)
-            **{v.name: x for v, x in prog.folded.items()}}  # (computed once, when compiled)
-        self.args = [[a.name if isinstance(a, Var) else f"ctx{k}_{i}" if isinstance(a, dict)
-                      else self.static(a, k, i) for i, a in enumerate(e.args)]
-                     for k, e in enumerate(prog.eqns)]
-        self.cot = [*dict.fromkeys([*prog.outs, *(v for e, need in zip(prog.eqns, prog.needs)
-                                                  if need for v in [*e.outs, *map(
-                                                      e.args.__getitem__, need)])])]
-        ins = [v.name if v not in prog.inputs[:j] else f"_{j}"  # (a tensor passed twice)
-               for j, v in enumerate(prog.inputs)]
-        saved = [*dict.fromkeys(a for k, e in enumerate(prog.eqns) if prog.needs[k]
-                                for a in [*self.args[k], *(v.name for v in e.outs)]
-                                if a.startswith(("t", "ctx")) and a not in self.ns)]
-        back = [f"d{v.name}" if v in self.cot and v not in prog.inputs[:j] else "None"
-                for j, v in enumerate(prog.inputs)]  # (once per tensor)
-        self.text = "\n".join([
-            f"def forward({', '.join([*ins, 'ctx'])}):", *self.forward(),
-            f"    ctx['saved'] = {_tuple(saved)}",
-            f"    return {_tuple(v.name for v in prog.outs)}", "", "",
-            f"def backward({', '.join(['g', 'out', *ins, 'ctx'])}):",
-            *([f"    {', '.join(saved)}, = ctx['saved']"] if saved else []), *self.backward(),
-            f"    return {_tuple([*back, 'None'])}", ""])
-
-    def compile(self, filename):
-        exec(builtins.compile(self.text, filename, "exec"), self.ns)
-        return self.ns["forward"], self.ns["backward"]
-
-    def row(self, f, k, suffix=""):
-        """A row's function in the source, by the row's name (``scan_LSTMCell``)."""
-        n = re.sub(r"\W+", "_", self.prog.eqns[k].prim.name).strip("_") + suffix
-        n = n if self.ns.setdefault(n, f) is f else f"{n}_{k}"
-        self.ns[n] = f
-        return n
-
-    def static(self, a, k, i):
-        """A row's static argument: a literal, or a name bound to it."""
-        if type(a) in (bool, int, str, type(None)) or type(a) is float and math.isfinite(a) \
-                or type(a) is tuple and all(type(x) in (int, type(None)) for x in a):
-            return repr(a)
-        self.ns[f"P{k}_{i}"] = a
-        return f"P{k}_{i}"
-
-    def forward(self):
-        prog, lines = self.prog, [f"    ctx{k}_{i} = {{}}" for k, e in enumerate(self.prog.eqns)
-                                  for i, a in enumerate(e.args) if isinstance(a, dict)]
-        for k, e in enumerate(prog.eqns):
-            outs = e.outs[0].name if e.prim.nout == 1 else _tuple(v.name for v in e.outs)
-            call = f"{self.row(e.prim.fwd, k)}({', '.join(self.args[k])})"
-            call = f"np.asarray({call})" if e.prim.nout == 1 and not e.outs[0].shape else call
-            if k - 1 in prog.pairs:  # both recurrences of a pair at once
-                self.ns[f"S{k}"], (outs0, call0) = e.prim.fwd.__self__, \
-                    lines.pop()[4:].split(" = ", 1)
-                outs, call = f"{outs0}, {outs}", f"_both(S{k}, {e.outs[0].shape[1]}, " \
-                                                 f"lambda: {call0}, lambda: {call})"
-            lines.append(f"    {outs} = {call}")
-        return lines
-
-    def vjp(self, k):
-        """Equation k's VJP call (``{}``: an input's index) and when it runs."""
-        e, outs = self.prog.eqns[k], [v.name for v in self.prog.eqns[k].outs]
-        g, out = (f"d{outs[0]}", outs[0]) if e.prim.nout == 1 else (
-            _tuple(f"_z(d{o}, {o})" for o in outs), _tuple(outs))
-        return f"{self.row(e.prim.vjp_all or e.prim.vjps, k, '_vjp')}{{}}({g}, {out}, " \
-               f"{', '.join(self.args[k])})", " or ".join(f"d{o} is not None" for o in outs)
-
-    def backward(self):
-        prog = self.prog
-        lines = ["".join(f"d{v.name} = " for v in self.cot) + "None"] if self.cot else []
-        lines += [f"d{v.name} = _acc(d{v.name}, g[{j}])" for j, v in enumerate(prog.outs)]
-        paired = {k for k in prog.pairs if prog.needs[k] and prog.needs[k + 1]}
-        for k in reversed(range(len(prog.eqns))):
-            (e, needs), (call, guard) = (prog.eqns[k], prog.needs[k]), self.vjp(k)
-            if not needs:
-                continue
-            if k - 1 in paired:  # both VJPs of a pair at once, then each one's sums
-                call0, guard0 = self.vjp(k - 1)
-                lines.append(f"r{k}, r{k - 1} = _both(S{k}, {e.outs[0].shape[1]}, lambda: "
-                             f"{call.format('')} if {guard} else None, lambda: "
-                             f"{call0.format('')} if {guard0} else None)")
-            elif e.prim.vjp_all and k not in paired:
-                lines.append(f"r{k} = {call.format('')} if {guard} else None")
-            lines.append(f"if r{k} is not None:" if e.prim.vjp_all else f"if {guard}:")
-            for i in needs:
-                a, term = e.args[i], f"r{k}[{i}]" if e.prim.vjp_all else call.format(f"[{i}]")
-                if e.prim.elementwise and (a.shape != e.outs[0].shape or None in a.shape):
-                    term = f"unbroadcast({term}, {a.shape!r})"
-                elif not e.prim.elementwise:  # (a lazy outer product, made)
-                    term = f"_m({term})"
-                lines.append(f"    d{a.name} = _acc(d{a.name}, {term})")
-            lines.append("    " + " = ".join(f"d{v.name}" for v in e.outs) + " = None  # (freed)")
-        return [f"    {x}" for x in lines]
-
-
-def _tuple(items):
-    """A tuple's source: ``(a, b,)``, ``()``."""
-    items = list(items)
-    return f"({', '.join(items)},)" if items else "()"
-
-
-def _acc(a, b):
-    """The one accumulation rule of a cotangent: None is zero."""
-    return a if b is None else b if a is None else a + b
-
-
-def _z(g, out):
-    return np.zeros_like(out) if g is None else g
-
-
-def _m(g):
-    return g.materialize() if isinstance(g, OuterSum) else g
 
 
 def _both(step, batch, f1, f2):

@@ -7,7 +7,7 @@ result on a sequence records **one** tape node.  Its forward runs, on arrays, th
 of the parameters once and those of x<t> for all t at once, then the forward loop; its VJP
 runs the reverse loop (BPTT, derived), the loop GEMMs' weight gradients as one GEMM each
 (:class:`~minigrad.core.autograd.OuterSum`), then the VJPs of the equations before the loop,
-newest first, from the table.
+newest first (generated Python, :class:`~minigrad.compiler.emit.Source`: ``step.before``).
 
 ``scan(cell, xs, init)`` is the public entry point; :class:`models.layers.Recurrent` uses it.
 """
@@ -18,6 +18,7 @@ import sys
 import threading
 import warnings
 import weakref
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -25,7 +26,7 @@ import tqdm
 
 from minigrad import compile_cache, kernels, threads
 from minigrad.compiler import rewrites
-from minigrad.compiler.emit import Emitter, kernel_modules
+from minigrad.compiler.emit import Emitter, Source, kernel_modules
 from minigrad.compiler.ir import (
     INVARIANT,
     LOOP,
@@ -40,7 +41,7 @@ from minigrad.compiler.lower import Lowered
 from minigrad.compiler.rewrites import batched, optimize
 from minigrad.compiler.transpose import loop_body, transpose
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum, given_vjps, no_grad, unbroadcast
+from minigrad.core.autograd import OuterSum, no_grad
 from minigrad.core.ops import Prim
 from minigrad.core.tensor import Tensor, apply, tracing
 from minigrad.kernels import blas
@@ -55,7 +56,8 @@ class CompiledStep:
     ``traced``: the cell's equations; ``program``: rewritten (three sections); ``body`` and
     ``reverse``: the loop body and its derived reverse (programs; ``print`` them);
     ``source``: the generated loops; ``kernel_source``: the generated modules (each kernel's,
-    then the one that imports them and holds the loops).
+    then the one that imports them and holds the loops); ``before.text``: the equations
+    before the loop and their reverse, as Python.
     """
 
     def __init__(self, cell, x_t, state, masked=False):
@@ -212,10 +214,22 @@ class CompiledStep:
         time where they run for all t), and each loop's arrays in signature order."""
         stage = stages(self.program)
         self.pre = [e if stage[e.outs[0]] == INVARIANT else batched(e) for e in self.pre]
-        self.pre_needs = [[i for i, a in enumerate(e.args) if isinstance(a, Var) and
-                           a.dtype.kind == "f" and a.kind not in ("const", "mask") and
-                           e.prim.has_vjp(i)] for e in self.pre]  # what each differentiates
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
+        # the equations before the loop as Python (``before.text``): what the loops read
+        made = {v for e in self.rev.prologue for v in e.outs}  # (the reverse's weights)
+        before = SimpleNamespace(
+            eqns=self.pre + self.fwd.prologue, pairs=(), inputs=[*self.program.params,
+                                                               *self.program.xs],
+            needs=[[i for i, a in enumerate(e.args) if isinstance(a, Var) and a.dtype.kind ==
+                    "f" and a.kind not in ("const", "mask") and e.prim.has_vjp(i)]
+                   for e in self.pre] + [[] for _ in self.fwd.prologue],
+            outs=[*dict.fromkeys(v for v in [*self.dconsts, *self.dxs, *(
+                v for a, v in self.fargs + self.rargs if a[0] in "KX"), *(
+                v for e in self.rev.prologue for v in e.ins)] if v not in made)],
+            folded={c: c.value for c in self.program.consts})
+        self.before = Source(before)
+        self._before, self._before_vjp = self.before.compile(f"<{self.name}: before the loop>")
+        self.before_outs = before.outs
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
         # a weight laid out of transposed blocks gets its outer product transposed, (gᵀa)ᵀ:
         # the layout's VJP then reads contiguous rows (a transposed copy from a row stride
@@ -228,10 +242,8 @@ class CompiledStep:
         n, r, dt = len(self.program.params), int(reverse), self.dtype
         params, x, init = arrays[:n], arrays[n], arrays[n + 1:]
         T, B = x.shape[0], init[0].shape[0]
-        env = ctx["env"] = dict(zip(self.program.params, params))
-        env.update((c, c.value) for c in self.program.consts)
-        env.update(zip(self.program.xs, (x, mask)))
-        _run(self.pre + self.fwd.prologue, env)
+        xs = ctx["before"] = (*params, *(x, mask)[:len(self.program.xs)], {})
+        env = ctx["env"] = dict(zip(self.before_outs, self._before(*xs)))
         self._start_compiling()
         full = ctx["full"] = {a: np.ascontiguousarray(env[v]) for a, v in self.fargs
                               if a[0] == "X"}
@@ -270,7 +282,7 @@ class CompiledStep:
             for c in chunks[1:]:
                 sums[arg] = sums[arg] + c[arg]
         carried = [np.concatenate([c["carried"][i] for c in chunks]) for i in range(len(out))]
-        return self._pre_vjp(env, self._loop_cotangents({**full, **sums}, r, T), carried)
+        return self._pre_vjp(ctx, self._loop_cotangents({**full, **sums}, r, T), carried)
 
     @staticmethod
     def _arrays(args, chunk, env):
@@ -318,22 +330,12 @@ class CompiledStep:
             cot[c] = np.zeros(c.shape, self.dtype) if total is None else total
         return cot
 
-    def _pre_vjp(self, env, cot, carried):
-        """The reverse of the equations before the loop (the table's VJPs, newest first),
-        from the loop's cotangents; returns the tape node's input gradients."""
-        prog = self.program
-        for e, needs in zip(reversed(self.pre), reversed(self.pre_needs)):
-            gs = [cot.pop(v, None) for v in e.outs]
-            if all(gi is None for gi in gs):
-                continue
-            vals = [env[a] if isinstance(a, Var) else a for a in e.args]
-            for i, gi in zip(needs, _table_vjp(e.prim, gs, [env[v] for v in e.outs], vals,
-                                               needs)):
-                a = e.args[i]
-                cot[a] = gi if a not in cot else cot[a] + gi
-        x = prog.xs[0]
-        return (*[cot.get(v) for v in prog.params], cot.get(x) if x.dtype.kind == "f" else None,
-                *carried, None, None, None, None)
+    def _pre_vjp(self, ctx, cot, carried):
+        """The reverse of the equations before the loop, from the loop's cotangents; returns
+        the tape node's input gradients."""
+        n = len(self.program.params)
+        grads = self._before_vjp(tuple(map(cot.get, self.before_outs)), None, *ctx["before"])
+        return (*grads[:n + 1], *carried, None, None, None, None)
 
     # -------------------------------------------------------------- run a sequence
     def __call__(self, params, x_seq, init, mask=None, reverse=False, retain=None):
@@ -390,16 +392,6 @@ def _run(eqns, env):
 def _outers(step):
     """[(const, [(a, g)])]: the outer products of each accumulated output."""
     return [(c, step.rev.outers[acc]) for c, acc in zip(step.dconsts, step.reverse.acc)]
-
-
-def _table_vjp(prim, g, out, args, needs):
-    """A generic equation's input cotangents, from the table (zeros for missing g)."""
-    g = tuple(np.zeros_like(o) if gi is None else gi for gi, o in zip(g, out))
-    g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
-    vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))  # the walk's one convention
-    gs = [vjps[i](g, out, *args) for i in needs]
-    gs = [gi.materialize() if isinstance(gi, OuterSum) else gi for gi in gs]
-    return [unbroadcast(gi, args[i].shape) if prim.elementwise else gi for i, gi in zip(needs, gs)]
 
 
 def _examples(cell, x_t, parts, batch, seed):
