@@ -38,6 +38,10 @@ Why these limits (code lines; today's counts in the README's table):
   a second hand-fused cell.  575: +15 for ``parallel`` and the two products in blocks on
   Numba's threads (``blas.dot_blocks``, ``dot_t_blocks``): a Python pool's round trip
   cost ~120 µs, and a 2-thread weight gradient at N took as long as one thread's.
+  590: +15 for ``on_examples`` (a kernel whose ufunc is not built runs as NumPy while the
+  compiler runs a cell on examples: a new GRU's first step 2.1 -> 1.6-1.8 s, its sigmoid
+  ufunc no longer built for the trace) and the lookup's bounds check and negative ids
+  inside the gather kernel (three NumPy passes over the ids a call before).
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.

@@ -127,10 +127,12 @@ def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):
     assert before["ce"] == pytest.approx(before["ce_ref"], abs=1e-12)
 
     # Plant behaviour changes in helpers that compiled kernels inline: float64 tanh (the
-    # generated kernels' and the eager ufunc's) and the exp of the softmax rows.
+    # generated kernels' and the eager ufunc's, and its Python form, in which the compiler
+    # runs a cell on examples to check its compiled step) and the exp of the softmax rows.
     numerics = pkg / "minigrad" / "kernels" / "numerics.py"
     text = numerics.read_text()
     plants = [("    return lambda x: np.tanh(x)\n", "    return lambda x: np.tanh(x) * 0.5\n"),
+              ("    return np.tanh(x)\n", "    return np.tanh(x) * 0.5\n"),
               ("        def exact(v, ibuf):\n            for j in range(v.size):\n"
                "                v[j] = np.exp(v[j])\n",
                "        def exact(v, ibuf):\n            for j in range(v.size):\n"

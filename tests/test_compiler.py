@@ -900,3 +900,27 @@ def test_a_script_that_ends_while_the_loops_compile_exits_cleanly(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     saved = {p.name.split(".")[1].split("-")[0] for p in tmp_path.rglob("mg_*.nbi")}
     assert {"forward", "backward"} <= saved, saved
+
+
+NO_UFUNC = """
+import numpy as np
+from minigrad import kernels
+from models.language_model import LanguageModel
+lm = LanguageModel(11, 8, cell="gru")
+ids = np.random.default_rng(0).integers(0, 11, (2, 5))
+for _ in range(3):
+    loss, _ = lm.loss(ids, None)
+    loss.backward()
+print(kernels.sigmoid_forward._ufunc is None, kernels.tanh_forward._ufunc is None)
+"""
+
+
+def test_a_compiled_models_first_steps_build_no_ufunc_for_its_cell():
+    """The compiler traces and checks a cell on examples, where its elementwise rows run as
+    NumPy expressions: a compiled GRU's first steps build no ufunc (its sigmoid's had cost
+    0.6 s of a new cell's first step; the compiled loops never call it)."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", NO_UFUNC], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["True", "True"]
