@@ -109,6 +109,23 @@ class ScaledCell(Module):
         return (mg.concat([a, x], axis=1) @ self.W * self.gain).tanh()
 
 
+class NamesCell(Module):
+    """Parameters named like the generated Python's own names (``np``, ``g``, ``dW`` beside
+    ``W``, whose cotangent is ``dW`` there): the programs before and after the loop must
+    keep each value apart from every other and from their helpers."""
+
+    def __init__(self, input_size, hidden_size, dtype=np.float32):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        H, I = hidden_size, input_size
+        self.W = init.rnn_uniform_(Parameter(np.zeros((I, H), dtype)), H)
+        self.dW = init.rnn_uniform_(Parameter(np.zeros((H, H), dtype)), H)
+        self.np, self.g = Parameter(np.full(H, 0.5, dtype)), Parameter(np.full(H, 0.9, dtype))
+
+    def forward(self, x, a):
+        return ((x @ self.W + a @ self.dW) * self.g).tanh() * self.np.sigmoid()
+
+
 class Branchy(RNNCell):
     """Python control flow on a tensor's value: cannot be traced into a fixed program."""
 
@@ -119,7 +136,8 @@ class Branchy(RNNCell):
 
 CELLS.update({"mgu": MinimalGatedUnit, "coupled-lstm": lambda I, H, **k: CoupledLSTM(I, H, **k),
               "softmax-rnn": lambda I, H, **k: SoftmaxRNN(I, H, **k), "views": ViewsCell,
-              "scaled": ScaledCell, "scaled-0d": lambda I, H, **k: ScaledCell(I, H, shape=(), **k)})
+              "scaled": ScaledCell, "scaled-0d": lambda I, H, **k: ScaledCell(I, H, shape=(), **k),
+              "names": NamesCell})
 
 
 # ------------------------------------------------------------------ compiled = eager

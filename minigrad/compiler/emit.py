@@ -253,16 +253,15 @@ class Source:
     broadcasts with nothing to undo are left out when traced, not checked at every call.
     ``both(step, batch, f1, f2)`` runs a pair of recurrences (``pairs``: the first's
     positions), side by side.  ``mg.compile``'s programs and a scan's equations before its
-    loop are made by this; ``text`` is the source."""
+    loop are made by this; ``text`` is the source.  Its names: a value's own (``t2``,
+    ``W_a``), ``d<name>`` its cotangent; everything else starts with ``_`` (a row's
+    function ``_matmul``, ``_r<k>`` equation k's VJPs, ``_ctx<k>_<i>`` a row's context)."""
 
     def __init__(self, prog, both=None):
         self.prog, self.names = prog, {}
-        used = {v.name for e in prog.eqns for v in [*e.ins, *e.outs]} | {
-            v.name for v in prog.inputs}
         self.ns = {"np": np, "_acc": _acc, "_z": _z, "_m": _m, "_both": both, "unbroadcast":
-                   unbroadcast, **dict.fromkeys(["g", "out", "ctx", *used])}  # (taken)
-        self.ns.update({self.name(v): x for v, x in prog.folded.items()})  # (computed once)
-        self.args = [[self.name(a) if isinstance(a, Var) else f"ctx{k}_{i}" if isinstance(
+                   unbroadcast, **{self.name(v): x for v, x in prog.folded.items()}}
+        self.args = [[self.name(a) if isinstance(a, Var) else f"_ctx{k}_{i}" if isinstance(
             a, dict) else self.static(a, k, i) for i, a in enumerate(e.args)]
             for k, e in enumerate(prog.eqns)]
         self.cot = [*dict.fromkeys([*prog.outs, *(v for e, need in zip(prog.eqns, prog.needs)
@@ -272,7 +271,7 @@ class Source:
                for j, v in enumerate(prog.inputs)]
         saved = [*dict.fromkeys(
             a for k, e in enumerate(prog.eqns) if prog.needs[k] for a in [
-                *(f"ctx{k}_{i}" for i, x in enumerate(e.args) if isinstance(x, dict)),
+                *(f"_ctx{k}_{i}" for i, x in enumerate(e.args) if isinstance(x, dict)),
                 *(self.name(v) for v in [*e.ins, *e.outs]
                   if v not in prog.inputs and v not in prog.folded)])]
         back = [f"d{self.name(v)}" if v in self.cot and v not in prog.inputs[:j] else "None"
@@ -290,16 +289,19 @@ class Source:
         return self.ns["forward"], self.ns["backward"]
 
     def name(self, v):
-        """A value's name in the source: its name in the program (x0, t2, W_a)."""
+        """A value's name in the source: its name in the program (x0, t2, W_a), unless that
+        could be taken for another (``_``, ``d``: see above; a global, a keyword)."""
         if v not in self.names:
-            n = re.sub(r"\W", "_", v.name)
-            self.names[v] = n if n.isidentifier() and not keyword.iskeyword(n) and \
-                n not in self.names.values() else f"v_{len(self.names)}"
+            n, taken, k = re.sub(r"\W", "_", v.name), set(self.names.values()), 0
+            while not n.isidentifier() or keyword.iskeyword(n) or n[0] in "_d" or n in taken \
+                    or n in ("np", "unbroadcast", "g", "out", "ctx"):
+                n, k = f"v{len(taken) + k}", k + 1
+            self.names[v] = n
         return self.names[v]
 
     def row(self, f, k, suffix=""):
         """A row's function in the source, by the row's name (``scan_LSTMCell``)."""
-        n = re.sub(r"\W+", "_", self.prog.eqns[k].prim.name).strip("_") + suffix
+        n = "_" + re.sub(r"\W+", "_", self.prog.eqns[k].prim.name).strip("_") + suffix
         n = n if self.ns.setdefault(n, f) is f else f"{n}_{k}"
         self.ns[n] = f
         return n
@@ -309,20 +311,20 @@ class Source:
         if type(a) in (bool, int, str, type(None)) or type(a) is float and math.isfinite(a) \
                 or type(a) is tuple and all(type(x) in (int, type(None)) for x in a):
             return repr(a)
-        self.ns[f"P{k}_{i}"] = a
-        return f"P{k}_{i}"
+        self.ns[f"_P{k}_{i}"] = a
+        return f"_P{k}_{i}"
 
     def forward(self):
-        prog, lines = self.prog, [f"    ctx{k}_{i} = {{}}" for k, e in enumerate(self.prog.eqns)
+        prog, lines = self.prog, [f"    _ctx{k}_{i} = {{}}" for k, e in enumerate(self.prog.eqns)
                                   for i, a in enumerate(e.args) if isinstance(a, dict)]
         for k, e in enumerate(prog.eqns):
             outs = self.name(e.outs[0]) if e.prim.nout == 1 else _tuple(map(self.name, e.outs))
             call = f"{self.row(e.prim.fwd, k)}({', '.join(self.args[k])})"
             call = f"np.asarray({call})" if e.prim.nout == 1 and not e.outs[0].shape else call
             if k - 1 in prog.pairs:  # both recurrences of a pair at once
-                self.ns[f"S{k}"], (outs0, call0) = e.prim.fwd.__self__, \
+                self.ns[f"_S{k}"], (outs0, call0) = e.prim.fwd.__self__, \
                     lines.pop()[4:].split(" = ", 1)
-                outs, call = f"{outs0}, {outs}", f"_both(S{k}, {e.outs[0].shape[1]}, " \
+                outs, call = f"{outs0}, {outs}", f"_both(_S{k}, {e.outs[0].shape[1]}, " \
                                                  f"lambda: {call0}, lambda: {call})"
             lines.append(f"    {outs} = {call}")
         return lines
@@ -346,14 +348,14 @@ class Source:
                 continue
             if k - 1 in paired:  # both VJPs of a pair at once, then each one's sums
                 call0, guard0 = self.vjp(k - 1)
-                lines.append(f"r{k}, r{k - 1} = _both(S{k}, {e.outs[0].shape[1]}, lambda: "
+                lines.append(f"_r{k}, _r{k - 1} = _both(_S{k}, {e.outs[0].shape[1]}, lambda: "
                              f"{call.format('')} if {guard} else None, lambda: "
                              f"{call0.format('')} if {guard0} else None)")
             elif e.prim.vjp_all and k not in paired:
-                lines.append(f"r{k} = {call.format('')} if {guard} else None")
-            lines.append(f"if r{k} is not None:" if e.prim.vjp_all else f"if {guard}:")
+                lines.append(f"_r{k} = {call.format('')} if {guard} else None")
+            lines.append(f"if _r{k} is not None:" if e.prim.vjp_all else f"if {guard}:")
             for i in needs:
-                a, term = e.args[i], f"r{k}[{i}]" if e.prim.vjp_all else call.format(f"[{i}]")
+                a, term = e.args[i], f"_r{k}[{i}]" if e.prim.vjp_all else call.format(f"[{i}]")
                 if e.prim.elementwise and (a.shape != e.outs[0].shape or None in a.shape):
                     term = f"unbroadcast({term}, {self.name(a)}.shape)"
                 elif not e.prim.elementwise:  # (a lazy outer product, made)

@@ -254,8 +254,11 @@ class Recorder:
             if isinstance(x, np.ndarray) and prim.elementwise:  # a mask given as an array
                 x = Tensor._result(x, None, 0)
             args.append(self.var_of(x) if isinstance(x, Tensor) else x)
-        outs = [Var(f"t{self.count + i}", _per_step(o.shape, self.batch), o.dtype)
-                for i, o in enumerate(outputs)]
+        # NOTE: a value gets the batch axis from its inputs, not from its size: the
+        # sigmoid of a (2,) weight had been taken for a per-step value at the examples' B 2
+        step = any(isinstance(a, Var) and a.shape[:1] == (None,) for a in args)
+        outs = [Var(f"t{self.count + i}", _per_step(o.shape, self.batch) if step else o.shape,
+                    o.dtype) for i, o in enumerate(outputs)]
         self.count += len(outs)
         self.keep += outputs
         self.eqns.append(Eqn(prim, args, outs))
