@@ -5,7 +5,7 @@ their VJPs as NumPy ufuncs."""
 import numba
 import numpy as np
 
-from minigrad.kernels.jit import FASTMATH, elementwise, scalar_overload
+from minigrad.kernels.jit import elementwise, kernel, scalar_overload
 
 _F32 = numba.float32
 
@@ -20,7 +20,7 @@ _B4, _B6 = 1.18534705686654e-04, 1.19825839466702e-06
 _TANH_CLAMP = 7.90531110763549805
 
 
-@numba.njit(fastmath=set(FASTMATH), error_model="numpy")  # not inline="always": see the NOTE
+@kernel  # (cached: compiled once, not in every process; not inline="always": see the NOTE)
 def _tanh32(x):
     # NOTE: a NaN must not reach the clamp: min/max raise the CPU's 'invalid' flag on a
     # quiet NaN, which NumPy reports as a RuntimeWarning on every call (IEEE tanh(NaN) is a
