@@ -7,7 +7,8 @@ backward + an SGD update, float32.  ``make_step(framework, cfg, cell, ...)`` ret
 
 * **minigrad** — the public API as a user writes it: ``LanguageModel`` (or
   ``SequenceTagger(LSTM(..., bidirectional=True))`` at D), ``mg.cross_entropy``,
-  ``loss.backward()``, ``mg.optim.SGD.step()``; so whatever is minigrad's default is measured.
+  ``loss.backward()``, ``mg.optim.SGD.step()``, the whole step one ``mg.compile``d call (as
+  JAX's is one ``jax.jit``); so whatever is minigrad's default is measured.
   The GRU is ``reset_after=True``: PyTorch's and JAX's function.
 * **torch** — ``nn.RNN/GRU/LSTM`` (the LSTM is oneDNN's fused layer) + ``nn.Linear`` +
   ``F.cross_entropy`` + ``optim.SGD``; ids enter as one-hot floats (made once, outside the
@@ -168,21 +169,17 @@ def minigrad_step(cfg, cell, weights_out=None, hidden=None, compiled=None):
     opt = mg.optim.SGD(model.parameters(), lr=LR)
     x, y = data(cfg)
 
-    def loss_fn(x, y):
+    def train_step(x, y):  # as JAX's: the update inside the one call
         logits = model(x) if cfg.bidirectional else model(x)[0]
-        return mg.cross_entropy(logits, y)
-
-    if compiled is not False:  # the whole step traced once, as LanguageModel.loss does
-        loss_fn = mg.compile(loss_fn)
-
-    def step():
-        loss = loss_fn(x, y)
+        loss = mg.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss
 
-    return step
+    if compiled is not False:  # the whole step traced once: its backward needs no tape
+        train_step = mg.compile(train_step)
+    return lambda: train_step(x, y).item()
 
 
 # ------------------------------------------------------------------------ torch

@@ -81,7 +81,7 @@ Why these limits (code lines; today's counts in the README's table):
   a backward with the walk unrolled, one call per VJP): ``mg.compile``'s programs (moved
   from the function tier) and a scan's equations before its loop, whose interpreter (the
   walk over the table's VJPs, -10) it replaced; min-char-rnn's RNN step 0.36 -> 0.26 ms.
-* **function ≤ 360**: ``mg.compile`` (a whole training step as one traced program and one
+* **function ≤ 335**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
   the modules' ``training`` flags), dead equations dropped, and two independent
@@ -109,6 +109,9 @@ Why these limits (code lines; today's counts in the README's table):
   320: the program runs as generated Python (``program.source``, rendered by the
   compiler's ``emit.Source``) instead of interpreted (-55: the walk's dispatch, its dicts
   of values and cotangents); a tensor passed twice had got its gradient twice (tested).
+  335: +15 for a training step's ``backward()`` without the tape (the call runs the
+  program's backward and deposits the gradients itself: min-char-rnn's LSTM step 532 ->
+  505 µs, RNN 260 -> 244).
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -459,6 +459,7 @@ def test_a_whole_training_step_compiles_and_equals_eager(cell, opt, clip):
         mg.manual_seed(i)
         want = train(1, ids, lengths)
         np.testing.assert_allclose(got.data, want.data, rtol=1e-10)
+        assert got.requires_grad == (i < 2) and want.requires_grad  # (compiled: no tape)
         assert opts[0].lr == opts[1].lr
         for p, q in zip(*(m.parameters() for m in models)):
             np.testing.assert_allclose(p.data, q.data, rtol=1e-9, atol=1e-12)
@@ -524,6 +525,35 @@ def test_one_tensor_passed_twice_and_two_tensors_are_different_signatures():
     for w in [model[3].bias] * 3 + [w2] * 3:
         assert g(w).item() == pytest.approx((model(ones) * w).sum().item(), rel=1e-12)
     assert g.compiled_calls == 2
+
+
+def test_a_training_steps_backward_runs_without_the_tape_unless_an_input_has_a_graph():
+    # A compiled call runs its loss's backward() itself, no tape node: each input tensor's
+    # gradient added to its .grad as the walk would (accumulating, a tensor passed twice
+    # once); an argument with a graph of its own keeps the tape, which goes on through it.
+    def f(a, b):
+        loss = (a * b * b).sum()
+        loss.backward()
+        return loss
+
+    step, rng = mg.compile(f), np.random.default_rng(2)
+    w, v = (mg.tensor(rng.standard_normal(3), requires_grad=True) for _ in range(2))
+    for i in range(4):  # (no zero_grad: the gradients add up, as eagerly)
+        loss = step(w, v)
+        assert loss.item() == pytest.approx(float((w.data * v.data ** 2).sum()), rel=1e-12)
+        assert loss.requires_grad == (i < 2)  # the two traced calls are eager
+        np.testing.assert_allclose(w.grad, (i + 1) * v.data ** 2, rtol=1e-12)
+        np.testing.assert_allclose(v.grad, (i + 1) * 2 * w.data * v.data, rtol=1e-12)
+    for _ in range(3):
+        w.grad = None
+        step(w, w)
+        np.testing.assert_allclose(w.grad, 3 * w.data ** 2, rtol=1e-12)
+    for _ in range(3):
+        w.grad = v.grad = None
+        loss = step(w * 3.0, v)  # (w * 3 is no leaf: its graph goes on to w)
+        assert loss.requires_grad
+        np.testing.assert_allclose(w.grad, 3 * v.data ** 2, rtol=1e-12)
+    assert step.compiled_calls == 2 + 1 + 3  # (w * 3 and v: the signature of w and v)
 
 
 def test_a_method_decorated_with_compile_is_compiled_per_instance():

@@ -258,6 +258,17 @@ def given_vjps(grads):
     return [lambda *_, gi=gi: gi for gi in grads]
 
 
+def deposit(t, g):
+    """A leaf's finished gradient ``g`` added to ``t.grad`` by the walk's rules (in t's
+    dtype; an array given is copied, not kept): for a caller that ran the VJPs itself, as
+    a compiled training step does."""
+    owned = type(g) is OuterSum
+    g = g.materialize() if owned else g
+    if g.dtype != t.data.dtype:
+        g, owned = g.astype(t.data.dtype), True
+    _deposit(t, g, owned)
+
+
 def _deposit(t, g, owned=False):
     """Add a finished gradient to ``t.grad`` (a leaf, or a non-leaf that retains its grad)."""
     if type(g) is OuterSum:
