@@ -544,6 +544,8 @@ def test_a_training_steps_backward_runs_without_the_tape_unless_an_input_has_a_g
         assert loss.requires_grad == (i < 2)  # the two traced calls are eager
         np.testing.assert_allclose(w.grad, (i + 1) * v.data ** 2, rtol=1e-12)
         np.testing.assert_allclose(v.grad, (i + 1) * 2 * w.data * v.data, rtol=1e-12)
+    with pytest.raises(RuntimeError, match="training step, whose own backward"):
+        loss.backward()  # (its backward ran inside the call: the loss has no graph left)
     for _ in range(3):
         w.grad = None
         step(w, w)

@@ -186,7 +186,8 @@ def _seed(root, grad):
     if not root.requires_grad:
         raise RuntimeError("backward: the tensor does not require grad and has no graph (was it "
                            "computed under no_grad, or from inputs none of which has "
-                           "requires_grad=True?).")
+                           "requires_grad=True? or returned by an mg.compile'd training step, "
+                           "whose own backward() already ran?).")
     return grad
 
 
