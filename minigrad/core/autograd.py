@@ -184,10 +184,9 @@ def _seed(root, grad):
         raise ValueError(f"backward: gradient has shape {grad.shape} but the tensor has shape "
                          f"{data.shape}; they must match.")
     if not root.requires_grad:
-        raise RuntimeError("backward: the tensor does not require grad and has no graph (was it "
-                           "computed under no_grad, or from inputs none of which has "
-                           "requires_grad=True? or returned by an mg.compile'd training step, "
-                           "whose own backward() already ran?).")
+        raise RuntimeError("backward: the tensor does not require grad and has no graph (made "
+                           "under no_grad, or from inputs none of which requires grad? or by an "
+                           "mg.compile'd training step, whose own backward() already ran?)")
     return grad
 
 

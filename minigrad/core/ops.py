@@ -194,8 +194,7 @@ ARANGE = defprim("arange", lambda start, stop, step, dtype: np.arange(start, sto
 def _dropout_scale(shape, p, dtype):
     """Inverted dropout's factors: 0 with probability p, else 1/(1 - p) (minigrad's
     generator, so that a compiled call draws what the eager one draws)."""
-    keep = get_rng().random(shape) >= p  # (the scale made in dtype first: one pass, not 3)
-    return np.multiply(keep, np.dtype(dtype).type(1 / (1 - p)), dtype=dtype)
+    return np.multiply(get_rng().random(shape) >= p, np.dtype(dtype).type(1 / (1 - p)), dtype=dtype)
 
 
 DROPOUT_SCALE = defprim("dropout_scale", _dropout_scale, args="shape p dtype")
