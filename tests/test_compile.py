@@ -532,18 +532,22 @@ def test_a_training_steps_backward_runs_without_the_tape_unless_an_input_has_a_g
     # gradient added to its .grad as the walk would (accumulating, a tensor passed twice
     # once); an argument with a graph of its own keeps the tape, which goes on through it.
     def f(a, b):
-        loss = (a * b * b).sum()
-        loss.backward()
+        loss = (a * b * b).sum() * scale  # (scale 0-d: its gradient a NumPy scalar, made an
+        loss.backward()                   # array as the tape makes it)
         return loss
 
     step, rng = mg.compile(f), np.random.default_rng(2)
     w, v = (mg.tensor(rng.standard_normal(3), requires_grad=True) for _ in range(2))
+    scale = mg.tensor(np.array(1.0), requires_grad=True)
     for i in range(4):  # (no zero_grad: the gradients add up, as eagerly)
+        scale.grad = None
         loss = step(w, v)
         assert loss.item() == pytest.approx(float((w.data * v.data ** 2).sum()), rel=1e-12)
         assert loss.requires_grad == (i < 2)  # the two traced calls are eager
         np.testing.assert_allclose(w.grad, (i + 1) * v.data ** 2, rtol=1e-12)
         np.testing.assert_allclose(v.grad, (i + 1) * 2 * w.data * v.data, rtol=1e-12)
+        assert type(scale.grad) is np.ndarray and scale.grad.shape == ()
+        assert scale.grad == pytest.approx(float((w.data * v.data ** 2).sum()), rel=1e-12)
     with pytest.raises(RuntimeError, match="training step, whose own backward"):
         loss.backward()  # (its backward ran inside the call: the loss has no graph left)
     for _ in range(3):

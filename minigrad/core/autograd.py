@@ -264,8 +264,8 @@ def deposit(t, g):
     a compiled training step does."""
     owned = type(g) is OuterSum
     g = g.materialize() if owned else g
-    if g.dtype != t.data.dtype:
-        g, owned = g.astype(t.data.dtype), True
+    if type(g) is not _ndarray or g.dtype != t.data.dtype:  # (a NumPy scalar: an array)
+        g, owned = np.array(g, dtype=t.data.dtype), True
     _deposit(t, g, owned)
 
 
