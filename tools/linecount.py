@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = {
     "core": ("the autodiff core: Tensor, tape, primitive table",
              ["minigrad/tensor.py", "minigrad/autograd.py", "minigrad/ops.py",
-              "minigrad/core/**/*.py"], 890),
+              "minigrad/core/**/*.py"], 895),
     "kernels": ("Numba kernels: pure functions on arrays",
                 ["minigrad/kernels.py", "minigrad/kernels/**/*.py"], 590),
     "cache": ("the compile cache: keys, checks on load, directories, pruning, command line",

@@ -31,7 +31,7 @@ from minigrad.compiler.ir import (
 )
 from minigrad.compiler.rewrites import dce
 from minigrad.core import ops
-from minigrad.core.autograd import OuterSum, given_vjps, unbroadcast
+from minigrad.core.autograd import given_vjps, made, unbroadcast
 
 
 class Sym:
@@ -277,7 +277,7 @@ def vjp_prim(prim, wants):
             g, out = (g[0], out[0]) if prim.nout == 1 else (g, out)
             vjps = prim.vjps or given_vjps(prim.vjp_all(g, out, *args))
             cts = [vjps[i](g, out, *args) for i in wants]
-            cts = tuple(c.materialize() if isinstance(c, OuterSum) else c for c in cts)
+            cts = tuple(map(made, cts))
             return cts if len(cts) > 1 else cts[0]
         _VJPS[prim, wants] = ops.Prim(f"vjp[{prim.name}]", fwd, args="nout *vals",
                                       nout=len(wants))

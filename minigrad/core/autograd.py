@@ -222,12 +222,11 @@ def _accumulate(x, g, prim, leaves, heap):
     elif type(cur) is OuterSum and type(g) is OuterSum:
         cur.add(g)
     else:
-        if type(g) is OuterSum:
-            g = g.materialize()
+        g = made(g)
         if slot.owned >> j & 1:
             cur += g
         else:  # the first sum allocates; from then on the slot's array is ours to add into
-            total = (cur.materialize() if type(cur) is OuterSum else cur) + g
+            total = made(cur) + g
             # NOTE: the sum of two 0-d arrays is a NumPy scalar, which `+=` cannot update
             slot.grads[j] = total if type(total) is _ndarray else np.asarray(total)
             slot.owned |= 1 << j
@@ -258,10 +257,16 @@ def given_vjps(grads):
     return [lambda *_, gi=gi: gi for gi in grads]
 
 
+def made(g):
+    """``g`` as an array: an OuterSum is made (an array or None is as given)."""
+    return g.materialize() if type(g) is OuterSum else g
+
+
 def deposit(t, g):
-    """A leaf's finished gradient ``g`` added to ``t.grad`` by the walk's rules (in t's
-    dtype; an array given is copied, not kept): for a caller that ran the VJPs itself, as
-    a compiled training step does."""
+    """A leaf's finished gradient ``g`` added to ``t.grad`` by the walk's rules (made an
+    array in t's dtype, as :func:`_accumulate` makes it; one given is copied, not kept): for
+    a caller that ran the VJPs itself, as a compiled training step does.  (Not through
+    ``_accumulate``'s slots: those cost a 12-input step 7 µs, a quarter of what it saves.)"""
     owned = type(g) is OuterSum
     g = g.materialize() if owned else g
     if type(g) is not _ndarray or g.dtype != t.data.dtype:  # (a NumPy scalar: an array)

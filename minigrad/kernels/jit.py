@@ -119,10 +119,10 @@ def on_examples():
     expressions instead of building it (0.1-0.9 s each: a GRU's sigmoid was 0.6 s of its
     first step): while the compiler traces and checks a cell on example inputs, whose
     values only have to be right, not fast."""
-    _EXAMPLES.on = True
+    was, _EXAMPLES.on = getattr(_EXAMPLES, "on", False), True
     try:
         yield
     finally:
-        _EXAMPLES.on = False
+        _EXAMPLES.on = was  # (nested: the outer one goes on)
 
 
