@@ -49,7 +49,7 @@ effect (the forward after ``step()``), an effect that cannot be replayed (``reta
 read in Python) or a returned Python number keeps the function eager, with the warning.
 The one ``backward()`` of a loss the program computes needs no tape: the call runs the
 program's backward itself and adds each input tensor's gradient to its ``.grad``, as the
-walk would (as ``jax.value_and_grad`` inside ``jax.jit``; 5-6 % of min-char-rnn's step),
+walk would (as ``jax.value_and_grad`` inside ``jax.jit``; 2-6 % of min-char-rnn's step),
 so the loss it returns has no graph left (``requires_grad`` is False).  A tensor argument
 with a graph of its own (not a leaf) keeps the tape.
 """
