@@ -84,6 +84,9 @@ Why these limits (code lines; today's counts in the README's table):
   a backward with the walk unrolled, one call per VJP): ``mg.compile``'s programs (moved
   from the function tier) and a scan's equations before its loop, whose interpreter (the
   walk over the table's VJPs, -10) it replaced; min-char-rnn's RNN step 0.36 -> 0.26 ms.
+  1425: +5 for a scan's equations before its loop differentiated only for the inputs that
+  want a gradient (a tagger's dense x had its projection's x-gradient computed, a GEMM as
+  large as the weight's, and dropped: D's step 3.59 -> 3.20 ms with one thread).
 * **function ≤ 335**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,

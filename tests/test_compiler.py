@@ -209,6 +209,29 @@ def test_compiled_equals_eager_on_integer_ids():
     _both_paths(lambda compiled: LSTM(7, 4, compiled=compiled, dtype=F64), ids)
 
 
+def test_an_input_that_wants_no_gradient_gets_none_computed():
+    """A tagger's dense features (data, no requires_grad): the compiled step runs the
+    equations before the loop without x's cotangent (the input projection's x-gradient is a
+    GEMM as large as its weight's), and every parameter's gradient is still eager's."""
+    x = np.random.default_rng(4).standard_normal((3, 5, 6))
+    grads = []
+    for compiled in (False, True):
+        mg.manual_seed(4)
+        layer = LSTM(6, 4, compiled=compiled, dtype=F64)
+        xt = mg.tensor(x)
+        layer(xt)[0].tanh().sum().backward()
+        assert xt.grad is None
+        grads.append([p.grad for p in layer.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    step = next(iter(sys.modules["minigrad.compiler.scan"]._CACHE[layer.layers[0].cell].values()))
+    ran = [src.text for wants, (src, *_) in step._befores.items()]
+    n = len(step.program.params)
+    assert list(step._befores) == [tuple(range(n + 1)), tuple(range(n))]  # all; then not x
+    assert "_matmul_vjp[0]" in ran[0] and "_matmul_vjp[0]" not in ran[1]
+    assert "_matmul_vjp[1]" in ran[1]  # (the weight's: still there)
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru-full", "rnn-tanh"])
 def test_compiled_path_gradchecks(name):
     """Finite differences on the compiled path itself (not only agreement with eager)."""
@@ -515,10 +538,10 @@ def test_the_reverse_program_equals_the_generated_loop_and_the_tape(name, revers
     mask = (np.arange(T)[:, None] < lengths[None, :]).astype(F64)[:, :, None] if masked \
         else None
     G = [rng.standard_normal((T, B, H)) for _ in range(n)]
-    ctx = {}
-    out = step._fwd(*params, x, *init, mask, reverse, None, ctx)
+    ctx, wants = {}, tuple(range(len(params) + 1))  # (every parameter and x)
+    out = step._fwd(*params, x, *init, mask, reverse, None, wants, ctx)
     env, r = ctx["env"], int(reverse)
-    step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, ctx)  # fills ctx
+    step._vjp(tuple(G), out, *params, x, *init, mask, reverse, None, wants, ctx)  # fills ctx
     generated = step._loop_cotangents({**ctx["full"], **ctx["sums"]}, r, T)
     env.update((f"H{i}", ctx["full"][f"H{i}"]) for i in range(n))
     interpreted, carry = _interpreted_loop(step, env, G, T, reverse)

@@ -207,8 +207,8 @@ class CompiledStep:
 
     # -------------------------------------------------------------- the one tape node
     # Inputs: the cell's parameters, x (T, B, I) or ids (T, B), the initial state parts,
-    # then the statics mask (T, B, 1) or None, reverse, retain and ctx (a dict the forward
-    # leaves its arrays in for the VJP).
+    # then the statics mask (T, B, 1) or None, reverse, retain, wants (which of params and
+    # x require grad) and ctx (a dict the forward leaves its arrays in for the VJP).
 
     def _plan(self):
         """What each call does, decided once: the equations before the loop (batched over
@@ -218,19 +218,11 @@ class CompiledStep:
         self.fargs, self.rargs = _arg_list(self.fbind), _arg_list(self.rbind)
         # the equations before the loop as Python (``before.text``): what the loops read
         made = {v for e in self.rev.prologue for v in e.outs}  # (the reverse's weights)
-        before = SimpleNamespace(
-            eqns=self.pre + self.fwd.prologue, pairs=(), inputs=[*self.program.params,
-                                                               *self.program.xs],
-            needs=[[i for i, a in enumerate(e.args) if isinstance(a, Var) and a.dtype.kind ==
-                    "f" and a.kind not in ("const", "mask") and e.prim.has_vjp(i)]
-                   for e in self.pre] + [[] for _ in self.fwd.prologue],
-            outs=[*dict.fromkeys(v for v in [*self.dconsts, *self.dxs, *(
-                v for a, v in self.fargs + self.rargs if a[0] in "KX"), *(
-                v for e in self.rev.prologue for v in e.ins)] if v not in made)],
-            folded={c: c.value for c in self.program.consts})
-        self.before = Source(before)
-        self._before, self._before_vjp = self.before.compile(f"<{self.name}: before the loop>")
-        self.before_outs = before.outs
+        self.before_outs = [*dict.fromkeys(v for v in [*self.dconsts, *self.dxs, *(
+            v for a, v in self.fargs + self.rargs if a[0] in "KX"), *(
+            v for e in self.rev.prologue for v in e.ins)] if v not in made)]
+        self._befores = {}
+        self.before = self._before_source(tuple(range(len(self.program.params) + 1)))[0]
         self.buffers = {a: v.shape[1:] for v, (a, _) in self.rbind.items() if a[0] in "YCN"}
         # a weight laid out of transposed blocks gets its outer product transposed, (gᵀa)ᵀ:
         # the layout's VJP then reads contiguous rows (a transposed copy from a row stride
@@ -238,13 +230,32 @@ class CompiledStep:
         laid = {e.outs[0]: e.args[0][1] for e in self.pre if e.prim is ops.LAYOUT}
         self.flipped = {c for c in self.dconsts if c in laid and all(b[5] for b in laid[c])}
 
+    def _before_source(self, wants):
+        """The equations before the loop as Python, differentiated for the inputs that want
+        a gradient (``wants``: positions in params, x); made when first asked for.  (A
+        tagger's dense x wants none: its projection's x-gradient, a GEMM, is not computed.)"""
+        if wants not in self._befores:
+            inputs, needs = [*self.program.params, *self.program.xs], []
+            active = {inputs[i] for i in wants}
+            for e in self.pre:
+                needs.append([i for i, a in enumerate(e.args) if isinstance(a, Var) and
+                              a in active and a.dtype.kind == "f" and e.prim.has_vjp(i)])
+                active.update(e.outs if needs[-1] else ())
+            src = Source(SimpleNamespace(
+                eqns=self.pre + self.fwd.prologue, pairs=(), inputs=inputs, outs=self.before_outs,
+                needs=needs + [[]] * len(self.fwd.prologue),
+                folded={c: c.value for c in self.program.consts}))
+            self._befores[wants] = (src, *src.compile(f"<{self.name}: before the loop>"))
+        return self._befores[wants]
+
     def _fwd(self, *arrays):
-        *arrays, mask, reverse, retain, ctx = arrays
+        *arrays, mask, reverse, retain, wants, ctx = arrays
         n, r, dt = len(self.program.params), int(reverse), self.dtype
         params, x, init = arrays[:n], arrays[n], arrays[n + 1:]
         T, B = x.shape[0], init[0].shape[0]
         xs = ctx["before"] = (*params, *(x, mask)[:len(self.program.xs)], {})
-        env = ctx["env"] = dict(zip(self.before_outs, self._before(*xs)))
+        _, before, ctx["before_vjp"] = self._before_source(wants)
+        env = ctx["env"] = dict(zip(self.before_outs, before(*xs)))
         self._start_compiling()
         full = ctx["full"] = {a: np.ascontiguousarray(env[v]) for a, v in self.fargs
                               if a[0] == "X"}
@@ -258,7 +269,7 @@ class CompiledStep:
         return tuple(full[f"H{i}"][1 - r:T + 1 - r] for i in range(len(init)))
 
     def _vjp(self, g, out, *arrays):
-        *arrays, mask, reverse, retain, ctx = arrays
+        *arrays, mask, reverse, retain, _, ctx = arrays
         env, full, r, dt = ctx["env"], ctx["full"], int(reverse), self.dtype
         T, B = out[0].shape[:2]
         _run(self.rev.prologue, env)
@@ -335,8 +346,8 @@ class CompiledStep:
         """The reverse of the equations before the loop, from the loop's cotangents; returns
         the tape node's input gradients."""
         n = len(self.program.params)
-        grads = self._before_vjp(tuple(map(cot.get, self.before_outs)), None, *ctx["before"])
-        return (*grads[:n + 1], *carried, None, None, None, None)
+        grads = ctx["before_vjp"](tuple(map(cot.get, self.before_outs)), None, *ctx["before"])
+        return (*grads[:n + 1], *carried, None, None, None, None, None)
 
     # -------------------------------------------------------------- run a sequence
     def __call__(self, params, x_seq, init, mask=None, reverse=False, retain=None):
@@ -348,8 +359,9 @@ class CompiledStep:
             m = apply(ops.RESHAPE, apply(ops.ASTYPE, m, self.dtype), m.shape + (1,))
         if not hasattr(self, "prim"):
             self.prim = Prim(f"scan[{self.name}]", self._fwd, vjp_all=self._vjp, nout=None,
-                             args="*arrays mask reverse retain ctx")
-        return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, {})
+                             args="*arrays mask reverse retain wants ctx")
+        wants = tuple(i for i, t in enumerate((*params, x_seq)) if t.requires_grad)
+        return apply(self.prim, *params, x_seq, *init, m, bool(reverse), retain, wants, {})
 
 
 def _announce(step, modules):
