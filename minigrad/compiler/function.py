@@ -253,6 +253,8 @@ class _Program:
                 active.update(v for v in e.outs if v.dtype.kind == "f")
         source = Source(self, _both)  # the program as Python: ``print(program.source)``
         self.source, (forward, backward) = source.text, source.compile(f"<compiled {name}>")
+        if self.pairs:  # (Python threads run the pairs: all its threads are, see the function)
+            forward, backward = map(threads.on_python_pool, (forward, backward))
         self.prim = Prim(f"compiled[{name}]", forward, vjp_all=backward, nout=None)
         walks = [args for _, fn, args, _ in self.effects if fn is tensor._backward]
         self.walk = self.outs.index(walks[0][0]) if len(walks) == 1 and \
@@ -296,11 +298,12 @@ class _Program:
         return f"{{ lambda {ins} .\n{body}\n  in ({shown}) }}{then}"
 
 
-def _both(step, batch, f1, f2):
-    """``f1(), f2()`` (a pair of recurrences, or their VJPs) each on its own thread, unless
-    each splits its batch on Numba's threads instead (D: 4.8 against 5.6 ms a step; decided
-    by the loops' kind, not by when they compiled)."""
-    if threads.get_num_threads() < 2 or step.native(len(threads.batch_chunks(batch))):
+def _both(f1, f2):
+    """``f1(), f2()`` (a pair of recurrences, or their VJPs) each on its own thread with its
+    whole batch: faster than each splitting its batch in turn, also where Numba's threads
+    could split it (a tagger's step at D 2.56 -> 2.34 ms, at B64 H128 T40 22 -> 21.5, at
+    B32 H64 T100 10.4-13.9 -> 9.7, at B64 H256 T50 with 2 layers 276 -> 252-265)."""
+    if threads.get_num_threads() < 2:
         return f1(), f2()
     done = [None, None]
     threads.parallel(lambda i: done.__setitem__(i, (f1, f2)[i]()), (0, 1))
