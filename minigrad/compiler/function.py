@@ -301,8 +301,9 @@ class _Program:
 def _both(f1, f2):
     """``f1(), f2()`` (a pair of recurrences, or their VJPs) each on its own thread with its
     whole batch: faster than each splitting its batch in turn, also where Numba's threads
-    could split it (a tagger's step at D 2.56 -> 2.34 ms, at B64 H128 T40 22 -> 21.5, at
-    B32 H64 T100 10.4-13.9 -> 9.7, at B64 H256 T50 with 2 layers 276 -> 252-265)."""
+    could split it (a tagger's step, 2 threads: D 2.56 -> 2.31-2.38 ms, B32 H64 T100
+    10.3-13.9 -> 9.5-9.8, B64 H256 T50 with 2 layers 288-290 -> 262-272; B64 H128 T40
+    level, 21.9-22.8 -> 20.9-22.2)."""
     if threads.get_num_threads() < 2:
         return f1(), f2()
     done = [None, None]
