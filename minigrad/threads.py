@@ -109,12 +109,15 @@ def native():
     return _native == os.getpid()  # NOTE: GNU OpenMP kills a forked child that starts it
 
 
-def on_python_pool(fn):
-    """``fn`` with all its parallel work on the Python pool, none on Numba's threads: for a
-    program whose Python threads run two recurrences side by side.  Numba's (OpenMP's)
-    workers spin for a while after each call and took the cores those threads needed (a
-    tagger at B32 H64 T100 with a head GEMM split on them: 18 against 9.7 ms a step)."""
+def on_python_pool(fn, threads=None):
+    """``fn`` with all its parallel work on the Python pool, none on Numba's threads (when
+    minigrad has ``threads`` threads, if given): for a program whose Python threads run two
+    recurrences side by side.  Numba's (OpenMP's) workers spin for a while after each call
+    and took the cores those threads needed (a tagger at B32 H64 T100 with a head GEMM split
+    on them: 18 against 9.7 ms a step)."""
     def run(*args):
+        if threads not in (None, _threads):
+            return fn(*args)
         was, _inside.python = getattr(_inside, "python", False), True
         try:
             return fn(*args)

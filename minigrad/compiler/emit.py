@@ -251,7 +251,7 @@ class Source:
     call of its row; the reverse walk is unrolled, each equation's VJPs calls and the
     cotangents locals.  What needs no cotangent (an integer, a frozen weight) and the
     broadcasts with nothing to undo are left out when traced, not checked at every call.
-    ``both(f1, f2)`` runs a pair of recurrences (``pairs``: the first's
+    ``both(step, batch, f1, f2)`` runs a pair of recurrences (``pairs``: the first's
     positions), side by side.  ``mg.compile``'s programs and a scan's equations before its
     loop are made by this; ``text`` is the source.  Its names: a value's own (``t2``,
     ``W_a``), ``d<name>`` its cotangent; everything else starts with ``_`` (a row's
@@ -322,8 +322,10 @@ class Source:
             call = f"{self.row(e.prim.fwd, k)}({', '.join(self.args[k])})"
             call = f"np.asarray({call})" if e.prim.nout == 1 and not e.outs[0].shape else call
             if k - 1 in prog.pairs:  # both recurrences of a pair at once
-                outs0, call0 = lines.pop()[4:].split(" = ", 1)
-                outs, call = f"{outs0}, {outs}", f"_both(lambda: {call0}, lambda: {call})"
+                self.ns[f"_S{k}"], (outs0, call0) = e.prim.fwd.__self__, \
+                    lines.pop()[4:].split(" = ", 1)
+                outs, call = f"{outs0}, {outs}", f"_both(_S{k}, {e.outs[0].shape[1]}, " \
+                                                 f"lambda: {call0}, lambda: {call})"
             lines.append(f"    {outs} = {call}")
         return lines
 
@@ -346,8 +348,9 @@ class Source:
                 continue
             if k - 1 in paired:  # both VJPs of a pair at once, then each one's sums
                 call0, guard0 = self.vjp(k - 1)
-                lines.append(f"_r{k}, _r{k - 1} = _both(lambda: {call.format('')} if {guard} "
-                             f"else None, lambda: {call0.format('')} if {guard0} else None)")
+                lines.append(f"_r{k}, _r{k - 1} = _both(_S{k}, {e.outs[0].shape[1]}, lambda: "
+                             f"{call.format('')} if {guard} else None, lambda: "
+                             f"{call0.format('')} if {guard0} else None)")
             elif e.prim.vjp_all and k not in paired:
                 lines.append(f"_r{k} = {call.format('')} if {guard} else None")
             lines.append(f"if _r{k} is not None:" if e.prim.vjp_all else f"if {guard}:")

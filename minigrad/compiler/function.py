@@ -253,8 +253,8 @@ class _Program:
                 active.update(v for v in e.outs if v.dtype.kind == "f")
         source = Source(self, _both)  # the program as Python: ``print(program.source)``
         self.source, (forward, backward) = source.text, source.compile(f"<compiled {name}>")
-        if self.pairs:  # (Python threads run the pairs: all its threads are, see the function)
-            forward, backward = map(threads.on_python_pool, (forward, backward))
+        if self.pairs:  # (two threads: nothing on Numba's, see _both)
+            forward, backward = (threads.on_python_pool(f, 2) for f in (forward, backward))
         self.prim = Prim(f"compiled[{name}]", forward, vjp_all=backward, nout=None)
         walks = [args for _, fn, args, _ in self.effects if fn is tensor._backward]
         self.walk = self.outs.index(walks[0][0]) if len(walks) == 1 and \
@@ -298,13 +298,17 @@ class _Program:
         return f"{{ lambda {ins} .\n{body}\n  in ({shown}) }}{then}"
 
 
-def _both(f1, f2):
-    """``f1(), f2()`` (a pair of recurrences, or their VJPs) each on its own thread with its
-    whole batch: faster than each splitting its batch in turn, also where Numba's threads
-    could split it (a tagger's step, 2 threads: D 2.56 -> 2.31-2.38 ms, B32 H64 T100
-    10.3-13.9 -> 9.5-9.8, B64 H256 T50 with 2 layers 288-290 -> 262-272; B64 H128 T40
-    level, 21.9-22.8 -> 20.9-22.2)."""
-    if threads.get_num_threads() < 2:
+def _both(step, batch, f1, f2):
+    """``f1(), f2()`` (a pair of recurrences, or their VJPs).  With two threads, each on its
+    own with its whole batch, the program's other work on the Python pool too (Numba's idle
+    workers spin after each call and took the cores the pair's threads needed):
+    faster than each splitting its batch on Numba's threads in turn (a tagger's step: D
+    2.56 -> 2.31-2.38 ms, B32 H64 T100 10.3-13.9 -> 9.5-9.8, B64 H256 T50 with 2 layers
+    288-290 -> 262-272; B64 H128 T40 level, 21.9-22.8 -> 20.9-22.2).  With more threads
+    (not measured here), one after the other, each splitting its batch across all of them,
+    unless it is too small to split."""
+    n = threads.get_num_threads()
+    if n < 2 or (n > 2 and step.native(len(threads.batch_chunks(batch)))):
         return f1(), f2()
     done = [None, None]
     threads.parallel(lambda i: done.__setitem__(i, (f1, f2)[i]()), (0, 1))
