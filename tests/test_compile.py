@@ -742,6 +742,7 @@ def test_with_two_threads_a_layers_directions_run_side_by_side_and_equal_eager(m
             sys.modules["minigrad.compiler.scan"].wait()  # (the loops, then the drivers)
         ran.clear()
         got = [_run(tagger, 3, compiled, x, y) for _ in range(2)]
+        assert all(type(r) is int for r in ran), ran  # (a kernel's name: run on Numba's)
         assert sorted(ran) == [1] * 8 + [2] * 4  # a pair (2), each scan one chunk (1)
         mg.manual_seed(28)  # the same weights, the tape's BPTT
         eager = SequenceTagger(LSTM(4, 5, bidirectional=True, compiled=False), 3)
