@@ -159,8 +159,11 @@ def child_main(spec):
     floor, peak = None, _peak_mib
     if spec["framework"] == "minigrad":
         import minigrad.compiler
+        from minigrad.compiler import whole
 
-        minigrad.compiler.wait()  # the Numba loops, compiled in the background, are in use
+        for _ in range(whole.AFTER or 0):  # (a program's whole step compiles after these)
+            step()
+        minigrad.compiler.wait()  # the Numba loops and the whole step are in use
         floor, peak = _peak_without(lambda: peers.gemm_floor(cfg, spec["cell"]), step)
     _send({"losses": losses})
     for line in sys.stdin:

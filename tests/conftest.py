@@ -9,13 +9,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import minigrad as mg
-from minigrad.compiler import rewrites
+from minigrad.compiler import rewrites, whole
 from models.cells import GRUCell, LSTMCell, RNNCell
 
 # Every rewrite's result is checked by ir.verify (single assignment, shapes, dtypes).
 rewrites.CHECK = True
 # No background compiles in tests: a compiled step's Numba loops compile at its second call.
 sys.modules["minigrad.compiler.scan"].BACKGROUND = False
+# Nor a whole step's (seconds each): tests/test_whole.py compiles them, at a first call.
+whole.AFTER = None
 # Tests use small matrices: one BLAS thread avoids busy-waiting workers (see threads.py).
 mg.set_num_threads(1)
 # The test process opts in, as the demos do: full collections skip Numba's ~10⁵ objects.

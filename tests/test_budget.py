@@ -45,6 +45,13 @@ Why these limits (code lines; today's counts in the README's table):
   compiler runs a cell on examples: a new GRU's first step 2.1 -> 1.6-1.8 s, its sigmoid
   ufunc no longer built for the trace) and the lookup's bounds check and negative ids
   inside the gather kernel (three NumPy passes over the ids a call before).
+  680: +90 for what a whole-step program (the ``whole`` tier) calls: the layout row's
+  blocks copied and taken back by two kernels (a transposed block through OpenBLAS's
+  ``omatcopy``: 3 µs for 100 x 100 where a Numba loop took 8 and the first loops 35), a
+  GEMM into a new array and a weight gradient's ``aᵀg`` from Numba, and ten one-line array
+  helpers (``kernels/program.py``), each compiled once and cached: inlined into the
+  generated step, NumPy's generic implementations (with their error messages) had made one
+  step's compile 12-19 s; as calls, 5.
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.
@@ -117,7 +124,17 @@ Why these limits (code lines; today's counts in the README's table):
   of values and cotangents); a tensor passed twice had got its gradient twice (tested).
   335: +15 for a training step's ``backward()`` without the tape (the call runs the
   program's backward and deposits the gradients itself: min-char-rnn's LSTM step 532 ->
-  505 µs, RNN 260 -> 244).
+  505 µs, RNN 260 -> 244).  340: +5 for the whole step's one call (a program's ``whole``,
+  its outputs and gradients deposited, owned, without the program's backward).
+* **whole ≤ 415** (``minigrad/compiler/whole.py``): a training step's program rendered
+  once more, as one Numba function — its forward, then its reverse, every scan expanded
+  (its before-program, the compiled loops called, its weight gradients and the
+  before-program's VJPs), a layout's gradient blocks from two layouts written once into one
+  array, ~25 rows' forms — and compiled in another process after 20 calls, then used
+  while the batch is one chunk: min-char-rnn's step (config A, one thread) 0.27/0.44/0.55
+  -> 0.11/0.23/0.28 ms for RNN/GRU/LSTM, the names demo's 3.5-4.1 -> 3.1-3.8.  Its own
+  tier: a second way to run ``mg.compile``'s program, which the Python program stays the
+  reference for (``tests/test_whole.py``).
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -3,6 +3,7 @@
 
 import numpy as np
 
+from minigrad.kernels.blas import copy_block
 from minigrad.kernels.jit import inline, kernel
 from minigrad.kernels.numerics import exp_row
 
@@ -179,6 +180,29 @@ def cross_entropy_backward_rows(g, x, t, w, lse):
         out[i, t[i]] -= c
     return out
 
+
+
+# ---------------------------------------------------------------------------- layouts
+
+@kernel
+def put_blocks(out, blocks, xs):
+    """A layout's blocks written into ``out``: for each row (k, r0, r1, c0, c1, transposed,
+    i, j) of ``blocks``, ``out[i:, j:] = xs[k][r0:r1, c0:c1]`` (transposed)."""
+    for n in range(blocks.shape[0]):
+        k, r0, r1, c0, c1, t, i, j = blocks[n, 0], blocks[n, 1], blocks[n, 2], \
+            blocks[n, 3], blocks[n, 4], blocks[n, 5] != 0, blocks[n, 6], blocks[n, 7]
+        h, w = (c1 - c0, r1 - r0) if t else (r1 - r0, c1 - c0)
+        copy_block(out, i, j, xs[k], r0, c0, h, w, t, False)
+    return out
+
+
+@kernel
+def take_blocks(gs, blocks, g, add):
+    """The reverse of :func:`put_blocks`: ``gs[k][r0:r1, c0:c1]`` = (or +=) g's block."""
+    for n in range(blocks.shape[0]):
+        k, r0, r1, c0, c1, t, i, j = blocks[n, 0], blocks[n, 1], blocks[n, 2], \
+            blocks[n, 3], blocks[n, 4], blocks[n, 5] != 0, blocks[n, 6], blocks[n, 7]
+        copy_block(gs[k], r0, c0, g, i, j, r1 - r0, c1 - c0, t, add)
 
 
 # ---------------------------------------------------------------------------- gather / scatter

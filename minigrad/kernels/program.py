@@ -1,0 +1,61 @@
+"""Array helpers of a whole-step program (:mod:`minigrad.compiler.whole`): each a kernel of
+its own, compiled once per argument types and kept on disk, so that a generated step is a
+sequence of calls (its own compile then takes seconds, not the tens that NumPy's generic
+implementations inlined into it, with their error messages, took)."""
+
+import numpy as np
+
+from minigrad.kernels.blas import matmul32, matmul_tn32
+from minigrad.kernels.jit import kernel
+from minigrad.kernels.loops import sum_axis0
+
+
+@kernel
+def flat(a, n):
+    """a as a C-contiguous (rows, n) array (a copy only when a is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1, n)
+
+
+@kernel
+def reshaped(a, shape):
+    return np.ascontiguousarray(a).reshape(shape)
+
+
+@kernel
+def transposed(a, axes):
+    return np.transpose(a, axes)
+
+
+@kernel
+def mm(a, b):
+    """a (..., K) @ b (K, N), float32."""
+    return matmul32(flat(a, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+
+
+@kernel
+def mm_tn(a, g):
+    """Σ over every leading axis of aᵀ g: (K, N), float32."""
+    return matmul_tn32(flat(a, a.shape[-1]), flat(g, g.shape[-1]))
+
+
+@kernel
+def colsum(a, n):
+    """a's sum over every axis but a last one of n (a bias's gradient); n = 1: everything."""
+    return sum_axis0(flat(a, n))
+
+
+@kernel
+def filled(a, value):
+    return np.full(a.shape, value)
+
+
+@kernel
+def put(h, i, x):
+    """h[i] = x."""
+    h[i] = x
+
+
+@kernel
+def ids_ok(t, n):
+    """Every id in range(n)?"""
+    return t.size == 0 or (t.min() >= 0 and t.max() < n)

@@ -1,0 +1,214 @@
+"""The whole training step as one Numba function (``minigrad.compiler.whole``) against the
+Python program it replaces: the same losses, gradients and updated weights (float32, to
+round-off), for language models of every cell and two layers, a bidirectional tagger on
+dense inputs and a classifier; each test fails if the step silently stayed Python
+(``whole.calls``).  Bad ids still get the Python program's error."""
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad.compiler import whole
+from minigrad.core import ops
+from minigrad.kernels import blas, loops, program
+from models.language_model import LanguageModel
+from models.layers import GRU, LSTM, SequenceClassifier, SequenceTagger
+
+STEPS = 5
+
+
+@pytest.fixture
+def compile_at_first_call(monkeypatch):
+    """The whole step compiled at a program's first call, in this thread."""
+    monkeypatch.setattr(whole, "BACKGROUND", False)
+    monkeypatch.setattr(whole, "AFTER", 1)
+
+
+def _model(kind):
+    mg.manual_seed(0)
+    if kind == "tagger":
+        return SequenceTagger(LSTM(4, 6, bidirectional=True), 3)
+    if kind == "classifier":
+        return SequenceClassifier(GRU(4, 6, num_layers=2), 3)
+    cell, layers = kind.split("-")
+    return LanguageModel(9, 8, cell=cell, num_layers=int(layers),
+                         **({"reset_after": True} if cell == "gru" else {}))
+
+
+def _data(kind, i):
+    rng = np.random.default_rng(i)
+    if kind in ("tagger", "classifier"):
+        x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+        return x, rng.integers(0, 3, (3, 5) if kind == "tagger" else (3,))
+    return rng.integers(0, 9, (3, 5)), rng.integers(0, 9, (3, 5))
+
+
+def _train(kind, after):
+    """STEPS steps of a compiled SGD step (the whole step from call ``after`` of its
+    program, or never): (losses, the program, the model)."""
+    model = _model(kind)
+    opt = mg.optim.SGD(model.parameters(), lr=0.5)
+
+    @mg.compile
+    def step(x, y):
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = mg.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    whole.AFTER, losses = after, []
+    for i in range(STEPS):
+        losses.append(step(*_data(kind, 0)).item() if i < STEPS - 1 else
+                      step(*_data(kind, 1)).item())
+    return losses, step.program(*_data(kind, 0)), model, step
+
+
+@pytest.mark.parametrize("kind", ["rnn-1", "gru-1", "lstm-2", "tagger", "classifier"])
+def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
+    want, python, ref, _ = _train(kind, None)
+    got, prog, model, _ = _train(kind, 1)
+    assert python.whole.calls == 0 and python.whole.fn is None
+    assert prog.whole.why is None and prog.whole.calls == STEPS - 3  # (2 traced, 1 compiles)
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert want[STEPS - 2] < want[0]  # (it trains: the same batch four times)
+
+
+def _padded_steps(after):
+    """The README's step: LanguageModel.loss on padded ids (its mask: rows), Adam, clipping."""
+    whole.AFTER = after
+    mg.manual_seed(0)
+    model = LanguageModel(20, 16, cell="lstm")
+    opt = mg.optim.Adam(model.parameters(), lr=0.02)
+
+    @mg.compile
+    def step(ids, lengths):
+        loss, _ = model.loss(ids, lengths)
+        opt.zero_grad()
+        loss.backward()
+        mg.optim.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        return loss
+
+    ids = (np.arange(6)[:, None] * 3 + np.arange(9)) % 20
+    lengths = np.array([9, 4, 9, 7, 2, 9])
+    losses = [step(ids, lengths).item() for _ in range(STEPS)]
+    return losses, step.program(ids, lengths), model
+
+
+def test_a_padded_language_model_step_with_adam_and_clipping_is_one_call_too(
+        compile_at_first_call):
+    want, _, ref = _padded_steps(None)
+    got, prog, model = _padded_steps(1)
+    assert prog.whole.why is None and prog.whole.calls == STEPS - 3
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=2e-6)
+    assert want[-1] < want[0]
+
+
+def test_a_bad_id_gets_the_python_programs_error_and_the_whole_step_goes_on(
+        compile_at_first_call):
+    *_, step = _train("gru-1", 1)
+    prog = step.program(*_data("gru-1", 0))
+    calls, (x, y) = prog.whole.calls, _data("gru-1", 0)
+    bad = x.copy()
+    bad[0, 0] = 9
+    with pytest.raises(IndexError, match="9 is out of range"):
+        step(bad, y)
+    assert prog.whole.calls == calls
+    step(x, y)
+    assert prog.whole.calls == calls + 1
+
+
+def test_a_float64_step_stays_python_and_says_why(compile_at_first_call):
+    mg.manual_seed(0)
+    lm = LanguageModel(9, 8, cell="gru", dtype=np.float64)
+    for p in lm.parameters():
+        p.data = p.data.astype(np.float64)
+    opt = mg.optim.SGD(lm.parameters(), lr=0.1)
+
+    @mg.compile
+    def step(x, y):
+        loss = mg.cross_entropy(lm(x)[0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(4):
+        step(*_data("gru-1", 0))
+    prog = step.program(*_data("gru-1", 0))
+    assert prog.whole.calls == 0 and prog.whole.why
+
+
+# ------------------------------------------------------------ its kernels against NumPy
+
+def _plan(rng, shapes, transposed):
+    """A layout of random blocks of the arrays of ``shapes`` side by side, each once."""
+    blocks, col, rows = [], 0, 0
+    for k, (h, w) in enumerate(shapes):
+        r0, c0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        r1, c1 = rng.integers(r0 + 1, h + 1), rng.integers(c0 + 1, w + 1)
+        t = bool(transposed[k])
+        bh, bw = (c1 - c0, r1 - r0) if t else (r1 - r0, c1 - c0)
+        blocks.append((k, int(r0), int(r1), int(c0), int(c1), t, 0, col))
+        col, rows = col + bw, max(rows, bh)
+    return (rows, col), blocks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_layout_kernels_equal_the_layout_row(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(rng.integers(2, 40, 2)) for _ in range(3)]
+    xs = tuple(rng.standard_normal(s).astype(np.float32) for s in shapes)
+    shape, blocks = _plan(rng, shapes, rng.integers(0, 2, 3))
+    plan = (shape, tuple(blocks), (True,) * 3)
+    covered = np.zeros(shape, bool)  # (the row leaves the rest of its array unwritten)
+    for _, r0, r1, c0, c1, t, i, j in blocks:
+        covered[i:i + (c1 - c0 if t else r1 - r0), j:j + (r1 - r0 if t else c1 - c0)] = True
+    want = ops._layout(plan, *xs)
+    got = loops.put_blocks(np.zeros(shape, np.float32), np.array(blocks, np.int64), xs)
+    np.testing.assert_array_equal(got[covered], want[covered])
+    for g in (rng.standard_normal(shape).astype(np.float32),) * 1 + (
+            np.asfortranarray(rng.standard_normal(shape).astype(np.float32)),):
+        ref = ops._layout_vjp(g, None, plan, *xs)[1:]
+        gs = tuple(np.zeros(s, np.float32) for s in shapes)
+        loops.take_blocks(gs, np.array(blocks, np.int64), g, False)
+        for a, b in zip(gs, ref):
+            np.testing.assert_array_equal(a, b)
+        loops.take_blocks(gs, np.array(blocks, np.int64), g, True)  # (added: twice)
+        for a, b in zip(gs, ref):
+            np.testing.assert_array_equal(a, 2 * b)
+
+
+def test_gemm_and_array_helpers_equal_numpy():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 7, 5)).astype(np.float32)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    g = rng.standard_normal((2, 7, 6)).astype(np.float32)
+    for b in (w.T, np.ascontiguousarray(w.T), rng.standard_normal((5, 12)).astype(
+            np.float32)[:, ::2]):  # (column-major, row-major, neither)
+        np.testing.assert_allclose(program.mm(a, b), a @ b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(program.mm(a.transpose(1, 0, 2), w.T),
+                               a.transpose(1, 0, 2) @ w.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(program.mm_tn(a, g), a.reshape(-1, 5).T @ g.reshape(-1, 6),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(blas.matmul_tn32(a[0], g[0]), a[0].T @ g[0], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(program.colsum(g, 6), g.reshape(-1, 6).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(program.colsum(g, 1)[0], g.sum(), rtol=1e-5)
+    assert program.ids_ok(np.array([0, 4]), 5) and not program.ids_ok(np.array([0, 5]), 5)
+    assert not program.ids_ok(np.array([-1]), 5) and program.ids_ok(np.zeros(0, int), 5)
+    h = np.zeros((3, 2, 4), np.float32)
+    program.put(h, 2, np.ones((2, 4), np.float32))
+    assert h[2].sum() == 8 and h[:2].sum() == 0
+    np.testing.assert_array_equal(program.transposed(a, (1, 0, 2)), a.transpose(1, 0, 2))
+    np.testing.assert_array_equal(program.flat(a.transpose(1, 0, 2), 5),
+                                  a.transpose(1, 0, 2).reshape(-1, 5))
