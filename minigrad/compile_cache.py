@@ -22,6 +22,7 @@ other processes use the cache. ``python -m minigrad.cache`` inspects and prunes 
 :func:`compile_elsewhere` compiles in another process into the cache, for this one to load.
 """
 
+import atexit
 import contextlib
 import functools
 import glob
@@ -345,12 +346,25 @@ def compile_elsewhere(texts, sigs, blas):
         return None
     path = os.pathsep.join([os.path.dirname(PACKAGE), os.environ.get("PYTHONPATH", "")])
     try:
-        return subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-c", "from minigrad.compile_cache import _compile; _compile()"],
-            input=pickle.dumps((texts, sigs)), capture_output=True, check=False,
-            env={**os.environ, "PYTHONPATH": path, "MINIGRAD_BLAS": blas}).returncode
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path, "MINIGRAD_BLAS": blas})
+        _RUNNING.add(proc)  # (killed if this process exits first: no process outlives it)
+        proc.communicate(pickle.dumps((texts, sigs)))
+        _RUNNING.discard(proc)
+        return proc.returncode
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+_RUNNING = set()
+
+
+@atexit.register
+def _stop_compiles():
+    for proc in list(_RUNNING):
+        proc.kill()
 
 
 def _compile():  # (the process compile_elsewhere starts)

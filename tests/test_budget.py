@@ -126,7 +126,7 @@ Why these limits (code lines; today's counts in the README's table):
   program's backward and deposits the gradients itself: min-char-rnn's LSTM step 532 ->
   505 µs, RNN 260 -> 244).  340: +5 for the whole step's one call (a program's ``whole``,
   its outputs and gradients deposited, owned, without the program's backward).
-* **whole ≤ 415** (``minigrad/compiler/whole.py``): a training step's program rendered
+* **whole ≤ 435** (``minigrad/compiler/whole.py``): a training step's program rendered
   once more, as one Numba function — its forward, then its reverse, every scan expanded
   (its before-program, the compiled loops called, its weight gradients and the
   before-program's VJPs), a layout's gradient blocks from two layouts written once into one
@@ -134,7 +134,9 @@ Why these limits (code lines; today's counts in the README's table):
   while the batch is one chunk: min-char-rnn's step (config A, one thread) 0.27/0.44/0.55
   -> 0.11/0.23/0.28 ms for RNN/GRU/LSTM, the names demo's 3.5-4.1 -> 3.1-3.8.  Its own
   tier: a second way to run ``mg.compile``'s program, which the Python program stays the
-  reference for (``tests/test_whole.py``).
+  reference for (``tests/test_whole.py``).  Of the 435: dropout's draws made in Python and
+  passed in (the random stream stays eager's), sizes passed as arguments so that one compile
+  serves every batch and sequence length of a structure, one background compile at a time.
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

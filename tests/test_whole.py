@@ -212,3 +212,4 @@ def test_gemm_and_array_helpers_equal_numpy():
     np.testing.assert_array_equal(program.transposed(a, (1, 0, 2)), a.transpose(1, 0, 2))
     np.testing.assert_array_equal(program.flat(a.transpose(1, 0, 2), 5),
                                   a.transpose(1, 0, 2).reshape(-1, 5))
+

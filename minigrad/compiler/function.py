@@ -259,7 +259,7 @@ class _Program:
         walks = [args for _, fn, args, _ in self.effects if fn is tensor._backward]
         self.walk = self.outs.index(walks[0][0]) if len(walks) == 1 and \
             walks[0][0] in self.outs and walks[0][1:] == (None, False) else None
-        self.whole = whole.Whole(self) if self.walk is not None else None  # (one call)
+        self.whole = whole.Whole(self, self.walk) if self.walk is not None else None  # one call
 
     def __call__(self, leaves):
         tensors, walk = (*leaves, *self.refs), None

@@ -25,6 +25,7 @@ compiled function; a layout's blocks are numbers (a new hidden size compiles it 
 """
 
 import atexit
+import sys
 import threading
 import warnings
 
@@ -113,6 +114,7 @@ class _Writer:
 
     def __init__(self):
         self.lines, self.scans, self.extras, self.modules, self.count = [], {}, [], {}, 0
+        self.draws = []  # (random draws: made by their row in Python at every call, passed in)
 
     def new(self, expr, stem="t"):
         name, self.count = f"{stem}{self.count}", self.count + 1
@@ -137,6 +139,10 @@ class _Writer:
         if p in (ops.MATMUL, ops.LAYOUT) and any(  # (float32 BLAS calls)
                 a.dtype != np.float32 for a in e.args if isinstance(a, Var)):
             raise Unsupported(f"{p.name} of {[str(a.dtype) for a in e.args if isinstance(a, Var)]}")
+        if p is ops.DROPOUT_SCALE:  # (minigrad's random stream, in the eager order)
+            self.draws.append(e)
+            env[e.outs[0]] = f"r{len(self.draws) - 1}"
+            return
         if p in ARITHMETIC:
             expr = p.scalar(*[a if isinstance(a, str) else _lit(a) for a in args])
         elif p is ops.ASTYPE:
@@ -158,7 +164,7 @@ class _Writer:
         elif p is ops.TRANSPOSE:
             expr = f"{args[0]}.T" if args[1] is None else f"transposed({args[0]}, {args[1]})"
         elif p is ops.RESHAPE and e.args[0].shape:
-            expr = f"reshaped({args[0]}, {tuple(args[1])})"
+            expr = f"reshaped({args[0]}, {self.extra(tuple(args[1]))})"  # (sizes: passed in)
         elif p is ops.SUM and args[1] is None and not args[2]:
             expr = f"colsum({args[0]}, 1)[0]"
         else:
@@ -190,7 +196,7 @@ class _Writer:
             expr = f"{args[0]}[{_key(args[1])}]"
         elif p is ops.LAYOUT:
             (shape, blocks, _), xs = args[0], args[1:]
-            expr = f"put_blocks(np.empty({tuple(shape)}, DT), " \
+            expr = f"put_blocks(np.empty({self.extra(tuple(shape))}, DT), " \
                    f"{self.extra(np.array(blocks, np.int64))}, ({', '.join(xs)},))"
         elif p in (ops.CONCAT, ops.STACK):
             f = "concatenate" if p is ops.CONCAT else "stack"
@@ -261,7 +267,8 @@ class _Writer:
             for _, r0, r1, c0, c1, *_ in blocks:
                 seen[r0:r1, c0:c1] += 1
         exact = bool((seen == 1).all())
-        out = self.new(f"np.{'empty' if exact else 'zeros'}({tuple(x.var.shape)}, DT)", "d")
+        out = self.new(f"np.{'empty' if exact else 'zeros'}({self.extra(tuple(x.var.shape))}, DT)",
+                       "d")
         for g, blocks in x.parts:
             self.lines.append(f"    take_blocks(({out},), {self.extra(np.array(blocks, np.int64))}"
                               f", {g}, {not exact})")
@@ -290,13 +297,12 @@ class _Writer:
                 terms = self.scan_vjp(e, _step(e), gs, env, need)
             elif e.prim is ops.LAYOUT:
                 terms = self.layout_vjp(e, gs[0], need)
-            elif e.prim is ops.CONCAT:  # (views of its cotangent)
-                axis, lo, terms = e.args[0], 0, {}
+            elif e.prim is ops.CONCAT:  # (views of its cotangent, bounds read off the inputs)
+                ax, lo, terms = e.args[0] % len(e.outs[0].shape), "0", {}
                 for i, a in enumerate(e.args[1:], 1):
-                    ax = axis % len(a.shape)
-                    if i in need:
-                        terms[i] = f"{gs[0]}[{':, ' * ax}{lo}:{lo + a.shape[ax]}]"
-                    lo += a.shape[ax]
+                    hi = f"{lo} + {env[a]}.shape[{ax}]"
+                    terms.update({i: f"{gs[0]}[{':, ' * ax}{lo}:{hi}]"} if i in need else {})
+                    lo = hi
             elif e.prim is ops.STACK:  # (slices of its cotangent)
                 ax = e.args[0] % len(e.outs[0].shape)
                 terms = {i: f"{gs[0]}[{':, ' * ax}{i - 1}]" for i in need}
@@ -412,9 +418,9 @@ class _Writer:
 
 
 def render(prog, walk):
-    """(source, extras, wanted) of program ``prog`` (a ``_Program``) whose output ``walk`` is
-    the loss: ``whole(*inputs, *extras)`` returns its outputs then the gradients of the
-    inputs listed in ``wanted``.  Raises :class:`Unsupported`."""
+    """(source, draws, extras, wanted) of program ``prog`` (a ``_Program``) whose output
+    ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras)`` returns its outputs
+    then the gradients of the inputs listed in ``wanted``.  Raises :class:`Unsupported`."""
     w = _Writer()
     if any(v.dtype != np.float32 for v in prog.outs if v.dtype.kind == "f"):
         raise Unsupported("not float32")
@@ -432,10 +438,11 @@ def render(prog, walk):
     head = [f"from {m} import forward as L{j}f, backward as L{j}b\n"
             for m, j in w.modules.items()]
     outs = [env[v] for v in prog.outs] + [w.made(cot[prog.inputs[i]]) for i in wanted]
-    params = [f"x{i}" for i in range(len(prog.inputs))] + [f"e{i}" for i in range(len(w.extras))]
+    params = [f"x{i}" for i in range(len(prog.inputs))] + [
+        f"r{i}" for i in range(len(w.draws))] + [f"e{i}" for i in range(len(w.extras))]
     text = HEADER + "".join(head) + "\n\n@kernel\ndef whole(" + ", ".join(params) + "):\n" + \
         "\n".join(w.lines) + f"\n    return ({''.join(o + ', ' for o in outs)})\n"
-    return text, w.extras, wanted
+    return text, w.draws, w.extras, wanted
 
 
 # ---------------------------------------------------------------- compiled, then used
@@ -450,26 +457,28 @@ class Whole:
     that a short run never pays for it).  ``calls``: the calls that ran it; ``why``: why it
     is not used (None: it is, or will be)."""
 
-    def __init__(self, prog):
-        self.prog, self.seen, self.calls, self.fn, self.why = prog, 0, 0, None, None
+    def __init__(self, prog, loss):
+        self.prog, self.loss, self.seen, self.calls, self.fn = prog, loss, 0, 0, None
+        self.why = None
         self.batches = [e.outs[0].shape[1] for e in prog.eqns if _step(e) is not None]
 
     def run(self, arrays):
         """(outputs, gradients of the inputs ``wanted``) of one call, or None: run the Python
         program (not compiled yet, or the batch is split across threads, or an error the
         Python program will say better: an id out of range)."""
+        n = threads.get_num_threads()
+        if n > 1 and (self.prog.pairs or any(len(threads.batch_chunks(b)) > 1
+                                             for b in self.batches)):
+            return None  # (the Python program runs them on all threads: faster)
         if self.fn is None:
             self.seen += 1
             if self.seen == AFTER and self.why is None:
                 self._start(arrays)
             return None
-        n = threads.get_num_threads()
-        if n > 1 and (self.prog.pairs or any(len(threads.batch_chunks(b)) > 1
-                                             for b in self.batches)):
-            return None  # (the Python program runs them on all threads)
-        fn, extras, wanted = self.fn
+        fn, draws, extras, wanted = self.fn
+        arrays = _contiguous(arrays)
         try:
-            res = fn(*arrays, *extras)
+            res = fn(*arrays, *[e.prim.fwd(*e.args) for e in draws], *extras)
         except Exception:  # noqa: BLE001 - the Python program raises it with its message
             return None
         self.calls += 1
@@ -478,12 +487,16 @@ class Whole:
 
     def _start(self, arrays):
         try:
-            text, extras, wanted = render(self.prog, self.prog.walk)
+            text, draws, extras, wanted = render(self.prog, self.loss)
         except Exception as e:  # noqa: BLE001 - Unsupported, or a bug here: Python runs it
             self.why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             return
-        sig = tuple(numba.typeof(a) for a in [*arrays, *extras])
-        job = threading.Thread(target=self._compile, args=(text, sig, extras, wanted),
+        values = [np.zeros(e.args[0], e.args[2]) for e in draws]  # (types: nothing drawn)
+        sig = tuple(numba.typeof(a) for a in [*_contiguous(arrays), *values, *extras])
+        if _compiled(text, sig):  # (a program of the same structure, another length: ready)
+            self.fn = (_compiled(text, sig), draws, extras, wanted)
+            return
+        job = threading.Thread(target=self._compile, args=(text, sig, draws, extras, wanted),
                                daemon=BACKGROUND)
         if BACKGROUND:
             _COMPILING.add(job)
@@ -491,22 +504,34 @@ class Whole:
         else:
             job.run()
 
-    def _compile(self, text, sig, extras, wanted):
+    def _compile(self, text, sig, draws, extras, wanted):
         steps = [_step(e) for e in self.prog.eqns if _step(e) is not None]
         try:
-            if BACKGROUND:  # (in another process: a compile holds the GIL for seconds)
-                compile_cache.compile_elsewhere(
-                    [t for s in steps for t in s._texts] + [text], {"whole": sig}, blas.NAME)
+            with _ONE:  # (one at a time: each takes a core; in another process, as a compile
+                if BACKGROUND and not _compiled(text, sig):  # holds the GIL for seconds)
+                    compile_cache.compile_elsewhere(
+                        [t for s in steps for t in s._texts] + [text], {"whole": sig}, blas.NAME)
             with _LOADING:  # (not while the interpreter exits: see _exiting)
                 if _EXITING:
                     return
                 module = compile_cache.load_kernels(text)
                 module.whole.compile(sig)
-            self.fn = (module.whole, extras, wanted)
+            self.fn = (module.whole, draws, extras, wanted)
         except Exception as e:  # noqa: BLE001 - the Python program computes the same
             self.why = f"{type(e).__name__}: {e}"
             warnings.warn(f"{self.prog.prim.name}: the whole step stays Python ({self.why:.300})",
                           RuntimeWarning, stacklevel=2)
+
+
+def _contiguous(arrays):
+    """The arguments C-contiguous: one compiled function whatever views a batch arrives as."""
+    return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+
+
+def _compiled(text, sig):
+    """The whole function of ``text`` if this process has it compiled for ``sig``."""
+    module = sys.modules.get(compile_cache.module_name(text))
+    return module.whole if module is not None and sig in module.whole.overloads else None
 
 
 def _step(e):
@@ -514,7 +539,7 @@ def _step(e):
     return s if isinstance(s, CompiledStep) else None
 
 
-_LOADING, _EXITING = threading.Lock(), False
+_LOADING, _ONE, _EXITING = threading.Lock(), threading.Lock(), False
 
 
 @atexit.register
