@@ -92,28 +92,25 @@ _somatcopy = types.ExternalFunction("scipy_cblas_somatcopy64_", types.void(
 
 
 @inline
+def _copy_rows(dst, i, j, src, r0, c0, h, w, add):
+    for r in range(h):  # (row views: the inner loops vectorise)
+        d, s = dst[i + r, j:j + w], src[r0 + r, c0:c0 + w]
+        if add:
+            for c in range(w):
+                d[c] += s[c]
+        else:
+            for c in range(w):
+                d[c] = s[c]
+
+
+@inline
 def copy_block(dst, i, j, src, r0, c0, h, w, t, add):
     """``dst[i:i+h, j:j+w]`` = (or +=) ``src[r0:, c0:]``'s h x w block, or its w x h block
     transposed if t; float32, dst row-major, src row- or column-major."""
     if t and src.strides[0] == 4:  # (a column-major block transposed: its rows)
-        st = src.T
-        for r in range(h):
-            d, s = dst[i + r, j:j + w], st[c0 + r, r0:r0 + w]
-            if add:
-                for c in range(w):
-                    d[c] += s[c]
-            else:
-                for c in range(w):
-                    d[c] = s[c]
+        _copy_rows(dst, i, j, src.T, c0, r0, h, w, add)
     elif not t:
-        for r in range(h):
-            d, s = dst[i + r, j:j + w], src[r0 + r, c0:c0 + w]
-            if add:
-                for c in range(w):
-                    d[c] += s[c]
-            else:
-                for c in range(w):
-                    d[c] = s[c]
+        _copy_rows(dst, i, j, src, r0, c0, h, w, add)
     elif OMATCOPY and not add:
         _somatcopy(101, 112, w, h, np.float32(1.0), src[r0:, c0:].ctypes.data,
                    src.strides[0] // 4, dst[i:, j:].ctypes.data, dst.strides[0] // 4)
