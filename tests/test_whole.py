@@ -72,6 +72,7 @@ def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
     got, prog, model, _ = _train(kind, 1)
     assert python.whole.calls == 0 and python.whole.fn is None
     assert prog.whole.why is None and prog.whole.calls == STEPS - 3  # (2 traced, 1 compiles)
+    assert prog.whole.sgd is not None and python.whole.sgd is not None  # (SGD inside the call)
     np.testing.assert_allclose(got, want, rtol=2e-6)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=2e-6, err_msg=name)
@@ -106,6 +107,7 @@ def test_a_padded_language_model_step_with_adam_and_clipping_is_one_call_too(
     want, _, ref = _padded_steps(None)
     got, prog, model = _padded_steps(1)
     assert prog.whole.why is None and prog.whole.calls == STEPS - 3
+    assert prog.whole.sgd is None  # (Adam's update and the clipping: replayed as Python)
     np.testing.assert_allclose(got, want, rtol=2e-6)
     for p, q in zip(model.parameters(), ref.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6)

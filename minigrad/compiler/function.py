@@ -262,7 +262,7 @@ class _Program:
         self.whole = whole.Whole(self, self.walk) if self.walk is not None else None  # one call
 
     def __call__(self, leaves):
-        tensors, walk = (*leaves, *self.refs), None
+        tensors, walk, fast = (*leaves, *self.refs), None, None
         if self.walk is None or not is_grad_enabled() or \
                 any(t.requires_grad and t._node is not None for t in leaves):
             outs = apply(self.prim, *tensors, {})
@@ -279,6 +279,8 @@ class _Program:
             for _, fn, args, _ in self.effects:
                 if walk is not None and fn is tensor._backward:
                     walk()
+                elif fast is not None and self.whole.sgd is not None and fn == self.effects[2][1]:
+                    pass  # (SGD's update: taken inside the call)
                 else:
                     fn(*_map(lambda a: values[a] if isinstance(a, Var) else a, args))
         return _unflatten(self.tree, iter(outs[:self.shown]))

@@ -52,7 +52,7 @@ from minigrad.kernels import kernel
 from minigrad.kernels.loops import (cross_entropy_rows, cross_entropy_backward_rows,
                                     gather_rows, put_blocks, scatter_add_rows, take_blocks)
 from minigrad.kernels.program import (colsum, filled, flat, ids_ok, mm, mm_tn, put, reshaped,
-                                      transposed)
+                                      sgd_step, transposed)
 DT = np.float32
 '''
 
@@ -417,10 +417,12 @@ class _Writer:
         return f"{x}[:, :, {c0}:{c0 + v.shape[-1]}]" if c0 or v.shape[-1] != b.shape[-1] else x
 
 
-def render(prog, walk):
+def render(prog, walk, update=()):
     """(source, draws, extras, wanted) of program ``prog`` (a ``_Program``) whose output
-    ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras)`` returns its outputs
-    then the gradients of the inputs listed in ``wanted``.  Raises :class:`Unsupported`."""
+    ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras, lr)`` returns its
+    outputs then the gradients of the inputs listed in ``wanted``, and takes SGD's step
+    ``x -= lr * gradient`` on the inputs in ``update`` (in place, as ``SGD.step()``, after
+    everything else).  Raises :class:`Unsupported`."""
     w = _Writer()
     if any(v.dtype != np.float32 for v in prog.outs if v.dtype.kind == "f"):
         raise Unsupported("not float32")
@@ -439,7 +441,9 @@ def render(prog, walk):
             for m, j in w.modules.items()]
     outs = [env[v] for v in prog.outs] + [w.made(cot[prog.inputs[i]]) for i in wanted]
     params = [f"x{i}" for i in range(len(prog.inputs))] + [
-        f"r{i}" for i in range(len(w.draws))] + [f"e{i}" for i in range(len(w.extras))]
+        f"r{i}" for i in range(len(w.draws))] + [f"e{i}" for i in range(len(w.extras))] + ["lr"]
+    w.lines += [f"    sgd_step(x{i}, {outs[len(prog.outs) + wanted.index(i)]}, lr)"
+                for i in update if i in wanted]
     text = HEADER + "".join(head) + "\n\n@kernel\ndef whole(" + ", ".join(params) + "):\n" + \
         "\n".join(w.lines) + f"\n    return ({''.join(o + ', ' for o in outs)})\n"
     return text, w.draws, w.extras, wanted
@@ -459,7 +463,7 @@ class Whole:
 
     def __init__(self, prog, loss):
         self.prog, self.loss, self.seen, self.calls, self.fn = prog, loss, 0, 0, None
-        self.why = None
+        self.why, self.sgd = None, _sgd(prog)  # (SGD's step, taken inside the call)
         self.batches = [e.outs[0].shape[1] for e in prog.eqns if _step(e) is not None]
 
     def run(self, arrays):
@@ -476,9 +480,12 @@ class Whole:
                 self._start(arrays)
             return None
         fn, draws, extras, wanted = self.fn
-        arrays = _contiguous(arrays)
+        arrays, opt = _contiguous(arrays), self.sgd
+        if opt is not None and (opt.momentum or opt.weight_decay):
+            return None  # (changed since: SGD.step() must run as Python)
         try:
-            res = fn(*arrays, *[e.prim.fwd(*e.args) for e in draws], *extras)
+            res = fn(*arrays, *[e.prim.fwd(*e.args) for e in draws], *extras,
+                     np.float32(opt.lr if opt is not None else 0.0))
         except Exception:  # noqa: BLE001 - the Python program raises it with its message
             return None
         self.calls += 1
@@ -487,12 +494,16 @@ class Whole:
 
     def _start(self, arrays):
         try:
-            text, draws, extras, wanted = render(self.prog, self.loss)
+            n = len(self.prog.inputs) - len(self.prog.refs)  # (the leaves, then parameters)
+            mine = {id(p) for p in (self.sgd.params if self.sgd is not None else ())}
+            update = [n + j for j, t in enumerate(self.prog.refs) if id(t) in mine]
+            text, draws, extras, wanted = render(self.prog, self.loss, update)
         except Exception as e:  # noqa: BLE001 - Unsupported, or a bug here: Python runs it
             self.why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             return
         values = [np.zeros(e.args[0], e.args[2]) for e in draws]  # (types: nothing drawn)
-        sig = tuple(numba.typeof(a) for a in [*_contiguous(arrays), *values, *extras])
+        sig = tuple(numba.typeof(a) for a in [*_contiguous(arrays), *values, *extras,
+                                              np.float32(0.0)])
         if _compiled(text, sig):  # (a program of the same structure, another length: ready)
             self.fn = (_compiled(text, sig), draws, extras, wanted)
             return
@@ -521,6 +532,22 @@ class Whole:
             self.why = f"{type(e).__name__}: {e}"
             warnings.warn(f"{self.prog.prim.name}: the whole step stays Python ({self.why:.300})",
                           RuntimeWarning, stacklevel=2)
+
+
+def _sgd(prog):
+    """The SGD whose ``zero_grad()``, then the loss's ``backward()``, then ``step()`` are
+    all a step's effects (no momentum, no weight decay): its update goes inside the call."""
+    from minigrad.optim import SGD
+    if [what for what, *_ in prog.effects] != ["SGD.zero_grad()", "backward()", "SGD.step()"]:
+        return None
+    opt = getattr(prog.effects[2][1], "__self__", None)
+    zeroed = {v.name for v in prog.effects[0][2][0]} if prog.effects[0][2] else set()
+    n = len(prog.inputs) - len(prog.refs)
+    mine = {prog.inputs[n + j].name for j, t in enumerate(prog.refs)
+            if any(t is p for p in getattr(opt, "params", ()))}
+    ok = type(opt) is SGD and not (opt.momentum or opt.weight_decay) and zeroed == mine and \
+        len(mine) == len(opt.params)
+    return opt if ok else None
 
 
 def _contiguous(arrays):

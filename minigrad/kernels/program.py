@@ -59,3 +59,11 @@ def put(h, i, x):
 def ids_ok(t, n):
     """Every id in range(n)?"""
     return t.size == 0 or (t.min() >= 0 and t.max() < n)
+
+
+@kernel
+def sgd_step(p, g, lr):
+    """p -= lr g in place (SGD's step; p C-contiguous, a parameter's data)."""
+    pf, gf = p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
+    for k in range(pf.size):
+        pf[k] -= lr * gf[k]
