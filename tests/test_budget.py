@@ -47,8 +47,8 @@ Why these limits (code lines; today's counts in the README's table):
   inside the gather kernel (three NumPy passes over the ids a call before).
   680: +90 for what a whole-step program (the ``whole`` tier) calls: the layout row's
   blocks copied and taken back by two kernels (a transposed block through OpenBLAS's
-  ``omatcopy``: 3 µs for 100 x 100 where a Numba loop took 8 and the first loops 35), a
-  GEMM into a new array and a weight gradient's ``aᵀg`` from Numba, and ten one-line array
+  ``omatcopy``: 3 µs for 100 x 100 where a Numba loop took 8 and the first loops 35), the
+  ``aᵀg`` call the weight gradients' row blocks share with it, and a dozen short array
   helpers (``kernels/program.py``), each compiled once and cached: inlined into the
   generated step, NumPy's generic implementations (with their error messages) had made one
   step's compile 12-19 s; as calls, 5.

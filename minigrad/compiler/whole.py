@@ -33,8 +33,9 @@ import numba
 import numpy as np
 
 from minigrad import compile_cache, threads
+from minigrad.compiler.emit import lit
 from minigrad.compiler.ir import Var
-from minigrad.compiler.scan import _COMPILING, CompiledStep
+from minigrad.compiler.scan import _COMPILING, CompiledStep, _outers
 from minigrad.core import ops
 from minigrad.kernels import blas
 
@@ -85,7 +86,7 @@ class _E(str):
 
 
 def _lit(x):
-    return x if isinstance(x, str) else f"DT({float(x)!r})"
+    return x if isinstance(x, str) else lit(x)
 
 
 def _key(key):
@@ -102,11 +103,6 @@ def _key(key):
         else:
             raise Unsupported(f"an index {k!r}")
     return ", ".join(out) or "..."
-
-
-def _flat(x, n):
-    """x as a C-contiguous (rows, n) array."""
-    return f"flat({x}, {n})"
 
 
 class _Writer:
@@ -246,7 +242,7 @@ class _Writer:
             x, key = args
             ga = self.new(f"np.zeros({x}.shape, DT)")
             self.lines.append(f"    scatter_add_rows({ga}, reshaped({key}, (-1,)), "
-                              f"{_flat(g, f'{x}.shape[1]')})")
+                              f"flat({g}, {x}.shape[1]))")
             return ga
         raise Unsupported(f"no whole-step VJP for {p.name}")
 
@@ -359,10 +355,10 @@ class _Writer:
                           f"{', '.join(arg(a, v) for a, v in step.fargs)})")
         for i, v in enumerate(e.outs):
             env[v] = self.new(f"{full[f'H{i}']}[{1 - r}:{T} + {1 - r}]")
-        self.scans[e] = (local, full, consts, arg, T, B, r, D, j, src)
+        self.scans[e] = (local, full, arg, T, B, r, D, j, src)
 
     def scan_vjp(self, e, step, gs, env, need):
-        local, full, consts, arg, T, B, r, D, j, src = self.scans[e]
+        local, full, arg, T, B, r, D, j, src = self.scans[e]
         n = len(step.program.params)
         for eq in step.rev.prologue:
             self.forward(eq, local)
@@ -384,8 +380,7 @@ class _Writer:
                        f"{', '.join(arg(a, v) for a, v in step.rargs)})")
         cot = {v: full[step.rbind[y][0]] for v, y in zip(step.dxs, step.reverse.ys)}
         sums = {}
-        for (c, pairs), acc in zip([(c, step.rev.outers[a]) for c, a in
-                                    zip(step.dconsts, step.reverse.acc)], step.reverse.acc):
+        for (c, pairs), acc in zip(_outers(step), step.reverse.acc):
             total = full[step.rbind[acc][0]] if acc in step.rbind else None
             for s, c0, w in step.rev.colsums[acc]:
                 if s not in sums:

@@ -26,7 +26,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from numba import prange, types
 
-from minigrad.kernels.jit import inline, kernel, parallel
+from minigrad.kernels.jit import inline, parallel
 
 _ARGS = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 3 + [
     ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
@@ -131,26 +131,12 @@ def gemm32(a, b, c, beta):
            b.ctypes.data, ldb, np.float32(beta), c.ctypes.data, c.strides[0] // 4)
 
 
-@kernel
-def matmul32(a, b):
-    """a @ b into a new array (float32; a C-contiguous, b of any strides): a whole-step
-    program's GEMM (:mod:`minigrad.compiler.whole`)."""
-    out = np.empty((a.shape[0], b.shape[1]), np.float32)
-    if b.strides[1] == 4 or b.strides[0] == 4:
-        gemm32(a, b, out, 0.0)
-    else:
-        gemm32(a, np.ascontiguousarray(b), out, 0.0)
-    return out
-
-
-@kernel
-def matmul_tn32(a, g):
-    """aᵀ @ g, a sum over rows (float32, both C-contiguous): a weight's gradient."""
-    out = np.empty((a.shape[1], g.shape[1]), np.float32)
+@inline
+def gemm_tn32(a, g, c):
+    """c = aᵀ @ g, float32 (a sum over rows: a weight's gradient; all row-major)."""
     _sgemm(101, 112, 111, a.shape[1], g.shape[1], a.shape[0], np.float32(1.0), a.ctypes.data,
            a.strides[0] // 4, g.ctypes.data, g.strides[0] // 4, np.float32(0.0),
-           out.ctypes.data, out.strides[0] // 4)
-    return out
+           c.ctypes.data, c.strides[0] // 4)
 
 
 def py_gemm(a, b, c, beta):
@@ -206,6 +192,4 @@ def dot_t_blocks(a, b, parts, edges):
     C-contiguous."""
     for c in prange(edges.size - 1):
         e0, e1 = edges[c], edges[c + 1]
-        x, y, o = a[e0:e1], b[e0:e1], parts[c]
-        _sgemm(101, 112, 111, x.shape[1], y.shape[1], e1 - e0, np.float32(1.0), x.ctypes.data,
-               x.shape[1], y.ctypes.data, y.shape[1], np.float32(0.0), o.ctypes.data, o.shape[1])
+        gemm_tn32(a[e0:e1], b[e0:e1], parts[c])

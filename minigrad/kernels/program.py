@@ -5,7 +5,7 @@ implementations inlined into it, with their error messages, took)."""
 
 import numpy as np
 
-from minigrad.kernels.blas import matmul32, matmul_tn32
+from minigrad.kernels.blas import gemm32, gemm_tn32
 from minigrad.kernels.jit import kernel
 from minigrad.kernels.loops import sum_axis0
 
@@ -28,14 +28,23 @@ def transposed(a, axes):
 
 @kernel
 def mm(a, b):
-    """a (..., K) @ b (K, N), float32."""
-    return matmul32(flat(a, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+    """a (..., K) @ b (K, N), float32 (b of any strides)."""
+    x = flat(a, a.shape[-1])
+    out = np.empty((x.shape[0], b.shape[1]), np.float32)
+    if b.strides[1] == 4 or b.strides[0] == 4:  # (row- or column-major: BLAS reads it)
+        gemm32(x, b, out, 0.0)
+    else:
+        gemm32(x, np.ascontiguousarray(b), out, 0.0)
+    return out.reshape(a.shape[:-1] + (b.shape[1],))
 
 
 @kernel
 def mm_tn(a, g):
     """Σ over every leading axis of aᵀ g: (K, N), float32."""
-    return matmul_tn32(flat(a, a.shape[-1]), flat(g, g.shape[-1]))
+    x, y = flat(a, a.shape[-1]), flat(g, g.shape[-1])
+    out = np.empty((x.shape[1], y.shape[1]), np.float32)
+    gemm_tn32(x, y, out)
+    return out
 
 
 @kernel
