@@ -52,6 +52,10 @@ Why these limits (code lines; today's counts in the README's table):
   helpers (``kernels/program.py``), each compiled once and cached: inlined into the
   generated step, NumPy's generic implementations (with their error messages) had made one
   step's compile 12-19 s; as calls, 5.
+  705: +25 for a whole step with more than one thread (``kernels/program.py``): its GEMMs
+  in row blocks on Numba's threads, their partial sums added in order, and the edges of a
+  batch's chunks (2 threads, N LSTM 2.33 -> 1.9-2.1 ms, N GRU 1.79 -> 1.45-1.59, K LSTM
+  22.5-22.9 -> 20.8-21.6 against the Python program it replaced there).
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.
@@ -127,7 +131,7 @@ Why these limits (code lines; today's counts in the README's table):
   505 µs, RNN 260 -> 244).  340: +5 for the whole step's one call (a program's ``whole``,
   its outputs and gradients deposited, owned, without the program's backward); 342: +2
   for SGD's step skipped when the call took it.
-* **whole ≤ 455** (``minigrad/compiler/whole.py``): a training step's program rendered
+* **whole ≤ 470** (``minigrad/compiler/whole.py``): a training step's program rendered
   once more, as one Numba function — its forward, then its reverse, every scan expanded
   (its before-program, the compiled loops called, its weight gradients and the
   before-program's VJPs), a layout's gradient blocks from two layouts written once into one
@@ -141,6 +145,9 @@ Why these limits (code lines; today's counts in the README's table):
   455: +20 for SGD's update inside the call when a step's effects are exactly ``zero_grad()``,
   ``backward()``, ``step()`` of one plain SGD (A, one thread: RNN 111 -> 97 µs, GRU 226 ->
   195, LSTM 284 -> 235; its Python ``step()`` had cost 18 µs of the RNN's 111).
+  470: +15 for more than one thread: each scan's loops called on the batch's chunks at once
+  (each chunk's own sums added in order) — the whole step then runs with 2 threads too
+  (figures under kernels).
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

@@ -35,15 +35,15 @@ def _model(kind):
                          **({"reset_after": True} if cell == "gru" else {}))
 
 
-def _data(kind, i):
+def _data(kind, i, B=3):
     rng = np.random.default_rng(i)
     if kind in ("tagger", "classifier"):
-        x = rng.standard_normal((3, 5, 4)).astype(np.float32)
-        return x, rng.integers(0, 3, (3, 5) if kind == "tagger" else (3,))
-    return rng.integers(0, 9, (3, 5)), rng.integers(0, 9, (3, 5))
+        x = rng.standard_normal((B, 5, 4)).astype(np.float32)
+        return x, rng.integers(0, 3, (B, 5) if kind == "tagger" else (B,))
+    return rng.integers(0, 9, (B, 5)), rng.integers(0, 9, (B, 5))
 
 
-def _train(kind, after):
+def _train(kind, after, B=3):
     """STEPS steps of a compiled SGD step (the whole step from call ``after`` of its
     program, or never): (losses, the program, the model)."""
     model = _model(kind)
@@ -61,9 +61,9 @@ def _train(kind, after):
 
     whole.AFTER, losses = after, []
     for i in range(STEPS):
-        losses.append(step(*_data(kind, 0)).item() if i < STEPS - 1 else
-                      step(*_data(kind, 1)).item())
-    return losses, step.program(*_data(kind, 0)), model, step
+        losses.append(step(*_data(kind, 0, B)).item() if i < STEPS - 1 else
+                      step(*_data(kind, 1, B)).item())
+    return losses, step.program(*_data(kind, 0, B)), model, step
 
 
 @pytest.mark.parametrize("kind", ["rnn-1", "gru-1", "lstm-2", "tagger", "classifier"])
@@ -78,6 +78,36 @@ def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=2e-6, err_msg=name)
         np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6, err_msg=name)
     assert want[STEPS - 2] < want[0]  # (it trains: the same batch four times)
+
+
+@pytest.fixture
+def two_threads():
+    mg.set_num_threads(2)
+    yield
+    mg.set_num_threads(1)
+
+
+@pytest.mark.parametrize("kind", ["rnn-1", "lstm-2", "classifier"])
+def test_with_two_threads_the_batch_runs_in_chunks_inside_the_one_call(
+        kind, compile_at_first_call, two_threads):
+    """B = 17: two chunks of rows (8 and 9), each on one of Numba's threads, every
+    accumulator and carried value put together; against the Python program (which splits
+    the same way)."""
+    assert program.parts(17, whole._split(2)).tolist() == [0, 8, 17]
+    want, _, ref, _ = _train(kind, None, B=17)
+    got, prog, model, _ = _train(kind, 1, B=17)
+    assert prog.whole.why is None and prog.whole.calls == STEPS - 3
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_with_two_threads_a_bidirectional_layer_stays_python(compile_at_first_call,
+                                                              two_threads):
+    """Its two directions run side by side on Python threads: faster than one call."""
+    _, prog, _, _ = _train("tagger", 1, B=17)
+    assert prog.whole.calls == 0 and prog.whole.fn is None
 
 
 def _padded_steps(after):
@@ -195,15 +225,22 @@ def test_gemm_and_array_helpers_equal_numpy():
     a = rng.standard_normal((2, 7, 5)).astype(np.float32)
     w = rng.standard_normal((6, 5)).astype(np.float32)
     g = rng.standard_normal((2, 7, 6)).astype(np.float32)
+    one, split = (1, 8, 4e6), (2, 2, 1.0)  # (threads, rows, FLOPs): never, always split
     for b in (w.T, np.ascontiguousarray(w.T), rng.standard_normal((5, 12)).astype(
             np.float32)[:, ::2]):  # (column-major, row-major, neither)
-        np.testing.assert_allclose(program.mm(a, b), a @ b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(program.mm(a.transpose(1, 0, 2), w.T),
-                               a.transpose(1, 0, 2) @ w.T, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(program.mm_tn(a, g), a.reshape(-1, 5).T @ g.reshape(-1, 6),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(program.mm_tn(a[0], g[0]), a[0].T @ g[0], rtol=1e-5,
-                               atol=1e-5)
+        for sp in (one, split):
+            np.testing.assert_allclose(program.mm(a, b, sp), a @ b, rtol=1e-5, atol=1e-6)
+    for sp in (one, split):  # (split: row blocks of 4 and 3, 7 and 7 rows)
+        np.testing.assert_allclose(program.mm(a.transpose(1, 0, 2), w.T, sp),
+                                   a.transpose(1, 0, 2) @ w.T, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(program.mm_tn(a, g, sp),
+                                   a.reshape(-1, 5).T @ g.reshape(-1, 6), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(program.mm_tn(a[0], g[0], sp), a[0].T @ g[0], rtol=1e-5,
+                                   atol=1e-5)
+    assert program.parts(14, split, 2.0).tolist() == [0, 7, 14]
+    assert program.parts(14, split, 1.5).tolist() == [0, 14]  # (too little work to split)
+    assert program.parts(3, split).tolist() == [0, 3]  # (fewer rows than two parts' 2 each)
+    np.testing.assert_array_equal(program.added(g), g[0] + g[1])
     np.testing.assert_allclose(program.colsum(g, 6), g.reshape(-1, 6).sum(0), rtol=1e-5)
     np.testing.assert_allclose(program.colsum(g, 1)[0], g.sum(), rtol=1e-5)
     assert program.ids_ok(np.array([0, 4]), 5) and not program.ids_ok(np.array([0, 5]), 5)
@@ -215,3 +252,43 @@ def test_gemm_and_array_helpers_equal_numpy():
     np.testing.assert_array_equal(program.flat(a.transpose(1, 0, 2), 5),
                                   a.transpose(1, 0, 2).reshape(-1, 5))
 
+
+
+BACKGROUND_RUN = """
+import numpy as np, minigrad as mg, minigrad.compiler
+from minigrad.compiler import whole
+from models.language_model import LanguageModel
+whole.AFTER = 2
+mg.manual_seed(0)
+model = LanguageModel(9, 8, cell="rnn", num_layers=1)  # (as _train's "rnn-1": its compile
+opt = mg.optim.SGD(model.parameters(), lr=0.5)         # is on disk when this test runs)
+
+@mg.compile
+def step(x, y):
+    out = model(x)
+    loss = mg.cross_entropy(out[0], y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 9, (3, 5)), rng.integers(0, 9, (3, 5))
+losses = [step(x, y).item() for _ in range(4)]
+minigrad.compiler.wait()
+losses += [step(x, y).item() for _ in range(4)]
+w = step.program(x, y).whole
+print(w.calls, w.why, losses[0] > losses[-1])
+"""
+
+
+def test_a_whole_step_compiled_by_another_process_runs_in_a_fresh_one():
+    """The path a user meets: compiled in the background (another process, into the disk
+    cache), loaded, then called — with one thread, in a process that never started Numba's
+    threads (a function holding parallel code crashed at its first call there)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", BACKGROUND_RUN], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["4", "None", "True"], out.stdout + out.stderr[-2000:]

@@ -22,6 +22,11 @@ Anything else raises :class:`Unsupported` and the program stays the Python one (
 does while this compiles in the background, and for float64: the loops' BLAS is
 float32's).  Sizes are read from the arrays, so a new batch or sequence length reuses the
 compiled function; a layout's blocks are numbers (a new hidden size compiles it again).
+
+With more than one thread (``sp``: :func:`_split`) each scan's loops run on the batch's
+chunks of rows at once (``<loop>_chunks``, as :mod:`.scan` runs them; each chunk's own
+sums added in a fixed order) and a large GEMM in row blocks (:mod:`minigrad.kernels.program`),
+all on Numba's threads: deterministic for a thread count, round-off apart across counts.
 """
 
 import atexit
@@ -52,8 +57,8 @@ import numpy as np
 from minigrad.kernels import kernel
 from minigrad.kernels.loops import (cross_entropy_rows, cross_entropy_backward_rows,
                                     gather_rows, put_blocks, scatter_add_rows, take_blocks)
-from minigrad.kernels.program import (colsum, filled, flat, ids_ok, mm, mm_tn, put, reshaped,
-                                      sgd_step, transposed)
+from minigrad.kernels.program import (added, colsum, filled, flat, ids_ok, mm, mm_tn, parts, put,
+                                      reshaped, sgd_step, transposed)
 DT = np.float32
 '''
 
@@ -156,7 +161,7 @@ class _Writer:
             expr = f"np.where({c} != 0, {a}, {b})"
         elif p is ops.MATMUL and len(e.args[1].shape) == 2:  # (any leading axes)
             a, b = args
-            expr = f"mm({a}, {b})"
+            expr = f"mm({a}, {b}, sp)"
         elif p is ops.TRANSPOSE:
             expr = f"{args[0]}.T" if args[1] is None else f"transposed({args[0]}, {args[1]})"
         elif p is ops.RESHAPE and e.args[0].shape:
@@ -219,8 +224,8 @@ class _Writer:
         if p is ops.MATMUL:
             x, b = args
             if i == 0:
-                return f"mm({g}, {b}.T)"
-            return f"mm_tn({x}, {g})"
+                return f"mm({g}, {b}.T, sp)"
+            return f"mm_tn({x}, {g}, sp)"
         if p is ops.ASTYPE:
             return f"{g}.astype(np.{a.dtype.name})"
         if p is ops.TRANSPOSE:
@@ -351,14 +356,17 @@ class _Writer:
                     consts[v] = self.new(f"np.ascontiguousarray({local[v]})", "K")
                 return consts[v]
             return full[a]
-        self.lines.append(f"    L{j}f({B}, {T}, np.int64({r}), np.int64({r}), {D}, "
-                          f"{', '.join(arg(a, v) for a, v in step.fargs)})")
+        E = self.new(f"parts({B}, sp)", "E")  # (the batch's chunks: one per thread)
+        args = f"{T}, np.int64({r}), np.int64({r}), {D}, " + ", ".join(
+            arg(a, v) for a, v in step.fargs)
+        self.lines += [f"    if {E}.size > 2:", f"        L{j}fc({E}, {args})", "    else:",
+                       f"        L{j}f({B}, {args})"]
         for i, v in enumerate(e.outs):
             env[v] = self.new(f"{full[f'H{i}']}[{1 - r}:{T} + {1 - r}]")
-        self.scans[e] = (local, full, arg, T, B, r, D, j, src)
+        self.scans[e] = (local, full, arg, T, B, r, D, j, src, E)
 
     def scan_vjp(self, e, step, gs, env, need):
-        local, full, arg, T, B, r, D, j, src = self.scans[e]
+        local, full, arg, T, B, r, D, j, src, E = self.scans[e]
         n = len(step.program.params)
         for eq in step.rev.prologue:
             self.forward(eq, local)
@@ -371,13 +379,26 @@ class _Writer:
             make = "np.zeros" if a[0] == "C" else "np.empty"
             full[a] = self.new(f"{make}(({'' if a[0] in 'CN' else T + ', '}{B}, {shape[0]}), DT)")
         full["Z"] = self.new(f"np.empty((1, {B}, {step.reverse.state[0].shape[1]}), DT)", "Z")
+        own = {}  # (an accumulator's (chunks, ...) array: each chunk's own sums)
         for v in step.reverse.acc:
             if v in step.rbind:
                 if not v.shape:
                     raise Unsupported("a scalar accumulated in the loop")
-                full[step.rbind[v][0]] = self.new(f"np.zeros({tuple(v.shape)}, DT)", "A")
-        res = self.new(f"L{j}b({B}, {T}, np.int64({1 - r}), np.int64({r}), {D}, "
-                       f"{', '.join(arg(a, v) for a, v in step.rargs)})")
+                own[step.rbind[v][0]] = self.new(f"np.zeros(({E}.size - 1, "
+                                                 f"{', '.join(map(str, v.shape))}), DT)", "A")
+                full[step.rbind[v][0]] = self.new(f"{own[step.rbind[v][0]]}[0]", "A")
+        head = f"{T}, np.int64({1 - r}), np.int64({r}), {D}, "
+        k, self.count = self.count, self.count + 1
+        cs = [a for a, _ in step.rargs if a[0] == "C"]  # (the carried values: R, by chunks)
+        rs = [f"R{k}_{i}" for i in range(len(cs))]
+        self.lines += [f"    if {E}.size > 2:"] + [
+            f"        {o} = np.empty_like({full[c]})" for o, c in zip(rs, cs)] + [
+            f"        L{j}bc({E}, {head}{', '.join(own.get(a, arg(a, v)) for a, v in step.rargs)}"
+            f"{''.join(', ' + o for o in rs)})"] + [
+            f"        {full[a]} = added({own[a]})" for a in own] + [
+            "    else:", f"        res{k} = L{j}b({B}, {head}"
+            f"{', '.join(arg(a, v) for a, v in step.rargs)})"] + [
+            f"        {o} = res{k}[{i}]" for i, o in enumerate(rs)]
         cot = {v: full[step.rbind[y][0]] for v, y in zip(step.dxs, step.reverse.ys)}
         sums = {}
         for (c, pairs), acc in zip(_outers(step), step.reverse.acc):
@@ -391,7 +412,7 @@ class _Writer:
             for a, g in pairs:
                 A = self.stack(step, a, full, step.fbind, step.fwd, T, r)
                 G = self.stack(step, g, full, step.rbind, step.rev, T, r)
-                prod = f"mm_tn({G}, {A}).T" if c in step.flipped else f"mm_tn({A}, {G})"
+                prod = f"mm_tn({G}, {A}, sp).T" if c in step.flipped else f"mm_tn({A}, {G}, sp)"
                 total = self.new(prod if total is None else f"{total} + {prod}")
             cot[c] = total if total is not None else self.new(f"np.zeros({tuple(c.shape)}, DT)")
         bcot = {v: cot[v] for v in src.outs if v in cot}
@@ -399,7 +420,7 @@ class _Writer:
         out = {i: bcot[v] for i, v in enumerate([*src.inputs[:n + 1]]) if v in bcot and i in need}
         for i in range(len(e.outs)):
             if n + 1 + i in need:
-                out[n + 1 + i] = self.new(f"{res}[{i}]")
+                out[n + 1 + i] = rs[i]
         return out
 
     def stack(self, step, v, full, bind, low, T, r):
@@ -432,11 +453,11 @@ def render(prog, walk, update=()):
     cot = {loss: "DT(1.0)"}
     w.walk(prog.eqns, prog.needs, cot, env)
     wanted = [i for i, v in enumerate(prog.inputs) if v in cot and v.dtype.kind == "f"]
-    head = [f"from {m} import forward as L{j}f, backward as L{j}b\n"
-            for m, j in w.modules.items()]
+    head = [f"from {m} import (forward as L{j}f, backward as L{j}b, forward_chunks as L{j}fc,"
+            f"\n    backward_chunks as L{j}bc)\n" for m, j in w.modules.items()]
     outs = [env[v] for v in prog.outs] + [w.made(cot[prog.inputs[i]]) for i in wanted]
-    params = [f"x{i}" for i in range(len(prog.inputs))] + [
-        f"r{i}" for i in range(len(w.draws))] + [f"e{i}" for i in range(len(w.extras))] + ["lr"]
+    params = [f"x{i}" for i in range(len(prog.inputs))] + [f"r{i}" for i in range(
+        len(w.draws))] + [f"e{i}" for i in range(len(w.extras))] + ["lr", "sp"]
     w.lines += [f"    sgd_step(x{i}, {outs[len(prog.outs) + wanted.index(i)]}, lr)"
                 for i in update if i in wanted]
     text = HEADER + "".join(head) + "\n\n@kernel\ndef whole(" + ", ".join(params) + "):\n" + \
@@ -459,16 +480,14 @@ class Whole:
     def __init__(self, prog, loss):
         self.prog, self.loss, self.seen, self.calls, self.fn = prog, loss, 0, 0, None
         self.why, self.sgd = None, _sgd(prog)  # (SGD's step, taken inside the call)
-        self.batches = [e.outs[0].shape[1] for e in prog.eqns if _step(e) is not None]
 
     def run(self, arrays):
         """(outputs, gradients of the inputs ``wanted``) of one call, or None: run the Python
         program (not compiled yet, or the batch is split across threads, or an error the
         Python program will say better: an id out of range)."""
         n = threads.get_num_threads()
-        if n > 1 and (self.prog.pairs or any(len(threads.batch_chunks(b)) > 1
-                                             for b in self.batches)):
-            return None  # (the Python program runs them on all threads: faster)
+        if n > 1 and (self.prog.pairs or not threads.native()):
+            return None  # (two recurrences side by side, or no Numba threads: Python's)
         if self.fn is None:
             self.seen += 1
             if self.seen == AFTER and self.why is None:
@@ -479,8 +498,8 @@ class Whole:
         if opt is not None and (opt.momentum or opt.weight_decay):
             return None  # (changed since: SGD.step() must run as Python)
         try:
-            res = fn(*arrays, *[e.prim.fwd(*e.args) for e in draws], *extras,
-                     np.float32(opt.lr if opt is not None else 0.0))
+            res = threads.run(fn, *arrays, *[e.prim.fwd(*e.args) for e in draws], *extras,
+                              np.float32(opt.lr if opt is not None else 0.0), _split(n))
         except Exception:  # noqa: BLE001 - the Python program raises it with its message
             return None
         self.calls += 1
@@ -498,7 +517,7 @@ class Whole:
             return
         values = [np.zeros(e.args[0], e.args[2]) for e in draws]  # (types: nothing drawn)
         sig = tuple(numba.typeof(a) for a in [*_contiguous(arrays), *values, *extras,
-                                              np.float32(0.0)])
+                                              np.float32(0.0), _split(1)])
         if _compiled(text, sig):  # (a program of the same structure, another length: ready)
             self.fn = (_compiled(text, sig), draws, extras, wanted)
             return
@@ -520,6 +539,9 @@ class Whole:
             with _LOADING:  # (not while the interpreter exits: see _exiting)
                 if _EXITING:
                     return
+                threads.native()  # NOTE: Numba's threads started first: a function holding
+                # parallel code (chunks, row blocks), loaded from the disk cache into a process
+                # that had not started them, crashed at its first call, even with one thread
                 module = compile_cache.load_kernels(text)
                 module.whole.compile(sig)
             self.fn = (module.whole, draws, extras, wanted)
@@ -543,6 +565,11 @@ def _sgd(prog):
     ok = type(opt) is SGD and not (opt.momentum or opt.weight_decay) and zeroed == mine and \
         len(mine) == len(opt.params)
     return opt if ok else None
+
+
+def _split(n):
+    """How the function may split its work: (threads, rows, FLOPs) (:mod:`.program`)."""
+    return n, threads.MIN_ROWS, float(threads.MIN_FLOPS)
 
 
 def _contiguous(arrays):

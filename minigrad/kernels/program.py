@@ -1,11 +1,16 @@
 """Array helpers of a whole-step program (:mod:`minigrad.compiler.whole`): each a kernel of
 its own, compiled once per argument types and kept on disk, so that a generated step is a
 sequence of calls (its own compile then takes seconds, not the tens that NumPy's generic
-implementations inlined into it, with their error messages, took)."""
+implementations inlined into it, with their error messages, took).
+
+``sp`` = (threads, rows, flops): how work may be split (:mod:`minigrad.threads`: at most
+``threads`` parts, each of at least ``rows`` rows and, for a GEMM, ``flops`` FLOPs).  A GEMM
+split into row blocks runs them on Numba's threads, each one single-threaded BLAS call, a
+product's partial sums added in a fixed order (the same result for a given thread count)."""
 
 import numpy as np
 
-from minigrad.kernels.blas import gemm32, gemm_tn32
+from minigrad.kernels.blas import dot_blocks, dot_t_blocks, gemm32, gemm_tn32
 from minigrad.kernels.jit import kernel
 from minigrad.kernels.loops import sum_axis0
 
@@ -27,23 +32,60 @@ def transposed(a, axes):
 
 
 @kernel
-def mm(a, b):
-    """a (..., K) @ b (K, N), float32 (b of any strides)."""
+def parts(n, sp, work=0.0):
+    """The edges of k near-equal parts of range(n), int64 (k + 1,): k = sp's threads at most,
+    each part of at least sp's rows and (work > 0: a GEMM's FLOPs) sp's flops."""
+    k = max(1, min(sp[0], n // sp[1]))
+    if work > 0:
+        k = max(1, min(k, int(work // sp[2])))
+    e = np.empty(k + 1, np.int64)
+    for i in range(k + 1):
+        e[i] = n * i // k
+    return e
+
+
+@kernel
+def mm(a, b, sp):
+    """a (..., K) @ b (K, N), float32 (b of any strides), in row blocks when it pays."""
     x = flat(a, a.shape[-1])
     out = np.empty((x.shape[0], b.shape[1]), np.float32)
     if b.strides[1] == 4 or b.strides[0] == 4:  # (row- or column-major: BLAS reads it)
-        gemm32(x, b, out, 0.0)
+        _mm(x, b, out, sp)
     else:
-        gemm32(x, np.ascontiguousarray(b), out, 0.0)
+        _mm(x, np.ascontiguousarray(b), out, sp)
     return out.reshape(a.shape[:-1] + (b.shape[1],))
 
 
 @kernel
-def mm_tn(a, g):
-    """Σ over every leading axis of aᵀ g: (K, N), float32."""
+def _mm(x, b, out, sp):
+    e = parts(x.shape[0], sp, 2.0 * x.shape[0] * x.shape[1] * b.shape[1])
+    if e.size > 2:
+        dot_blocks(x, b, out, e)
+    else:
+        gemm32(x, b, out, 0.0)
+
+
+@kernel
+def mm_tn(a, g, sp):
+    """Σ over every leading axis of aᵀ g: (K, N), float32; with row blocks, their partial
+    sums added in order."""
     x, y = flat(a, a.shape[-1]), flat(g, g.shape[-1])
-    out = np.empty((x.shape[1], y.shape[1]), np.float32)
-    gemm_tn32(x, y, out)
+    e = parts(x.shape[0], sp, 2.0 * x.shape[0] * x.shape[1] * y.shape[1])
+    if e.size == 2:
+        out = np.empty((x.shape[1], y.shape[1]), np.float32)
+        gemm_tn32(x, y, out)
+        return out
+    p = np.empty((e.size - 1, x.shape[1], y.shape[1]), np.float32)
+    dot_t_blocks(x, y, p, e)
+    return added(p)
+
+
+@kernel
+def added(p):
+    """p[0] + p[1] + ... (a chunk's own sums, in order): a new array."""
+    out = p[0].copy()
+    for c in range(1, p.shape[0]):
+        out += p[c]
     return out
 
 
