@@ -421,8 +421,13 @@ def machine_lines(others):
 
         for lib in threadpoolctl.threadpool_info():
             if lib.get("user_api") == "blas":
+                forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                          if k in os.environ}
                 lines.append(f"- NumPy's BLAS (the floor's; minigrad's for small products): "
-                             f"{lib.get('internal_api')} {lib.get('version')}")
+                             f"{lib.get('internal_api')} {lib.get('version')}, its "
+                             f"{lib.get('architecture')} kernels" + (
+                                 f" (forced by {forced}: unset both to let it choose)"
+                                 if forced else " (its own choice for this CPU)"))
         loops = subprocess.run([sys.executable, "-c", "from minigrad.kernels import blas; "
                                 "print(blas.NAME)"], capture_output=True, text=True, timeout=120)
         lines.append(f"- minigrad's GEMMs in its compiled loops and float32 products of ≥ 2²⁰ "
