@@ -52,7 +52,7 @@ Why these limits (code lines; today's counts in the README's table):
   helpers (``kernels/program.py``), each compiled once and cached: inlined into the
   generated step, NumPy's generic implementations (with their error messages) had made one
   step's compile 12-19 s; as calls, 5.
-  705: +25 for a whole step with more than one thread (``kernels/program.py``): its GEMMs
+  710: +30 for a whole step with more than one thread (``kernels/program.py``): its GEMMs
   in row blocks on Numba's threads, their partial sums added in order, and the edges of a
   batch's chunks (2 threads, N LSTM 2.33 -> 1.9-2.1 ms, N GRU 1.79 -> 1.45-1.59, K LSTM
   22.5-22.9 -> 20.8-21.6 against the Python program it replaced there).
@@ -98,6 +98,8 @@ Why these limits (code lines; today's counts in the README's table):
   1425: +5 for a scan's equations before its loop differentiated only for the inputs that
   want a gradient (a tagger's dense x had its projection's x-gradient computed, a GEMM as
   large as the weight's, and dropped: D's step 3.59 -> 3.20 ms with one thread).
+  1430: +5 for a chunks driver that calls its loop directly when the batch is one chunk
+  (no parallel region started: the whole step with two threads at B < 16).
 * **function ≤ 335**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,
@@ -131,7 +133,7 @@ Why these limits (code lines; today's counts in the README's table):
   505 µs, RNN 260 -> 244).  340: +5 for the whole step's one call (a program's ``whole``,
   its outputs and gradients deposited, owned, without the program's backward); 342: +2
   for SGD's step skipped when the call took it.
-* **whole ≤ 470** (``minigrad/compiler/whole.py``): a training step's program rendered
+* **whole ≤ 480** (``minigrad/compiler/whole.py``): a training step's program rendered
   once more, as one Numba function — its forward, then its reverse, every scan expanded
   (its before-program, the compiled loops called, its weight gradients and the
   before-program's VJPs), a layout's gradient blocks from two layouts written once into one
@@ -145,9 +147,10 @@ Why these limits (code lines; today's counts in the README's table):
   455: +20 for SGD's update inside the call when a step's effects are exactly ``zero_grad()``,
   ``backward()``, ``step()`` of one plain SGD (A, one thread: RNN 111 -> 97 µs, GRU 226 ->
   195, LSTM 284 -> 235; its Python ``step()`` had cost 18 µs of the RNN's 111).
-  470: +15 for more than one thread: each scan's loops called on the batch's chunks at once
-  (each chunk's own sums added in order) — the whole step then runs with 2 threads too
-  (figures under kernels).
+  480: +25 for more than one thread: a second function per step, each scan's loops called
+  on the batch's chunks at once (each chunk's own sums added in order) and its GEMMs in row
+  blocks — the whole step then runs with 2 threads too (figures under kernels); a separate
+  one, since its parallel code compiled for 10-16 s longer (one thread keeps 21-35 s).
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

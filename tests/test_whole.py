@@ -87,12 +87,12 @@ def two_threads():
     mg.set_num_threads(1)
 
 
-@pytest.mark.parametrize("kind", ["rnn-1", "lstm-2", "classifier"])
 def test_with_two_threads_the_batch_runs_in_chunks_inside_the_one_call(
-        kind, compile_at_first_call, two_threads):
-    """B = 17: two chunks of rows (8 and 9), each on one of Numba's threads, every
-    accumulator and carried value put together; against the Python program (which splits
-    the same way)."""
+        compile_at_first_call, two_threads):
+    """B = 17: two chunks of rows (8 and 9), each on one of Numba's threads, in each of two
+    layers, every accumulator and carried value put together; against the Python program
+    (which splits the same way).  One model: its parallel code compiles for ~40 s."""
+    kind = "lstm-2"
     assert program.parts(17, whole._split(2)).tolist() == [0, 8, 17]
     want, _, ref, _ = _train(kind, None, B=17)
     got, prog, model, _ = _train(kind, 1, B=17)
@@ -226,16 +226,17 @@ def test_gemm_and_array_helpers_equal_numpy():
     w = rng.standard_normal((6, 5)).astype(np.float32)
     g = rng.standard_normal((2, 7, 6)).astype(np.float32)
     one, split = (1, 8, 4e6), (2, 2, 1.0)  # (threads, rows, FLOPs): never, always split
-    for b in (w.T, np.ascontiguousarray(w.T), rng.standard_normal((5, 12)).astype(
-            np.float32)[:, ::2]):  # (column-major, row-major, neither)
-        for sp in (one, split):
-            np.testing.assert_allclose(program.mm(a, b, sp), a @ b, rtol=1e-5, atol=1e-6)
-    for sp in (one, split):  # (split: row blocks of 4 and 3, 7 and 7 rows)
-        np.testing.assert_allclose(program.mm(a.transpose(1, 0, 2), w.T, sp),
+    kinds = [(program.mm, program.mm_tn, ()), (program.mm_split, program.mm_tn_split, (one,)),
+             (program.mm_split, program.mm_tn_split, (split,))]  # (split: blocks of 7 and 7
+    for mm, mm_tn, sp in kinds:  # rows, 3 and 4)
+        for b in (w.T, np.ascontiguousarray(w.T), rng.standard_normal((5, 12)).astype(
+                np.float32)[:, ::2]):  # (column-major, row-major, neither)
+            np.testing.assert_allclose(mm(a, b, *sp), a @ b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mm(a.transpose(1, 0, 2), w.T, *sp),
                                    a.transpose(1, 0, 2) @ w.T, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(program.mm_tn(a, g, sp),
-                                   a.reshape(-1, 5).T @ g.reshape(-1, 6), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(program.mm_tn(a[0], g[0], sp), a[0].T @ g[0], rtol=1e-5,
+        np.testing.assert_allclose(mm_tn(a, g, *sp), a.reshape(-1, 5).T @ g.reshape(-1, 6),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mm_tn(a[0], g[0], *sp), a[0].T @ g[0], rtol=1e-5,
                                    atol=1e-5)
     assert program.parts(14, split, 2.0).tolist() == [0, 7, 14]
     assert program.parts(14, split, 1.5).tolist() == [0, 14]  # (too little work to split)

@@ -112,15 +112,17 @@ class Emitter:
         once (``E``: the chunks' edges), each on one of Numba's threads, with a chunk's rows of
         every array (its own accumulators ``A*[c]``); the carried values go to ``R*``."""
         args = list(dict.fromkeys(a for a, _ in binds.values()))
-        rows = {"K": "{}", "A": "{}[c]", "C": "{}[b0:b1]", "N": "{}[b0:b1]"}
         outs = [f"R{i}" for i in range(len(carry))]
-        return "\n".join(
-            [f"def {name}_chunks(E, T, back, r, D, {', '.join(args + outs)}):",
-             "    for c in prange(E.size - 1):",
-             "        b0, b1 = E[c], E[c + 1]",
-             f"        out = {name}(b1 - b0, T, back, r, D, " + ", ".join(
-                 rows.get(a[0], "{}[:, b0:b1]").format(a) for a in args) + ")"]
-            + [f"        {o}[b0:b1] = out[{i}]" for i, o in enumerate(outs)]) + "\n"
+
+        def run(c):  # (chunk c's call; one chunk: no parallel region is started)
+            rows = {"K": "{}", "A": f"{{}}[{c}]", "C": "{}[b0:b1]", "N": "{}[b0:b1]"}
+            return [f"        b0, b1 = E[{c}], E[{c} + 1]",
+                    f"        out = {name}(b1 - b0, T, back, r, D, " + ", ".join(
+                        rows.get(a[0], "{}[:, b0:b1]").format(a) for a in args) + ")"] + [
+                f"        {o}[b0:b1] = out[{i}]" for i, o in enumerate(outs)]
+        return "\n".join([f"def {name}_chunks(E, T, back, r, D, {', '.join(args + outs)}):",
+                          "    if E.size == 2:", *run(0), "        return",
+                          "    for c in prange(E.size - 1):", *run("c")]) + "\n"
 
     def loc(self, v):
         """The expression of v's (B, width) array at step t."""

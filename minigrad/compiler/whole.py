@@ -57,8 +57,8 @@ import numpy as np
 from minigrad.kernels import kernel
 from minigrad.kernels.loops import (cross_entropy_rows, cross_entropy_backward_rows,
                                     gather_rows, put_blocks, scatter_add_rows, take_blocks)
-from minigrad.kernels.program import (added, colsum, filled, flat, ids_ok, mm, mm_tn, parts, put,
-                                      reshaped, sgd_step, transposed)
+from minigrad.kernels.program import (added, colsum, filled, flat, ids_ok, mm, mm_split, mm_tn,
+                                      mm_tn_split, parts, put, reshaped, sgd_step, transposed)
 DT = np.float32
 '''
 
@@ -111,11 +111,17 @@ def _key(key):
 
 
 class _Writer:
-    """The function being written: ``lines``, a name per value, the extra arguments."""
+    """The function being written: ``lines``, a name per value, the extra arguments;
+    ``split``: for more than one thread."""
 
-    def __init__(self):
+    def __init__(self, split=False):
         self.lines, self.scans, self.extras, self.modules, self.count = [], {}, [], {}, 0
         self.draws = []  # (random draws: made by their row in Python at every call, passed in)
+        self.split = split
+
+    def mm(self, args, kind=""):
+        """A product's call: ``mm`` (a @ b) or ``mm_tn`` (aᵀ g), in row blocks if split."""
+        return f"mm{kind}_split({args}, sp)" if self.split else f"mm{kind}({args})"
 
     def new(self, expr, stem="t"):
         name, self.count = f"{stem}{self.count}", self.count + 1
@@ -161,7 +167,7 @@ class _Writer:
             expr = f"np.where({c} != 0, {a}, {b})"
         elif p is ops.MATMUL and len(e.args[1].shape) == 2:  # (any leading axes)
             a, b = args
-            expr = f"mm({a}, {b}, sp)"
+            expr = self.mm(f"{a}, {b}")
         elif p is ops.TRANSPOSE:
             expr = f"{args[0]}.T" if args[1] is None else f"transposed({args[0]}, {args[1]})"
         elif p is ops.RESHAPE and e.args[0].shape:
@@ -224,8 +230,8 @@ class _Writer:
         if p is ops.MATMUL:
             x, b = args
             if i == 0:
-                return f"mm({g}, {b}.T, sp)"
-            return f"mm_tn({x}, {g}, sp)"
+                return self.mm(f"{g}, {b}.T")
+            return self.mm(f"{x}, {g}", "_tn")
         if p is ops.ASTYPE:
             return f"{g}.astype(np.{a.dtype.name})"
         if p is ops.TRANSPOSE:
@@ -356,11 +362,10 @@ class _Writer:
                     consts[v] = self.new(f"np.ascontiguousarray({local[v]})", "K")
                 return consts[v]
             return full[a]
-        E = self.new(f"parts({B}, sp)", "E")  # (the batch's chunks: one per thread)
         args = f"{T}, np.int64({r}), np.int64({r}), {D}, " + ", ".join(
             arg(a, v) for a, v in step.fargs)
-        self.lines += [f"    if {E}.size > 2:", f"        L{j}fc({E}, {args})", "    else:",
-                       f"        L{j}f({B}, {args})"]
+        E = self.new(f"parts({B}, sp)", "E") if self.split else None  # (the batch's chunks)
+        self.lines.append(f"    L{j}fc({E}, {args})" if E else f"    L{j}f({B}, {args})")
         for i, v in enumerate(e.outs):
             env[v] = self.new(f"{full[f'H{i}']}[{1 - r}:{T} + {1 - r}]")
         self.scans[e] = (local, full, arg, T, B, r, D, j, src, E)
@@ -379,26 +384,24 @@ class _Writer:
             make = "np.zeros" if a[0] == "C" else "np.empty"
             full[a] = self.new(f"{make}(({'' if a[0] in 'CN' else T + ', '}{B}, {shape[0]}), DT)")
         full["Z"] = self.new(f"np.empty((1, {B}, {step.reverse.state[0].shape[1]}), DT)", "Z")
-        own = {}  # (an accumulator's (chunks, ...) array: each chunk's own sums)
+        own = {}  # (split: an accumulator's (chunks, ...) array, each chunk's own sums)
         for v in step.reverse.acc:
             if v in step.rbind:
                 if not v.shape:
                     raise Unsupported("a scalar accumulated in the loop")
-                own[step.rbind[v][0]] = self.new(f"np.zeros(({E}.size - 1, "
-                                                 f"{', '.join(map(str, v.shape))}), DT)", "A")
-                full[step.rbind[v][0]] = self.new(f"{own[step.rbind[v][0]]}[0]", "A")
+                a = step.rbind[v][0]
+                own[a] = full[a] = self.new(f"np.zeros(({E + '.size - 1, ' if E else ''}"
+                                            f"{', '.join(map(str, v.shape))},), DT)", "A")
         head = f"{T}, np.int64({1 - r}), np.int64({r}), {D}, "
-        k, self.count = self.count, self.count + 1
-        cs = [a for a, _ in step.rargs if a[0] == "C"]  # (the carried values: R, by chunks)
-        rs = [f"R{k}_{i}" for i in range(len(cs))]
-        self.lines += [f"    if {E}.size > 2:"] + [
-            f"        {o} = np.empty_like({full[c]})" for o, c in zip(rs, cs)] + [
-            f"        L{j}bc({E}, {head}{', '.join(own.get(a, arg(a, v)) for a, v in step.rargs)}"
-            f"{''.join(', ' + o for o in rs)})"] + [
-            f"        {full[a]} = added({own[a]})" for a in own] + [
-            "    else:", f"        res{k} = L{j}b({B}, {head}"
-            f"{', '.join(arg(a, v) for a, v in step.rargs)})"] + [
-            f"        {o} = res{k}[{i}]" for i, o in enumerate(rs)]
+        cs = [a for a, _ in step.rargs if a[0] == "C"]  # (the carried values)
+        if E is None:
+            res = self.new(f"L{j}b({B}, {head}{', '.join(arg(a, v) for a, v in step.rargs)})")
+            rs = [f"{res}[{i}]" for i in range(len(cs))]
+        else:  # (on the batch's chunks: the carried values into rs, each chunk's sums added)
+            rs = [self.new(f"np.empty_like({full[c]})", "R") for c in cs]
+            self.lines.append(f"    L{j}bc({E}, {head}{', '.join(arg(a, v) for a, v in step.rargs)}"
+                              f"{''.join(', ' + o for o in rs)})")
+            full.update({a: self.new(f"added({x})", "A") for a, x in own.items()})
         cot = {v: full[step.rbind[y][0]] for v, y in zip(step.dxs, step.reverse.ys)}
         sums = {}
         for (c, pairs), acc in zip(_outers(step), step.reverse.acc):
@@ -412,7 +415,8 @@ class _Writer:
             for a, g in pairs:
                 A = self.stack(step, a, full, step.fbind, step.fwd, T, r)
                 G = self.stack(step, g, full, step.rbind, step.rev, T, r)
-                prod = f"mm_tn({G}, {A}, sp).T" if c in step.flipped else f"mm_tn({A}, {G}, sp)"
+                prod = self.mm(f"{G}, {A}", "_tn") + ".T" if c in step.flipped else \
+                    self.mm(f"{A}, {G}", "_tn")
                 total = self.new(prod if total is None else f"{total} + {prod}")
             cot[c] = total if total is not None else self.new(f"np.zeros({tuple(c.shape)}, DT)")
         bcot = {v: cot[v] for v in src.outs if v in cot}
@@ -433,13 +437,13 @@ class _Writer:
         return f"{x}[:, :, {c0}:{c0 + v.shape[-1]}]" if c0 or v.shape[-1] != b.shape[-1] else x
 
 
-def render(prog, walk, update=()):
+def render(prog, walk, update=(), split=False):
     """(source, draws, extras, wanted) of program ``prog`` (a ``_Program``) whose output
     ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras, lr)`` returns its
     outputs then the gradients of the inputs listed in ``wanted``, and takes SGD's step
     ``x -= lr * gradient`` on the inputs in ``update`` (in place, as ``SGD.step()``, after
     everything else).  Raises :class:`Unsupported`."""
-    w = _Writer()
+    w = _Writer(split)
     if any(v.dtype != np.float32 for v in prog.outs if v.dtype.kind == "f"):
         raise Unsupported("not float32")
     env = {v: f"x{i}" for i, v in enumerate(prog.inputs)}
@@ -453,8 +457,9 @@ def render(prog, walk, update=()):
     cot = {loss: "DT(1.0)"}
     w.walk(prog.eqns, prog.needs, cot, env)
     wanted = [i for i, v in enumerate(prog.inputs) if v in cot and v.dtype.kind == "f"]
-    head = [f"from {m} import (forward as L{j}f, backward as L{j}b, forward_chunks as L{j}fc,"
-            f"\n    backward_chunks as L{j}bc)\n" for m, j in w.modules.items()]
+    head = [f"from {m} import forward as L{j}f, backward as L{j}b" + (
+        f", forward_chunks as L{j}fc, backward_chunks as L{j}bc" if split else "") + "\n"
+        for m, j in w.modules.items()]
     outs = [env[v] for v in prog.outs] + [w.made(cot[prog.inputs[i]]) for i in wanted]
     params = [f"x{i}" for i in range(len(prog.inputs))] + [f"r{i}" for i in range(
         len(w.draws))] + [f"e{i}" for i in range(len(w.extras))] + ["lr", "sp"]
@@ -474,12 +479,20 @@ BACKGROUND = True  # False: compiled in the caller's thread at that call (the te
 class Whole:
     """A ``mg.compile``d training step's program as one call, once compiled (in the
     background: another process compiles it into the disk cache, after ``AFTER`` calls, so
-    that a short run never pays for it).  ``calls``: the calls that ran it; ``why``: why it
-    is not used (None: it is, or will be)."""
+    that a short run never pays for it), one function for one thread and one that splits
+    its work for more (its parallel code compiles for twice as long: 37 against 21 s for a
+    new GRU language model here).  ``calls``: the calls that ran it; ``why``: why it is not
+    used (None: it is, or will be)."""
 
     def __init__(self, prog, loss):
-        self.prog, self.loss, self.seen, self.calls, self.fn = prog, loss, 0, 0, None
+        self.prog, self.loss, self.calls, self.fns = prog, loss, 0, {}
+        self.seen = {False: 0, True: 0}  # (calls per variant: split or not)
         self.why, self.sgd = None, _sgd(prog)  # (SGD's step, taken inside the call)
+
+    @property
+    def fn(self):
+        """The compiled function for minigrad's thread count now (None: not yet)."""
+        return self.fns.get(threads.get_num_threads() > 1)
 
     def run(self, arrays):
         """(outputs, gradients of the inputs ``wanted``) of one call, or None: run the Python
@@ -488,30 +501,32 @@ class Whole:
         n = threads.get_num_threads()
         if n > 1 and (self.prog.pairs or not threads.native()):
             return None  # (two recurrences side by side, or no Numba threads: Python's)
-        if self.fn is None:
-            self.seen += 1
-            if self.seen == AFTER and self.why is None:
-                self._start(arrays)
+        split = n > 1
+        if split not in self.fns:
+            self.seen[split] += 1
+            if self.seen[split] == AFTER and self.why is None:
+                self._start(arrays, split)
             return None
-        fn, draws, extras, wanted = self.fn
+        fn, draws, extras, wanted = self.fns[split]
         arrays, opt = _contiguous(arrays), self.sgd
         if opt is not None and (opt.momentum or opt.weight_decay):
             return None  # (changed since: SGD.step() must run as Python)
         try:
-            res = threads.run(fn, *arrays, *[e.prim.fwd(*e.args) for e in draws], *extras,
-                              np.float32(opt.lr if opt is not None else 0.0), _split(n))
+            args = (*arrays, *[e.prim.fwd(*e.args) for e in draws], *extras,
+                    np.float32(opt.lr if opt is not None else 0.0), _split(n))
+            res = threads.run(fn, *args) if split else fn(*args)
         except Exception:  # noqa: BLE001 - the Python program raises it with its message
             return None
         self.calls += 1
         k = len(self.prog.outs)
         return [np.asarray(o) for o in res[:k]], dict(zip(wanted, res[k:]))
 
-    def _start(self, arrays):
+    def _start(self, arrays, split):
         try:
             n = len(self.prog.inputs) - len(self.prog.refs)  # (the leaves, then parameters)
             mine = {id(p) for p in (self.sgd.params if self.sgd is not None else ())}
             update = [n + j for j, t in enumerate(self.prog.refs) if id(t) in mine]
-            text, draws, extras, wanted = render(self.prog, self.loss, update)
+            text, draws, extras, wanted = render(self.prog, self.loss, update, split)
         except Exception as e:  # noqa: BLE001 - Unsupported, or a bug here: Python runs it
             self.why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             return
@@ -519,17 +534,17 @@ class Whole:
         sig = tuple(numba.typeof(a) for a in [*_contiguous(arrays), *values, *extras,
                                               np.float32(0.0), _split(1)])
         if _compiled(text, sig):  # (a program of the same structure, another length: ready)
-            self.fn = (_compiled(text, sig), draws, extras, wanted)
+            self.fns[split] = (_compiled(text, sig), draws, extras, wanted)
             return
-        job = threading.Thread(target=self._compile, args=(text, sig, draws, extras, wanted),
-                               daemon=BACKGROUND)
+        job = threading.Thread(target=self._compile, daemon=BACKGROUND,
+                               args=(text, sig, (draws, extras, wanted), split))
         if BACKGROUND:
             _COMPILING.add(job)
             job.start()
         else:
             job.run()
 
-    def _compile(self, text, sig, draws, extras, wanted):
+    def _compile(self, text, sig, rest, split):
         steps = [_step(e) for e in self.prog.eqns if _step(e) is not None]
         try:
             with _ONE:  # (one at a time: each takes a core; in another process, as a compile
@@ -539,12 +554,11 @@ class Whole:
             with _LOADING:  # (not while the interpreter exits: see _exiting)
                 if _EXITING:
                     return
-                threads.native()  # NOTE: Numba's threads started first: a function holding
-                # parallel code (chunks, row blocks), loaded from the disk cache into a process
-                # that had not started them, crashed at its first call, even with one thread
-                module = compile_cache.load_kernels(text)
-                module.whole.compile(sig)
-            self.fn = (module.whole, draws, extras, wanted)
+                if split:  # NOTE: Numba's threads started first: a function holding parallel
+                    threads.native()  # code, loaded from the disk cache into a process that
+                module = compile_cache.load_kernels(text)  # had not started them, crashed at
+                module.whole.compile(sig)  # its first call (even with one thread)
+            self.fns[split] = (module.whole, *rest)
         except Exception as e:  # noqa: BLE001 - the Python program computes the same
             self.why = f"{type(e).__name__}: {e}"
             warnings.warn(f"{self.prog.prim.name}: the whole step stays Python ({self.why:.300})",

@@ -35,9 +35,7 @@ def transposed(a, axes):
 def parts(n, sp, work=0.0):
     """The edges of k near-equal parts of range(n), int64 (k + 1,): k = sp's threads at most,
     each part of at least sp's rows and (work > 0: a GEMM's FLOPs) sp's flops."""
-    k = max(1, min(sp[0], n // sp[1]))
-    if work > 0:
-        k = max(1, min(k, int(work // sp[2])))
+    k = max(1, min(sp[0], n // sp[1], int(work // sp[2]) if work > 0 else sp[0]))
     e = np.empty(k + 1, np.int64)
     for i in range(k + 1):
         e[i] = n * i // k
@@ -45,36 +43,46 @@ def parts(n, sp, work=0.0):
 
 
 @kernel
-def mm(a, b, sp):
-    """a (..., K) @ b (K, N), float32 (b of any strides), in row blocks when it pays."""
+def mm(a, b):
+    """a (..., K) @ b (K, N), float32 (b of any strides)."""
     x = flat(a, a.shape[-1])
     out = np.empty((x.shape[0], b.shape[1]), np.float32)
     if b.strides[1] == 4 or b.strides[0] == 4:  # (row- or column-major: BLAS reads it)
-        _mm(x, b, out, sp)
+        gemm32(x, b, out, 0.0)
     else:
-        _mm(x, np.ascontiguousarray(b), out, sp)
+        gemm32(x, np.ascontiguousarray(b), out, 0.0)
     return out.reshape(a.shape[:-1] + (b.shape[1],))
 
 
 @kernel
-def _mm(x, b, out, sp):
-    e = parts(x.shape[0], sp, 2.0 * x.shape[0] * x.shape[1] * b.shape[1])
-    if e.size > 2:
-        dot_blocks(x, b, out, e)
-    else:
-        gemm32(x, b, out, 0.0)
+def mm_tn(a, g):
+    """Σ over every leading axis of aᵀ g: (K, N), float32."""
+    x, y = flat(a, a.shape[-1]), flat(g, g.shape[-1])
+    out = np.empty((x.shape[1], y.shape[1]), np.float32)
+    gemm_tn32(x, y, out)
+    return out
 
 
 @kernel
-def mm_tn(a, g, sp):
-    """Σ over every leading axis of aᵀ g: (K, N), float32; with row blocks, their partial
-    sums added in order."""
+def mm_split(a, b, sp):
+    """:func:`mm` in row blocks on Numba's threads when it pays."""
+    x = flat(a, a.shape[-1])
+    e = parts(x.shape[0], sp, 2.0 * x.size * b.shape[1])
+    if e.size == 2 or not (b.strides[1] == 4 or b.strides[0] == 4):  # (b: as BLAS reads it)
+        return mm(a, b)
+    out = np.empty((x.shape[0], b.shape[1]), np.float32)
+    dot_blocks(x, b, out, e)
+    return out.reshape(a.shape[:-1] + (b.shape[1],))
+
+
+@kernel
+def mm_tn_split(a, g, sp):
+    """:func:`mm_tn` in row blocks on Numba's threads when it pays, their partial sums
+    added in order."""
     x, y = flat(a, a.shape[-1]), flat(g, g.shape[-1])
-    e = parts(x.shape[0], sp, 2.0 * x.shape[0] * x.shape[1] * y.shape[1])
+    e = parts(x.shape[0], sp, 2.0 * x.size * y.shape[1])
     if e.size == 2:
-        out = np.empty((x.shape[1], y.shape[1]), np.float32)
-        gemm_tn32(x, y, out)
-        return out
+        return mm_tn(a, g)
     p = np.empty((e.size - 1, x.shape[1], y.shape[1]), np.float32)
     dot_t_blocks(x, y, p, e)
     return added(p)
