@@ -110,7 +110,7 @@ def test_with_two_threads_a_bidirectional_layer_stays_python(compile_at_first_ca
     assert prog.whole.calls == 0 and prog.whole.fn is None
 
 
-def _padded_steps(after):
+def _padded_steps(after, B=6):
     """The README's step: LanguageModel.loss on padded ids (its mask: rows), Adam, clipping."""
     whole.AFTER = after
     mg.manual_seed(0)
@@ -126,16 +126,22 @@ def _padded_steps(after):
         opt.step()
         return loss
 
-    ids = (np.arange(6)[:, None] * 3 + np.arange(9)) % 20
-    lengths = np.array([9, 4, 9, 7, 2, 9])
+    ids = (np.arange(B)[:, None] * 3 + np.arange(9)) % 20
+    lengths = np.resize([9, 4, 9, 7, 2, 9], B)
     losses = [step(ids, lengths).item() for _ in range(STEPS)]
     return losses, step.program(ids, lengths), model
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_a_padded_language_model_step_with_adam_and_clipping_is_one_call_too(
-        compile_at_first_call):
-    want, _, ref = _padded_steps(None)
-    got, prog, model = _padded_steps(1)
+        threads, compile_at_first_call):
+    """With two threads: B = 17 in two chunks, each with its rows' masks."""
+    mg.set_num_threads(threads)
+    try:
+        want, _, ref = _padded_steps(None, 6 if threads == 1 else 17)
+        got, prog, model = _padded_steps(1, 6 if threads == 1 else 17)
+    finally:
+        mg.set_num_threads(1)
     assert prog.whole.why is None and prog.whole.calls == STEPS - 3
     assert prog.whole.sgd is None  # (Adam's update and the clipping: replayed as Python)
     np.testing.assert_allclose(got, want, rtol=2e-6)
