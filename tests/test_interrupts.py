@@ -117,9 +117,12 @@ def test_an_interrupt_wrapped_by_numba_is_still_an_interrupt():
     assert not common.is_interrupt(ValueError())
 
 
-def test_train_stops_cleanly_on_an_interrupt_raised_mid_step():
+def test_train_stops_cleanly_on_an_interrupt_raised_mid_step(monkeypatch):
     """Where a KeyboardInterrupt still arises (wrapped by Numba or not), the step in flight
-    is discarded and the history says the run was interrupted."""
+    is discarded and the history says the run was interrupted (the loop written out: a
+    compiled step calls loss_fn only while it traces; the next test covers its call)."""
+    from demos.common import training
+    monkeypatch.setattr(training, "whole_step", lambda *a, **k: None)
     mg.manual_seed(0)
     model = mg.nn.Linear(2, 1)
     opt = mg.optim.SGD(model.parameters(), lr=0.1)
@@ -137,6 +140,25 @@ def test_train_stops_cleanly_on_an_interrupt_raised_mid_step():
 
     history = common.train(model, opt, loss_fn, common.forever([0]), 10, progress=False)
     assert len(history.losses) == 3 and history.stopped == "interrupted"
+
+
+def test_an_interrupt_inside_the_one_compiled_call_is_not_a_step_that_cannot_compile():
+    """The compiled step's call: an interrupt (wrapped by Numba or not) goes on up to
+    train(), which discards the step; any other error there means "run the loop"."""
+    from demos.common import training
+
+    def wrapped(batch):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise SystemError("returned a result with an exception set") from e
+
+    def numpy_on_a_tensor(batch):
+        raise TypeError("int() argument must be ... not 'Tensor'")
+
+    with pytest.raises(SystemError):
+        training._one_call(wrapped, 0)
+    assert training._one_call(numpy_on_a_tensor, 0) == (None, None)
 
 
 def test_train_stops_between_steps_when_ctrl_c_was_pressed():

@@ -136,3 +136,52 @@ def test_a_model_too_big_for_memory_is_one_line(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("names.py: out of memory (Unable to allocate") and \
         "choose a smaller --hidden" in line
+
+
+def _names_run(tmp_path, monkeypatch, whole):
+    """The names demo for 40 steps, its step one compiled call (``whole``) or the loop
+    written out (as with ``sync``): (losses, the compiled step or None, final weights)."""
+    made, real = [], training.whole_step
+    monkeypatch.setattr(training, "whole_step", lambda *a, **k: made.append(real(*a, **k)) or
+                        made[-1] if whole else None)
+    out = tmp_path / ("whole" if whole else "loop")
+    names.main([*QUICK, "--out", str(out), "--steps", "40"])
+    ckpt = mg.load(out / "checkpoint.npz")
+    return ckpt["losses"], made, weights(ckpt["model"])
+
+
+def test_the_training_loop_takes_a_step_as_one_compiled_call(tmp_path, monkeypatch):
+    """``train()``'s step (loss, zero_grad, backward, clipping, Adam) as one ``mg.compile``d
+    call equals the loop written out, step for step, and it did compile."""
+    got, made, w = _names_run(tmp_path, monkeypatch, True)
+    want, none, w0 = _names_run(tmp_path, monkeypatch, False)
+    assert len(made) == 1 and made[0].why is None and made[0].compiled_calls > 20 and not none
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for k in w0:
+        np.testing.assert_allclose(w[k], w0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("kind", ["raises", "falls back"])
+def test_a_loss_that_cannot_be_one_call_trains_with_the_loop_written_out(kind):
+    """A loss_fn running NumPy on its batch raises inside a trace; one building a tensor
+    from NumPy data makes mg.compile fall back (that call took the step eagerly): either way
+    the loop runs it as written from there, every step taken once (the loop's weights)."""
+    def run(whole):
+        mg.manual_seed(0)
+        model = mg.nn.Linear(3, 1)
+        opt = mg.optim.SGD(model.parameters(), lr=0.1)
+        xs = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+
+        def loss_fn(batch):
+            i = int(np.asarray(batch)[0]) if kind == "raises" else 3  # (a TypeError traced)
+            return ((model(mg.tensor(xs[i:i + 4])) - 1.0) ** 2).mean()
+        real = training.whole_step
+        training.whole_step = real if whole else (lambda *a, **k: None)
+        try:
+            hist = training.train(model, opt, loss_fn, iter(np.arange(12)[:, None] % 16),
+                                  12, progress=False)
+        finally:
+            training.whole_step = real
+        return hist.losses, model.weight.data.copy()
+    (got, w), (want, w0) = run(True), run(False)
+    assert got == want and np.array_equal(w, w0) and got[-1] < got[0]

@@ -2,6 +2,8 @@
 checkpoints), its loss history, and evaluation."""
 
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +11,7 @@ from tqdm import tqdm
 
 import minigrad as mg
 from demos.common.interrupts import ctrl_c, is_interrupt
+from minigrad.compiler import whole
 from minigrad.data import pad_batch
 from minigrad.optim import clip_grad_norm_, grad_norm
 
@@ -16,6 +19,8 @@ CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"  # the model with the lowest held-out loss, beside the last checkpoint
 PLOT = "loss.png"
 DIVERGED = 4.0  # a loss above DIVERGED * log V (a uniform guess costs log V) has diverged
+WORTH = 40.0  # seconds a run must have left to start the whole step's compile (~20-35 s of
+#               the other core, stopped at exit: make demo's 5-s run would only waste it)
 
 
 @dataclass
@@ -98,33 +103,55 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
     ``sync(loss) -> (loss, stop)``, if given, runs after ``backward()``: data-parallel
     training sums every rank's gradients and loss in it, and all ranks stop together
     (:mod:`demos.common.parallel`).
+
+    Without ``sync`` a step is one ``mg.compile``d call — the loss, ``zero_grad()``,
+    ``backward()``, clipping and ``step()`` (:func:`whole_step`) — which becomes one Numba
+    function after 20 calls, compiled in another process meanwhile; the checks then read
+    its loss and its gradients' norm after the update (clipped: a NaN or inf stays one), and
+    that compile starts only when steps 21-40 timed say ``WORTH`` seconds are left.  A
+    ``loss_fn`` that cannot be compiled that way (one that builds tensors from its batch's
+    NumPy data, say) trains with the loop as written out below, from that step on.
     """
     history = History() if history is None else history
+    one_call = whole_step(model, optimizer, loss_fn, clip) if sync is None else None
     start = len(history.losses)
     if start >= steps:
         print(f"nothing to train: already at step {start} (target {steps}); ask for more steps")
     model.train()
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=not progress)
+    clock, after = time.perf_counter(), whole.AFTER
+    whole.AFTER = None  # (set again below if this run is long enough to use it)
     with ctrl_c() as interrupt:
         try:
             for step in range(start + 1, steps + 1):
                 if interrupt.requested and sync is None:  # with sync: all ranks at once, below
                     break
-                loss = loss_fn(next(batches))
-                optimizer.zero_grad()
-                loss.backward()
+                batch, loss = next(batches), None
+                if one_call is not None:  # (if it cannot compile: the loop below, from here)
+                    loss, one_call = _one_call(one_call, batch)
+                took = loss is not None  # (the call took the whole step, update included)
+                if not took:
+                    loss = loss_fn(batch)
+                    optimizer.zero_grad()
+                    loss.backward()
                 value, stop = sync(float(loss.data)) if sync else (float(loss.data), False)
                 if not value <= max_loss:  # NaN fails this comparison too
                     raise Diverged(step, f"the loss is {value:.4g}" + (
                         f", far above log V (stopping above {max_loss:.3g})"
                         if math.isfinite(value) else ""))
                 params = model.parameters()
-                norm = clip_grad_norm_(params, clip) if clip else grad_norm(params)
+                norm = clip_grad_norm_(params, clip) if clip and not took else grad_norm(params)
                 if not math.isfinite(norm):
                     raise Diverged(step, f"the gradient norm is {norm}")
-                optimizer.step()
+                if not took:
+                    optimizer.step()
                 history.add(value)
+                if step == start + 20:  # (steps 21-40 timed: past the first traces)
+                    clock = time.perf_counter()
+                if step == start + 40 and one_call is not None and after is not None:
+                    left = (time.perf_counter() - clock) / 20 * (steps - step)
+                    whole.AFTER = after if left >= WORTH else None
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.recent():.3f}", refresh=False)
                 if every and on_every and step % every == 0:
@@ -151,11 +178,44 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
             interrupt.requested = True
         finally:
             bar.close()
+            whole.AFTER = after
         if interrupt.requested:
             history.stopped = "interrupted"
             tqdm.write(f"interrupted at step {len(history.losses)}: stopping cleanly (Ctrl-C "
                        "again to quit at once)")
     return history
+
+
+def _one_call(step, batch):
+    """(loss, step) of a :func:`whole_step` call, or (None, None) if the step cannot be
+    compiled: its trace raised (a loss_fn that runs NumPy on its batch: the loop runs it as
+    written and raises a real error again there), or it fell back to eager (then it took the
+    step: that loss)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mg.CompileFallbackWarning)
+            loss = step(batch)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        if is_interrupt(e):  # (Ctrl-C inside a compiled call: train() discards the step)
+            raise
+        return None, None
+    return loss, step if step.why is None else None
+
+
+def whole_step(model, optimizer, loss_fn, clip=None):
+    """``step(batch) -> loss``: one training step as one ``mg.compile``d call."""
+    params = list(model.parameters())  # (a generator would be empty at the second trace)
+
+    @mg.compile
+    def step(batch):
+        loss = loss_fn(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        if clip:
+            clip_grad_norm_(params, clip)
+        optimizer.step()
+        return loss
+    return step
 
 
 @mg.no_grad()

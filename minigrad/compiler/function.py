@@ -362,11 +362,12 @@ SIGNATURES = 64  # traced per function at most (each new one costs two traced ca
 
 class CompiledFunction:
     """``mg.compile(fn)``: call it as ``fn``.  ``program(*args)`` is the traced program of
-    that signature (print it), or None while it is not compiled yet."""
+    that signature (print it), or None while it is not compiled yet; ``why``: why a
+    signature last ran eagerly (None: none has)."""
 
     def __init__(self, fn, name=None):
         self.fn, self.name = fn, name or getattr(fn, "__qualname__", type(fn).__name__)
-        self._cache, self._warned, self._modules = {}, False, None
+        self._cache, self._warned, self._modules, self.why = {}, False, None, None
         self._edits, self._layout = None, []
         self.compiled_calls = 0  # calls that ran the compiled program (the tests read it)
 
@@ -463,6 +464,7 @@ class CompiledFunction:
         self.__init__(state["fn"], state["name"])
 
     def _fall_back(self, key, why):
+        self.why = why
         if key is not None:
             self._cache[key] = False
         if not self._warned:

@@ -487,6 +487,7 @@ class Whole:
     def __init__(self, prog, loss):
         self.prog, self.loss, self.calls, self.fns = prog, loss, 0, {}
         self.seen = {False: 0, True: 0}  # (calls per variant: split or not)
+        self.started = set()
         self.why, self.sgd = None, _sgd(prog)  # (SGD's step, taken inside the call)
 
     @property
@@ -504,7 +505,9 @@ class Whole:
         split = n > 1
         if split not in self.fns:
             self.seen[split] += 1
-            if self.seen[split] == AFTER and self.why is None:
+            if AFTER is not None and self.seen[split] >= AFTER and self.why is None and \
+                    split not in self.started:  # (AFTER may be set later: demos' train())
+                self.started.add(split)
                 self._start(arrays, split)
             return None
         fn, draws, extras, wanted = self.fns[split]
