@@ -218,9 +218,10 @@ def test_numpy_on_the_data_runs_eagerly_with_one_warning_that_says_why():
         return (doubled * w).sum()
 
     compiled = mg.compile(fn)
+    assert compiled.why is None
     with pytest.warns(mg.CompileFallbackWarning, match="from NumPy data") as caught:
         values = [float(compiled(np.full(3, float(i))).data) for i in range(4)]
-    assert len(caught) == 1
+    assert len(caught) == 1 and "from NumPy data" in compiled.why  # (the reason, kept)
     assert values == [0.0, 6.0, 12.0, 18.0]  # right on every call, eager after the check
     assert compiled.compiled_calls == 0
 
