@@ -480,9 +480,9 @@ class Whole:
     """A ``mg.compile``d training step's program as one call, once compiled (in the
     background: another process compiles it into the disk cache, after ``AFTER`` calls, so
     that a short run never pays for it), one function for one thread and one that splits
-    its work for more (its parallel code compiles for twice as long: 37 against 21 s for a
-    new GRU language model here).  ``calls``: the calls that ran it; ``why``: why it is not
-    used (None: it is, or will be)."""
+    its work for more (its parallel code compiled 10-16 s longer for a new language model
+    here, which one thread need not pay).  ``calls``: the calls that ran it; ``why``: why it
+    is not used (None: it is, or will be)."""
 
     def __init__(self, prog, loss):
         self.prog, self.loss, self.calls, self.fns = prog, loss, 0, {}
@@ -497,7 +497,7 @@ class Whole:
 
     def run(self, arrays):
         """(outputs, gradients of the inputs ``wanted``) of one call, or None: run the Python
-        program (not compiled yet, or the batch is split across threads, or an error the
+        program (not compiled yet, two recurrences side by side on threads, or an error the
         Python program will say better: an id out of range)."""
         n = threads.get_num_threads()
         if n > 1 and (self.prog.pairs or not threads.native()):
