@@ -187,10 +187,9 @@ def train(model, optimizer, loss_fn, batches, steps, *, history=None, clip=None,
 
 
 def _one_call(step, batch):
-    """(loss, step) of a :func:`whole_step` call, or (None, None) if the step cannot be
-    compiled: its trace raised (a loss_fn that runs NumPy on its batch: the loop runs it as
-    written and raises a real error again there), or it fell back to eager (then it took the
-    step: that loss)."""
+    """(loss, step) of a :func:`whole_step` call; (loss, None) when it fell back to eager
+    (that call took the step); (None, None) when its trace raised (a loss_fn running NumPy
+    on its batch: the loop then runs the step as written, and raises a real error again)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", mg.CompileFallbackWarning)
