@@ -439,10 +439,11 @@ class _Writer:
 
 def render(prog, walk, update=(), split=False):
     """(source, draws, extras, wanted) of program ``prog`` (a ``_Program``) whose output
-    ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras, lr)`` returns its
+    ``walk`` is the loss: ``whole(*inputs, *draws' values, *extras, lr, sp)`` returns its
     outputs then the gradients of the inputs listed in ``wanted``, and takes SGD's step
     ``x -= lr * gradient`` on the inputs in ``update`` (in place, as ``SGD.step()``, after
-    everything else).  Raises :class:`Unsupported`."""
+    everything else); ``split``: the function for more than one thread (``sp``:
+    :func:`_split`).  Raises :class:`Unsupported`."""
     w = _Writer(split)
     if any(v.dtype != np.float32 for v in prog.outs if v.dtype.kind == "f"):
         raise Unsupported("not float32")
