@@ -5,8 +5,9 @@ Layout: ``<root>/<tag>/`` where ``<root>`` is ``$MINIGRAD_CACHE_DIR`` (default
 ``~/.cache/minigrad``) and ``<tag>`` hashes everything compiled code depends on besides its
 own text: the source of every file of ``minigrad/kernels`` and ``minigrad/compiler`` (the
 helpers a kernel calls or inlines) and of this file (the cache's formats), the Numba,
-llvmlite, NumPy and Python versions and the CPU target (:func:`versions`). So editing or
-upgrading any of them starts a new directory and nothing stale is ever loaded. Inside it are
+llvmlite, NumPy and Python versions, the CPU target and the BLAS choice (:func:`versions`).
+So editing, upgrading or changing any of them starts a new directory and nothing stale is
+ever loaded. Inside it are
 the generated modules (``mg_<hash>.py``, named by the hash of their text) and Numba's index
 (``.nbi``) and data (``.nbc``) files of every kernel: the package's own and the generated
 ones (never beside the sources).
@@ -67,13 +68,21 @@ def versions():
     for path in sorted([__file__, *sources[0], *sources[1]]):
         with open(path, "rb") as f:
             h.update(os.path.relpath(path, PACKAGE).encode() + b"\0" + f.read() + b"\0")
-    cfg = numba.config
-    cpu = cfg.CPU_NAME or llvm.get_host_cpu_name()
+    cfg = numba.config  # (the BLAS: compiled code calls its sgemm by name; the CPU's
+    cpu = cfg.CPU_NAME or llvm.get_host_cpu_name()  # vendor is in the target's name)
+    blas = f"{os.environ.get('MINIGRAD_BLAS', '').lower() or 'auto'}, MKL " + (
+        "installed" if mkl_libraries() else "absent")
     features = cfg.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
     return {"minigrad kernels+compiler+cache": h.hexdigest()[:16], "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0], "target": f"{llvm.get_process_triple()} {cpu}",
+            "blas": blas,
             "cpu features": hashlib.sha256(features.encode()).hexdigest()[:16]}
+
+
+def mkl_libraries():
+    """MKL's runtime in this environment (the ``mkl`` package puts it in lib/)."""
+    return sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
 
 
 @functools.cache
@@ -335,12 +344,13 @@ def warn_once(key, message):
         warn(message)
 
 
-def compile_elsewhere(texts, sigs, blas):
+def compile_elsewhere(texts, sigs):
     """Compile ``sigs`` ({name: Numba signature}) of the generated module ``texts[-1]`` (after
     the modules ``texts[:-1]`` it imports) in a fresh Python process, into the disk cache,
     from which the caller then loads them.  NOTE: a compile holds the GIL for seconds; in a
     background thread it took the GIL from the steps running meanwhile (the names demo's
-    first two-thread run: 1000 steps in 22 s against 8.9 for one thread).  Returns the
+    first two-thread run: 1000 steps in 22 s against 8.9 for one thread).  It inherits the
+    environment: the BLAS it chooses, and so its cache directory, are this one's.  Returns the
     process's exit code (None: no disk cache, or no process; < 0: killed by a signal)."""
     if directory() is None:
         return None
@@ -349,7 +359,7 @@ def compile_elsewhere(texts, sigs, blas):
         proc = subprocess.Popen(
             [sys.executable, "-c", "from minigrad.compile_cache import _compile; _compile()"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path, "MINIGRAD_BLAS": blas})
+            env={**os.environ, "PYTHONPATH": path})
         _RUNNING.add(proc)  # (killed if this process exits first: no process outlives it)
         proc.communicate(pickle.dumps((texts, sigs)))
         _RUNNING.discard(proc)

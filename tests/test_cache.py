@@ -150,11 +150,39 @@ def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):
     assert after["ce"] == pytest.approx(after["ce_ref"] + math.log(2), abs=1e-12)
 
 
-def test_the_key_covers_sources_versions_and_cpu():
+def test_the_key_covers_sources_versions_cpu_and_blas(monkeypatch):
     v = cache.versions()
     assert {"minigrad kernels+compiler+cache", "numba", "llvmlite", "numpy", "python", "target",
-            "cpu features"} <= set(v)
+            "cpu features", "blas"} <= set(v)
     assert len(cache.tag()) == 16 and cache.directory().endswith(cache.tag())
+    monkeypatch.setenv("MINIGRAD_BLAS", "mkl" if os.environ.get("MINIGRAD_BLAS") != "mkl"
+                       else "openblas")
+    assert cache.versions()["blas"] != v["blas"]
+
+
+MM = """import numpy as np
+from minigrad import compile_cache
+from minigrad.kernels import blas, program
+a, b = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
+print(blas.NAME, float(program.mm(a, b).sum()), compile_cache.tag())
+"""
+
+
+@pytest.mark.skipif(not cache.mkl_libraries(), reason="MKL is not installed (the mkl extra)")
+def test_a_kernel_cached_with_one_blas_is_not_loaded_with_another(tmp_path):
+    """Compiled code calls its BLAS's sgemm by name: a kernel cached with OpenBLAS, loaded
+    after MINIGRAD_BLAS changed (or MKL was installed), called a symbol never loaded: the
+    process died (SIGSEGV).  Each choice has a cache directory of its own."""
+    out = []
+    for name in ("openblas", "mkl", "openblas"):
+        env = {**os.environ, "MINIGRAD_CACHE_DIR": str(tmp_path), "MINIGRAD_BLAS": name}
+        env.pop("PYTHONPATH", None)
+        proc = subprocess.run([sys.executable, "-c", MM], cwd=ROOT, env=env, timeout=600,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, (name, proc.returncode, proc.stderr[-2000:])
+        out.append(proc.stdout.split())
+    assert [o[:2] for o in out] == [["openblas", "24.0"], ["mkl", "24.0"], ["openblas", "24.0"]]
+    assert out[0][2] == out[2][2] != out[1][2]
 
 
 # ---------------------------------------------------------------------- verified on load

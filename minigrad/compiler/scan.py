@@ -190,8 +190,7 @@ class CompiledStep:
             self.njit = True
             drivers = {n: sig for n, sig in sigs.items()
                        if n.endswith("_chunks") and n not in self._drivers}
-            if drivers and (compile_cache.compile_elsewhere(self._texts, drivers, blas.NAME)
-                            or 0) < 0:
+            if drivers and (compile_cache.compile_elsewhere(self._texts, drivers) or 0) < 0:
                 return  # (interrupted: Ctrl-C reached that process too)
             for n, sig in drivers.items():  # (from the disk cache, when that process ran)
                 getattr(self._numba, n).compile(sig)

@@ -42,7 +42,6 @@ from minigrad.compiler.emit import lit
 from minigrad.compiler.ir import Var
 from minigrad.compiler.scan import _COMPILING, CompiledStep, _outers
 from minigrad.core import ops
-from minigrad.kernels import blas
 
 ARITHMETIC = (ops.ADD, ops.SUB, ops.MUL, ops.DIV, ops.NEG)  # (their scalar forms: on arrays)
 COMPARE = {ops.GT: ">", ops.GE: ">=", ops.LT: "<", ops.LE: "<="}
@@ -554,7 +553,7 @@ class Whole:
             with _ONE:  # (one at a time: each takes a core; in another process, as a compile
                 if BACKGROUND and not _compiled(text, sig):  # holds the GIL for seconds)
                     compile_cache.compile_elsewhere(
-                        [t for s in steps for t in s._texts] + [text], {"whole": sig}, blas.NAME)
+                        [t for s in steps for t in s._texts] + [text], {"whole": sig})
             with _LOADING:  # (not while the interpreter exits: see _exiting)
                 if _EXITING:
                     return

@@ -20,12 +20,12 @@ symbol; the recurrence compiler then keeps its loops in Python, where ``py_gemm`
 import ctypes
 import glob
 import os
-import sys
 
 import llvmlite.binding as llvm
 import numpy as np
 from numba import prange, types
 
+from minigrad.compile_cache import mkl_libraries
 from minigrad.kernels.jit import inline, parallel
 
 _ARGS = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 3 + [
@@ -36,8 +36,8 @@ SYMBOLS = {"openblas": "scipy_cblas_sgemm64_", "mkl": "cblas_sgemm_64"}
 
 def _libraries(name):
     """The shared libraries that may hold ``name``'s sgemm."""
-    if name == "mkl":  # (the mkl package puts it in the environment's lib/)
-        return glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))
+    if name == "mkl":
+        return mkl_libraries()
     here = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     return sorted(glob.glob(os.path.join(here, "libscipy_openblas*.so*")))
 
