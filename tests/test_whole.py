@@ -299,3 +299,23 @@ def test_a_whole_step_compiled_by_another_process_runs_in_a_fresh_one():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["4", "None", "True"], out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_the_compiled_split_is_the_python_programs(n_threads):
+    """``program.parts`` (inside a whole function) splits rows as ``threads.batch_chunks``
+    (a batch) and ``threads._bounds`` (a GEMM) do for the Python program: the same rule
+    written twice (compiled code cannot call the Python one), and a compiled step's sums are
+    the Python program's only while the two agree."""
+    from minigrad import threads
+    mg.set_num_threads(n_threads)
+    try:
+        sp = whole._split(n_threads)
+        for n in range(70):
+            chunks = threads.batch_chunks(n)
+            assert program.parts(n, sp).tolist() == [0] + [b for _, b in chunks]
+            for work in (1e6, 4e6, 9e6, 2e8):
+                blocks = threads._bounds(n, work)
+                assert program.parts(n, sp, work).tolist() == [0] + [b for _, b in blocks]
+    finally:
+        mg.set_num_threads(1)
