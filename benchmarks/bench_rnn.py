@@ -19,7 +19,7 @@ the first 4 steps (3 SGD updates) must agree (relative 1e-5, and the loss's fall
 step's GEMMs alone, through NumPy's BLAS, in minigrad's process) for a window of steps; the
 table shows the median round.  Peak RSS is each process's own (minigrad's without the
 floor's operands).  First steps run in fresh
-processes: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same directory
+processes with the most threads asked for, on as many cores: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same directory
 (warm), then, cold, a new hidden size after the first; JAX's first step is its compile.
 
     python benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md  # make bench
@@ -516,8 +516,9 @@ def report_minchar(rep, rows):
               table, left=1)
 
 
-def report_first(rep, rows, others):
-    rep("### First training step in a fresh process (seconds)")
+def report_first(rep, rows, others, threads):
+    rep(f"### First training step in a fresh process (seconds; {threads} thread(s) on "
+        f"{threads} core(s), every framework)")
     rep()
     table = [[cfg.name, cell, _s(f.get("empty")), _s(f["cold"]), _s(f["warm"]),
               f"{_s(f['new'])} (H {f['new_h']})", _s(f["import_warm"]),
@@ -532,7 +533,9 @@ def report_first(rep, rows, others):
         "empty-cache directory; new hidden size = in the new-cell process, after its first "
         "steps, the first step of the same model at another H. Every minigrad first step "
         "runs its loops as Python while Numba compiles them in the background. Peers: their "
-        "first step in a fresh process (JAX's is its trace and XLA compile).")
+        "first step in a fresh process (JAX's is its trace and XLA compile). With more than one "
+        "core, minigrad compiles a new cell's backward kernels in a forked copy of the process "
+        "while it compiles the forward's.")
     rep()
 
 
@@ -641,8 +644,8 @@ def main(argv=None):
         if "first" in sections:
             for cfg in configs:
                 for cell in [c for c in cells if c in cfg.cells]:
-                    f = first_steps(cfg, cell, thread_counts[0], cpus(thread_counts[0]),
-                                    present, tmp)
+                    f = first_steps(cfg, cell, max(thread_counts), cpus(max(thread_counts)),
+                                    present, tmp)  # (as a user starts: every core)
                     rows_first.append((cfg, cell, f))
                     print(f"  [{cfg.name} {cell} first steps: {f}]", flush=True)
     if results:
@@ -651,7 +654,7 @@ def main(argv=None):
     if rows_minchar:
         report_minchar(rep, rows_minchar)
     if rows_first:
-        report_first(rep, rows_first, present)
+        report_first(rep, rows_first, present, max(thread_counts))
     rep(f"_Total {time.perf_counter() - t_start:.0f} s; load average at end: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}_")
     if args.markdown:

@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ import llvmlite
 import llvmlite.binding as llvm
 import numba
 import numpy as np
+from numba.core import compiler_lock
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataCacheFile
 from numba.core.caching import _CacheLocator as CacheLocator
 from numba.core.serialize import dumps
@@ -371,10 +373,55 @@ def compile_elsewhere(texts, sigs):
 _RUNNING = set()
 
 
+def compile_forked(jobs):
+    """Compile ``jobs`` ([(dispatcher, signature)]) into the disk cache in a forked copy of
+    this process (Numba, LLVM and the modules already loaded: it starts at once) while this
+    one goes on.  Returns a function that waits for it (at most ``FORK_TIMEOUT`` s), or None
+    where it does not fork: ``FORK`` off, no disk cache, one CPU in this process's affinity,
+    not Linux, MPI or JAX loaded (their threads), or another thread compiling (the copy
+    would inherit its locks held)."""
+    if not (jobs and FORK and sys.platform == "linux" and directory() is not None and
+            len(os.sched_getaffinity(0)) > 1 and not {"mpi4py.MPI", "jax"} & sys.modules.keys()):
+        return None
+    locks = [compiler_lock.global_compiler_lock._lock, llvm.ffi.lib._lock._lock]
+    held = [lock for lock in locks if lock.acquire(blocking=False)]
+    try:
+        with warnings.catch_warnings():  # (Python 3.12's, for any threads: the copy only compiles)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork() if len(held) == len(locks) else None
+    except OSError:  # (no memory for the copy)
+        pid = None
+    finally:
+        for lock in held:
+            lock.release()
+    if pid == 0:  # the copy: compile, write the cache, exit (none of this process's exit code)
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C is the parent's to handle)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            for dispatcher, sig in jobs:
+                dispatcher.compile(sig)
+        finally:
+            os._exit(0)
+    if pid is None:
+        return None
+    _FORKED[pid] = reaper = threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True)
+    reaper.start()  # (no zombie, even if nobody waits)
+    return lambda: reaper.join(FORK_TIMEOUT)  # (then the cache has them, or this compiles)
+
+
+FORK = True  # False: never compile in a forked process (compile_forked returns None)
+FORK_TIMEOUT = 120.0
+_FORKED = {}  # pid -> the thread that waits for it
+
+
 @atexit.register
-def _stop_compiles():
+def _stop_compiles():  # (no process outlives this one)
     for proc in list(_RUNNING):
         proc.kill()
+    for pid, reaper in list(_FORKED.items()):
+        if reaper.is_alive():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _compile():  # (the process compile_elsewhere starts)

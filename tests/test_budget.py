@@ -67,7 +67,10 @@ Why these limits (code lines; today's counts in the README's table):
   budget.  385: +20 for compiling in another process into the cache
   (``compile_elsewhere``): the chunks' drivers compile for 3-8 s, and in a background thread
   that compile held the GIL against the steps (the names demo's first 2-thread run: 1000
-  steps in 22.2 s; in another process 15.5 s).
+  steps in 22.2 s; in another process 15.5 s).  420: +35 for compiling in a forked copy
+  of the process (``compile_forked``: it starts at once, where a fresh process spent 1.0-1.5
+  s importing and starting LLVM), safely (not while another thread compiles, not under MPI,
+  no zombie, bounded wait): a new cell's backward kernel compiles while its forward runs.
 * **compiler ≤ 1220**: trace, IR and its contract (``verify``, ``stages``; ~220), four
   rewrites (~120), the reverse body derived as a program by transposition (~220), one
   lowering (~160) and one emitter (~145) for both loops, and the scan primitive (~300: one
@@ -100,6 +103,9 @@ Why these limits (code lines; today's counts in the README's table):
   large as the weight's, and dropped: D's step 3.59 -> 3.20 ms with one thread).
   1430: +5 for a chunks driver that calls its loop directly when the batch is one chunk
   (no parallel region started: the whole step with two threads at B < 16).
+  1450: +20 for a new cell's backward kernels typed by the emitter and compiled in a
+  forked process while the forward's compile here (``scan._compile_ahead``): a new cell's
+  first step at K (char-rnn's defaults) 2.1 -> 1.1 s, at N 1.7 -> 1.15 s.
 * **function ≤ 335**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,

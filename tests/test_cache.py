@@ -109,6 +109,49 @@ def copy_of(warm, tmp_path):
     return d, os.path.join(d, os.path.basename(warm[1]["dir"]))
 
 
+FORKED = r"""
+import json, sys
+import numpy as np
+import minigrad as mg
+from minigrad import compile_cache
+from models.layers import LSTM
+
+compile_cache.FORK = sys.argv[1] == "1"
+mg.manual_seed(0)
+layer = LSTM(3, 5, dtype=np.float32)
+x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+out, _ = layer(mg.tensor(x))
+(out * out).sum().backward()
+kernels = {m.__name__: (sum(m.fused.stats.cache_misses.values()),
+                        sum(m.fused.stats.cache_hits.values()), len(m.fused.signatures))
+           for m in list(sys.modules.values()) if m.__name__.startswith("mg_")
+           and hasattr(m, "fused")}
+print(json.dumps({"kernels": kernels, "grads": [p.grad.tolist() for p in layer.parameters()]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="compiles in a forked process only on Linux with two CPUs")
+def test_a_new_cells_backward_kernels_compile_in_a_forked_process(tmp_path):
+    """A new cell's first step compiles its forward kernel here and its backward kernel in a
+    forked copy of the process meanwhile: the backward's is loaded from the cache (a hit),
+    not compiled here (a miss), which fails if the emitter's signature for it differs from
+    the one the loop calls.  Off (``FORK = False``), both compile here; the gradients are
+    the same bits either way."""
+    runs = {}
+    for fork in ("1", "0"):
+        env = {**os.environ, "MINIGRAD_CACHE_DIR": str(tmp_path / fork)}
+        proc = subprocess.run([sys.executable, "-c", FORKED, fork], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        runs[fork] = json.loads(proc.stdout.strip().splitlines()[-1])
+    forked, here = runs["1"]["kernels"], runs["0"]["kernels"]
+    assert forked.keys() == here.keys() and len(forked) == 2  # (the LSTM's two kernels)
+    assert sorted(forked.values()) == [[0, 1, 1], [1, 0, 1]]  # (misses, hits, signatures)
+    assert sorted(here.values()) == [[1, 0, 1], [1, 0, 1]]
+    assert runs["1"]["grads"] == runs["0"]["grads"]
+
+
 # ---------------------------------------------------------------------- keyed on sources
 
 def test_a_helper_changed_in_the_package_reaches_the_next_run(tmp_path, warm):

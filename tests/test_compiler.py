@@ -193,6 +193,26 @@ def test_compiled_equals_eager_for_every_cell(name, size, reverse, masked, given
                 lengths)
 
 
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+def test_the_backward_kernels_are_typed_ahead_as_their_loop_calls_them(name, dtype):
+    """A new cell's backward kernels compile in a forked process while its forward runs
+    (``compile_cache.compile_forked``), for the signatures the emitter gives them: these
+    must be the ones the backward loop then calls them with, with and without lengths."""
+    from minigrad.compiler.scan import _CACHE
+
+    cell = CELLS[name](3, 4, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(dtype)
+    for lengths in (None, np.array([5, 2])):
+        out, _ = Recurrent(cell, compiled=True)(mg.tensor(x), None, lengths)
+        (out * out).sum().backward()
+    steps = list(_CACHE[cell].values())
+    assert len(steps) == 2 and all(s.backward_kernels for s in steps)
+    for step in steps:
+        for module, sig in step.backward_kernels:
+            assert module.fused.signatures == [sig], (module.__name__, step.kernel_source)
+
+
 @pytest.mark.parametrize("cls", [RNN, GRU, LSTM])
 def test_compiled_equals_eager_for_deep_bidirectional_stacks(cls):
     """Dropout between layers, learned initial states and lengths, on both paths."""

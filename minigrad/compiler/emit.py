@@ -61,6 +61,7 @@ class Emitter:
 
     def __init__(self):
         self.dims, self.kernels, self.statics, self.count = [], [], {}, 0
+        self.kinds = []  # each kernel's arguments: "int", "row" (B, n) or "vector" (n,)
 
     def size(self, n):
         if n == 0:
@@ -173,6 +174,8 @@ class Emitter:
             b, off = self.low.base(v)
             reads.append(f"q_{k.name(v)} = {k.row(self.where[b], off)}")
             body.append(f"q_{k.name(v)}[j] = {k.name(v)}")
+        self.kinds.append(("int", "int", *("vector" if a in k.vectors else "row"
+                                            for a in k.arrays), *["int"] * len(k.ints)))
         self.kernels.append("\n".join(
             ["@kernel", f"def fused(B, N, {k.params()}):", "    for b in range(B):"]
             + ["        " + s for s in reads] + ["        for j in range(N):"]
@@ -188,6 +191,7 @@ class Emitter:
             return f"s_{x} = {k.array(self.where[b])}[b, {k.offset(off)}]"
         self.flat.add(self.where[b])
         p = k.array(self.where[b] + "V")
+        k.vectors.add(self.where[b] + "V")
         return f"s_{x} = {p}[0]" if kind == "scalar" else f"r_{x} = {p}"
 
 
@@ -198,6 +202,7 @@ class _KArgs:
 
     def __init__(self, n, emitter):
         self.n, self.em, self.arrays, self.ints, self.names = n, emitter, {}, [], {}
+        self.vectors = set()
 
     def name(self, v):
         """A value's name in the kernel, by first use (the same kernel, the same text)."""

@@ -107,8 +107,9 @@ class CompiledStep:
         stored = [v for v in dict.fromkeys(stored) if v not in self.rbind]
         self.rbind.update({v: (f"Y{len(rev.ys) - 1 + i}", "t") for i, v in enumerate(stored)})
         carry = [(f"C{i}", f"N{i}") for i in range(n)]
-        loops = [em.loop("forward", self.fwd, self.fbind), em.loop("backward", self.rev,
-                                                                     self.rbind, carry)]
+        loops = [em.loop("forward", self.fwd, self.fbind)]
+        nf = len(em.kernels)  # (the forward's kernels; then the backward's)
+        loops.append(em.loop("backward", self.rev, self.rbind, carry))
         drivers = [em.chunks("forward", self.fbind), em.chunks("backward", self.rbind, carry)]
         self.source, self.dims = "\n\n".join(loops), np.array(em.dims, np.int64)
         self._plan()
@@ -116,7 +117,13 @@ class CompiledStep:
         numba_loops = not generic and blas.AVAILABLE and self.dtype == np.float32 and NJIT_LOOPS
         texts, src = kernel_modules(self.dtype, em.kernels, *((loops, drivers) if numba_loops
                                                               else ()))
-        _announce(self, [kernels.load_kernels(t) for t in texts])
+        modules = [kernels.load_kernels(t) for t in texts]
+        _announce(self, modules)
+        dt = numba.from_dtype(self.dtype)  # (the backward's kernels, typed as its loop calls them)
+        types = {"int": numba.int64, "row": dt[:, ::1], "vector": dt[::1]}
+        self.backward_kernels = [(m, tuple(map(types.get, kinds)))
+                                 for m, kinds in zip(modules[nf:], em.kinds[nf:])]
+        self._ahead = _compile_ahead(self.backward_kernels, {m.__name__ for m in modules[:nf]})
         module, self.kernel_source = kernels.load_kernels(src), "\n\n".join(texts + [src])
         self._texts = texts + [src]
         ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
@@ -284,6 +291,9 @@ class CompiledStep:
                 for v in self.reverse.acc if v in self.rbind}  # (each chunk's own sums)
         for i, c in enumerate(chunks):
             c.update((a, x[i, ...]) for a, x in accs.items())  # (a 0-d sum stays an array)
+        for wait in self._ahead:  # (kernels compiled in a forked process meanwhile)
+            wait()
+        self._ahead = ()
         self._run("backward", chunks, {**full, **accs}, (T, 1 - r, r), self.rargs, env)
         for t, ret in enumerate(retain or ()):
             ret.grad = full["Z"][t]
@@ -366,12 +376,28 @@ class CompiledStep:
 def _announce(step, modules):
     """One line before a first compile of this cell's kernels (nothing when Numba's cache
     already has them)."""
-    new = {m.__name__ for m in modules if not glob.glob(os.path.splitext(m.__file__)[0] +
-                                                          ".fused*.nbi")} - _ANNOUNCED
+    new = {m.__name__ for m in modules if not _cached(m)} - _ANNOUNCED
     if new:
         _ANNOUNCED.update(new)
         tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
                         "later runs load them from the cache", file=sys.stderr)
+
+
+def _compile_ahead(kernels, forward):
+    """Start compiling the backward loop's new kernels (``kernels``: [(module, signature)])
+    in a forked copy of this process, while this one compiles the forward's (the module
+    names ``forward``): a new cell's first step waits for one kernel's compile, not two.
+    Returns the waits to call before the backward first runs."""
+    new = [(m, sig) for m, sig in kernels if m.__name__ not in forward | _AHEAD.keys()
+           and not _cached(m)]
+    wait = compile_cache.compile_forked([(m.fused, sig) for m, sig in new])
+    _AHEAD.update((m.__name__, wait) for m, _ in new if wait is not None)
+    return {_AHEAD[m.__name__] for m, _ in kernels if m.__name__ in _AHEAD}
+
+
+def _cached(module):
+    """Does the disk cache hold a generated kernel module's compiled code?"""
+    return bool(glob.glob(os.path.splitext(module.__file__)[0] + ".fused*.nbi"))
 
 
 def _arg_list(bind):
@@ -417,6 +443,7 @@ def _examples(cell, x_t, parts, batch, seed):
 
 _CACHE = weakref.WeakKeyDictionary()
 _COMPILING = weakref.WeakSet()
+_AHEAD = {}  # a kernel module's name -> the wait for its forked compile
 _ANNOUNCED = set()  # the kernel modules a compile was announced for
 
 
