@@ -18,9 +18,9 @@ the first 4 steps (3 SGD updates) must agree (relative 1e-5, and the loss's fall
 1 %), or the run stops.  Then interleaved rounds: each round times every framework (and the
 step's GEMMs alone, through NumPy's BLAS, in minigrad's process) for a window of steps; the
 table shows the median round.  Peak RSS is each process's own (minigrad's without the
-floor's operands).  First steps run in fresh
-processes with the most threads asked for, on as many cores: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same directory
-(warm), then, cold, a new hidden size after the first; JAX's first step is its compile.
+floor's operands).  First steps run in fresh processes with the most threads asked for, on
+as many cores: minigrad with a new empty ``MINIGRAD_CACHE_DIR`` (cold), then the same
+directory (warm), then, cold, a new hidden size after the first; JAX's first step is its compile.
 
     python benchmarks/bench_rnn.py --threads 1,2 --markdown benchmarks/results.md  # make bench
     python benchmarks/bench_rnn.py --configs N --cells lstm --threads 1 --quick    # < 1 minute

@@ -28,7 +28,10 @@ def reshaped(a, shape):
 
 @kernel
 def transposed(a, axes):
-    return np.transpose(a, axes)
+    """a's axes permuted, as a C-contiguous copy: its consumers (a GEMM, a lookup's ids,
+    a loop's gradients) read it flat, each had copied the view (twice, for a GEMM's
+    operand that is also a weight gradient's)."""
+    return np.ascontiguousarray(np.transpose(a, axes))
 
 
 @kernel
