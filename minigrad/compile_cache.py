@@ -406,7 +406,8 @@ def compile_forked(jobs):
         return None
     _FORKED[pid] = reaper = threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True)
     reaper.start()  # (no zombie, even if nobody waits)
-    return lambda: reaper.join(FORK_TIMEOUT)  # (then the cache has them, or this compiles)
+    # (then the cache has them, or this process compiles them: a copy still running is killed)
+    return lambda: reaper.join(FORK_TIMEOUT) or reaper.is_alive() and os.kill(pid, signal.SIGKILL)
 
 
 FORK = True  # False: never compile in a forked process (compile_forked returns None)

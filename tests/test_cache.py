@@ -116,7 +116,14 @@ import minigrad as mg
 from minigrad import compile_cache
 from models.layers import LSTM
 
-compile_cache.FORK = sys.argv[1] == "1"
+compile_cache.FORK = sys.argv[1] != "0"
+if sys.argv[1] == "late":  # the copy sleeps before it compiles: the backward cannot wait
+    class Slow:
+        def compile(self, sig):
+            import time
+            time.sleep(60)
+    forked, compile_cache.FORK_TIMEOUT = compile_cache.compile_forked, 0.5
+    compile_cache.compile_forked = lambda jobs: forked([(Slow(), None), *jobs])
 mg.manual_seed(0)
 layer = LSTM(3, 5, dtype=np.float32)
 x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
@@ -126,7 +133,11 @@ kernels = {m.__name__: (sum(m.fused.stats.cache_misses.values()),
                         sum(m.fused.stats.cache_hits.values()), len(m.fused.signatures))
            for m in list(sys.modules.values()) if m.__name__.startswith("mg_")
            and hasattr(m, "fused")}
-print(json.dumps({"kernels": kernels, "grads": [p.grad.tolist() for p in layer.parameters()]}))
+for reaper in compile_cache._FORKED.values():  # (a copy waited for too long is killed)
+    reaper.join(10.0)
+print(json.dumps({"kernels": kernels, "grads": [p.grad.tolist() for p in layer.parameters()],
+                  "forks": len(compile_cache._FORKED),
+                  "running": sum(r.is_alive() for r in compile_cache._FORKED.values())}))
 """
 
 
@@ -136,10 +147,11 @@ def test_a_new_cells_backward_kernels_compile_in_a_forked_process(tmp_path):
     """A new cell's first step compiles its forward kernel here and its backward kernel in a
     forked copy of the process meanwhile: the backward's is loaded from the cache (a hit),
     not compiled here (a miss), which fails if the emitter's signature for it differs from
-    the one the loop calls.  Off (``FORK = False``), both compile here; the gradients are
-    the same bits either way."""
+    the one the loop calls.  Off (``FORK = False``), both compile here.  A copy not done
+    when the backward needs it (``FORK_TIMEOUT``) is killed, none outlives the step, and
+    the backward compiles here.  The gradients are the same bits each way."""
     runs = {}
-    for fork in ("1", "0"):
+    for fork in ("1", "0", "late"):
         env = {**os.environ, "MINIGRAD_CACHE_DIR": str(tmp_path / fork)}
         proc = subprocess.run([sys.executable, "-c", FORKED, fork], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
@@ -149,7 +161,10 @@ def test_a_new_cells_backward_kernels_compile_in_a_forked_process(tmp_path):
     assert forked.keys() == here.keys() and len(forked) == 2  # (the LSTM's two kernels)
     assert sorted(forked.values()) == [[0, 1, 1], [1, 0, 1]]  # (misses, hits, signatures)
     assert sorted(here.values()) == [[1, 0, 1], [1, 0, 1]]
-    assert runs["1"]["grads"] == runs["0"]["grads"]
+    assert sorted(runs["late"]["kernels"].values()) == [[1, 0, 1], [1, 0, 1]]
+    assert [r["forks"] for r in runs.values()] == [1, 0, 1]
+    assert [r["running"] for r in runs.values()] == [0, 0, 0]
+    assert runs["1"]["grads"] == runs["0"]["grads"] == runs["late"]["grads"]
 
 
 # ---------------------------------------------------------------------- keyed on sources
