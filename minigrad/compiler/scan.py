@@ -58,7 +58,9 @@ class CompiledStep:
     ``reverse``: the loop body and its derived reverse (programs; ``print`` them);
     ``source``: the generated loops; ``kernel_source``: the generated modules (each kernel's,
     then the one that imports them and holds the loops); ``before.text``: the equations
-    before the loop and their reverse, as Python.
+    before the loop and their reverse, as Python; ``backward_kernels``: the backward loop's
+    kernel modules, each with the signature its loop calls it with (a new one is compiled
+    for it in a forked process meanwhile: :func:`_compile_ahead`).
     """
 
     def __init__(self, cell, x_t, state, masked=False):
