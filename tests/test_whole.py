@@ -80,6 +80,18 @@ def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
     assert want[STEPS - 2] < want[0]  # (it trains: the same batch four times)
 
 
+def test_one_layers_output_enters_the_next_without_a_copy():
+    """(B, T, H) out of a layer, (T, B, H) into the next: the two transposes cancel, in the
+    forward and in the reverse, so two layers copy no more than one does (ids, the head)."""
+    def copies(kind):
+        prog = _train(kind, None)[1]
+        text = whole.render(prog.whole.prog, prog.whole.loss)[0]
+        return text.count("transposed("), text
+
+    one, text = copies("lstm-1")
+    assert copies("lstm-2")[0] == one == 3, text
+
+
 @pytest.fixture
 def two_threads():
     mg.set_num_threads(2)

@@ -30,6 +30,7 @@ all on Numba's threads: deterministic for a thread count, round-off apart across
 """
 
 import atexit
+import re
 import sys
 import threading
 import warnings
@@ -116,7 +117,7 @@ class _Writer:
     def __init__(self, split=False):
         self.lines, self.scans, self.extras, self.modules, self.count = [], {}, [], {}, 0
         self.draws = []  # (random draws: made by their row in Python at every call, passed in)
-        self.split = split
+        self.split, self.perms = split, {}  # (perms: a transpose's name -> (source, axes))
 
     def mm(self, args, kind=""):
         """A product's call: ``mm`` (a @ b) or ``mm_tn`` (aᵀ g), in row blocks if split."""
@@ -125,6 +126,18 @@ class _Writer:
     def new(self, expr, stem="t"):
         name, self.count = f"{stem}{self.count}", self.count + 1
         self.lines.append(f"    {name} = {expr}")
+        if expr in self.perms:  # (a name for a transpose is one too)
+            self.perms[name] = self.perms[expr]
+        return name
+
+    def transposed(self, a, axes, stem="t"):
+        """a's axes permuted (a copy) after a's own transpose if any: none if it undoes it
+        (one layer's (B, T, H) output as the next layer's (T, B, H) input)."""
+        a, axes = (a, tuple(axes)) if a not in self.perms else \
+            (self.perms[a][0], tuple(self.perms[a][1][i] for i in axes))
+        if axes == tuple(range(len(axes))):
+            return a
+        self.perms[name := self.new(f"transposed({a}, {axes})", stem)] = (a, axes)
         return name
 
     def extra(self, value):
@@ -168,7 +181,7 @@ class _Writer:
             a, b = args
             expr = self.mm(f"{a}, {b}")
         elif p is ops.TRANSPOSE:
-            expr = f"{args[0]}.T" if args[1] is None else f"transposed({args[0]}, {args[1]})"
+            expr = f"{args[0]}.T" if args[1] is None else self.transposed(*args)
         elif p is ops.RESHAPE and e.args[0].shape:
             expr = f"reshaped({args[0]}, {self.extra(tuple(args[1]))})"  # (sizes: passed in)
         elif p is ops.SUM and args[1] is None and not args[2]:
@@ -235,7 +248,7 @@ class _Writer:
             return f"{g}.astype(np.{a.dtype.name})"
         if p is ops.TRANSPOSE:
             inv = None if args[1] is None else ops._inverse_perm(args[1])
-            return f"{g}.T" if inv is None else f"transposed({g}, {inv})"
+            return f"{g}.T" if inv is None else self.transposed(g, inv, "d")
         if p is ops.RESHAPE:
             return f"reshaped({g}, {args[0]}.shape)"
         if p is ops.SUM:
@@ -465,9 +478,18 @@ def render(prog, walk, update=(), split=False):
         len(w.draws))] + [f"e{i}" for i in range(len(w.extras))] + ["lr", "sp"]
     w.lines += [f"    sgd_step(x{i}, {outs[len(prog.outs) + wanted.index(i)]}, lr)"
                 for i in update if i in wanted]
+    ret = f"    return ({''.join(o + ', ' for o in outs)})"
     text = HEADER + "".join(head) + "\n\n@kernel\ndef whole(" + ", ".join(params) + "):\n" + \
-        "\n".join(w.lines) + f"\n    return ({''.join(o + ', ' for o in outs)})\n"
+        "\n".join(_unread(w.lines + [ret])) + "\n"
     return text, w.draws, w.extras, wanted
+
+
+def _unread(lines):
+    """lines without the copies (transposes) and names that nothing reads."""
+    while dead := [i for i, s in enumerate(lines) if re.match(r"    \w+ = (transposed\(|\w+$)", s)
+                   and len(re.findall(rf"\b{s.split()[0]}\b", "\n".join(lines))) == 1]:
+        lines = [s for i, s in enumerate(lines) if i not in dead]
+    return lines
 
 
 # ---------------------------------------------------------------- compiled, then used
