@@ -330,9 +330,9 @@ def first_steps(cfg, cell, threads, cpus, others, tmp):
     new_h = NEW_HIDDEN if cfg.H != NEW_HIDDEN else NEW_HIDDEN + 16
     out = {"new_h": new_h}
 
-    def once(framework, env=None, model_cell=cell, **kw):
-        w = weights if model_cell == cell else f"{weights}.{model_cell}.npz"
-        child = Child(_spec("first", framework, cfg, model_cell, threads, cpus, w, **kw), env)
+    def once(framework, env=None, model_cell=cell, c=cfg, **kw):
+        w = weights if (c, model_cell) == (cfg, cell) else f"{weights}.{c.name}-{model_cell}.npz"
+        child = Child(_spec("first", framework, c, model_cell, threads, cpus, w, **kw), env)
         try:
             reply = child.receive()
             child.proc.wait()
@@ -346,10 +346,9 @@ def first_steps(cfg, cell, threads, cpus, others, tmp):
         warm = once("minigrad", env)
     with tempfile.TemporaryDirectory(prefix="mg-bench-cache-") as cache:
         env = dict(os.environ, MINIGRAD_CACHE_DIR=cache)
-        if cfg.bidirectional:  # (the tagger is always an LSTM: warm with its eager step)
-            once("minigrad", env, compiled=False)
-        else:
-            once("minigrad", env, model_cell="gru" if cell != "gru" else "rnn")  # another cell
+        # another cell's model first (the tagger is always an LSTM: the names GRU)
+        once("minigrad", env, model_cell="gru" if cell != "gru" else "rnn",
+             c=CONFIGS["N"] if cfg.bidirectional else cfg)
         cold = once("minigrad", env, new_hidden=new_h)
     out.update(empty=empty["first"], cold=cold["first"], warm=warm["first"],
                new=cold["new_hidden_first"], import_warm=warm["import"])
@@ -528,8 +527,9 @@ def report_first(rep, rows, others, threads):
                "torch"], table)
     rep("empty cache = a new empty `MINIGRAD_CACHE_DIR`: the package's own Numba kernels and "
         "the cell's generated code are compiled (once per installation); new cell = a new "
-        "directory where a model with another cell (GRU; RNN for a GRU; D: the eager step) ran "
-        "first, so only this cell's generated code is compiled; warm = a second process on the "
+        "directory where a compiled model with another cell (GRU; RNN for a GRU; D, whose "
+        "tagger is always an LSTM: the names GRU) ran first, so only this cell's generated "
+        "code is compiled; warm = a second process on the "
         "empty-cache directory; new hidden size = in the new-cell process, after its first "
         "steps, the first step of the same model at another H. Every minigrad first step "
         "runs its loops as Python while Numba compiles them in the background. Peers: their "
