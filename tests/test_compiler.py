@@ -862,6 +862,21 @@ def test_a_kernel_the_same_as_another_layers_is_compiled_once(capfd):
     assert capfd.readouterr().err.count("compiling GRUCell's kernels") <= 1
 
 
+def test_a_first_compile_says_which_form_of_a_cell_it_is(capfd, monkeypatch):
+    """A cell compiles a plain form and, for batches with lengths, a masked one (the names
+    demo meets both): each first compile's line says which, so two lines are not one twice."""
+    scan = sys.modules["minigrad.compiler.scan"]
+    monkeypatch.setattr(scan, "_cached", lambda module: False)
+    capfd.readouterr()
+    for masked in (True, False):
+        monkeypatch.setattr(scan, "_ANNOUNCED", set())
+        compile_step(LSTMCell(3, 4), mg.zeros(2, 3), (mg.zeros(2, 4), mg.zeros(2, 4)),
+                     masked=masked)
+    lines = capfd.readouterr().err.strip().split("\n")
+    assert lines == [f"minigrad: compiling LSTMCell's kernels (float32{form}), once: later runs "
+                     "load them from the cache" for form in (", for batches with lengths", "")]
+
+
 def test_large_products_are_split_across_threads(two_threads, monkeypatch):
     """A large GEMM runs in row blocks, a weight gradient as partial sums per thread added
     in a fixed order: the same numbers as one call (to round-off), every time the same."""

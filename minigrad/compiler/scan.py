@@ -66,6 +66,7 @@ class CompiledStep:
     def __init__(self, cell, x_t, state, masked=False):
         first = state if isinstance(state, Tensor) else state[0]
         self.name, self.dtype = type(cell).__name__, (x_t if x_t.dtype.kind == "f" else first).dtype
+        self.masked = masked  # (a batch with lengths: padded steps keep the state)
         self.traced = trace(cell, x_t, state)
         self.program = optimize(with_lengths(self.traced) if masked else self.traced)
         stage = stages(self.program)
@@ -381,8 +382,9 @@ def _announce(step, modules):
     new = {m.__name__ for m in modules if not _cached(m)} - _ANNOUNCED
     if new:
         _ANNOUNCED.update(new)
-        tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}), once: "
-                        "later runs load them from the cache", file=sys.stderr)
+        form = ", for batches with lengths" if step.masked else ""  # (two forms, two lines)
+        tqdm.tqdm.write(f"minigrad: compiling {step.name}'s kernels ({step.dtype.name}{form}), "
+                        "once: later runs load them from the cache", file=sys.stderr)
 
 
 def _compile_ahead(kernels, forward):
