@@ -946,7 +946,9 @@ def test_a_forked_child_with_two_threads_is_not_killed(two_threads):
     from minigrad import threads
     a, g = np.ones((600, 128), np.float32), np.ones((600, 512), np.float32)
     threads.dot_t(a, g)  # (the parent's threads started)
-    pid = os.fork()
+    with warnings.catch_warnings():  # (JAX, if an earlier test loaded it, warns on any fork)
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os._exit(0 if threads.dot_t(a, g)[0, 0] == 600.0 else 1)
     assert os.waitpid(pid, 0)[1] == 0
