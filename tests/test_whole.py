@@ -4,6 +4,8 @@ round-off), for language models of every cell and two layers, a bidirectional ta
 dense inputs and a classifier; each test fails if the step silently stayed Python
 (``whole.calls``).  Bad ids still get the Python program's error."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -30,8 +32,8 @@ def _model(kind):
         return SequenceTagger(LSTM(4, 6, bidirectional=True), 3)
     if kind == "classifier":
         return SequenceClassifier(GRU(4, 6, num_layers=2), 3)
-    cell, layers = kind.split("-")
-    return LanguageModel(9, 8, cell=cell, num_layers=int(layers),
+    cell, layers, *wide = kind.split("-")  # (wide: H 16 > V 9, the head's copies narrower)
+    return LanguageModel(9, 16 if wide else 8, cell=cell, num_layers=int(layers),
                          **({"reset_after": True} if cell == "gru" else {}))
 
 
@@ -66,7 +68,8 @@ def _train(kind, after, B=3):
     return losses, step.program(*_data(kind, 0, B)), model, step
 
 
-@pytest.mark.parametrize("kind", ["rnn-1", "gru-1", "lstm-2", "tagger", "classifier"])
+@pytest.mark.parametrize("kind", ["rnn-1", "gru-1", "lstm-2", "lstm-2-wide", "tagger",
+                                  "classifier"])
 def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
     want, python, ref, _ = _train(kind, None)
     got, prog, model, _ = _train(kind, 1)
@@ -82,7 +85,8 @@ def test_the_whole_step_equals_the_python_program(kind, compile_at_first_call):
 
 def test_one_layers_output_enters_the_next_without_a_copy():
     """(B, T, H) out of a layer, (T, B, H) into the next: the two transposes cancel, in the
-    forward and in the reverse, so two layers copy no more than one does (ids, the head)."""
+    forward and in the reverse, so two layers copy no more than one does (ids, the head);
+    with V < H the head's (T, B, V) product and its cotangent are copied, not the states."""
     def copies(kind):
         prog = _train(kind, None)[1]
         text = whole.render(prog.whole.prog, prog.whole.loss)[0]
@@ -90,6 +94,9 @@ def test_one_layers_output_enters_the_next_without_a_copy():
 
     one, text = copies("lstm-1")
     assert copies("lstm-2")[0] == one == 3, text
+    n, text = copies("lstm-2-wide")  # (H > V: the head's product of the states, uncopied,
+    last = re.findall(r"    (t\d+) = H\d+\[1:", text)[-2:]  # is transposed instead)
+    assert n == 3 and any(f"= mm({h}, " in text for h in last), text
 
 
 @pytest.fixture
@@ -104,7 +111,7 @@ def test_with_two_threads_the_batch_runs_in_chunks_inside_the_one_call(
     """B = 17: two chunks of rows (8 and 9), each on one of Numba's threads, in each of two
     layers, every accumulator and carried value put together; against the Python program
     (which splits the same way).  One model: its parallel code compiles for ~40 s."""
-    kind = "lstm-2"
+    kind = "lstm-2-wide"  # (H 16 > V 9: the head transposes its product)
     assert program.parts(17, whole._split(2)).tolist() == [0, 8, 17]
     want, _, ref, _ = _train(kind, None, B=17)
     got, prog, model, _ = _train(kind, 1, B=17)

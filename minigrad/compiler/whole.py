@@ -118,6 +118,7 @@ class _Writer:
         self.lines, self.scans, self.extras, self.modules, self.count = [], {}, [], {}, 0
         self.draws = []  # (random draws: made by their row in Python at every call, passed in)
         self.split, self.perms = split, {}  # (perms: a transpose's name -> (source, axes))
+        self.made_t = {}  # ((source, axes) -> that transpose's name)
 
     def mm(self, args, kind=""):
         """A product's call: ``mm`` (a @ b) or ``mm_tn`` (aᵀ g), in row blocks if split."""
@@ -137,8 +138,17 @@ class _Writer:
             (self.perms[a][0], tuple(self.perms[a][1][i] for i in axes))
         if axes == tuple(range(len(axes))):
             return a
-        self.perms[name := self.new(f"transposed({a}, {axes})", stem)] = (a, axes)
-        return name
+        if (a, axes) not in self.made_t:  # (one copy each: a product's cotangent, twice read)
+            self.made_t[a, axes] = self.new(f"transposed({a}, {axes})", stem)
+            self.perms[self.made_t[a, axes]] = (a, axes)
+        return self.made_t[a, axes]
+
+    def narrow(self, x, w):
+        """(source, axes) when x @ w (w: a Var (K, N), N < K) is better as (source @ w)
+        transposed: x a transposed copy of source, its rows' axis kept (the head on a layer's
+        states: its V-wide logits and their cotangent are transposed, not H-wide states)."""
+        src, axes = self.perms.get(x, (None, ()))
+        return (src, axes) if axes[-1:] == (len(axes) - 1,) and w.shape[1] < w.shape[0] else None
 
     def extra(self, value):
         """A value passed in (a folded constant, a loop's sizes): its argument's name."""
@@ -179,7 +189,9 @@ class _Writer:
             expr = f"np.where({c} != 0, {a}, {b})"
         elif p is ops.MATMUL and len(e.args[1].shape) == 2:  # (any leading axes)
             a, b = args
-            expr = self.mm(f"{a}, {b}")
+            sunk = self.narrow(a, e.args[1])
+            expr = self.mm(f"{a}, {b}") if sunk is None else \
+                self.transposed(self.new(self.mm(f"{sunk[0]}, {b}")), sunk[1])
         elif p is ops.TRANSPOSE:
             expr = f"{args[0]}.T" if args[1] is None else self.transposed(*args)
         elif p is ops.RESHAPE and e.args[0].shape:
@@ -241,6 +253,12 @@ class _Writer:
             return self.unbroadcast(term, a.shape, e.outs[0].shape)
         if p is ops.MATMUL:
             x, b = args
+            sunk = self.narrow(x, e.args[1])
+            if sunk is not None:  # (the product was made transposed: its cotangent too)
+                src, axes = sunk
+                x, g = src, self.transposed(g, ops._inverse_perm(axes), "d")
+                if i == 0:
+                    return self.transposed(self.new(self.mm(f"{g}, {b}.T"), "d"), axes, "d")
             if i == 0:
                 return self.mm(f"{g}, {b}.T")
             return self.mm(f"{x}, {g}", "_tn")
