@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 import warnings
+from collections import Counter
 
 import numba
 import numpy as np
@@ -504,9 +505,9 @@ def render(prog, walk, update=(), split=False):
 
 def _unread(lines):
     """lines without the copies (transposes) and names that nothing reads."""
-    while dead := [i for i, s in enumerate(lines) if re.match(r"    \w+ = (transposed\(|\w+$)", s)
-                   and len(re.findall(rf"\b{s.split()[0]}\b", "\n".join(lines))) == 1]:
-        lines = [s for i, s in enumerate(lines) if i not in dead]
+    while dead := {s for uses in [Counter(re.findall(r"\w+", "\n".join(lines)))] for s in lines
+                   if re.match(r"    \w+ = (transposed\(|\w+$)", s) and uses[s.split()[0]] == 1}:
+        lines = [s for s in lines if s not in dead]  # (each names a value: unique)
     return lines
 
 
