@@ -105,7 +105,8 @@ def test_a_loops_weight_2_kib_wide_is_read_with_its_rows_apart():
     bytes further apart (OpenBLAS packing it at every step: 267 -> 203 us at 32x256x1024),
     and the loop reads that array as it is, not a contiguous copy; "lstm-2-apart" above (4H
     = 512 floats) checks that the step still equals the Python program."""
-    text = whole.render(*(lambda w: (w.prog, w.loss))(_train("lstm-2", None)[1].whole))[0]
+    w = _train("lstm-2", None)[1].whole
+    text = whole.render(w.prog, w.loss)[0]
     laid = re.findall(r"    (t\d+) = put_blocks\(np.empty\(\((e\d+)\[0\], \2\[1\] \+ "
                       r"16 \* \(\2\[1\] % 512 == 0\)\), DT\), .*\)\[:, :\2\[1\]\]\n", text)
     assert len(laid) == 4, text  # (two layers' forward and reverse weights)
