@@ -70,10 +70,10 @@ def versions():
     for path in sorted([__file__, *sources[0], *sources[1]]):
         with open(path, "rb") as f:
             h.update(os.path.relpath(path, PACKAGE).encode() + b"\0" + f.read() + b"\0")
-    cfg = numba.config  # (the BLAS: compiled code calls its sgemm by name; the CPU's
+    cfg = numba.config  # (the BLAS: compiled code calls its sgemm (kernels) by name; CPU's
     cpu = cfg.CPU_NAME or llvm.get_host_cpu_name()  # vendor is in the target's name)
     blas = f"{os.environ.get('MINIGRAD_BLAS', '').lower() or 'auto'}, MKL " + (
-        "installed" if mkl_libraries() else "absent")
+        "installed" if mkl_libraries() else "absent") + f", {os.environ.get('OPENBLAS_CORETYPE')}"
     features = cfg.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
     return {"minigrad kernels+compiler+cache": h.hexdigest()[:16], "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": np.__version__,

@@ -56,6 +56,11 @@ Why these limits (code lines; today's counts in the README's table):
   in row blocks on Numba's threads, their partial sums added in order, and the edges of a
   batch's chunks (2 threads, N LSTM 2.33 -> 1.9-2.1 ms, N GRU 1.79 -> 1.45-1.59, K LSTM
   22.5-22.9 -> 20.8-21.6 against the Python program it replaced there).
+  750: +40 for a loop's weight packed once per call (``blas.pack32``, ``gemm32p``: OpenBLAS's
+  own copy routines and micro-kernel, the bits of ``cblas_sgemm``, which repacked the weight
+  at every step: a 32-row forward product 203 -> 165 µs, a backward one through a
+  transposed weight 296 -> 160; C LSTM's step, medians, 1 thread 357/350 -> 331/337 ms,
+  2 threads 191/192 -> 175/193; B LSTM 2 threads 10.9/8.2 -> 6.9/7.2).
 * **attention ≤ 415** (``minigrad/attention.py``: the functional forms and mask rules;
   ``minigrad/transformer.py``: ``mg.nn``'s LayerNorm, GELU, MultiheadAttention, encoder and
   decoder layers and stacks, positional embeddings): ~400 today plus ~4 %.
@@ -106,6 +111,7 @@ Why these limits (code lines; today's counts in the README's table):
   1450: +20 for a new cell's backward kernels typed by the emitter and compiled in a
   forked process while the forward's compile here (``scan._compile_ahead``): a new cell's
   first step at K (char-rnn's defaults) 2.1 -> 1.1 s, at N 1.7 -> 1.15 s.
+  1455: +5 for a loop's weights packed before its steps (see kernels, 750).
 * **function ≤ 335**: ``mg.compile`` (a whole training step as one traced program and one
   tape node): the recorder, the two-trace check that names what differed, the program's
   forward and its reverse walk over the table's VJPs, the signature (shapes, grad mode,

@@ -488,8 +488,8 @@ def test_the_compiled_step_shows_its_derived_reverse_program():
     assert "def backward" in step.source and "def forward" in step.source
     # one GEMM and one fused kernel per step forward; one kernel and one GEMM back
     fwd, bwd = step.source.split("def backward")
-    assert fwd.count("gemm(") == 1 and fwd.count("fused") == 1
-    assert bwd.count("gemm(") == 1 and bwd.count("fused") == 1
+    assert fwd.count("gemm32p(") == 1 and fwd.count("fused") == 1
+    assert bwd.count("gemm32p(") == 1 and bwd.count("fused") == 1
     assert "@kernel" in step.kernel_source
 
 

@@ -22,6 +22,7 @@ import minigrad as mg
 from minigrad import kernels
 from minigrad.core import autograd, ops
 from minigrad.core.autograd import unbroadcast
+from minigrad.kernels import blas
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 sides = st.integers(1, 5)
@@ -658,6 +659,45 @@ def test_gemm_against_numpy_with_the_same_bits_at_any_alignment(shape, layout):
         np.testing.assert_allclose(c2, ref, rtol=1e-4, atol=1e-4 * math.sqrt(K))
         results.add(c2.tobytes())
     assert len(results) == 1, f"{blas.NAME}: the same product differs with alignment"
+
+
+@numba.njit
+def _packed_gemm(a, b, c, beta):
+    p = blas.pack32(b, a.shape[0])
+    blas.gemm32p(a, b, p, c, beta)
+    return p.size
+
+
+@pytest.mark.parametrize("shape,layout,packed", [
+    ((32, 256, 1024), "rows", True), ((32, 1024, 256), "transposed", True),
+    ((25, 512, 128), "column-slice", True), ((64, 900, 300), "rows", True),
+    ((2, 1100, 500), "transposed", True), ((16, 64, 256), "rows", False),
+    ((1, 1100, 1000), "rows", False)])
+def test_a_packed_weight_gives_cblas_bits(shape, layout, packed):
+    """A loop's weight packed once (pack32, gemm32p) gives the very bits of cblas_sgemm,
+    with beta 0 and 1, k in OpenBLAS's blocks (900: 448 + 240 + 212); it is packed (the
+    fast path taken, not a silent fallback) above 100^3 multiply-adds on more than one row
+    with one BLAS thread, and not with two (cblas_sgemm then splits it over its threads)."""
+    import threadpoolctl
+    if blas.CORE != b"SkylakeX":
+        pytest.skip(f"OpenBLAS runs its {blas.CORE} kernels here: pack32 is SkylakeX's")
+    assert blas.PACKED
+    M, K, N = shape
+    rng = np.random.default_rng(M + K + N)
+    a = rng.standard_normal((M, K + 3)).astype(np.float32)
+    a = a[:, 3:] if layout == "column-slice" else np.ascontiguousarray(a[:, :K])
+    b = rng.standard_normal((K, N) if layout != "transposed" else (N, K)).astype(np.float32)
+    b = b.T if layout == "transposed" else b
+    for beta in (0.0, 1.0):
+        c = rng.standard_normal((M, N)).astype(np.float32)
+        ref = c.copy()
+        blas.py_gemm(a, b, ref, beta)
+        with threadpoolctl.threadpool_limits(1, "blas"):
+            assert (_packed_gemm(a, b, c, beta) > 0) == packed
+        assert c.tobytes() == ref.tobytes()
+    if packed and (os.cpu_count() or 1) > 1:
+        with threadpoolctl.threadpool_limits(2, "blas"):
+            assert _packed_gemm(a, b, c, 1.0) == 0
 
 
 @pytest.mark.parametrize("layouts", [("C", "C"), ("F", "C"), ("C", "F"), ("F", "F")])

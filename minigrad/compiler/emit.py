@@ -8,7 +8,8 @@ The generated code's names, in one place:
   runs t = T-1..0; ``r`` is 1 for a right-to-left layer (where a step's previous state
   sits in a state history); ``D`` holds every size the source needs, so that the source —
   and its compiled code — is the same for every hidden and input size;
-* arrays: ``K*`` constants (``KV*`` their 1-D views), ``X*`` per-step inputs, ``Y*`` per-step
+* arrays: ``K*`` constants (``KV*`` their 1-D views, ``K*P`` a weight packed for its GEMMs,
+  ``gemm32p``), ``X*`` per-step inputs, ``Y*`` per-step
   outputs, ``A*`` accumulators, ``C*``/``N*`` the carried value and the next
   one (swapped after each step), ``H*`` a state history (T + 1 steps: ``h0_prev`` is the
   state a step starts from), ``S*`` values kept for the reverse loop, ``G*`` ∂L/∂ of the
@@ -94,13 +95,15 @@ class Emitter:
             shape = ", ".join("B" if d is None else self.size(d) for d in v.shape)
             lines.append(f"    {ident(v)} = np.empty(({shape}{',' if shape else ''}), DT)")
             self.where[v] = ident(v)
-        self.flat, body = set(), ["    for s in range(T):", "        t = T - 1 - s if back else s"]
+        self.flat, self.packed = set(), {}
+        body = ["    for s in range(T):", "        t = T - 1 - s if back else s"]
         body += ["        " + s for _, s in steps.values()]
         for kind, op, *rest in low.ops:
             body += ["        " + s for s in getattr(self, kind)(op, *rest)]
         body += [f"        {total.get(acc, self.where.get(acc))} += {self.loc(v)}"
                  for acc, vs in low.sums.items() for v in vs]
-        lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a in self.flat] + body
+        lines += [f"    {a}V = {a}.reshape(-1)" for a in args if a in self.flat]
+        lines += [f"    {p} = pack32({w}, B)" for w, p in self.packed.items()] + body
         if carry:
             ins, outs = zip(*carry)
             lines.append(f"        {', '.join(ins + outs)} = {', '.join(outs + ins)}")
@@ -133,8 +136,10 @@ class Emitter:
         return f"{self.where[b]}[:, {self.size(c0)}:{self.size(c0 + v.shape[-1])}]"
 
     def gemm(self, e, accumulate):
+        """out (+)= left @ W, W a constant of the loop: packed once, before the loop."""
         left, W = e.args
-        return [f"gemm({self.loc(left)}, {self.where[W]}, {self.loc(e.outs[0])}, "
+        p = self.packed.setdefault(self.where[W], f"{self.where[W]}P")
+        return [f"gemm32p({self.loc(left)}, {self.where[W]}, {p}, {self.loc(e.outs[0])}, "
                 f"{1.0 if accumulate else 0.0})"]
 
     def generic(self, e, _=None):
@@ -240,7 +245,7 @@ def kernel_modules(dtype, kernels, loops=(), drivers=()):
     src = head + "".join(f"from {module_name(t)} import fused as fused{j}\n"
                          for j, t in enumerate(texts))
     if loops:
-        src += f"\nfrom minigrad.kernels.blas import gemm32 as gemm  # {blas.NAME}\n" + \
+        src += f"\nfrom minigrad.kernels.blas import gemm32p, pack32  # {blas.NAME}\n" + \
             "from minigrad.kernels import parallel\nfrom numba import prange\n\n\n" + \
             "\n\n".join([f"@kernel\n{loop}" for loop in loops] +  # (the BLAS: in the hash)
                          [f"@parallel\n{d}" for d in drivers])

@@ -129,8 +129,8 @@ class CompiledStep:
         self._ahead = _compile_ahead(self.backward_kernels, {m.__name__ for m in modules[:nf]})
         module, self.kernel_source = kernels.load_kernels(src), "\n\n".join(texts + [src])
         self._texts = texts + [src]
-        ns = {"np": np, "DT": self.dtype.type, "gemm": blas.py_gemm, **em.statics,
-              **{k: getattr(module, k) for k in dir(module) if k.startswith("fused")}}
+        ns = {"np": np, "DT": self.dtype.type, "gemm32p": blas.py_gemm_p, "pack32": blas.py_pack,
+              **em.statics, **{k: getattr(module, k) for k in dir(module) if k[:5] == "fused"}}
         exec(compile(self.source, f"<compiled {self.name}>", "exec"), ns)
         self._forward, self._backward = ns["forward"], ns["backward"]
         self.njit, self._numba, self._sigs, self._compiling = False, None, {}, None

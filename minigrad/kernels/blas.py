@@ -12,9 +12,10 @@ it), so runs are deterministic and loops run as Python and as Numba agree bit fo
 ``gemm32(a, b, c, beta)`` computes ``c = a @ b + beta * c`` in float32 (the training dtype)
 for 2-D arrays whose rows are contiguous (column slices of a C-contiguous array are fine:
 the leading dimension is the row stride); b may instead have contiguous columns (a
-transposed weight, read as it is).  ``AVAILABLE`` is False on a NumPy build without the
-symbol; the recurrence compiler then keeps its loops in Python, where ``py_gemm`` calls
-``numpy.dot``.
+transposed weight, read as it is); ``gemm32p(a, b, p, c, beta)`` the same with
+``p = pack32(b, rows)``, b packed once for all of a loop's steps (below).  ``AVAILABLE`` is
+False on a NumPy build without the symbol; the recurrence compiler then keeps its loops in
+Python, where ``py_gemm`` calls ``numpy.dot``.
 """
 
 import ctypes
@@ -139,6 +140,65 @@ def gemm_tn32(a, g, c):
            c.ctypes.data, c.strides[0] // 4)
 
 
+# A loop's weight packed once (NumPy's OpenBLAS, on its own SkylakeX kernels): cblas_sgemm
+# repacks its b at every call, a quarter of a (32 x 256) @ (256 x 1024) step here and half of
+# a (32 x 1024) @ (1024 x 256) one (b a transposed view).  gemm32p runs OpenBLAS's own copy
+# and micro-kernel on blocks of k as its driver does (448 long; the last two balanced), so
+# the bits are cblas_sgemm's: except for small products (at most 100^3 multiply-adds, or one
+# row: OpenBLAS's other kernels), which keep calling it, as does a multi-threaded BLAS.
+_core = llvm.address_of_symbol("scipy_openblas_get_corename64_")
+CORE = _core and ctypes.CFUNCTYPE(ctypes.c_char_p)(_core)()  # (the kernels OpenBLAS runs)
+PACKED = NAME == "openblas" and CORE == b"SkylakeX" and bool(
+    llvm.address_of_symbol("sgemm_kernel_SKYLAKEX"))
+Q = 448  # (OpenBLAS's SGEMM_DEFAULT_Q for SkylakeX)
+_itcopy, _incopy, _oncopy = [types.ExternalFunction(f"sgemm_{k}copy_SKYLAKEX", types.intc(
+    _i64, _i64, _p, _i64, _p)) for k in ("it", "in", "on")]
+_kernel = types.ExternalFunction("sgemm_kernel_SKYLAKEX", types.intc(
+    _i64, _i64, _i64, types.float32, _p, _p, _p, _i64))
+_blas_threads = types.ExternalFunction("scipy_openblas_get_num_threads64_", types.intc())
+
+
+@inline
+def _k_block(rest):
+    """The length of OpenBLAS's next block of k, ``rest`` left."""
+    return Q if rest >= 2 * Q else (rest // 2 + 15) // 16 * 16 if rest > Q else rest
+
+
+@inline
+def pack32(b, rows):
+    """``b`` (K x N, float32, row-major or a transposed view of one) packed for every
+    ``gemm32p(a, b, p, c, beta)`` with ``rows`` rows of a; empty where gemm32 is used."""
+    K, N = b.shape
+    p = np.empty(K * N + 64 if PACKED and rows > 1 and rows * K * N > 1000000 and
+                 _blas_threads() == 1 else 0, np.float32)
+    k0 = 0
+    while p.size and k0 < K:
+        kc = _k_block(K - k0)
+        if b.strides[1] == 4:
+            _itcopy(kc, N, b[k0:].ctypes.data, b.strides[0] // 4, p[k0 * N:].ctypes.data)
+        else:
+            _incopy(kc, N, b[k0:].ctypes.data, b.strides[1] // 4, p[k0 * N:].ctypes.data)
+        k0 += kc
+    return p
+
+
+@inline
+def gemm32p(a, b, p, c, beta):
+    """:func:`gemm32` with ``p = pack32(b, rows)``: its bits, b read packed (beta 0, 1)."""
+    if p.size == 0 or beta != 0.0 and beta != 1.0:
+        return gemm32(a, b, c, beta)
+    (M, K), N, k0 = a.shape, b.shape[1], 0
+    for i in range(M if beta == 0.0 else 0):
+        c[i] = 0.0
+    s = np.empty(min(K, Q) * M + 64, np.float32)
+    while k0 < K:
+        kc = _k_block(K - k0)
+        _oncopy(kc, M, a[:, k0:].ctypes.data, a.strides[0] // 4, s.ctypes.data)
+        _kernel(N, M, kc, np.float32(1.0), p[k0 * N:].ctypes.data, s.ctypes.data,
+                c.ctypes.data, c.strides[0] // 4)
+        k0 += kc
+
+
 def py_gemm(a, b, c, beta):
     """The same as :func:`gemm32`, from Python, for any dtype.  float32 makes the very same
     BLAS call (through ctypes), so that loops run as Python and as Numba agree bit for bit."""
@@ -153,6 +213,14 @@ def py_gemm(a, b, c, beta):
         c[...] = np.dot(a, b)
     else:
         c += np.dot(a, b)
+
+
+def py_pack(b, rows):
+    """:func:`pack32` for loops run as Python: nothing (their gemm is cblas_sgemm's)."""
+
+
+def py_gemm_p(a, b, p, c, beta):
+    py_gemm(a, b, c, beta)
 
 
 BIG = 1 << 20  # multiply-adds; below, MKL's larger cost per call outweighs its speed
