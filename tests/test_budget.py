@@ -145,7 +145,7 @@ Why these limits (code lines; today's counts in the README's table):
   505 µs, RNN 260 -> 244).  340: +5 for the whole step's one call (a program's ``whole``,
   its outputs and gradients deposited, owned, without the program's backward); 342: +2
   for SGD's step skipped when the call took it.
-* **whole ≤ 516** (``minigrad/compiler/whole.py``): a training step's program rendered
+* **whole ≤ 510** (``minigrad/compiler/whole.py``): a training step's program rendered
   once more, as one Numba function — its forward, then its reverse, every scan expanded
   (its before-program, the compiled loops called, its weight gradients and the
   before-program's VJPs), a layout's gradient blocks from two layouts written once into one
@@ -167,11 +167,9 @@ Why these limits (code lines; today's counts in the README's table):
   (B, T, H) output is the next layer's (T, B, H) input) and unread copies dropped: two
   layers copy four (T, B, H) arrays fewer (~1-2 % of K's step).  510: +15 for the head's
   product made on the (T, B, H) states and its narrower (T, B, V) result transposed when
-  V < H (and its cotangent): the names demo's copies 58 -> 10 µs of its 2.7 ms.  516: +6
-  for a loop's weight laid out with its rows 64 bytes apart when they are a multiple of
-  2 KiB long, and read by the loop as it is (4 KiB rows fell in one cache set while
-  OpenBLAS packed the weight at every step: C's LSTM with two threads, each forward loop
-  24-28 -> 22-24 ms; the 32-row GEMM alone 280 -> 196 µs).
+  V < H (and its cotangent): the names demo's copies 58 -> 10 µs of its 2.7 ms.  (A loop's
+  weight laid out with its rows 64 bytes apart, +6, gained while OpenBLAS packed it at every
+  step; since a loop packs it once, level: deleted.)
 * **library ≤ 1620**: nn, optim (five optimizers, clipping, schedules), functional, data
   (vocabularies, batching), serialization, the atomic write and gradcheck: ~1530 today
   (the fused-cell wrappers left ``functional.py``; runs that never lose work brought the

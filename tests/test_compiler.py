@@ -262,16 +262,21 @@ def test_compiled_path_gradchecks(name):
                    x, *layer.parameters())
 
 
-def test_float32_compiled_close_to_float64_eager():
+@pytest.mark.parametrize("B,I,H", [(4, 5, 6), (16, 32, 128)])
+def test_float32_compiled_close_to_float64_eager(B, I, H):
+    """The second call: its loops in Numba (at 16 x 128 x 512 their GEMMs read the weights
+    packed, ``blas.gemm32p``; the first call's, in Python, call cblas_sgemm)."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((4, 8, 5))
+    x = rng.standard_normal((B, 8, I))
     outs = []
     for dtype, compiled in ((np.float32, True), (F64, False)):
         mg.manual_seed(4)
-        layer = LSTM(5, 6, peephole=True, dtype=dtype, compiled=compiled)
-        xt = mg.tensor(x.astype(dtype), requires_grad=True)
-        out, _ = layer(xt)
-        (out * out).sum().backward()
+        layer = LSTM(I, H, peephole=True, dtype=dtype, compiled=compiled)
+        for _ in range(2):
+            layer.zero_grad()
+            xt = mg.tensor(x.astype(dtype), requires_grad=True)
+            out, _ = layer(xt)
+            (out * out).sum().backward()
         outs.append([out.data, xt.grad] + [p.grad for p in layer.parameters()])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)

@@ -39,7 +39,7 @@ TIERS = {
     "function": ("mg.compile: a whole function (a training step) traced, one tape node",
                  ["minigrad/compiler/function.py"], 342),
     "whole": ("a training step's program as one generated Numba function",
-              ["minigrad/compiler/whole.py"], 516),
+              ["minigrad/compiler/whole.py"], 510),
     "library": ("nn, optim, functional, data, serialization, gradcheck",
                 ["minigrad/__init__.py", "minigrad/nn.py", "minigrad/optim.py",
                  "minigrad/functional.py", "minigrad/data.py", "minigrad/serialization.py",

@@ -120,7 +120,6 @@ class _Writer:
         self.draws = []  # (random draws: made by their row in Python at every call, passed in)
         self.split, self.perms = split, {}  # (perms: a transpose's name -> (source, axes))
         self.made_t = {}  # ((source, axes) -> that transpose's name)
-        self.weights, self.wide = set(), set()  # (loops' weights; those laid out apart)
 
     def mm(self, args, kind=""):
         """A product's call: ``mm`` (a @ b) or ``mm_tn`` (aᵀ g), in row blocks if split."""
@@ -228,20 +227,9 @@ class _Writer:
         elif p is ops.GETITEM:  # a basic key: a view
             expr = f"{args[0]}[{_key(args[1])}]"
         elif p is ops.LAYOUT:
-            # NOTE: a loop's weight whose rows are a multiple of 2 KiB long (an LSTM's 4H of
-            # 512 or 1024 floats) gets its rows 64 bytes further apart, and the loop reads it
-            # as it is (one compile: an 'A' array at every size).  Rows 4 KiB apart fall in
-            # one cache set while OpenBLAS packs the weight at each step: 32x256x1024 took
-            # 267 us a step, padded 203 (two threads at once: 280 -> 196; 1x256x1024: 37 ->
-            # 14; 50x128x512: 79 -> 76).  Other widths gain little or lose (1x100x400: 1.5 ->
-            # 2.0 us), so they keep their rows as they are.
             (shape, blocks, _), xs = args[0], args[1:]
-            s, wide = self.extra(tuple(shape)), e.outs[0] in self.weights and shape[0] > 1
-            self.wide.update(e.outs if wide else ())
-            new = f"np.empty(({s}[0], {s}[1] + 16 * ({s}[1] % 512 == 0)), DT)" if wide else \
-                f"np.empty({s}, DT)"  # (written as a C-contiguous array: the copies vectorise)
-            expr = f"put_blocks({new}, {self.extra(np.array(blocks, np.int64))}, " \
-                   f"({', '.join(xs)},)){f'[:, :{s}[1]]' if wide else ''}"
+            expr = f"put_blocks(np.empty({self.extra(tuple(shape))}, DT), " \
+                   f"{self.extra(np.array(blocks, np.int64))}, ({', '.join(xs)},))"
         elif p in (ops.CONCAT, ops.STACK):
             f = "concatenate" if p is ops.CONCAT else "stack"
             expr = f"np.{f}(({''.join(a + ', ' for a in args[1:])}), axis={args[0]})"
@@ -384,7 +372,6 @@ class _Writer:
         local = {v: env[a] for v, a in zip(src.inputs, [*params, x, mask])}
         local.update({c: self.extra(np.asarray(c.value, step.dtype) if np.ndim(c.value)
                                     else step.dtype.type(c.value)) for c in src.folded})
-        self.weights.update(v for a, v in step.fargs + step.rargs if a[0] == "K")
         for eq in src.eqns:
             self.forward(eq, local)
         T, B = self.new(f"{env[x]}.shape[0]", "T"), self.new(f"{env[init[0]]}.shape[0]", "B")
@@ -402,8 +389,7 @@ class _Writer:
         def arg(a, v):
             if a[0] == "K":
                 if v not in consts:
-                    consts[v] = self.new(local[v] if v in self.wide else
-                                         f"np.ascontiguousarray({local[v]})", "K")
+                    consts[v] = self.new(f"np.ascontiguousarray({local[v]})", "K")
                 return consts[v]
             return full[a]
         args = f"{T}, np.int64({r}), np.int64({r}), {D}, " + ", ".join(
