@@ -147,7 +147,7 @@ def gemm_tn32(a, g, c):
 # the bits are cblas_sgemm's: except for small products (at most 100^3 multiply-adds, or one
 # row: OpenBLAS's other kernels), which keep calling it, as does a multi-threaded BLAS.
 _core = llvm.address_of_symbol("scipy_openblas_get_corename64_")
-CORE = _core and ctypes.CFUNCTYPE(ctypes.c_char_p)(_core)()  # (the kernels OpenBLAS runs)
+CORE = ctypes.CFUNCTYPE(ctypes.c_char_p)(_core)() if _core else None  # (OpenBLAS's kernels)
 PACKED = NAME == "openblas" and CORE == b"SkylakeX" and bool(
     llvm.address_of_symbol("sgemm_kernel_SKYLAKEX"))
 Q = 448  # (OpenBLAS's SGEMM_DEFAULT_Q for SkylakeX)
